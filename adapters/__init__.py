@@ -1,0 +1,1 @@
+"""Runtime adapters: one module per workflow runtime, behind one Protocol."""

@@ -1,0 +1,166 @@
+"""A small HTTP runtime that answers like an n8n webhook ending in "Respond to Webhook".
+
+Used by the ``dev`` command as the demo runtime and by the tests as a real server over a
+socket. Behaviour is chosen per agent through the webhook URL's path and query string:
+
+``POST /webhook/report.csv``  a CSV generated from the input (chunked, like "Convert to File")
+``POST /webhook/report.pdf``  a small PDF sent with Content-Length (like an in-memory binary)
+``POST /webhook/json-error``  ``500 {"error": "PDF rendering failed"}`` (a failed workflow)
+``POST /webhook/bytes``       ``size`` deterministic bytes for tests, see :func:`make_bytes`
+
+Query parameters on any file path: ``chunked=1``, ``disposition=0`` (omit the header),
+``outputs=<value>`` (the ``X-Outputs`` header), ``delay_ms`` (before headers), ``die_after``
+(abort the socket after that many body bytes), ``hang_after`` (stop sending, keep the socket),
+``content_type``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+RECEIVED = web.AppKey("received", list[dict[str, Any]])
+
+_BLOCK_LEN = 1_000_003  # prime, so a dropped or repeated chunk never lines up with the pattern
+_BLOCK = random.Random(20261123).randbytes(_BLOCK_LEN)
+
+
+def make_bytes(size: int, offset: int = 0) -> bytes:
+    """The ``size`` bytes the ``bytes`` path sends, starting at ``offset``."""
+    out = bytearray()
+    pos = offset % _BLOCK_LEN
+    while len(out) < size:
+        take = min(size - len(out), _BLOCK_LEN - pos)
+        out += _BLOCK[pos : pos + take]
+        pos = 0
+    return bytes(out)
+
+
+async def _iter_bytes(size: int, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < size:
+        take = min(chunk, size - sent)
+        yield make_bytes(take, sent)
+        sent += take
+
+
+def _csv_body(payload: dict[str, Any]) -> bytes:
+    data = payload.get("input") or {}
+    rows = int(data.get("rows", 20)) if str(data.get("rows", "20")).isdigit() else 20
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["row", "topic", "value"])
+    for i in range(rows):
+        writer.writerow([i + 1, data.get("topic", "demo"), (i * 37) % 101])
+    # n8n's "Convert to File" starts its CSV with a UTF-8 byte-order mark.
+    return b"\xef\xbb\xbf" + buf.getvalue().encode()
+
+
+def _pdf_body(payload: dict[str, Any]) -> bytes:
+    topic = str((payload.get("input") or {}).get("topic", "Demo report"))
+    text = "".join(c for c in topic if c.isprintable() and c not in "()\\")[:80]
+    stream = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+async def _file(request: web.Request) -> web.StreamResponse:
+    payload = await request.json()
+    request.app[RECEIVED].append(
+        {"path": request.path, "headers": dict(request.headers), "payload": payload}
+    )
+    q = request.query
+    name = request.match_info["name"]
+    if delay := int(q.get("delay_ms", "0")):
+        await asyncio.sleep(delay / 1000)
+
+    if name == "json-error":
+        return web.json_response({"error": "PDF rendering failed"}, status=500)
+
+    body_iter: AsyncIterator[bytes]
+    if name == "report.csv":
+        body = _csv_body(payload)
+        content_type, filename = "text/csv; charset=utf-8", "report.csv"
+        body_iter, size = _once(body), len(body)
+    elif name == "report.pdf":
+        body = _pdf_body(payload)
+        content_type, filename = "application/pdf", "report.pdf"
+        body_iter, size = _once(body), len(body)
+    elif name == "bytes":
+        size = int(q.get("size", "1024"))
+        content_type, filename = "application/octet-stream", "data.bin"
+        body_iter = _iter_bytes(size)
+    else:
+        raise web.HTTPNotFound(
+            text='{"message":"webhook not registered"}', content_type="application/json"
+        )
+
+    response = web.StreamResponse()
+    response.content_type = q.get("content_type", content_type).split(";")[0]
+    if "charset=" in q.get("content_type", content_type):
+        response.charset = q.get("content_type", content_type).split("charset=")[1]
+    if q.get("disposition", "1") == "1":
+        response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if "outputs" in q:
+        response.headers["X-Outputs"] = q["outputs"]
+    # "Convert to File" output is chunked; an in-memory binary carries Content-Length.
+    if q.get("chunked", "1" if name == "report.csv" else "0") == "1":
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = size
+    await response.prepare(request)
+
+    die_after = int(q.get("die_after", "-1"))
+    hang_after = int(q.get("hang_after", "-1"))
+    sent = 0
+    async for chunk in body_iter:
+        for limit, action in ((die_after, "die"), (hang_after, "hang")):
+            if 0 <= limit < sent + len(chunk):
+                await response.write(chunk[: max(0, limit - sent)])
+                if action == "die":
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await asyncio.sleep(3600)
+        await response.write(chunk)
+        sent += len(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def create_fake_runtime() -> web.Application:
+    """The demo/test runtime as an aiohttp application."""
+    app = web.Application()
+    app[RECEIVED] = []
+    app.router.add_post("/webhook/{name}", _file)
+    return app

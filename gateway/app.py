@@ -1,0 +1,102 @@
+"""The application factory: pools and clients live in ``cleanup_ctx``, routes in handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from adapters.base import RuntimeAdapter
+from adapters.n8n import N8nAdapter
+from gateway.admin import AdminService
+from gateway.app_keys import (
+    ADMIN_SERVICE,
+    BACKGROUND,
+    DB_POOL,
+    HTTP_SESSION,
+    PUBLISHER,
+    RATE_LIMITER,
+    REDIS,
+    RUN_SERVICE,
+    SETTINGS,
+)
+from gateway.background import BackgroundTasks
+from gateway.handlers import admin, agent_runs
+from gateway.middleware import echo_request_id, errors_to_json, request_context
+from gateway.ratelimit import RateLimiter
+from gateway.runs import RunService
+from gateway.settings import Settings
+from store.events import EventPublisher
+from store.pool import create_pool
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    pool = await create_pool(app[SETTINGS].database_url)
+    app[DB_POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    client = aioredis.Redis.from_url(
+        app[SETTINGS].redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = aiohttp.ClientSession(
+        # Bytes pass through untouched: never decompress, never ask for compression ourselves.
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
+        read_bufsize=settings.stream_read_buffer,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+    )
+    app[HTTP_SESSION] = session
+    yield
+    await session.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    background = BackgroundTasks()
+    publisher = EventPublisher(app[REDIS], app[DB_POOL], settings.events_stream)
+    adapters: dict[str, RuntimeAdapter] = {N8nAdapter.kind: N8nAdapter(app[HTTP_SESSION])}
+    app[BACKGROUND] = background
+    app[PUBLISHER] = publisher
+    app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
+    app[RUN_SERVICE] = RunService(
+        settings=settings,
+        pool=app[DB_POOL],
+        publisher=publisher,
+        adapters=adapters,
+        background=background,
+    )
+    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
+    yield
+    # Failures recorded on behalf of callers who left must reach the store before pools close.
+    await background.drain(bound_s=settings.shutdown_grace_s)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the gateway application for ``settings``."""
+    app = web.Application(
+        middlewares=[request_context, errors_to_json],
+        client_max_size=settings.max_request_body,
+    )
+    app[SETTINGS] = settings
+    # Order matters: cleanup runs in reverse, so services drain before pools close.
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services])
+    app.on_response_prepare.append(echo_request_id)
+    app.router.add_routes(agent_runs.routes)
+    app.router.add_routes(admin.routes)
+    return app

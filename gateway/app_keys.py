@@ -1,0 +1,25 @@
+"""Every typed ``web.AppKey`` the application stores, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.admin import AdminService
+from gateway.background import BackgroundTasks
+from gateway.ratelimit import RateLimiter
+from gateway.runs import RunService
+from gateway.settings import Settings
+from store.events import EventPublisher
+
+SETTINGS = web.AppKey("settings", Settings)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+PUBLISHER = web.AppKey("publisher", EventPublisher)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+BACKGROUND = web.AppKey("background", BackgroundTasks)
+RUN_SERVICE = web.AppKey("run_service", RunService)
+ADMIN_SERVICE = web.AppKey("admin_service", AdminService)

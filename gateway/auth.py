@@ -1,0 +1,32 @@
+"""Who is calling: ingest keys (per organisation) and the operator's admin token."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+
+import asyncpg
+
+from gateway.apikeys import bearer_token, hash_key
+from gateway.errors import Unauthorized
+from store import queries
+
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
+
+
+async def org_for_ingest_key(pool: asyncpg.Pool, authorization: str | None) -> uuid.UUID:
+    """The organisation whose ingest key is in ``Authorization: Bearer``; 401 otherwise."""
+    token = bearer_token(authorization)
+    org_id = None if token is None else await queries.org_for_ingest_key(pool, hash_key(token))
+    if org_id is None:
+        raise Unauthorized("Missing or invalid bearer token", headers=_BEARER_CHALLENGE)
+    return org_id
+
+
+def check_admin_token(expected: str, authorization: str | None) -> None:
+    """Raise 401 unless ``Authorization: Bearer`` carries the admin token."""
+    token = bearer_token(authorization)
+    if not expected:
+        raise Unauthorized("The admin API is disabled: set ADMIN_TOKEN to enable it")
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("Missing or invalid admin token", headers=_BEARER_CHALLENGE)

@@ -1,0 +1,149 @@
+"""The ``agent-gateway`` console script: dev, serve, consume, migrate and admin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.admin import AdminService
+from gateway.app import create_app
+from gateway.errors import ApiError
+from gateway.log_config import AccessLogger, configure_logging
+from gateway.settings import Settings
+from store.consumer import StoreConsumer
+from store.migrate import migrate_url
+from store.pool import create_pool
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _require(settings: Settings, *names: str) -> None:
+    missing = [n for n in names if not getattr(settings, n.lower())]
+    if missing:
+        sys.exit(f"agent-gateway: set {', '.join(missing)} (or use 'agent-gateway dev')")
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway alone until SIGTERM/SIGINT, then drain in-flight requests."""
+    _require(settings, "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
+    _install_uvloop()
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log_class=AccessLogger,
+        print=None,
+    )
+
+
+async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
+    """Run the store consumer until SIGTERM/SIGINT; the batch in hand is finished first."""
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    consumer = StoreConsumer(
+        redis, pool, stream=settings.events_stream, group=settings.events_group, name=name
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    try:
+        await consumer.run()
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+def _admin_parser(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="operator actions (same as the /admin API)")
+    actions = admin.add_subparsers(dest="action", required=True)
+    org = actions.add_parser("create-org", help="create an organisation")
+    org.add_argument("name")
+    key = actions.add_parser("create-key", help="create an ingest key for an organisation")
+    key.add_argument("org_id", type=uuid.UUID)
+    user = actions.add_parser("create-user", help="add a member to an organisation")
+    user.add_argument("org_id", type=uuid.UUID)
+    user.add_argument("email")
+    agent = actions.add_parser("create-agent", help="create an agent from a JSON body")
+    agent.add_argument("org_id", type=uuid.UUID)
+    agent.add_argument("json", help="the body of POST /admin/orgs/{orgId}/agents")
+    update = actions.add_parser("update-agent", help="change an agent from a JSON body")
+    update.add_argument("agent_id", type=int)
+    update.add_argument("json", help="the body of PATCH /admin/agents/{agentId}")
+
+
+async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Carry out one admin action against the database and return its JSON answer."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    service = AdminService(pool, settings.secret_key)
+    calls: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "create-org": lambda: service.create_org({"name": args.name}),
+        "create-key": lambda: service.create_ingest_key(args.org_id),
+        "create-user": lambda: service.create_user(args.org_id, {"email": args.email}),
+        "create-agent": lambda: service.create_agent(args.org_id, json.loads(args.json)),
+        "update-agent": lambda: service.update_agent(args.agent_id, json.loads(args.json)),
+    }
+    try:
+        return await calls[args.action]()
+    finally:
+        await pool.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the console script."""
+    parser = argparse.ArgumentParser(prog="agent-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="the embedded default: databases, demo runtime, gateway")
+    dev.add_argument("--data-dir", default=".data", help="where embedded data lives (reused)")
+    sub.add_parser("serve", help="run the gateway")
+    consume = sub.add_parser("consume", help="run the store consumer")
+    consume.add_argument("--name", help="consumer name (default: host-pid)")
+    sub.add_parser("migrate", help="apply database migrations")
+    _admin_parser(sub)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    if args.command == "dev":
+        from gateway.dev import run_dev
+
+        run_dev(settings, args.data_dir)
+    elif args.command == "serve":
+        serve(settings)
+    elif args.command == "consume":
+        _require(settings, "DATABASE_URL", "REDIS_URL")
+        _install_uvloop()
+        asyncio.run(run_consumer(settings, name=args.name))
+    elif args.command == "migrate":
+        _require(settings, "DATABASE_URL")
+        applied = asyncio.run(migrate_url(settings.database_url))
+        print(json.dumps({"applied": applied}))
+    elif args.command == "admin":
+        _require(settings, "DATABASE_URL", "SECRET_KEY")
+        try:
+            print(json.dumps(asyncio.run(run_admin(settings, args)), indent=2))
+        except ApiError as exc:
+            print(json.dumps({"error": exc.message, **exc.extra}, indent=2), file=sys.stderr)
+            sys.exit(1)
+        except json.JSONDecodeError as exc:
+            sys.exit(f"agent-gateway: the JSON argument is not valid JSON: {exc}")
+
+
+if __name__ == "__main__":
+    main()

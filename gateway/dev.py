@@ -1,0 +1,203 @@
+"""``agent-gateway dev``: everything in one command, on a fresh machine.
+
+Starts (unless ``DATABASE_URL``/``REDIS_URL`` are given) a real PostgreSQL and a real Redis
+under a local data folder, migrates, seeds a demo organisation with an ingest key and demo
+agents, starts the demo runtime, the store consumer (its own process) and the gateway, and
+prints how to call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from adapters.fake_runtime import create_fake_runtime
+from gateway.admin import AdminService
+from gateway.app import create_app
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.log_config import AccessLogger
+from gateway.settings import Settings
+from store import queries
+from store.migrate import migrate_url
+from store.pool import create_pool
+
+DEMO_AGENTS = {
+    "csv": ("Demo CSV report", "report.csv?outputs=1"),
+    "pdf": ("Demo PDF report", "report.pdf?outputs=1"),
+    "failing": ("Demo failing report", "json-error"),
+}
+
+
+def _persistent_secret(data_dir: Path, name: str) -> str:
+    path = data_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+async def _seed_demo(settings: Settings, data_dir: Path, runtime_url: str) -> dict[str, Any]:
+    """Create the demo organisation once; on later starts point its agents at the runtime."""
+    state_file = data_dir / "demo.json"
+    state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.exists() else {}
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    admin = AdminService(pool, settings.secret_key)
+    try:
+        if not state or not await queries.org_exists(pool, uuid.UUID(state["org_id"])):
+            org = await admin.create_org({"name": "Demo organisation"})
+            key = await admin.create_ingest_key(uuid.UUID(org["id"]))
+            user = await admin.create_user(uuid.UUID(org["id"]), {"email": "demo@example.com"})
+            state = {
+                "org_id": org["id"],
+                "ingest_key": key["key"],
+                "user_id": user["id"],
+                "agents": {},
+            }
+            for slug, (name, path) in DEMO_AGENTS.items():
+                agent = await admin.create_agent(
+                    uuid.UUID(org["id"]),
+                    {
+                        "name": name,
+                        "output_kind": "file_download",
+                        "runtime": {"kind": "n8n", "webhook_url": f"{runtime_url}/webhook/{path}"},
+                        "default_input": {"topic": "Demo report"},
+                        "running_timeout_ms": 120_000,
+                    },
+                )
+                state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
+            state_file.write_text(json.dumps(state, indent=2))
+            state_file.chmod(0o600)
+        else:
+            for slug, (_name, path) in DEMO_AGENTS.items():
+                await admin.update_agent(
+                    state["agents"][slug]["id"],
+                    {
+                        "runtime": {"kind": "n8n", "webhook_url": f"{runtime_url}/webhook/{path}"},
+                    },
+                )
+    finally:
+        await pool.close()
+    return state
+
+
+def _banner(settings: Settings, state: dict[str, Any], runtime_url: str) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    key = state["ingest_key"]
+    csv_id = state["agents"]["csv"]["id"]
+    pdf_id = state["agents"]["pdf"]["id"]
+    failing_id = state["agents"]["failing"]["id"]
+    auth = f'-H "Authorization: Bearer {key}"'
+    body = (
+        '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
+    )
+    return f"""
+agent-gateway dev is running
+  gateway         {base}
+  database        {settings.database_url}
+  redis           {settings.redis_url}
+  demo runtime    {runtime_url}
+  ingest key      {key}
+  admin token     {settings.admin_token}
+  demo agents     csv={csv_id} pdf={pdf_id} failing={failing_id}
+
+Download the demo CSV (saved under the name the gateway sends):
+  curl -sS -OJ -D - -X POST {base}/api/agents/{csv_id}/runs/trigger-and-download {auth} {body}
+Download the demo PDF:
+  curl -sS -OJ -X POST {base}/api/agents/{pdf_id}/runs/trigger-and-download {auth} {body}
+A workflow that fails (502 with its JSON):
+  curl -sS -X POST {base}/api/agents/{failing_id}/runs/trigger-and-download {auth} {body}
+The run row (use the X-Run-Id header of a download):
+  curl -sS {base}/api/agents/{csv_id}/runs/<runId> {auth}
+Stop with Ctrl-C.
+"""
+
+
+async def _serve_all(settings: Settings, data_dir: Path) -> None:
+    runtime_runner = web.AppRunner(create_fake_runtime(), access_log=None)
+    await runtime_runner.setup()
+    runtime_port = free_port()
+    await web.TCPSite(runtime_runner, "127.0.0.1", runtime_port).start()
+    runtime_url = f"http://127.0.0.1:{runtime_port}"
+
+    await migrate_url(settings.database_url)
+    state = await _seed_demo(settings, data_dir, runtime_url)
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SECRET_KEY": settings.secret_key,
+        "LOG_LEVEL": settings.log_level,
+    }
+    # A long-lived child, as in production: the consumer is its own process.
+    consumer = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "gateway.cli", "consume"], env=env
+    )
+
+    runner = web.AppRunner(
+        create_app(settings),
+        handler_cancellation=True,
+        access_log_class=AccessLogger,
+        shutdown_timeout=settings.shutdown_grace_s,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        print(_banner(settings, state, runtime_url), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        consumer.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            consumer.wait(10)
+        if consumer.poll() is None:
+            consumer.kill()
+        await runtime_runner.cleanup()
+
+
+def run_dev(settings: Settings, data_dir_arg: str) -> None:
+    """Start everything the embedded default needs and serve until interrupted."""
+    data_dir = Path(data_dir_arg).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    servers: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        database_url = settings.database_url
+        if not database_url:
+            pg = EmbeddedPostgres(data_dir / "postgres")
+            servers.append(pg)
+            database_url = pg.start()
+        redis_url = settings.redis_url
+        if not redis_url:
+            redis = EmbeddedRedis(data_dir / "redis")
+            servers.append(redis)
+            redis_url = redis.start()
+        settings = dataclasses.replace(
+            settings,
+            database_url=database_url,
+            redis_url=redis_url,
+            secret_key=settings.secret_key or _persistent_secret(data_dir, "secret_key"),
+            admin_token=settings.admin_token or _persistent_secret(data_dir, "admin_token"),
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_all(settings, data_dir))
+    finally:
+        for server in reversed(servers):
+            server.stop()

@@ -1,0 +1,68 @@
+"""What a file download needs to know about the runtime's response: headers and names."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from email.message import Message
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_OUTPUTS = 2**63 - 1
+
+
+def parse_outputs(value: object) -> int | None:
+    """An ``outputs`` value if it is a non-negative integer (or its decimal text); else ``None``.
+
+    Booleans, floats, negatives, signs, blanks and anything over a bigint are dropped.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if 0 <= number <= _MAX_OUTPUTS else None
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare media type of a Content-Type value, lowercased."""
+    if not content_type:
+        return "application/octet-stream"
+    return content_type.split(";", 1)[0].strip().lower() or "application/octet-stream"
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (``application/json`` or any ``+json``)."""
+    kind = media_type(content_type)
+    return kind == "application/json" or kind.endswith("+json")
+
+
+def filename_from_disposition(disposition: str | None) -> str | None:
+    """The file name a Content-Disposition carries (``filename*`` preferred), unsanitised."""
+    if not disposition:
+        return None
+    msg = Message()
+    msg["content-disposition"] = disposition
+    name = msg.get_filename()
+    return name or None
+
+
+def safe_filename(name: str) -> str:
+    """A file name with no path, no quotes and no control characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = _SAFE.sub("-", base).strip(".-")
+    return cleaned[:150] or "download"
+
+
+def derive_filename(agent_name: str, run_id: int, content_type: str | None) -> str:
+    """A name for a file whose runtime gave none: agent, run and the type's extension."""
+    extension = mimetypes.guess_extension(media_type(content_type), strict=False) or ".bin"
+    stem = safe_filename(agent_name.lower()) if agent_name else "download"
+    return f"{stem}-run-{run_id}{extension}"
+
+
+def synthesized_disposition(filename: str) -> str:
+    """``attachment; filename="<name>"`` for a name that is already safe to quote."""
+    return f'attachment; filename="{safe_filename(filename)}"'

@@ -1,0 +1,103 @@
+"""Domain exceptions. Each names its HTTP status; one middleware turns them into responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """A failure the caller is told about, with a JSON body ``{"error": message, **extra}``."""
+
+    status = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+        self.headers = headers or {}
+        self.code = code or type(self).__name__
+
+
+class BadRequest(ApiError):
+    """The request is malformed (400)."""
+
+    status = 400
+
+
+class Unauthorized(ApiError):
+    """No credentials, or credentials that match nothing (401)."""
+
+    status = 401
+
+
+class Forbidden(ApiError):
+    """Authenticated, but not allowed (403)."""
+
+    status = 403
+
+
+class NotFound(ApiError):
+    """No such resource, or not one this caller may know exists (404)."""
+
+    status = 404
+
+
+class Conflict(ApiError):
+    """The resource is in a state that refuses the request (409)."""
+
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    """The request body is over its limit (413)."""
+
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    """The request body is not JSON (415)."""
+
+    status = 415
+
+
+class Unprocessable(ApiError):
+    """The agent cannot serve this kind of run (422)."""
+
+    status = 422
+
+
+class RateLimited(ApiError):
+    """The agent's bucket is empty (429)."""
+
+    status = 429
+
+
+class RuntimeInvocationFailed(ApiError):
+    """The runtime could not be invoked at all (500, as the seeds say)."""
+
+    status = 500
+
+
+class BadGateway(ApiError):
+    """The runtime answered, but not with what the run needed (502)."""
+
+    status = 502
+
+
+class ServiceUnavailable(ApiError):
+    """A backing service is down; try again later (503)."""
+
+    status = 503
+
+
+class GatewayTimeout(ApiError):
+    """The runtime sent nothing within the wait window (504)."""
+
+    status = 504

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: parse, call a domain service, shape the response."""

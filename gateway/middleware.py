@@ -1,0 +1,89 @@
+"""Request ids, and the one place where domain exceptions become HTTP responses."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import ApiError
+
+log = structlog.get_logger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def error_body(request: web.Request, status: int, message: str, **extra: Any) -> dict[str, Any]:
+    """The JSON error shape for ``request``'s route family."""
+    if request.path.startswith("/v0/"):
+        code = extra.pop("code", None) or _V0_CODES.get(status, "error")
+        return {"error": {"code": code, "message": message, "details": extra or None}}
+    return {"error": message, **extra}
+
+
+_V0_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (echoed back) and bind it to the log context."""
+    request_id = _request_id(request)
+    request["request_id"] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return await handler(request)
+
+
+@web.middleware
+async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map domain exceptions (and aiohttp's own 4xx) to JSON error responses."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        extra = dict(exc.extra)
+        if request.path.startswith("/v0/"):
+            extra["code"] = exc.code
+        return web.json_response(
+            error_body(request, exc.status, exc.message, **extra),
+            status=exc.status,
+            headers=exc.headers,
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return web.json_response(
+            error_body(request, exc.status, exc.reason), status=exc.status, headers=headers
+        )
+    except Exception:
+        # A 500 here is a bug; the traceback goes to the log, not to the caller.
+        log.exception("unhandled_error", path=request.path)
+        return web.json_response(
+            error_body(request, 500, "Internal server error", requestId=request["request_id"]),
+            status=500,
+        )
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: echo the request id on every response, streamed ones too."""
+    request_id = request.get("request_id")
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,0 +1,153 @@
+"""Request bodies, validated with marshmallow. Every failure becomes a 400 naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+
+from gateway.errors import BadRequest
+
+
+class StrictNumber(fields.Field):  # type: ignore[type-arg]
+    """A JSON number, never a string or a boolean, finite."""
+
+    default_error_messages = {"invalid": "Not a valid number."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        if not math.isfinite(value):
+            raise self.make_error("invalid")
+        return float(value)
+
+
+class JsonObject(fields.Dict):
+    """A JSON object (a ``dict``); anything else is refused with a clear message."""
+
+    default_error_messages = {"invalid": "Must be a JSON object."}
+
+
+class TriggerBody(Schema):
+    """The body of the trigger endpoints (seeds 000 and 002)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    input = JsonObject(load_default=dict)
+    userId = fields.UUID(load_default=None, allow_none=True)
+    timeoutMs = StrictNumber(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, min_inclusive=False, error="Must be a positive number."),
+    )
+
+
+_NAME = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class OrgBody(Schema):
+    """``POST /admin/orgs``."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = _NAME
+
+
+class UserBody(Schema):
+    """``POST /admin/orgs/{orgId}/users``."""
+
+    class Meta:
+        unknown = RAISE
+
+    email = fields.Email(required=True)
+
+
+class RuntimeConfig(Schema):
+    """An agent's runtime: ``n8n`` (a webhook) or ``trigger.dev`` (a task)."""
+
+    class Meta:
+        unknown = RAISE
+
+    kind = fields.String(required=True, validate=validate.OneOf(["n8n", "trigger.dev"]))
+    webhook_url = fields.String()
+    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    api_url = fields.String()
+    task_id = fields.String(validate=validate.Length(min=1, max=512))
+    secret_key = fields.String(validate=validate.Length(min=1, max=1024))
+
+    @validates("webhook_url")
+    def _webhook(self, value: str, **_: Any) -> None:
+        _http_url(value)
+
+    @validates("api_url")
+    def _api(self, value: str, **_: Any) -> None:
+        _http_url(value)
+
+    def load_checked(self, data: Any) -> dict[str, Any]:
+        """Load and require the fields the chosen kind needs."""
+        loaded: dict[str, Any] = self.load(data)
+        needed = (
+            ["webhook_url"] if loaded["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
+        )
+        missing = [n for n in needed if n not in loaded]
+        if missing:
+            raise ValidationError({n: ["Missing data for required field."] for n in missing})
+        return loaded
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError("Must be an http(s) URL.")
+
+
+class AgentBody(Schema):
+    """``POST /admin/orgs/{orgId}/agents`` and, partially, ``PATCH /admin/agents/{id}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = _NAME
+    managed_by = fields.String(validate=validate.OneOf(["platform", "standalone"]))
+    status = fields.String(validate=validate.OneOf(["active", "paused", "archived"]))
+    allow_external_triggers = fields.Boolean(truthy={True}, falsy={False})
+    output_kind = fields.String(validate=validate.OneOf(["json", "file_download", "stream"]))
+    runtime = fields.Dict(required=True)
+    default_input = JsonObject()
+    input_format = fields.Raw(allow_none=True)
+    running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
+
+
+def load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:
+    """Validate ``data`` against ``schema``; a failure is a 400 that lists each bad field."""
+    try:
+        result: dict[str, Any] = schema.load(data, partial=partial)
+        if isinstance(schema, AgentBody) and "runtime" in result:
+            result["runtime"] = RuntimeConfig().load_checked(result["runtime"])
+    except ValidationError as exc:
+        raise BadRequest("Invalid request body", extra={"details": exc.messages}) from None
+    return result
+
+
+def parse_json_object(raw: bytes, *, allow_empty: bool) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object."""
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise BadRequest("Request body must be a JSON object")
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

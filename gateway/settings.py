@@ -1,0 +1,89 @@
+"""Settings read once from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the gateway cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be a boolean, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway and the store consumer read from their environment."""
+
+    database_url: str = ""
+    redis_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_token: str = ""
+    public_base_url: str = ""
+    secret_key: str = field(default="", repr=False)
+    log_level: str = "INFO"
+    # Upper bound for any wait window, whatever the caller or agent asks for.
+    hard_ceiling_ms: int = 600_000
+    default_wait_ms: int = 60_000
+    # A runtime that sends no byte for this long mid-body is treated as dead.
+    stream_idle_timeout_s: float = 120.0
+    # Bytes asked of the upstream socket per read; measured in bench/.
+    stream_read_buffer: int = 256 * 1024
+    sync_rate_limit: int = 5
+    sync_rate_window_s: int = 60
+    rate_limit_fail_open: bool = True
+    max_request_body: int = 1024 * 1024
+    events_stream: str = "runs:events"
+    events_group: str = "store"
+    # Bound on how long in-flight requests may run on after SIGTERM.
+    shutdown_grace_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings DESIGN.md names (plus tuning knobs) from ``env``."""
+        env = os.environ if env is None else env
+        port = _int(env, "GATEWAY_PORT", 8080)
+        host = env.get("GATEWAY_HOST", "127.0.0.1")
+        public = env.get("PUBLIC_BASE_URL") or f"http://{host}:{port}"
+        return cls(
+            database_url=env.get("DATABASE_URL", ""),
+            redis_url=env.get("REDIS_URL", ""),
+            host=host,
+            port=port,
+            admin_token=env.get("ADMIN_TOKEN", ""),
+            public_base_url=public.rstrip("/"),
+            secret_key=env.get("SECRET_KEY", ""),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            hard_ceiling_ms=_int(env, "HARD_CEILING_MS", 600_000),
+            default_wait_ms=_int(env, "DEFAULT_WAIT_MS", 60_000),
+            stream_idle_timeout_s=float(_int(env, "STREAM_IDLE_TIMEOUT_S", 120)),
+            stream_read_buffer=_int(env, "STREAM_READ_BUFFER", 256 * 1024),
+            sync_rate_limit=_int(env, "SYNC_RATE_LIMIT", 5),
+            sync_rate_window_s=_int(env, "SYNC_RATE_WINDOW_S", 60),
+            rate_limit_fail_open=_bool(env, "RATE_LIMIT_FAIL_OPEN", True),
+            max_request_body=_int(env, "MAX_REQUEST_BODY", 1024 * 1024),
+            shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
+        )

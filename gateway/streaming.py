@@ -1,0 +1,78 @@
+"""Copying a runtime's body to the caller, chunk by chunk, never buffering it.
+
+Memory per stream is bounded by the client's read buffer plus one chunk in the socket's
+write buffer: ``StreamResponse.write`` waits for the caller to drain before the next read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gateway.runs import DownloadStart, RunService
+
+log = structlog.get_logger(__name__)
+
+
+async def send_download(
+    request: web.Request, start: DownloadStart, runs: RunService, *, idle_timeout_s: float
+) -> web.StreamResponse:
+    """Stream ``start``'s body to the caller and record how the run ended.
+
+    The caller leaves: the upstream request is closed at once and the run fails. The runtime
+    dies or stalls mid-body: the caller's connection is aborted, so a truncated file can never
+    pass for a whole one, and the run fails.
+    """
+    upstream = start.upstream
+    response = web.StreamResponse(status=200, headers=start.headers)
+    sent = 0
+    failure: str | None = None
+    caller_gone = False
+    loop = asyncio.get_running_loop()
+    try:
+        await response.prepare(request)
+        await response.write(start.first_chunk)
+        sent = len(start.first_chunk)
+        async with asyncio.timeout_at(loop.time() + idle_timeout_s) as idle:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    caller_gone = True
+                    break
+                sent += len(chunk)
+                idle.reschedule(loop.time() + idle_timeout_s)
+        if not caller_gone:
+            await response.write_eof()
+    except asyncio.CancelledError:
+        # The caller disconnected and the handler was cancelled (handler_cancellation=True).
+        upstream.close()
+        runs.fail_detached(
+            start.run, f"Caller disconnected after {sent} bytes", started=start.started
+        )
+        raise
+    except ConnectionError:
+        caller_gone = True
+    except TimeoutError:
+        failure = f"Runtime stalled for {idle_timeout_s:g} s mid-stream after {sent} bytes"
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        failure = f"Runtime stream broke after {sent} bytes: {exc.__class__.__name__}: {exc}"
+
+    if caller_gone:
+        upstream.close()
+        await runs.fail(start.run, f"Caller disconnected after {sent} bytes", started=start.started)
+        return response
+    if failure is not None:
+        upstream.close()
+        # No clean end of body: the caller must see a broken transfer.
+        if request.transport is not None:
+            request.transport.abort()
+        log.warning("download_aborted", run_id=start.run.id, reason=failure)
+        await runs.fail(start.run, failure, started=start.started)
+        return response
+    upstream.release()
+    await runs.finish_download(start, sent)
+    return response

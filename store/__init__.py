@@ -1,0 +1,1 @@
+"""The metadata store: schema, SQL, the run-event publisher and the consumer process."""

@@ -1,0 +1,103 @@
+"""Plain records for the rows the gateway works with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+IN_FLIGHT_STATUSES = frozenset({"queued", "running", "waiting"})
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An agent: what a run executes, on which runtime, under which rules."""
+
+    id: int
+    org_id: uuid.UUID
+    name: str
+    managed_by: str
+    status: str
+    allow_external_triggers: bool
+    output_kind: str
+    runtime: dict[str, Any]
+    default_input: dict[str, Any]
+    input_format: Any
+    running_timeout_ms: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    api_key_salt: bytes = field(repr=False)
+
+    def public(self) -> dict[str, Any]:
+        """The agent as the admin API shows it (never the runtime's secrets)."""
+        runtime = {
+            k: ("***" if k in {"secret_key", "headers"} and v else v)
+            for k, v in self.runtime.items()
+        }
+        return {
+            "id": self.id,
+            "org_id": str(self.org_id),
+            "name": self.name,
+            "managed_by": self.managed_by,
+            "status": self.status,
+            "allow_external_triggers": self.allow_external_triggers,
+            "output_kind": self.output_kind,
+            "runtime": runtime,
+            "default_input": self.default_input,
+            "input_format": self.input_format,
+            "running_timeout_ms": self.running_timeout_ms,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run row, shaped as the seeds' run responses."""
+
+    id: int
+    agent_id: int
+    org_id: uuid.UUID
+    status: str
+    input: dict[str, Any]
+    output_data: Any
+    outputs: int | None
+    error: str | None
+    duration_ms: int | None
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    created_at: dt.datetime
+    created_by: uuid.UUID | None
+    external_run_id: str | None
+    runtime_run_id: str | None
+    deadline: dt.datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has reached a state it never leaves."""
+        return self.status in TERMINAL_STATUSES
+
+    def public(self) -> dict[str, Any]:
+        """The run as seed 002's 200 response shapes it."""
+        return {
+            "runId": self.id,
+            "agentId": self.agent_id,
+            "status": self.status,
+            "output_data": self.output_data,
+            "outputs": self.outputs,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "created_at": iso(self.created_at),
+        }
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """An ISO 8601 UTC timestamp with milliseconds and ``Z``, as the seeds print them."""
+    if value is None:
+        return None
+    utc = value.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

@@ -1,0 +1,29 @@
+"""The asyncpg pool, with JSON columns decoded to Python values."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    """Open a pool whose connections read and write ``json``/``jsonb`` as Python values."""
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # A dead server must surface as an error quickly, not as a hang.
+        timeout=10,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool

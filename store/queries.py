@@ -1,0 +1,193 @@
+"""The SQL the gateway runs against PostgreSQL, one function per question."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import asyncpg
+
+from store.models import Agent, Run
+
+_AGENT_COLUMNS = """id, org_id, name, managed_by, status, allow_external_triggers, output_kind,
+    runtime, default_input, input_format, running_timeout_ms, created_at, updated_at,
+    api_key_salt"""
+
+_RUN_COLUMNS = """id, agent_id, org_id, status, input, output_data, outputs, error, duration_ms,
+    started_at, completed_at, created_at, created_by, external_run_id, runtime_run_id, deadline"""
+
+# Columns an operator may set on an agent (the admin API and the console command).
+AGENT_FIELDS = (
+    "name",
+    "managed_by",
+    "status",
+    "allow_external_triggers",
+    "output_kind",
+    "runtime",
+    "default_input",
+    "input_format",
+    "running_timeout_ms",
+)
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+
+def _agent(row: asyncpg.Record) -> Agent:
+    return Agent(**dict(row))
+
+
+def _run(row: asyncpg.Record) -> Run:
+    return Run(**dict(row))
+
+
+async def create_org(db: Executor, name: str) -> uuid.UUID:
+    """Create an organisation and return its id."""
+    org_id = uuid.uuid4()
+    await db.execute("INSERT INTO orgs (id, name) VALUES ($1, $2)", org_id, name)
+    return org_id
+
+
+async def org_exists(db: Executor, org_id: uuid.UUID) -> bool:
+    """Whether ``org_id`` names an organisation."""
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM orgs WHERE id = $1)", org_id))
+
+
+async def create_ingest_key(
+    db: Executor, org_id: uuid.UUID, key_hash: bytes, prefix: str
+) -> uuid.UUID:
+    """Record an ingest key (by its hash) for ``org_id``."""
+    key_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO ingest_keys (id, org_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)",
+        key_id,
+        org_id,
+        key_hash,
+        prefix,
+    )
+    return key_id
+
+
+async def org_for_ingest_key(db: Executor, key_hash: bytes) -> uuid.UUID | None:
+    """The organisation an unrevoked ingest key belongs to, or ``None``."""
+    value = await db.fetchval(
+        "SELECT org_id FROM ingest_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+    )
+    return value if isinstance(value, uuid.UUID) else None
+
+
+async def create_member(db: Executor, org_id: uuid.UUID, email: str) -> uuid.UUID:
+    """Create (or find) the user with ``email`` and make them a member of ``org_id``."""
+    user_id: uuid.UUID = await db.fetchval(
+        """WITH u AS (
+               INSERT INTO users (id, email) VALUES ($2, $3)
+               ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email
+               RETURNING id),
+           m AS (
+               INSERT INTO memberships (org_id, user_id) SELECT $1, id FROM u
+               ON CONFLICT DO NOTHING)
+           SELECT id FROM u""",
+        org_id,
+        uuid.uuid4(),
+        email,
+    )
+    return user_id
+
+
+async def is_member(db: Executor, org_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Whether ``user_id`` is a member of ``org_id``."""
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM memberships WHERE org_id = $1 AND user_id = $2)",
+            org_id,
+            user_id,
+        )
+    )
+
+
+async def create_agent(
+    db: Executor,
+    org_id: uuid.UUID,
+    api_key_salt: bytes,
+    api_key_hash: bytes,
+    fields: dict[str, Any],
+) -> Agent:
+    """Insert an agent with the given column values (defaults for the rest)."""
+    names = [n for n in AGENT_FIELDS if n in fields]
+    columns = ", ".join(["org_id", "api_key_salt", "api_key_hash", *names])
+    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 4))
+    row = await db.fetchrow(
+        f"INSERT INTO agents ({columns}) VALUES ({placeholders}) RETURNING {_AGENT_COLUMNS}",
+        org_id,
+        api_key_salt,
+        api_key_hash,
+        *(fields[n] for n in names),
+    )
+    assert row is not None
+    return _agent(row)
+
+
+async def update_agent(db: Executor, agent_id: int, fields: dict[str, Any]) -> Agent | None:
+    """Change the given columns of an agent; ``None`` when it does not exist."""
+    names = [n for n in AGENT_FIELDS if n in fields]
+    assignments = ", ".join(f"{n} = ${i}" for i, n in enumerate(names, start=2))
+    sets = f"{assignments}, updated_at = now()" if names else "updated_at = now()"
+    row = await db.fetchrow(
+        f"UPDATE agents SET {sets} WHERE id = $1 RETURNING {_AGENT_COLUMNS}",
+        agent_id,
+        *(fields[n] for n in names),
+    )
+    return None if row is None else _agent(row)
+
+
+async def get_agent(db: Executor, agent_id: int) -> Agent | None:
+    """The agent with ``agent_id``, or ``None``."""
+    row = await db.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
+    return None if row is None else _agent(row)
+
+
+async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Agent | None:
+    """The agent with ``agent_id`` when it belongs to ``org_id``; ``None`` otherwise."""
+    row = await db.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1 AND org_id = $2", agent_id, org_id
+    )
+    return None if row is None else _agent(row)
+
+
+async def insert_run(
+    db: Executor,
+    *,
+    agent: Agent,
+    input_data: dict[str, Any],
+    created_by: uuid.UUID | None,
+    deadline: dt.datetime,
+    trigger_kind: str,
+) -> Run:
+    """Create a run row in ``queued``; its id is needed before anything else happens."""
+    row = await db.fetchrow(
+        f"""INSERT INTO runs (agent_id, org_id, input, created_by, deadline, trigger_kind)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            RETURNING {_RUN_COLUMNS}""",
+        agent.id,
+        agent.org_id,
+        input_data,
+        created_by,
+        deadline,
+        trigger_kind,
+    )
+    assert row is not None
+    return _run(row)
+
+
+async def get_run(db: Executor, run_id: int) -> Run | None:
+    """The run with ``run_id``, or ``None``."""
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return None if row is None else _run(row)
+
+
+async def get_run_of_agent(db: Executor, agent_id: int, run_id: int) -> Run | None:
+    """The run with ``run_id`` when it is a run of ``agent_id``."""
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 AND agent_id = $2", run_id, agent_id
+    )
+    return None if row is None else _run(row)
