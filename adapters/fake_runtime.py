@@ -20,6 +20,7 @@ import asyncio
 import csv
 import io
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,9 +93,26 @@ def _pdf_body(payload: dict[str, Any]) -> bytes:
 
 async def _file(request: web.Request) -> web.StreamResponse:
     payload = await request.json()
-    request.app[RECEIVED].append(
-        {"path": request.path, "headers": dict(request.headers), "payload": payload}
-    )
+    record: dict[str, Any] = {
+        "path": request.path,
+        "headers": dict(request.headers),
+        "payload": payload,
+        "outcome": "in_progress",
+    }
+    request.app[RECEIVED].append(record)
+    try:
+        response = await _answer(request, payload)
+    except (asyncio.CancelledError, ConnectionError):
+        # The gateway closed our connection: what a real runtime sees when a caller leaves.
+        record["outcome"] = "disconnected"
+        record["ended_at"] = time.monotonic()
+        raise
+    record["outcome"] = "answered"
+    record["ended_at"] = time.monotonic()
+    return response
+
+
+async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamResponse:
     q = request.query
     name = request.match_info["name"]
     if delay := int(q.get("delay_ms", "0")):

@@ -23,3 +23,5 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKGROUND = web.AppKey("background", BackgroundTasks)
 RUN_SERVICE = web.AppKey("run_service", RunService)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
+
+REQUEST_ID = web.RequestKey("request_id", str)

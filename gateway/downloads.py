@@ -49,17 +49,20 @@ def filename_from_disposition(disposition: str | None) -> str | None:
     return name or None
 
 
+def slug(text: str) -> str:
+    """``text`` reduced to letters, digits, dots, dashes and underscores."""
+    return _SAFE.sub("-", text).strip(".-")[:150]
+
+
 def safe_filename(name: str) -> str:
     """A file name with no path, no quotes and no control characters."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = _SAFE.sub("-", base).strip(".-")
-    return cleaned[:150] or "download"
+    return slug(name.replace("\\", "/").rsplit("/", 1)[-1]) or "download"
 
 
 def derive_filename(agent_name: str, run_id: int, content_type: str | None) -> str:
     """A name for a file whose runtime gave none: agent, run and the type's extension."""
     extension = mimetypes.guess_extension(media_type(content_type), strict=False) or ".bin"
-    stem = safe_filename(agent_name.lower()) if agent_name else "download"
+    stem = slug(agent_name.lower()) or "download"
     return f"{stem}-run-{run_id}{extension}"
 
 

@@ -10,6 +10,8 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway.app_keys import REQUEST_ID
+
 
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stdout, for structlog and for the standard library's loggers."""
@@ -58,7 +60,7 @@ class AccessLogger(AbstractAccessLogger):
             status=response.status,
             duration_ms=round(duration * 1000, 2),
             bytes=response.body_length,
-            request_id=request.get("request_id"),
+            request_id=request.get(REQUEST_ID),
             run_id=response.headers.get("X-Run-Id"),
             agent_id=match_info.get("agentId") if match_info is not None else None,
             remote=request.remote,

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.app_keys import REQUEST_ID
 from gateway.errors import ApiError
 
 log = structlog.get_logger(__name__)
@@ -46,7 +47,7 @@ _V0_CODES = {
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (echoed back) and bind it to the log context."""
     request_id = _request_id(request)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     return await handler(request)
@@ -77,13 +78,13 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
         # A 500 here is a bug; the traceback goes to the log, not to the caller.
         log.exception("unhandled_error", path=request.path)
         return web.json_response(
-            error_body(request, 500, "Internal server error", requestId=request["request_id"]),
+            error_body(request, 500, "Internal server error", requestId=request[REQUEST_ID]),
             status=500,
         )
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: echo the request id on every response, streamed ones too."""
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,0 +1,234 @@
+"""Shared fixtures: a real PostgreSQL and a real Redis for the session, and factories.
+
+Both servers are started by the test session itself from the embedded wheels, unless
+``DATABASE_URL`` and ``REDIS_URL`` point at servers to use instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.fake_runtime import RECEIVED, create_fake_runtime
+from gateway.app import create_app
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.settings import Settings
+from store.consumer import StoreConsumer
+from store.migrate import migrate_url
+from store.pool import create_pool
+
+ADMIN_TOKEN = "test-admin-token"
+SECRET_KEY = "test-secret-key"
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Where the session's PostgreSQL and Redis listen."""
+
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    """Real PostgreSQL and Redis for the whole session (migrated once)."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    root = Path(tmp_path_factory.mktemp("backends"))
+    try:
+        if not database_url:
+            pg = EmbeddedPostgres(root / "postgres", durable=False)
+            started.append(pg)
+            database_url = pg.start()
+        if not redis_url:
+            rd = EmbeddedRedis(root / "redis")
+            started.append(rd)
+            redis_url = rd.start()
+        asyncio.run(migrate_url(database_url))
+        yield Backends(database_url, redis_url)
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def settings(backends: Backends) -> Settings:
+    """Gateway settings for one test; its own event stream keeps tests apart."""
+    return Settings(
+        database_url=backends.database_url,
+        redis_url=backends.redis_url,
+        admin_token=ADMIN_TOKEN,
+        secret_key=SECRET_KEY,
+        public_base_url="http://gateway.test",
+        events_stream=f"test:events:{uuid.uuid4().hex}",
+        stream_idle_timeout_s=5.0,
+        shutdown_grace_s=5.0,
+    )
+
+
+@pytest.fixture
+async def db(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
+    """A pool for looking at rows directly."""
+    pool = await create_pool(backends.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def redis_client(backends: Backends) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client for looking at keys and streams directly."""
+    client = aioredis.Redis.from_url(backends.redis_url)
+    yield client
+    await client.aclose()
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_gateway(
+    settings: Settings,
+) -> AsyncIterator[GatewayFactory]:
+    """Start gateway replicas (real sockets) sharing the test's PostgreSQL and Redis."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        app = create_app(dataclasses.replace(settings, **overrides))
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> TestClient[web.Request, web.Application]:
+    """One gateway replica."""
+    return await make_gateway()
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[TestServer]:
+    """The fake n8n runtime on a real local socket."""
+    server = TestServer(create_fake_runtime())
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+def received(runtime: TestServer) -> list[dict[str, Any]]:
+    """What the fake runtime was sent, in order."""
+    return runtime.app[RECEIVED]
+
+
+@pytest.fixture
+async def consumer(
+    settings: Settings, backends: Backends
+) -> AsyncIterator[StoreConsumer]:
+    """The store consumer, running for the duration of the test."""
+    redis = aioredis.Redis.from_url(backends.redis_url)
+    pool = await create_pool(backends.database_url, min_size=1, max_size=2)
+    worker = StoreConsumer(
+        redis, pool, stream=settings.events_stream, group=settings.events_group,
+        name="test-consumer", block_ms=100,
+    )
+    task = asyncio.create_task(worker.run())
+    yield worker
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    await pool.close()
+    await redis.aclose()
+
+
+@dataclass
+class Tenant:
+    """An organisation with an ingest key, as a caller of the agent API holds it."""
+
+    org_id: str
+    ingest_key: str
+    client: TestClient[web.Request, web.Application]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header for this tenant."""
+        return {"Authorization": f"Bearer {self.ingest_key}"}
+
+    async def create_agent(self, **fields: Any) -> dict[str, Any]:
+        """Create an agent through the admin API (defaults: an eligible download agent)."""
+        body = {
+            "name": "Report agent",
+            "output_kind": "file_download",
+            "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/none"},
+            **fields,
+        }
+        resp = await self.client.post(f"/admin/orgs/{self.org_id}/agents", json=body,
+                                      headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        agent: dict[str, Any] = await resp.json()
+        return agent
+
+    async def add_member(self, email: str) -> str:
+        """Add a user to this organisation; return the user id."""
+        resp = await self.client.post(f"/admin/orgs/{self.org_id}/users",
+                                      json={"email": email}, headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        user_id: str = (await resp.json())["id"]
+        return user_id
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TenantFactory = Callable[..., Awaitable[Tenant]]
+
+
+@pytest.fixture
+def make_tenant(gateway: TestClient[web.Request, web.Application]) -> TenantFactory:
+    """Create organisations with ingest keys through the admin API."""
+
+    async def create(name: str = "Acme") -> Tenant:
+        resp = await gateway.post("/admin/orgs", json={"name": name}, headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        org_id = (await resp.json())["id"]
+        resp = await gateway.post(f"/admin/orgs/{org_id}/keys", headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        return Tenant(org_id, (await resp.json())["key"], gateway)
+
+    return create
+
+
+@pytest.fixture
+async def tenant(make_tenant: TenantFactory) -> Tenant:
+    """One organisation with an ingest key."""
+    return await make_tenant()
+
+
+async def wait_for_run(
+    tenant: Tenant, agent_id: int, run_id: int, *, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Poll the run until it is terminal, as a caller would (bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        resp = await tenant.client.get(f"/api/agents/{agent_id}/runs/{run_id}",
+                                       headers=tenant.auth)
+        assert resp.status == 200, await resp.text()
+        run: dict[str, Any] = await resp.json()
+        if run["status"] in {"completed", "failed", "cancelled"}:
+            return run
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s")
+        await asyncio.sleep(0.05)
