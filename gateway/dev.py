@@ -127,7 +127,9 @@ Stop with Ctrl-C.
 
 
 async def _serve_all(settings: Settings, data_dir: Path) -> None:
-    runtime_runner = web.AppRunner(create_fake_runtime(), access_log=None, handler_cancellation=True)
+    runtime_runner = web.AppRunner(
+        create_fake_runtime(), access_log=None, handler_cancellation=True
+    )
     await runtime_runner.setup()
     runtime_port = free_port()
     await web.TCPSite(runtime_runner, "127.0.0.1", runtime_port).start()

@@ -6,7 +6,7 @@ import mimetypes
 import re
 from email.message import Message
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9._]+")
 _MAX_OUTPUTS = 2**63 - 1
 
 

@@ -2,7 +2,7 @@
 
 Every replica shares the bucket, and the refill is computed from ``TIME`` inside Redis, so a
 replica with a skewed clock cannot mint tokens.
-"""  # noqa: S105 - a Lua script, not a secret
+"""
 
 from __future__ import annotations
 

@@ -138,15 +138,17 @@ def received(runtime: TestServer) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def consumer(
-    settings: Settings, backends: Backends
-) -> AsyncIterator[StoreConsumer]:
+async def consumer(settings: Settings, backends: Backends) -> AsyncIterator[StoreConsumer]:
     """The store consumer, running for the duration of the test."""
     redis = aioredis.Redis.from_url(backends.redis_url)
     pool = await create_pool(backends.database_url, min_size=1, max_size=2)
     worker = StoreConsumer(
-        redis, pool, stream=settings.events_stream, group=settings.events_group,
-        name="test-consumer", block_ms=100,
+        redis,
+        pool,
+        stream=settings.events_stream,
+        group=settings.events_group,
+        name="test-consumer",
+        block_ms=100,
     )
     task = asyncio.create_task(worker.run())
     yield worker
@@ -177,16 +179,16 @@ class Tenant:
             "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/none"},
             **fields,
         }
-        resp = await self.client.post(f"/admin/orgs/{self.org_id}/agents", json=body,
-                                      headers=ADMIN)
+        resp = await self.client.post(f"/admin/orgs/{self.org_id}/agents", json=body, headers=ADMIN)
         assert resp.status == 201, await resp.text()
         agent: dict[str, Any] = await resp.json()
         return agent
 
     async def add_member(self, email: str) -> str:
         """Add a user to this organisation; return the user id."""
-        resp = await self.client.post(f"/admin/orgs/{self.org_id}/users",
-                                      json={"email": email}, headers=ADMIN)
+        resp = await self.client.post(
+            f"/admin/orgs/{self.org_id}/users", json={"email": email}, headers=ADMIN
+        )
         assert resp.status == 201, await resp.text()
         user_id: str = (await resp.json())["id"]
         return user_id
@@ -223,8 +225,7 @@ async def wait_for_run(
     """Poll the run until it is terminal, as a caller would (bounded)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        resp = await tenant.client.get(f"/api/agents/{agent_id}/runs/{run_id}",
-                                       headers=tenant.auth)
+        resp = await tenant.client.get(f"/api/agents/{agent_id}/runs/{run_id}", headers=tenant.auth)
         assert resp.status == 200, await resp.text()
         run: dict[str, Any] = await resp.json()
         if run["status"] in {"completed", "failed", "cancelled"}:

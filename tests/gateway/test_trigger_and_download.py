@@ -25,8 +25,11 @@ MB = 1024 * 1024
 
 def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
     """An n8n runtime config pointing at the fake runtime."""
-    return {"kind": "n8n", "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
-            "headers": {"X-N8N-Auth": "shared-secret"}}
+    return {
+        "kind": "n8n",
+        "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
+        "headers": {"X-N8N-Auth": "shared-secret"},
+    }
 
 
 def download_url(agent_id: int | str) -> str:
@@ -51,8 +54,9 @@ async def test_a_50_mb_file_arrives_byte_identical_and_the_run_records_its_metad
         runtime=webhook(runtime, f"bytes?size={size}&chunked={int(chunked)}&outputs=1")
     )
 
-    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth,
-                                    json={"input": {"topic": "Q3"}})
+    resp = await tenant.client.post(
+        download_url(agent["id"]), headers=tenant.auth, json={"input": {"topic": "Q3"}}
+    )
     assert resp.status == 200
     digest, got = await sha256_of_body(resp)
 
@@ -70,8 +74,12 @@ async def test_a_50_mb_file_arrives_byte_identical_and_the_run_records_its_metad
 
     run = await wait_for_run(tenant, agent["id"], run_id)
     assert run["status"] == "completed"
-    assert run["output_data"] == {"kind": "file_download", "filename": "data.bin",
-                                  "mimeType": "application/octet-stream", "sizeBytes": size}
+    assert run["output_data"] == {
+        "kind": "file_download",
+        "filename": "data.bin",
+        "mimeType": "application/octet-stream",
+        "sizeBytes": size,
+    }
     assert run["outputs"] == 1
     assert run["error"] is None
     assert run["duration_ms"] >= 0
@@ -86,8 +94,11 @@ async def test_the_runtime_gets_the_trigger_payload_with_merged_input_and_its_he
         default_input={"topic": "default", "rows": 3, "locale": "en"},
     )
 
-    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth,
-                                    json={"input": {"topic": "Q3 financial summary"}})
+    resp = await tenant.client.post(
+        download_url(agent["id"]),
+        headers=tenant.auth,
+        json={"input": {"topic": "Q3 financial summary"}},
+    )
 
     assert resp.status == 200
     body = await resp.read()
@@ -308,8 +319,9 @@ async def test_the_runtime_not_answering_in_the_window_is_a_504_and_a_failed_run
     agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf?delay_ms=3000"))
 
     started = time.monotonic()
-    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth,
-                                    json={"timeoutMs": 300})
+    resp = await tenant.client.post(
+        download_url(agent["id"]), headers=tenant.auth, json={"timeoutMs": 300}
+    )
 
     assert resp.status == 504
     assert time.monotonic() - started < 2.5
@@ -327,8 +339,9 @@ async def test_the_wait_window_is_capped_by_the_agents_running_timeout(
         runtime=webhook(runtime, "report.pdf?delay_ms=3000"), running_timeout_ms=300
     )
 
-    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth,
-                                    json={"timeoutMs": 120000})
+    resp = await tenant.client.post(
+        download_url(agent["id"]), headers=tenant.auth, json={"timeoutMs": 120000}
+    )
 
     assert resp.status == 504
 
@@ -386,13 +399,13 @@ async def test_a_member_is_attributed_and_a_stranger_dropped(
 
     created_by = {}
     for user_id in (member, outsider, str(uuid.uuid4())):
-        resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth,
-                                        json={"userId": user_id})
+        resp = await tenant.client.post(
+            download_url(agent["id"]), headers=tenant.auth, json={"userId": user_id}
+        )
         assert resp.status == 200
         await resp.read()
         run_id = int(resp.headers["X-Run-Id"])
-        created_by[user_id] = await db.fetchval("SELECT created_by FROM runs WHERE id = $1",
-                                                run_id)
+        created_by[user_id] = await db.fetchval("SELECT created_by FROM runs WHERE id = $1", run_id)
 
     assert [str(v) if v else None for v in created_by.values()] == [member, None, None]
 
@@ -400,12 +413,11 @@ async def test_a_member_is_attributed_and_a_stranger_dropped(
 async def test_the_caller_leaving_closes_the_upstream_within_a_second_and_fails_the_run(
     tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
-    agent = await tenant.create_agent(
-        runtime=webhook(runtime, f"bytes?size={500 * MB}&chunked=1")
-    )
+    agent = await tenant.create_agent(runtime=webhook(runtime, f"bytes?size={500 * MB}&chunked=1"))
     session = aiohttp.ClientSession()
-    resp = await session.post(tenant.client.make_url(download_url(agent["id"])),
-                              headers=tenant.auth)
+    resp = await session.post(
+        tenant.client.make_url(download_url(agent["id"])), headers=tenant.auth
+    )
     assert resp.status == 200
     run_id = int(resp.headers["X-Run-Id"])
     await resp.content.readexactly(MB)
@@ -444,7 +456,9 @@ async def test_the_runtime_dying_mid_body_aborts_the_caller_and_fails_the_run(
 
 
 async def test_a_runtime_stalling_mid_body_aborts_the_caller_after_the_idle_timeout(
-    make_gateway: GatewayFactory, make_tenant: TenantFactory, runtime: TestServer,
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
     consumer: StoreConsumer,
 ) -> None:
     client = await make_gateway(stream_idle_timeout_s=0.5)

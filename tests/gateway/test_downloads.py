@@ -1,0 +1,86 @@
+"""Parsing what runtimes send: X-Outputs, content types and file names."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import downloads
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", 1),
+        (" 42 ", 42),
+        ("0", 0),
+        (7, 7),
+        ("-1", None),
+        ("1.0", None),
+        ("", None),
+        (None, None),
+        ("abc", None),
+        (True, None),
+        (-3, None),
+        (1.0, None),
+        ("١٢", None),
+        (str(2**63), None),
+    ],
+)
+def test_outputs_keeps_only_non_negative_integers(value: object, expected: int | None) -> None:
+    assert downloads.parse_outputs(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ('attachment; filename="q3-summary.pdf"', "q3-summary.pdf"),
+        ("attachment; filename=plain.csv", "plain.csv"),
+        ("attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf", "résumé.pdf"),
+        ("attachment", None),
+        (None, None),
+    ],
+)
+def test_the_file_name_comes_from_content_disposition(header: str | None, name: str | None) -> None:
+    assert downloads.filename_from_disposition(header) == name
+
+
+@pytest.mark.parametrize(
+    ("agent", "content_type", "expected"),
+    [
+        ("Quarterly Report", "application/pdf", "quarterly-report-run-7.pdf"),
+        ("CSV export", "text/csv; charset=utf-8", "csv-export-run-7.csv"),
+        ('"; rm -rf /', "image/png", "rm-rf-run-7.png"),
+        ("", None, "download-run-7.bin"),
+        ("x", "application/x-unknown-thing", "x-run-7.bin"),
+    ],
+)
+def test_a_derived_name_is_safe_and_names_agent_run_and_type(
+    agent: str, content_type: str | None, expected: str
+) -> None:
+    name = downloads.derive_filename(agent, 7, content_type)
+    assert name == expected
+    disposition = downloads.synthesized_disposition(name)
+    assert disposition == f'attachment; filename="{expected}"'
+
+
+@pytest.mark.parametrize(
+    "evil", ["../../etc/passwd", "a\r\nSet-Cookie: x=1", 'a"b.pdf', "C:\\x\\y.exe"]
+)
+def test_safe_filenames_have_no_paths_quotes_or_control_characters(evil: str) -> None:
+    name = downloads.safe_filename(evil)
+    assert not set(name) & set('/\\"\r\n\t')
+    assert not name.startswith(".")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "json"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("application/problem+json", True),
+        ("text/csv", False),
+        (None, False),
+    ],
+)
+def test_json_is_recognised_by_content_type(content_type: str | None, json: bool) -> None:
+    assert downloads.is_json(content_type) is json

@@ -1,0 +1,41 @@
+"""Settings come from the environment, once, with the names DESIGN.md gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.settings import Settings, SettingsError
+
+
+def test_the_design_names_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://db/x",
+            "REDIS_URL": "redis://r/0",
+            "GATEWAY_HOST": "0.0.0.0",
+            "GATEWAY_PORT": "9000",
+            "ADMIN_TOKEN": "adm",
+            "PUBLIC_BASE_URL": "https://gw.example/",
+            "SECRET_KEY": "super-secret-value",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.database_url == "postgresql://db/x"
+    assert settings.redis_url == "redis://r/0"
+    assert (settings.host, settings.port) == ("0.0.0.0", 9000)
+    assert settings.public_base_url == "https://gw.example"
+    assert settings.log_level == "DEBUG"
+    assert settings.secret_key == "super-secret-value"
+    assert "super-secret-value" not in repr(settings)
+
+
+def test_the_public_url_defaults_to_the_listening_address() -> None:
+    assert Settings.from_env({"GATEWAY_PORT": "8081"}).public_base_url == "http://127.0.0.1:8081"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("GATEWAY_PORT", "eighty"), ("RATE_LIMIT_FAIL_OPEN", "maybe")]
+)
+def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
