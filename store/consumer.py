@@ -19,6 +19,7 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from store.events import RunEvent, apply_event
+from store.reaper import reap_overdue
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ class ConsumerStats:
     refused: int = 0
     reclaimed: int = 0
     poison: int = 0
+    reaped: int = 0
 
 
 class StoreConsumer:
@@ -48,6 +50,7 @@ class StoreConsumer:
         batch: int = 100,
         block_ms: int = 1000,
         reclaim_idle_ms: int = 30_000,
+        reap_every_s: float = 15.0,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -57,6 +60,7 @@ class StoreConsumer:
         self._batch = batch
         self._block_ms = block_ms
         self._reclaim_idle_ms = reclaim_idle_ms
+        self._reap_every_s = reap_every_s
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
 
@@ -77,13 +81,21 @@ class StoreConsumer:
         await self._until_ready()
         # Our own pending entries first (a restart under the same name), then new ones.
         await self._drain_pending("0")
-        next_reclaim = 0.0
+        next_reclaim = next_reap = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
                 if loop.time() >= next_reclaim:
                     await self._reclaim()
                     next_reclaim = loop.time() + self._reclaim_idle_ms / 2000
+                if loop.time() >= next_reap:
+                    # Pending events first, then the reaper: an event already on its way
+                    # wins over the deadline.
+                    await self.consume_once(block_ms=None)
+                    if reaped := await reap_overdue(self._pool):
+                        self.stats.reaped += len(reaped)
+                        log.warning("runs_reaped", run_ids=reaped)
+                    next_reap = loop.time() + self._reap_every_s
                 await self.consume_once(block_ms=self._block_ms)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("consumer_backoff", error=str(exc), consumer=self.name)
