@@ -11,7 +11,7 @@ socket. Behaviour is chosen per agent through the webhook URL's path and query s
 Query parameters on any file path: ``chunked=1``, ``disposition=0`` (omit the header),
 ``outputs=<value>`` (the ``X-Outputs`` header), ``delay_ms`` (before headers), ``die_after``
 (abort the socket after that many body bytes), ``hang_after`` (stop sending, keep the socket),
-``content_type``.
+``content_type``, ``pace_ms`` (pause after each 256 KiB chunk).
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
         response.content_length = size
     await response.prepare(request)
 
+    pace_s = int(q.get("pace_ms", "0")) / 1000
     die_after = int(q.get("die_after", "-1"))
     hang_after = int(q.get("hang_after", "-1"))
     sent = 0
@@ -168,6 +169,8 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
                 await asyncio.sleep(3600)
         await response.write(chunk)
         sent += len(chunk)
+        if pace_s:
+            await asyncio.sleep(pace_s)
     await response.write_eof()
     return response
 

@@ -16,6 +16,7 @@ from gateway.app_keys import (
     BACKGROUND,
     DB_POOL,
     HTTP_SESSION,
+    LIFECYCLE,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
@@ -23,14 +24,14 @@ from gateway.app_keys import (
     SETTINGS,
 )
 from gateway.background import BackgroundTasks
-from gateway.handlers import admin, agent_runs
+from gateway.handlers import admin, agent_runs, health
+from gateway.health import Lifecycle
 from gateway.middleware import echo_request_id, errors_to_json, request_context
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
 from store.events import EventPublisher
 from store.pool import create_pool
-
 
 _BACKGROUND_DRAIN_S = 5.0
 
@@ -91,6 +92,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
 
 
+async def _start_draining(app: web.Application) -> None:
+    app[LIFECYCLE].draining = True
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
     app = web.Application(
@@ -98,9 +103,12 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_request_body,
     )
     app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend([_database, _redis, _http_session, _services])
     app.on_response_prepare.append(echo_request_id)
+    app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(admin.routes)
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.admin import AdminService
 from gateway.background import BackgroundTasks
+from gateway.health import Lifecycle
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -25,3 +26,4 @@ RUN_SERVICE = web.AppKey("run_service", RunService)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

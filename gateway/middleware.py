@@ -6,9 +6,11 @@ import re
 import uuid
 from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.app_keys import REQUEST_ID
 from gateway.errors import ApiError
@@ -16,6 +18,15 @@ from gateway.errors import ApiError
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# PostgreSQL or Redis cannot be reached: the caller should retry, not report a bug.
+BACKEND_OUTAGES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    RedisConnectionError,
+    ConnectionRefusedError,
+)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -66,6 +77,13 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
             error_body(request, exc.status, exc.message, **extra),
             status=exc.status,
             headers=exc.headers,
+        )
+    except BACKEND_OUTAGES as exc:
+        log.warning("backend_unavailable", path=request.path, error=repr(exc))
+        return web.json_response(
+            error_body(request, 503, "Service temporarily unavailable; retry shortly"),
+            status=503,
+            headers={"Retry-After": "1"},
         )
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":

@@ -16,6 +16,7 @@ from store import queries
 from store.consumer import StoreConsumer
 from store.events import EventPublisher, RunEvent, apply_event
 from store.models import Agent
+from store.reaper import REAPED_ERROR, reap_overdue
 from tests.conftest import Backends
 
 
@@ -188,3 +189,26 @@ async def test_an_undecodable_entry_is_set_aside_not_retried_forever(
 
     assert consumer.stats.poison == 1
     assert await redis_client.xlen(settings.events_stream) == 0
+
+
+async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
+    db: asyncpg.Pool, agent: Agent
+) -> None:
+    overdue, current = await new_run(db, agent), await new_run(db, agent)
+    finished = await new_run(db, agent)
+    async with db.acquire() as conn:
+        await apply_event(conn, RunEvent(finished, "completed"))
+    await db.execute(
+        "UPDATE runs SET deadline = now() - interval '1 second' WHERE id = ANY($1)",
+        [overdue, finished],
+    )
+
+    reaped = await reap_overdue(db)
+
+    assert overdue in reaped
+    assert current not in reaped
+    assert finished not in reaped
+    row = await run_row(db, overdue)
+    assert (row["status"], row["error"]) == ("failed", REAPED_ERROR)
+    assert (await run_row(db, current))["status"] == "queued"
+    assert (await run_row(db, finished))["status"] == "completed"

@@ -1,0 +1,83 @@
+"""``agent-gateway dev``: the newcomer's command, run twice on the same data folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.embedded import free_port
+
+
+def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GATEWAY_PORT": str(port)}
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ADMIN_TOKEN"):
+        env.pop(name, None)
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "dev", "--data-dir", str(data_dir)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_banner(child: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if "Stop with Ctrl-C." in text:
+            return text
+        assert child.poll() is None, text
+        time.sleep(0.1)
+    raise AssertionError(log.read_text(errors="replace"))
+
+
+def stop(child: subprocess.Popen[bytes]) -> int:
+    child.send_signal(signal.SIGINT)
+    try:
+        return child.wait(30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(10)
+        raise
+
+
+async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    keys = []
+    for attempt in range(2):
+        port = free_port()
+        log = tmp_path / f"dev-{attempt}.log"
+        child = start_dev(data_dir, port, log)
+        try:
+            banner = wait_for_banner(child, log)
+            key = re.search(r"ingest key\s+(\S+)", banner)
+            line = re.search(r"curl -sS -OJ -D - -X POST (\S+) ", banner)
+            assert key is not None, banner
+            assert line is not None, banner
+            keys.append(key.group(1))
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    line.group(1),
+                    headers={"Authorization": f"Bearer {key.group(1)}"},
+                    json={"input": {"topic": "Q3 financial summary"}},
+                ) as resp,
+            ):
+                assert resp.status == 200
+                assert resp.headers["Content-Disposition"] == 'attachment; filename="report.csv"'
+                assert b"Q3 financial summary" in await resp.read()
+        finally:
+            assert stop(child) == 0
+    # The second start reused the first one's database: same demo organisation and key.
+    assert keys[0] == keys[1]
+    assert (data_dir / "postgres" / "PG_VERSION").exists()

@@ -1,0 +1,176 @@
+"""The console script as operators run it: ``serve`` and ``consume`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from adapters.fake_runtime import make_bytes
+from gateway.embedded import free_port
+from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY, Backends
+
+MB = 1024 * 1024
+
+
+class Processes:
+    """Child processes of the test, stopped by their PIDs."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def env(backends: Backends) -> dict[str, str]:
+    port = free_port()
+    return {
+        **os.environ,
+        "DATABASE_URL": backends.database_url,
+        "REDIS_URL": backends.redis_url,
+        "SECRET_KEY": SECRET_KEY,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "GATEWAY_PORT": str(port),
+        "SHUTDOWN_GRACE_S": "20",
+    }
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def wait_until_ready(http: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(200):
+        try:
+            async with http.get(f"{base}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway did not become ready")
+
+
+async def setup_agent(http: aiohttp.ClientSession, base: str, webhook: str) -> dict[str, Any]:
+    async with http.post(f"{base}/admin/orgs", json={"name": "E2E"}, headers=ADMIN) as r:
+        org = await r.json()
+    async with http.post(f"{base}/admin/orgs/{org['id']}/keys", headers=ADMIN) as r:
+        key = (await r.json())["key"]
+    async with http.post(
+        f"{base}/admin/orgs/{org['id']}/agents",
+        headers=ADMIN,
+        json={
+            "name": "E2E",
+            "output_kind": "file_download",
+            "runtime": {"kind": "n8n", "webhook_url": webhook},
+        },
+    ) as r:
+        agent = await r.json()
+    return {"id": agent["id"], "auth": {"Authorization": f"Bearer {key}"}}
+
+
+async def test_serve_and_consume_processes_stream_a_file_and_record_the_run(
+    processes: Processes,
+    env: dict[str, str],
+    runtime: TestServer,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    env["STREAM_READ_BUFFER"] = "65536"
+    processes.start("serve", env=env, log=tmp_path / "serve.log")
+    consumer = processes.start("consume", env=env, log=tmp_path / "consume.log")
+    await wait_until_ready(http, base)
+    agent = await setup_agent(
+        http, base, str(runtime.make_url(f"/webhook/bytes?size={5 * MB}&outputs=1"))
+    )
+
+    async with http.post(
+        f"{base}/api/agents/{agent['id']}/runs/trigger-and-download", headers=agent["auth"]
+    ) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+        run_id = resp.headers["X-Run-Id"]
+    assert hashlib.sha256(body).digest() == hashlib.sha256(make_bytes(5 * MB)).digest()
+
+    run: dict[str, Any] = {}
+    for _ in range(200):
+        async with http.get(
+            f"{base}/api/agents/{agent['id']}/runs/{run_id}", headers=agent["auth"]
+        ) as resp:
+            run = await resp.json()
+        if run["status"] == "completed":
+            break
+        await asyncio.sleep(0.05)
+    assert run["status"] == "completed"
+    assert run["output_data"]["sizeBytes"] == 5 * MB
+
+    consumer.send_signal(signal.SIGTERM)
+    assert consumer.wait(15) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert SECRET_KEY not in log
+    assert agent["auth"]["Authorization"].split()[1] not in log
+
+
+async def test_sigterm_lets_a_download_in_flight_finish_then_exits_cleanly(
+    processes: Processes,
+    env: dict[str, str],
+    runtime: TestServer,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    gateway = processes.start("serve", env=env, log=tmp_path / "serve.log")
+    await wait_until_ready(http, base)
+    # 8 MiB at 256 KiB every 50 ms: about 1.6 s of streaming.
+    agent = await setup_agent(
+        http, base, str(runtime.make_url(f"/webhook/bytes?size={8 * MB}&pace_ms=50"))
+    )
+
+    async with http.post(
+        f"{base}/api/agents/{agent['id']}/runs/trigger-and-download", headers=agent["auth"]
+    ) as resp:
+        assert resp.status == 200
+        first = await resp.content.readexactly(MB)
+        gateway.send_signal(signal.SIGTERM)
+        rest = await resp.read()
+
+    assert len(first) + len(rest) == 8 * MB
+    assert await asyncio.to_thread(gateway.wait, 30) == 0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await http.get(f"{base}/healthz")
