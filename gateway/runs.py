@@ -29,6 +29,7 @@ from gateway import downloads
 from gateway.apikeys import derive_agent_api_key
 from gateway.background import BackgroundTasks
 from gateway.errors import (
+    ApiError,
     BadGateway,
     Forbidden,
     GatewayTimeout,
@@ -196,34 +197,17 @@ class RunService:
         except (RuntimeUnavailable, RuntimeUnsupported) as exc:
             await self.fail(run, str(exc), started=started)
             raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
-
+        except asyncio.CancelledError:
+            self.fail_detached(
+                run, "Caller disconnected before the runtime answered", started=started
+            )
+            raise
         try:
-            content_type = upstream.headers.get("Content-Type")
-            if upstream.status >= 300 or downloads.is_json(content_type):
-                await self._refuse_non_file(run, upstream, started)
-            # Peek at the first bytes while the headers are still ours to choose: an empty
-            # answer (a workflow that never reached its Respond node) is no file.
-            remaining = max(0.0, window_ms / 1000 - (time.monotonic() - started))
-            async with asyncio.timeout(max(remaining, self._settings.stream_idle_timeout_s)):
-                first = await upstream.content.readany()
-        except TimeoutError:
-            upstream.close()
-            message = "Runtime did not respond within the wait window"
-            await self.fail(run, message, started=started)
-            raise GatewayTimeout(message, extra={"runId": run.id}) from None
-        except aiohttp.ClientError as exc:
-            upstream.close()
-            message = f"Runtime response broke before the first byte: {exc!r}"
-            await self.fail(run, message, started=started)
-            raise BadGateway(message, extra={"runId": run.id}) from None
+            first = await self._first_bytes(run, upstream, started, window_ms / 1000)
         except BaseException:
             upstream.close()
             raise
-        if not first:
-            upstream.close()
-            message = "RuntimeReturnedEmptyBody: the runtime answered without a file"
-            await self.fail(run, message, started=started)
-            raise BadGateway(message, extra={"runId": run.id})
+        content_type = upstream.headers.get("Content-Type")
 
         raw_disposition = upstream.headers.get("Content-Disposition")
         filename = downloads.filename_from_disposition(raw_disposition)
@@ -255,25 +239,46 @@ class RunService:
             started=started,
         )
 
-    async def _refuse_non_file(
-        self, run: Run, upstream: aiohttp.ClientResponse, started: float
-    ) -> None:
-        """The runtime answered JSON or an error status: fail the run, answer 502."""
-        raw = await upstream.content.read(_MAX_ERROR_BODY)
-        upstream.close()
-        parsed: Any = None
+    async def _first_bytes(
+        self, run: Run, upstream: aiohttp.ClientResponse, started: float, wait_s: float
+    ) -> bytes:
+        """The first chunk of a file answer; anything else fails the run and raises.
+
+        The first bytes are read before any header goes to the caller, while the status can
+        still change: a JSON answer, an error status or an empty body is no file.
+        """
+        # The rest of the window, but at least the idle bound: the runtime has answered.
+        bound_s = max(wait_s - (time.monotonic() - started), self._settings.stream_idle_timeout_s)
+        output_data: Any = None
         try:
-            parsed = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            message = "WorkflowReturnedJson: " + json.dumps(parsed, ensure_ascii=False)
-        elif downloads.is_json(upstream.headers.get("Content-Type")):
-            message = f"WorkflowReturnedInvalidJson: HTTP {upstream.status}"
-        else:
-            message = f"RuntimeHttpError: HTTP {upstream.status} {upstream.reason or ''}".rstrip()
-        await self.fail(run, message, started=started, output_data=parsed)
-        raise BadGateway(message, extra={"runId": run.id})
+            async with asyncio.timeout(bound_s):
+                if upstream.status >= 300 or downloads.is_json(
+                    upstream.headers.get("Content-Type")
+                ):
+                    message, output_data = await _describe_non_file(upstream)
+                    failure: ApiError = BadGateway(message, extra={"runId": run.id})
+                elif first := await upstream.content.readany():
+                    return first
+                else:
+                    failure = BadGateway(
+                        "RuntimeReturnedEmptyBody: the runtime answered without a file",
+                        extra={"runId": run.id},
+                    )
+        except TimeoutError:
+            failure = GatewayTimeout(
+                "Runtime did not respond within the wait window", extra={"runId": run.id}
+            )
+        except aiohttp.ClientError as exc:
+            failure = BadGateway(
+                f"Runtime response broke before the first byte: {exc!r}", extra={"runId": run.id}
+            )
+        except asyncio.CancelledError:
+            self.fail_detached(
+                run, "Caller disconnected before the runtime answered", started=started
+            )
+            raise
+        await self.fail(run, failure.message, started=started, output_data=output_data)
+        raise failure
 
     async def finish_download(self, start: DownloadStart, size_bytes: int) -> None:
         """Record a download that was sent whole: metadata only, never the bytes."""
@@ -308,3 +313,19 @@ class RunService:
 
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+async def _describe_non_file(upstream: aiohttp.ClientResponse) -> tuple[str, Any]:
+    """The failure message for a runtime that answered something other than a file, and the
+    JSON it sent (``None`` when there was none)."""
+    raw = await upstream.content.read(_MAX_ERROR_BODY)
+    parsed: Any = None
+    try:
+        parsed = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        parsed = None
+    if parsed is not None:
+        return "WorkflowReturnedJson: " + json.dumps(parsed, ensure_ascii=False), parsed
+    if downloads.is_json(upstream.headers.get("Content-Type")):
+        return f"WorkflowReturnedInvalidJson: HTTP {upstream.status}", None
+    return f"RuntimeHttpError: HTTP {upstream.status} {upstream.reason or ''}".rstrip(), None

@@ -476,3 +476,27 @@ async def test_a_runtime_stalling_mid_body_aborts_the_caller_after_the_idle_time
     run = await wait_for_run(tenant, agent["id"], int(resp.headers["X-Run-Id"]))
     assert run["status"] == "failed"
     assert "stalled" in run["error"]
+
+
+async def test_the_caller_leaving_before_the_runtime_answers_fails_the_run(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf?delay_ms=5000"))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            await session.post(
+                tenant.client.make_url(download_url(agent["id"])),
+                headers=tenant.auth,
+                timeout=aiohttp.ClientTimeout(total=0.5),
+            )
+    left_at = time.monotonic()
+
+    call = received(runtime)[0]
+    while call["outcome"] == "in_progress" and time.monotonic() - left_at < 5:
+        await asyncio.sleep(0.02)
+    assert call["outcome"] == "disconnected"
+    assert call["ended_at"] - left_at < 1.0
+    run_id = call["payload"]["runId"]
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert run["status"] == "failed"
+    assert run["error"] == "Caller disconnected before the runtime answered"
