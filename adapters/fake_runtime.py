@@ -11,13 +11,14 @@ socket. Behaviour is chosen per agent through the webhook URL's path and query s
 Query parameters on any file path: ``chunked=1``, ``disposition=0`` (omit the header),
 ``outputs=<value>`` (the ``X-Outputs`` header), ``delay_ms`` (before headers), ``die_after``
 (abort the socket after that many body bytes), ``hang_after`` (stop sending, keep the socket),
-``content_type``, ``pace_ms`` (pause after each 256 KiB chunk).
+``content_type``, ``gzip=1`` (send it gzip-encoded), ``pace_ms`` (pause after each 256 KiB chunk).
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
 import io
 import random
 import time
@@ -139,12 +140,20 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
             text='{"message":"webhook not registered"}', content_type="application/json"
         )
 
+    if q.get("gzip") == "1":
+        # An encoded body whose Content-Length counts the encoded bytes, as a proxy must keep.
+        raw = b"".join([chunk async for chunk in body_iter])
+        encoded = gzip.compress(raw)
+        body_iter, size = _once(encoded), len(encoded)
+
     response = web.StreamResponse()
     response.content_type = q.get("content_type", content_type).split(";")[0]
     if "charset=" in q.get("content_type", content_type):
         response.charset = q.get("content_type", content_type).split("charset=")[1]
     if q.get("disposition", "1") == "1":
         response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if q.get("gzip") == "1":
+        response.headers["Content-Encoding"] = "gzip"
     if "outputs" in q:
         response.headers["X-Outputs"] = q["outputs"]
     # "Convert to File" output is chunked; an in-memory binary carries Content-Length.

@@ -108,7 +108,9 @@ class Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def spawn(name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> Child:
+def spawn(
+    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> Child:
     """Start ``argv`` in its own session with stdout/stderr going to ``log_path``."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -290,6 +292,9 @@ http {{
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_buffer_size 256k;
+            # Unused with buffering off, but nginx validates them against proxy_buffer_size.
+            proxy_buffers 4 256k;
+            proxy_busy_buffers_size 256k;
             proxy_read_timeout 600s;
         }}
     }}
@@ -396,9 +401,7 @@ async def _admin_post(
         return answer
 
 
-async def create_tenant(
-    base: str, admin_token: str, origin: str, sizes: Iterable[int]
-) -> Tenant:
+async def create_tenant(base: str, admin_token: str, origin: str, sizes: Iterable[int]) -> Tenant:
     """An organisation, an ingest key and file_download agents pointing at the origin."""
     async with aiohttp.ClientSession() as session:
         org = await _admin_post(session, f"{base}/admin/orgs", admin_token, {"name": "bench"})
@@ -426,11 +429,11 @@ async def create_tenant(
 
 
 async def wait_for_run(
-    base: str, ingest_key: str, agent_id: int, run_id: int, timeout: float = 15.0
+    base: str, ingest_key: str, agent_id: int, run_id: int, bound_s: float = 15.0
 ) -> dict[str, Any]:
     """Poll the run (bounded) until the consumer has recorded a terminal status."""
     url = f"{base}/api/agents/{agent_id}/runs/{run_id}"
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + bound_s
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ingest_key}"}) as s:
         while True:
             async with s.get(url) as resp:
@@ -438,7 +441,7 @@ async def wait_for_run(
             if run.get("status") in {"completed", "failed", "cancelled"}:
                 return run
             if time.monotonic() > deadline:
-                raise BenchError(f"run {run_id} still {run.get('status')} after {timeout:g} s")
+                raise BenchError(f"run {run_id} still {run.get('status')} after {bound_s:g} s")
             await asyncio.sleep(0.05)
 
 
@@ -595,7 +598,7 @@ def report(results: Sequence[BufferResult], args: argparse.Namespace, client: st
         "(before), after all downloads (after); VmRSS range after each measured download; "
         "VmHWM (peak) at the end.",
         "",
-        "| STREAM_READ_BUFFER | start | before | after | after − before | per-run range | VmHWM |",
+        "| STREAM_READ_BUFFER | start | before | after | after - before | per-run range | VmHWM |",
         "|---|---|---|---|---|---|---|",
     ]
     for res in results:
@@ -604,7 +607,7 @@ def report(results: Sequence[BufferResult], args: argparse.Namespace, client: st
         lines.append(
             f"| {res.read_buffer} | {mem.get('start', 0):.1f} | {mem.get('before', 0):.1f} | "
             f"{mem.get('after', 0):.1f} | {mem.get('after', 0) - mem.get('before', 0):+.1f} | "
-            f"{min(per_run) / 1024:.1f}–{max(per_run) / 1024:.1f} | "
+            f"{min(per_run) / 1024:.1f}-{max(per_run) / 1024:.1f} | "
             f"{res.memory.get('after', {}).get('VmHWM', 0) / 1024:.1f} |"
         )
     return "\n".join(lines)
@@ -713,7 +716,9 @@ def run(args: argparse.Namespace) -> int:
             secret_key=secrets.token_urlsafe(32),
             admin_token=secrets.token_urlsafe(24),
         )
-        consumer = spawn("consumer", [*gateway_command(), "consume"], root / "consumer.log", gw.env())
+        consumer = spawn(
+            "consumer", [*gateway_command(), "consume"], root / "consumer.log", gw.env()
+        )
         stack.callback(consumer.stop)
 
         print(

@@ -100,6 +100,7 @@ def _banner(settings: Settings, state: dict[str, Any], runtime_url: str) -> str:
     csv_id = state["agents"]["csv"]["id"]
     pdf_id = state["agents"]["pdf"]["id"]
     failing_id = state["agents"]["failing"]["id"]
+    agent_keys = " ".join(f"{slug}={a['api_key']}" for slug, a in state["agents"].items())
     auth = f'-H "Authorization: Bearer {key}"'
     body = (
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
@@ -113,6 +114,7 @@ agent-gateway dev is running
   ingest key      {key}
   admin token     {settings.admin_token}
   demo agents     csv={csv_id} pdf={pdf_id} failing={failing_id}
+  agent API keys  {agent_keys}
 
 Download the demo CSV (saved under the name the gateway sends):
   curl -sS -OJ -D - -X POST {base}/api/agents/{csv_id}/runs/trigger-and-download {auth} {body}

@@ -106,3 +106,5 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
+    # No library or interpreter versions for a scanner to read.
+    response.headers["Server"] = "agent-gateway"

@@ -1,0 +1,1 @@
+"""The Python client SDK for the gateway's agent API."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import socket
@@ -500,3 +501,48 @@ async def test_the_caller_leaving_before_the_runtime_answers_fails_the_run(
     run = await wait_for_run(tenant, agent["id"], run_id)
     assert run["status"] == "failed"
     assert run["error"] == "Caller disconnected before the runtime answered"
+
+
+async def test_an_encoded_body_passes_through_untouched_with_its_headers(
+    tenant: Tenant, runtime: TestServer
+) -> None:
+    """Never decompressed on the way: the bytes and their Content-Length stay consistent."""
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.csv?gzip=1&chunked=0"))
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        resp = await session.post(
+            tenant.client.make_url(download_url(agent["id"])),
+            headers={**tenant.auth, "Accept-Encoding": "gzip"},
+        )
+        assert resp.status == 200
+        body = await resp.read()
+
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert resp.headers["Content-Length"] == str(len(body))
+    assert gzip.decompress(body).startswith(b"\xef\xbb\xbfrow,topic,value")
+    assert received(runtime)[0]["headers"]["Accept-Encoding"] == "gzip"
+
+
+async def test_a_run_is_visible_only_through_its_own_agent_and_organisation(
+    tenant: Tenant, make_tenant: TenantFactory, runtime: TestServer
+) -> None:
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf"))
+    other_agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf"))
+    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth)
+    await resp.read()
+    run_id = resp.headers["X-Run-Id"]
+    stranger = await make_tenant("Other")
+
+    own = await tenant.client.get(f"/api/agents/{agent['id']}/runs/{run_id}", headers=tenant.auth)
+    wrong_agent = await tenant.client.get(
+        f"/api/agents/{other_agent['id']}/runs/{run_id}", headers=tenant.auth
+    )
+    foreign = await stranger.client.get(
+        f"/api/agents/{agent['id']}/runs/{run_id}", headers=stranger.auth
+    )
+    unknown = await tenant.client.get(
+        f"/api/agents/{agent['id']}/runs/99999999999", headers=tenant.auth
+    )
+
+    assert own.status == 200
+    assert (await own.json())["runId"] == int(run_id)
+    assert [wrong_agent.status, foreign.status, unknown.status] == [404, 404, 404]
