@@ -31,6 +31,8 @@ async def send_download(
     sent = 0
     failure: str | None = None
     caller_gone = False
+    # Which side the idle timer is waiting on, so that a stall is blamed correctly.
+    waiting_on = "runtime"
     loop = asyncio.get_running_loop()
     try:
         await response.prepare(request)
@@ -38,11 +40,13 @@ async def send_download(
         sent = len(start.first_chunk)
         async with asyncio.timeout_at(loop.time() + idle_timeout_s) as idle:
             async for chunk in upstream.content.iter_any():
+                waiting_on = "caller"
                 try:
                     await response.write(chunk)
                 except ConnectionError:
                     caller_gone = True
                     break
+                waiting_on = "runtime"
                 sent += len(chunk)
                 idle.reschedule(loop.time() + idle_timeout_s)
         if not caller_gone:
@@ -57,7 +61,8 @@ async def send_download(
     except ConnectionError:
         caller_gone = True
     except TimeoutError:
-        failure = f"Runtime stalled for {idle_timeout_s:g} s mid-stream after {sent} bytes"
+        who = "Runtime sent nothing" if waiting_on == "runtime" else "Caller read nothing"
+        failure = f"{who} for {idle_timeout_s:g} s mid-stream after {sent} bytes"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         failure = f"Runtime stream broke after {sent} bytes: {exc.__class__.__name__}: {exc}"
 

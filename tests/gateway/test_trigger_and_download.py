@@ -476,7 +476,7 @@ async def test_a_runtime_stalling_mid_body_aborts_the_caller_after_the_idle_time
 
     run = await wait_for_run(tenant, agent["id"], int(resp.headers["X-Run-Id"]))
     assert run["status"] == "failed"
-    assert "stalled" in run["error"]
+    assert run["error"].startswith("Runtime sent nothing for 0.5 s mid-stream after")
 
 
 async def test_the_caller_leaving_before_the_runtime_answers_fails_the_run(
@@ -546,3 +546,36 @@ async def test_a_run_is_visible_only_through_its_own_agent_and_organisation(
     assert own.status == 200
     assert (await own.json())["runId"] == int(run_id)
     assert [wrong_agent.status, foreign.status, unknown.status] == [404, 404, 404]
+
+
+async def test_a_caller_that_stops_reading_is_cut_off_after_the_idle_timeout(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    consumer: StoreConsumer,
+) -> None:
+    client = await make_gateway(stream_idle_timeout_s=0.5)
+    tenant = await make_tenant()
+    tenant.client = client
+    agent = await tenant.create_agent(runtime=webhook(runtime, f"bytes?size={200 * MB}"))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"POST {download_url(agent['id'])} HTTP/1.1\r\nHost: gw\r\n"
+        f"Authorization: Bearer {tenant.ingest_key}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    run_id = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-run-id")
+        )
+    )
+    # ...and never read another byte.
+    try:
+        run = await wait_for_run(tenant, agent["id"], run_id)
+    finally:
+        writer.close()
+    assert run["status"] == "failed"
+    assert run["error"].startswith("Caller read nothing for 0.5 s mid-stream after")
