@@ -16,11 +16,16 @@ Every party is its own process, all on 127.0.0.1:
   ``POST /api/agents/{id}/runs/trigger-and-download``;
 - the client is curl (``-o /dev/null``), or ``bench/fetch_client.py`` when curl is missing.
 
-Each round downloads the body once per path (direct, nginx, gateway) and body kind
-(Content-Length, chunked); medians over ``--runs`` rounds are reported in GB/s (10^9 bytes/s)
-with the ratios gateway/nginx and gateway/direct. With ``--read-buffers`` the gateway is
-restarted with each ``STREAM_READ_BUFFER`` value and the references are measured again
-alongside it. The gateway's VmRSS/VmHWM (``/proc/<pid>/status``) are read before and after.
+Each round downloads the body once per path (direct, nginx, each gateway) and body kind
+(Content-Length, chunked), in an order rotated every round; medians over ``--runs`` rounds are
+reported in GB/s (10^9 bytes/s) with the ratios gateway/nginx and gateway/direct. With
+``--read-buffers`` one gateway process is started per ``STREAM_READ_BUFFER`` value and they run
+side by side (only one is ever downloading), so that every value is measured in the same rounds
+as the references: on a shared VM, hypervisor steal comes and goes, and measuring each value in
+its own block of time would compare the neighbours' load instead. Steal and the CPU share of the
+origin, the proxy (nginx worker or gateway) and the client are reported for every path;
+``--max-steal`` measures a disturbed download again. The gateways' VmRSS/VmHWM
+(``/proc/<pid>/status``) are read before and after.
 
     .venv/bin/python bench/download_throughput.py --size-mb 1024 --runs 5
     .venv/bin/python bench/download_throughput.py --runs 3 --read-buffers 65536,262144,1048576
@@ -31,8 +36,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -151,6 +158,46 @@ def memory_kib(pid: int) -> dict[str, int]:
     return found
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far (``/proc/<pid>/stat``), or None."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after "(comm)": state is field 3, utime field 14, stime field 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of our reaped children (the client processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs so far, from the ``cpu`` line of ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guests are in user.
+    steal = values[7] if len(values) > 7 else 0
+    return steal, sum(values[:8])
+
+
+def nginx_worker(master_pid: int) -> int | None:
+    """The PID of the (single) nginx worker, from ``/proc/<pid>/task/<pid>/children``."""
+    try:
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
 # --------------------------------------------------------------------------- the client
 
 
@@ -172,6 +219,7 @@ class Sample:
     size: int
     seconds: float
     run_id: int | None
+    client_cpu_s: float = 0.0
 
     @property
     def gbps(self) -> float:
@@ -183,15 +231,16 @@ class Client:
     """Runs each download in a separate client process: curl, or bench/fetch_client.py."""
 
     def __init__(self, kind: str, workdir: Path, max_time: float) -> None:
+        # The aiohttp client's CPU includes its interpreter start-up; curl's is the transfer.
         self.kind = kind
         self._headers_file = workdir / "curl-headers.txt"
         self._max_time = max_time
 
     def fetch(self, download: Download) -> Sample:
-        """Download once and report status, size, time and the run id (if any)."""
-        if self.kind == "curl":
-            return self._curl(download)
-        return self._aiohttp(download)
+        """Download once and report status, size, time, the run id (if any) and client CPU."""
+        cpu_before = children_cpu_seconds()
+        sample = self._curl(download) if self.kind == "curl" else self._aiohttp(download)
+        return dataclasses.replace(sample, client_cpu_s=children_cpu_seconds() - cpu_before)
 
     def _curl(self, download: Download) -> Sample:
         argv = [
@@ -458,21 +507,236 @@ def verify_run(base: str, tenant: Tenant, agent_id: int, sample: Sample, size: i
 # --------------------------------------------------------------------------- measuring
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One measured download: throughput and the CPU each process spent on it."""
+
+    gbps: float
+    seconds: float
+    # CPU seconds over the download; proxy = the nginx worker or the gateway (None: direct).
+    origin_cpu_s: float | None
+    proxy_cpu_s: float | None
+    client_cpu_s: float
+    # Share of all CPUs' time the hypervisor gave to someone else during the download.
+    steal: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the origin and nginx listen, and the PIDs whose CPU is accounted."""
+
+    origin_base: str
+    origin_pid: int
+    nginx_base: str | None
+    nginx_worker_pid: int | None
+
+
 @dataclass
-class BufferResult:
-    """Everything measured while one gateway (one STREAM_READ_BUFFER) was running."""
+class Gateway:
+    """One gateway process, started with one STREAM_READ_BUFFER value."""
 
     read_buffer: int
-    samples: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {m: {p: [] for p in PATHS} for m in MODES}
-    )
+    child: Child
+    base: str
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_per_run_kib: list[int] = field(default_factory=list)
 
-    def median(self, mode: str, path: str) -> float | None:
+    @property
+    def key(self) -> str:
+        """The path key of this gateway in the results."""
+        return f"gateway:{self.read_buffer}"
+
+
+def start_gateways(
+    read_buffers: Sequence[int], gw: GatewayEnv, root: Path, stack: contextlib.ExitStack
+) -> list[Gateway]:
+    """One gateway per read buffer, side by side; each is stopped by its PID at the end."""
+    gateways = []
+    for read_buffer in read_buffers:
+        port = free_port()
+        child = spawn(
+            f"gateway (STREAM_READ_BUFFER={read_buffer})",
+            [*gateway_command(), "serve"],
+            root / f"gateway-{read_buffer}.log",
+            env=gw.env(GATEWAY_PORT=str(port), STREAM_READ_BUFFER=str(read_buffer)),
+        )
+        stack.callback(child.stop)
+        gateways.append(Gateway(read_buffer, child, f"http://127.0.0.1:{port}"))
+    for gateway in gateways:
+        wait_for_port(gateway.child, int(gateway.base.rsplit(":", 1)[1]), 60)
+    return gateways
+
+
+@dataclass
+class Results:
+    """Every measured download, by body kind and path key (direct, nginx, gateway:<n>)."""
+
+    gateways: list[Gateway]
+    samples: dict[str, dict[str, list[Measured]]] = field(
+        default_factory=lambda: {m: {} for m in MODES}
+    )
+
+    def gbps(self, mode: str, key: str) -> list[float]:
+        """Every measured GB/s of ``key`` for ``mode``."""
+        return [m.gbps for m in self.samples[mode].get(key, [])]
+
+    def median(self, mode: str, key: str) -> float | None:
         """Median GB/s, or None when the path was not measured."""
-        values = self.samples[mode][path]
+        values = self.gbps(mode, key)
         return statistics.median(values) if values else None
+
+    def steal(self, mode: str, key: str) -> float | None:
+        """Median steal share during the measured downloads of ``key``."""
+        values = [m.steal for m in self.samples[mode].get(key, [])]
+        return statistics.median(values) if values else None
+
+    def retries(self) -> int:
+        """Downloads measured again because of steal."""
+        return sum(m.attempts - 1 for by in self.samples.values() for ms in by.values() for m in ms)
+
+    def proxy_cpu_per_gb(self, mode: str, key: str) -> float | None:
+        """Median CPU seconds the proxy spent per GB moved: throughput-independent of steal."""
+        values = [
+            m.proxy_cpu_s / (m.gbps * m.seconds)
+            for m in self.samples[mode].get(key, [])
+            if m.proxy_cpu_s is not None and m.gbps > 0
+        ]
+        return statistics.median(values) if values else None
+
+    def cpu_share(self, mode: str, key: str, who: str) -> float | None:
+        """Median share of one core ``who`` (origin, proxy, client) used during downloads."""
+        shares = []
+        for m in self.samples[mode].get(key, []):
+            cpu = {"origin": m.origin_cpu_s, "proxy": m.proxy_cpu_s, "client": m.client_cpu_s}
+            value = cpu[who]
+            if value is not None and m.seconds > 0:
+                shares.append(value / m.seconds)
+        return statistics.median(shares) if shares else None
+
+
+class Bench:
+    """Downloads through every path, verified, with the CPU and steal around each."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        client: Client,
+        ends: Endpoints,
+        gateways: list[Gateway],
+        tenant: Tenant,
+    ) -> None:
+        self.args = args
+        self.client = client
+        self.ends = ends
+        self.gateways = {g.key: g for g in gateways}
+        self.tenant = tenant
+        self._auth = (
+            ("Authorization", f"Bearer {tenant.ingest_key}"),
+            ("Content-Type", "application/json"),
+        )
+
+    def keys(self) -> list[str]:
+        """The path keys measured in every round."""
+        refs = ["direct"] + (["nginx"] if self.ends.nginx_base is not None else [])
+        return refs + list(self.gateways)
+
+    def _target(self, key: str, mode: str, nbytes: int) -> Download:
+        query = f"size={nbytes}&chunked={'1' if mode == 'chunked' else '0'}"
+        if key == "direct":
+            return Download("GET", f"{self.ends.origin_base}/bytes?{query}")
+        if key == "nginx":
+            return Download("GET", f"{self.ends.nginx_base}/bytes?{query}")
+        agent_id = self.tenant.agents[(mode, nbytes)]
+        url = f"{self.gateways[key].base}/api/agents/{agent_id}/runs/trigger-and-download"
+        return Download("POST", url, self._auth, '{"input": {"bench": true}}')
+
+    def _proxy_pid(self, key: str) -> int | None:
+        if key == "nginx":
+            return self.ends.nginx_worker_pid
+        gateway = self.gateways.get(key)
+        return gateway.child.pid if gateway is not None else None
+
+    def _once(self, key: str, mode: str, nbytes: int, label: str) -> Measured:
+        proxy_pid = self._proxy_pid(key)
+        origin_before = cpu_seconds(self.ends.origin_pid)
+        proxy_before = cpu_seconds(proxy_pid)
+        steal_before, total_before = cpu_ticks()
+        sample = checked(self.client, self._target(key, mode, nbytes), nbytes, label)
+        steal_after, total_after = cpu_ticks()
+        origin_after = cpu_seconds(self.ends.origin_pid)
+        proxy_after = cpu_seconds(proxy_pid)
+        if key in self.gateways:
+            agent_id = self.tenant.agents[(mode, nbytes)]
+            verify_run(self.gateways[key].base, self.tenant, agent_id, sample, nbytes)
+        return Measured(
+            gbps=sample.gbps,
+            seconds=sample.seconds,
+            origin_cpu_s=_delta(origin_before, origin_after),
+            proxy_cpu_s=_delta(proxy_before, proxy_after),
+            client_cpu_s=sample.client_cpu_s,
+            steal=(steal_after - steal_before) / max(1, total_after - total_before),
+        )
+
+    def download(self, key: str, mode: str, nbytes: int, label: str) -> Measured:
+        """One verified download; with --max-steal, measured again (bounded) when disturbed."""
+        measured = self._once(key, mode, nbytes, label)
+        attempt = 1
+        while (
+            self.args.max_steal is not None
+            and measured.steal > self.args.max_steal
+            and attempt < self.args.steal_attempts
+        ):
+            print(f"  [{label:<44}] steal {measured.steal:.0%}: measuring again", flush=True)
+            measured = self._once(key, mode, nbytes, label)
+            attempt += 1
+        return dataclasses.replace(measured, attempts=attempt)
+
+    def run(self, size: int) -> Results:
+        """Warm up, read "before" memory, measure ``--runs`` interleaved rounds, read "after"."""
+        results = Results(list(self.gateways.values()))
+        for gateway in self.gateways.values():
+            gateway.memory["start"] = memory_kib(gateway.child.pid)
+            for mode in MODES:
+                self.download(gateway.key, mode, WARM_SIZE, f"warm-up {mode} {gateway.key}")
+            gateway.memory["before"] = memory_kib(gateway.child.pid)
+        keys = self.keys()
+        for _ in range(self.args.warmup):
+            for mode in MODES:
+                for key in keys:
+                    self.download(key, mode, size, f"warm-up {mode} {key}")
+        for round_no in range(self.args.runs):
+            # Rotate the order every round so that no path always comes first or last.
+            shift = round_no % len(keys)
+            order = keys[shift:] + keys[:shift]
+            for mode in MODES:
+                for key in order:
+                    label = f"run {round_no + 1}/{self.args.runs} {mode} {key}"
+                    measured = self.download(key, mode, size, label)
+                    results.samples[mode].setdefault(key, []).append(measured)
+                    proxy = ""
+                    if measured.proxy_cpu_s is not None and measured.seconds > 0:
+                        proxy = f"  proxy CPU {measured.proxy_cpu_s / measured.seconds:4.0%}"
+                    if key in self.gateways:
+                        gateway = self.gateways[key]
+                        gateway.rss_per_run_kib.append(memory_kib(gateway.child.pid)["VmRSS"])
+                    print(
+                        f"  [{label:<44}] {measured.gbps:6.3f} GB/s in {measured.seconds:.3f} s"
+                        f"{proxy}  steal {measured.steal:3.0%}",
+                        flush=True,
+                    )
+        for gateway in self.gateways.values():
+            gateway.memory["after"] = memory_kib(gateway.child.pid)
+        return results
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return after - before if before is not None and after is not None else None
+
+
+# --------------------------------------------------------------------------- reporting
+
+PROCESSES = ("origin", "proxy", "client")
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -483,115 +747,58 @@ def _gbps(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "n/a"
 
 
-def measure_buffer(
-    *,
-    read_buffer: int,
-    args: argparse.Namespace,
-    size: int,
-    client: Client,
-    origin_base: str,
-    nginx_base: str | None,
-    gw: GatewayEnv,
-    root: Path,
-    tenant: Tenant | None,
-) -> tuple[BufferResult, Tenant]:
-    """Start a gateway with ``read_buffer``, measure every path, stop the gateway."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    gateway = spawn(
-        f"gateway (STREAM_READ_BUFFER={read_buffer})",
-        [*gateway_command(), "serve"],
-        root / f"gateway-{read_buffer}.log",
-        env=gw.env(GATEWAY_PORT=str(port), STREAM_READ_BUFFER=str(read_buffer)),
-    )
-    result = BufferResult(read_buffer)
-    try:
-        wait_for_port(gateway, port, 60)
-        if tenant is None:
-            tenant = asyncio.run(
-                create_tenant(base, gw.admin_token, origin_base, (size, WARM_SIZE))
-            )
-        result.memory["start"] = memory_kib(gateway.pid)
-
-        def target(path: str, mode: str, nbytes: int) -> Download:
-            chunked = "1" if mode == "chunked" else "0"
-            query = f"size={nbytes}&chunked={chunked}"
-            if path == "direct":
-                return Download("GET", f"{origin_base}/bytes?{query}")
-            if path == "nginx":
-                return Download("GET", f"{nginx_base}/bytes?{query}")
-            assert tenant is not None
-            agent_id = tenant.agents[(mode, nbytes)]
-            return Download(
-                "POST",
-                f"{base}/api/agents/{agent_id}/runs/trigger-and-download",
-                (
-                    ("Authorization", f"Bearer {tenant.ingest_key}"),
-                    ("Content-Type", "application/json"),
-                ),
-                '{"input": {"bench": true}}',
-            )
-
-        def one(path: str, mode: str, nbytes: int, label: str) -> Sample:
-            sample = checked(client, target(path, mode, nbytes), nbytes, label)
-            if path == "gateway":
-                assert tenant is not None
-                verify_run(base, tenant, tenant.agents[(mode, nbytes)], sample, nbytes)
-            return sample
-
-        paths = [p for p in PATHS if p != "nginx" or nginx_base is not None]
-        for mode in MODES:
-            one("gateway", mode, WARM_SIZE, f"warm-up {mode} gateway")
-        result.memory["before"] = memory_kib(gateway.pid)
-        for _ in range(args.warmup):
-            for mode in MODES:
-                for path in paths:
-                    one(path, mode, size, f"warm-up {mode} {path}")
-        for round_no in range(1, args.runs + 1):
-            for mode in MODES:
-                for path in paths:
-                    label = f"rb={read_buffer} run {round_no}/{args.runs} {mode} {path}"
-                    sample = one(path, mode, size, label)
-                    result.samples[mode][path].append(sample.gbps)
-                    if path == "gateway":
-                        result.rss_per_run_kib.append(memory_kib(gateway.pid)["VmRSS"])
-                    print(
-                        f"  [{label:<52}] {sample.gbps:6.3f} GB/s"
-                        f"  ({sample.size} B in {sample.seconds:.3f} s)",
-                        flush=True,
-                    )
-        result.memory["after"] = memory_kib(gateway.pid)
-    except BenchError:
-        print(f"--- last lines of the gateway log ---\n{gateway.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        gateway.stop()
-    return result, tenant
+def _share(value: float | None) -> str:
+    return f"{value * 100:.0f} %" if value is not None else "-"
 
 
-# --------------------------------------------------------------------------- reporting
-
-
-def report(results: Sequence[BufferResult], args: argparse.Namespace, client: str) -> str:
-    """Markdown tables of medians, ratios and memory."""
-    size_mib = args.size_mb
+def report(results: Results, args: argparse.Namespace, client: str) -> str:
+    """Markdown tables of medians, ratios, CPU and memory."""
     lines = [
         "",
-        f"Body {size_mib} MiB, {args.runs} runs per figure (median GB/s, 10^9 B/s), "
-        f"client {client}, {os.cpu_count()} CPUs",
+        f"Body {args.size_mb} MiB, {args.runs} interleaved rounds (median GB/s, 10^9 B/s; "
+        f"gateway min-max), client {client}, {os.cpu_count()} CPUs. direct and nginx are "
+        "measured once per round and shared by every gateway row.",
         "",
-        "| STREAM_READ_BUFFER | body | direct | nginx | gateway | gateway/nginx | gateway/direct |",
-        "|---|---|---|---|---|---|---|",
+        "| STREAM_READ_BUFFER | body | direct | nginx | gateway | gateway min-max "
+        "| gateway/nginx | gateway/direct |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for res in results:
-        for mode in MODES:
-            direct = res.median(mode, "direct")
-            nginx = res.median(mode, "nginx")
-            gateway = res.median(mode, "gateway")
+    for mode in MODES:
+        direct = results.median(mode, "direct")
+        nginx = results.median(mode, "nginx")
+        for gateway in results.gateways:
+            median = results.median(mode, gateway.key)
+            spread = results.gbps(mode, gateway.key) or [0.0]
             lines.append(
-                f"| {res.read_buffer} | {mode} | {_gbps(direct)} | {_gbps(nginx)} | "
-                f"{_gbps(gateway)} | {_ratio(gateway, nginx)} | {_ratio(gateway, direct)} |"
+                f"| {gateway.read_buffer} | {mode} | {_gbps(direct)} | {_gbps(nginx)} | "
+                f"{_gbps(median)} | {min(spread):.2f}-{max(spread):.2f} | "
+                f"{_ratio(median, nginx)} | {_ratio(median, direct)} |"
             )
+    lines += [
+        "",
+        "CPU during the downloads (median share of one core: origin / proxy / client; the proxy "
+        "is the nginx worker or the gateway process), the proxy's median CPU seconds per GB "
+        "moved, and median hypervisor steal (share of all CPUs' time)",
+        "",
+        "| path | body | origin / proxy / client | proxy CPU s/GB | steal |",
+        "|---|---|---|---|---|",
+    ]
+    keys = ["direct", "nginx", *(g.key for g in results.gateways)]
+    for mode in MODES:
+        for key in keys:
+            if not results.samples[mode].get(key):
+                continue
+            shares = " / ".join(_share(results.cpu_share(mode, key, who)) for who in PROCESSES)
+            per_gb = results.proxy_cpu_per_gb(mode, key)
+            lines.append(
+                f"| {key} | {mode} | {shares} | {'-' if per_gb is None else f'{per_gb:.2f}'} | "
+                f"{_share(results.steal(mode, key))} |"
+            )
+    if args.max_steal is not None:
+        lines.append(
+            f"\n{results.retries()} download(s) measured again for steal over "
+            f"{args.max_steal:.0%} (at most {args.steal_attempts} attempts each)."
+        )
     lines += [
         "",
         "Gateway memory (MiB): VmRSS at start, after a 1 MiB warm-up download per body kind "
@@ -601,16 +808,46 @@ def report(results: Sequence[BufferResult], args: argparse.Namespace, client: st
         "| STREAM_READ_BUFFER | start | before | after | after - before | per-run range | VmHWM |",
         "|---|---|---|---|---|---|---|",
     ]
-    for res in results:
-        mem = {k: v["VmRSS"] / 1024 for k, v in res.memory.items()}
-        per_run = res.rss_per_run_kib or [0]
+    for gateway in results.gateways:
+        mem = {k: v["VmRSS"] / 1024 for k, v in gateway.memory.items()}
+        per_run = gateway.rss_per_run_kib or [0]
         lines.append(
-            f"| {res.read_buffer} | {mem.get('start', 0):.1f} | {mem.get('before', 0):.1f} | "
+            f"| {gateway.read_buffer} | {mem.get('start', 0):.1f} | {mem.get('before', 0):.1f} | "
             f"{mem.get('after', 0):.1f} | {mem.get('after', 0) - mem.get('before', 0):+.1f} | "
             f"{min(per_run) / 1024:.1f}-{max(per_run) / 1024:.1f} | "
-            f"{res.memory.get('after', {}).get('VmHWM', 0) / 1024:.1f} |"
+            f"{gateway.memory.get('after', {}).get('VmHWM', 0) / 1024:.1f} |"
         )
     return "\n".join(lines)
+
+
+def write_json(path: Path, results: Results, args: argparse.Namespace, client: str) -> None:
+    """The raw figures, for later comparison."""
+    path.write_text(
+        json.dumps(
+            {
+                "size_bytes": args.size_mb * MIB,
+                "runs": args.runs,
+                "client": client,
+                "max_steal": args.max_steal,
+                "samples": {
+                    mode: {
+                        key: [dataclasses.asdict(m) for m in measured]
+                        for key, measured in by_key.items()
+                    }
+                    for mode, by_key in results.samples.items()
+                },
+                "gateways": [
+                    {
+                        "read_buffer": g.read_buffer,
+                        "memory_kib": g.memory,
+                        "rss_per_run_kib": g.rss_per_run_kib,
+                    }
+                    for g in results.gateways
+                ],
+            },
+            indent=2,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -623,13 +860,20 @@ def _read_buffers(raw: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a list of integers: {raw!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError("read buffers must be positive integers")
-    return values
+    return list(dict.fromkeys(values))  # one gateway per distinct value, in the order given
 
 
 def _positive(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
 
 
@@ -649,8 +893,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_read_buffers,
         default=[262144],
         metavar="N[,N...]",
-        help="STREAM_READ_BUFFER values, one gateway start each (default 262144, the default "
-        "setting); e.g. 65536,262144,1048576",
+        help="STREAM_READ_BUFFER values, one gateway process each, measured in the same rounds "
+        "(default 262144, the default setting); e.g. 65536,262144,1048576",
     )
     parser.add_argument(
         "--client",
@@ -662,6 +906,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     parser.add_argument(
         "--max-time", type=float, default=600.0, help="upper bound per download in seconds"
+    )
+    parser.add_argument(
+        "--max-steal",
+        type=_fraction,
+        help="measure a download again when hypervisor steal during it exceeds this share of "
+        "all CPUs' time (e.g. 0.1); off by default, steal is always reported",
+    )
+    parser.add_argument(
+        "--steal-attempts", type=_positive, default=3, help="attempts per download (3)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     return parser.parse_args(argv)
@@ -688,7 +941,6 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    results: list[BufferResult] = []
     root = Path(tempfile.mkdtemp(prefix="agw-bench-"))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, root, True)  # registered first: runs last
@@ -705,10 +957,13 @@ def run(args: argparse.Namespace) -> int:
         origin_base = f"http://127.0.0.1:{origin_port}"
 
         nginx_base = None
+        worker_pid = None
         if nginx_binary is not None:
             nginx, nginx_port = start_nginx(nginx_binary, root, origin_port)
             stack.callback(nginx.stop)
             nginx_base = f"http://127.0.0.1:{nginx_port}"
+            worker_pid = nginx_worker(nginx.pid)
+        ends = Endpoints(origin_base, origin.pid, nginx_base, worker_pid)
 
         print("starting embedded PostgreSQL and Redis ...", flush=True)
         gw = GatewayEnv(
@@ -720,51 +975,28 @@ def run(args: argparse.Namespace) -> int:
             "consumer", [*gateway_command(), "consume"], root / "consumer.log", gw.env()
         )
         stack.callback(consumer.stop)
-
+        gateways = start_gateways(args.read_buffers, gw, root, stack)
+        tenant = asyncio.run(
+            create_tenant(gateways[0].base, gw.admin_token, origin_base, (size, WARM_SIZE))
+        )
         print(
             f"origin {origin_base}, nginx {nginx_base or 'skipped'}, client {client_kind}, "
-            f"body {args.size_mb} MiB, runs {args.runs}, read buffers {args.read_buffers}",
+            f"body {args.size_mb} MiB, runs {args.runs}, gateways with STREAM_READ_BUFFER "
+            f"{', '.join(str(g.read_buffer) for g in gateways)}",
             flush=True,
         )
-        tenant: Tenant | None = None
-        for read_buffer in args.read_buffers:
-            print(f"STREAM_READ_BUFFER={read_buffer}", flush=True)
-            result, tenant = measure_buffer(
-                read_buffer=read_buffer,
-                args=args,
-                size=size,
-                client=client,
-                origin_base=origin_base,
-                nginx_base=nginx_base,
-                gw=gw,
-                root=root,
-                tenant=tenant,
-            )
-            results.append(result)
+        try:
+            results = Bench(args, client, ends, gateways, tenant).run(size)
+        except BenchError:
+            for gateway in gateways:
+                print(f"--- {gateway.child.name} log ---\n{gateway.child.log_tail()}")
+            raise
         if consumer.process.poll() is not None:
             print(f"warning: the consumer exited early:\n{consumer.log_tail()}", file=sys.stderr)
 
     print(report(results, args, client_kind))
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "size_bytes": size,
-                    "runs": args.runs,
-                    "client": client_kind,
-                    "results": [
-                        {
-                            "read_buffer": r.read_buffer,
-                            "gbps": r.samples,
-                            "memory_kib": r.memory,
-                            "rss_per_run_kib": r.rss_per_run_kib,
-                        }
-                        for r in results
-                    ],
-                },
-                indent=2,
-            )
-        )
+        write_json(args.json, results, args, client_kind)
     return 0
 
 

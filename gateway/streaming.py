@@ -34,11 +34,14 @@ async def send_download(
     # Which side the idle timer is waiting on, so that a stall is blamed correctly.
     waiting_on = "runtime"
     loop = asyncio.get_running_loop()
+    # Rescheduling a timer per chunk is measurable at 1 GB/s; a coarser step is not.
+    reschedule_step = min(1.0, idle_timeout_s / 4)
     try:
         await response.prepare(request)
         await response.write(start.first_chunk)
         sent = len(start.first_chunk)
-        async with asyncio.timeout_at(loop.time() + idle_timeout_s) as idle:
+        last_progress = loop.time()
+        async with asyncio.timeout_at(last_progress + idle_timeout_s) as idle:
             async for chunk in upstream.content.iter_any():
                 waiting_on = "caller"
                 try:
@@ -48,7 +51,10 @@ async def send_download(
                     break
                 waiting_on = "runtime"
                 sent += len(chunk)
-                idle.reschedule(loop.time() + idle_timeout_s)
+                now = loop.time()
+                if now - last_progress >= reschedule_step:
+                    last_progress = now
+                    idle.reschedule(now + idle_timeout_s)
         if not caller_gone:
             await response.write_eof()
     except asyncio.CancelledError:
