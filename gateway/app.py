@@ -26,7 +26,7 @@ from gateway.app_keys import (
 from gateway.background import BackgroundTasks
 from gateway.handlers import admin, agent_runs, health
 from gateway.health import Lifecycle
-from gateway.middleware import echo_request_id, errors_to_json, request_context
+from gateway.middleware import errors_to_json, on_prepare, request_context
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend([_database, _redis, _http_session, _services])
-    app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(admin.routes)

@@ -26,4 +26,6 @@ RUN_SERVICE = web.AppKey("run_service", RunService)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# Set once a response has sent its headers: from then on an error cannot become a response.
+PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

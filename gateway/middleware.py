@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.app_keys import REQUEST_ID
+from gateway.app_keys import PREPARED_RESPONSE, REQUEST_ID
 from gateway.errors import ApiError
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,21 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
     """Map domain exceptions (and aiohttp's own 4xx) to JSON error responses."""
     try:
         return await handler(request)
-    except ApiError as exc:
+    except Exception as exc:
+        started: web.StreamResponse | None = request.get(PREPARED_RESPONSE)
+        if started is None:
+            return _error_response(request, exc)
+        # Headers (and maybe part of a body) are out: a new response cannot be sent. Abort, so
+        # the caller sees a broken transfer rather than a body with an error glued on.
+        log.error("error_after_headers", path=request.path, error=repr(exc))
+        if request.transport is not None:
+            request.transport.abort()
+        return started
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON response for an exception raised before any header was sent."""
+    if isinstance(exc, ApiError):
         extra = dict(exc.extra)
         if request.path.startswith("/v0/"):
             extra["code"] = exc.code
@@ -78,31 +92,32 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
             status=exc.status,
             headers=exc.headers,
         )
-    except BACKEND_OUTAGES as exc:
+    if isinstance(exc, BACKEND_OUTAGES):
         log.warning("backend_unavailable", path=request.path, error=repr(exc))
         return web.json_response(
             error_body(request, 503, "Service temporarily unavailable; retry shortly"),
             status=503,
             headers={"Retry-After": "1"},
         )
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
-            raise
+            raise exc
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return web.json_response(
             error_body(request, exc.status, exc.reason), status=exc.status, headers=headers
         )
-    except Exception:
-        # A 500 here is a bug; the traceback goes to the log, not to the caller.
-        log.exception("unhandled_error", path=request.path)
-        return web.json_response(
-            error_body(request, 500, "Internal server error", requestId=request[REQUEST_ID]),
-            status=500,
-        )
+    # A 500 here is a bug; the traceback goes to the log, not to the caller.
+    log.error("unhandled_error", path=request.path, exc_info=exc)
+    return web.json_response(
+        error_body(request, 500, "Internal server error", requestId=request[REQUEST_ID]),
+        status=500,
+    )
 
 
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: echo the request id on every response, streamed ones too."""
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: echo the request id on every response, streamed ones too,
+    and note that this request's headers are on their way."""
+    request[PREPARED_RESPONSE] = response
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

@@ -71,6 +71,10 @@ async def send_download(
         failure = f"{who} for {idle_timeout_s:g} s mid-stream after {sent} bytes"
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         failure = f"Runtime stream broke after {sent} bytes: {exc.__class__.__name__}: {exc}"
+    except Exception as exc:
+        # A bug, but the run must still end and the caller must not get a "complete" file.
+        log.error("download_internal_error", run_id=start.run.id, exc_info=exc)
+        failure = f"Gateway error mid-stream after {sent} bytes: {exc.__class__.__name__}"
 
     if caller_gone:
         upstream.close()
