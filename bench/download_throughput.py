@@ -57,6 +57,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.embedded import free_port
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 MIB = 1024 * 1024
@@ -72,14 +74,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import structlog
 from aiohttp import web
@@ -64,5 +63,4 @@ class AccessLogger(AbstractAccessLogger):
             run_id=response.headers.get("X-Run-Id"),
             agent_id=match_info.get("agentId") if match_info is not None else None,
             remote=request.remote,
-            at=time.time(),
         )
