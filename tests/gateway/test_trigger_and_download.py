@@ -24,6 +24,14 @@ from tests.conftest import GatewayFactory, Tenant, TenantFactory, received, wait
 MB = 1024 * 1024
 
 
+@pytest.fixture
+async def impatient_tenant(make_gateway: GatewayFactory, make_tenant: TenantFactory) -> Tenant:
+    """A tenant whose gateway gives up on a silent stream after half a second."""
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(stream_idle_timeout_s=0.5)
+    return tenant
+
+
 def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
     """An n8n runtime config pointing at the fake runtime."""
     return {
@@ -457,19 +465,14 @@ async def test_the_runtime_dying_mid_body_aborts_the_caller_and_fails_the_run(
 
 
 async def test_a_runtime_stalling_mid_body_aborts_the_caller_after_the_idle_timeout(
-    make_gateway: GatewayFactory,
-    make_tenant: TenantFactory,
-    runtime: TestServer,
-    consumer: StoreConsumer,
+    impatient_tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
-    client = await make_gateway(stream_idle_timeout_s=0.5)
-    tenant = await make_tenant()
-    tenant.client = client
+    tenant = impatient_tenant
     agent = await tenant.create_agent(
         runtime=webhook(runtime, f"bytes?size={4 * MB}&hang_after={MB}")
     )
 
-    resp = await client.post(download_url(agent["id"]), headers=tenant.auth)
+    resp = await tenant.client.post(download_url(agent["id"]), headers=tenant.auth)
     assert resp.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
@@ -549,16 +552,11 @@ async def test_a_run_is_visible_only_through_its_own_agent_and_organisation(
 
 
 async def test_a_caller_that_stops_reading_is_cut_off_after_the_idle_timeout(
-    make_gateway: GatewayFactory,
-    make_tenant: TenantFactory,
-    runtime: TestServer,
-    consumer: StoreConsumer,
+    impatient_tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
-    client = await make_gateway(stream_idle_timeout_s=0.5)
-    tenant = await make_tenant()
-    tenant.client = client
+    tenant = impatient_tenant
     agent = await tenant.create_agent(runtime=webhook(runtime, f"bytes?size={200 * MB}"))
-    reader, writer = await asyncio.open_connection(client.host, client.port)
+    reader, writer = await asyncio.open_connection(tenant.client.host, tenant.client.port)
     writer.write(
         f"POST {download_url(agent['id'])} HTTP/1.1\r\nHost: gw\r\n"
         f"Authorization: Bearer {tenant.ingest_key}\r\nContent-Length: 0\r\n\r\n".encode()
