@@ -57,7 +57,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.embedded import free_port
+from gateway.embedded import free_port, stop_process
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -91,14 +91,7 @@ class Child:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Signal the child by its PID and wait; kill it if it does not exit in time."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, sig=sig, timeout=timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the child's log."""

@@ -26,7 +26,7 @@ from aiohttp import web
 from adapters.fake_runtime import create_fake_runtime
 from gateway.admin import AdminService
 from gateway.app import create_app
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
 from gateway.log_config import AccessLogger
 from gateway.settings import Settings
 from store import queries
@@ -169,11 +169,7 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
-        consumer.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            consumer.wait(10)
-        if consumer.poll() is None:
-            consumer.kill()
+        stop_process(consumer, timeout=10)
         await runtime_runner.cleanup()
 
 

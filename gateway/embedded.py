@@ -102,6 +102,23 @@ def _make_reachable(path: Path) -> None:
             parent.chmod(mode | 0o011)
 
 
+def stop_process(
+    process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> int:
+    """Signal a child of ours by its PID, wait for it, kill it if it outstays ``timeout``.
+
+    Returns its exit code.
+    """
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
 class EmbeddedServer:
     """A child server process with a data folder, started once and stopped by its PID."""
 
@@ -163,14 +180,8 @@ class EmbeddedServer:
 
     def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
         """Stop the server we started (by its PID), then wait for it."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process, sig=sig, timeout=timeout)
 
 
 class EmbeddedPostgres(EmbeddedServer):

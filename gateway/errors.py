@@ -16,13 +16,11 @@ class ApiError(Exception):
         *,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
-        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra or {}
         self.headers = headers or {}
-        self.code = code or type(self).__name__
 
 
 class BadRequest(ApiError):
@@ -49,22 +47,10 @@ class NotFound(ApiError):
     status = 404
 
 
-class Conflict(ApiError):
-    """The resource is in a state that refuses the request (409)."""
-
-    status = 409
-
-
 class PayloadTooLarge(ApiError):
     """The request body is over its limit (413)."""
 
     status = 413
-
-
-class UnsupportedMediaType(ApiError):
-    """The request body is not JSON (415)."""
-
-    status = 415
 
 
 class Unprocessable(ApiError):

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.app_keys import PREPARED_RESPONSE, REQUEST_ID
-from gateway.errors import ApiError
+from gateway.errors import ApiError, ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -35,23 +35,9 @@ def _request_id(request: web.Request) -> str:
     return given if _VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
-def error_body(request: web.Request, status: int, message: str, **extra: Any) -> dict[str, Any]:
-    """The JSON error shape for ``request``'s route family."""
-    if request.path.startswith("/v0/"):
-        code = extra.pop("code", None) or _V0_CODES.get(status, "error")
-        return {"error": {"code": code, "message": message, "details": extra or None}}
+def error_body(message: str, **extra: Any) -> dict[str, Any]:
+    """The agent API's JSON error shape: ``{"error": message, ...}``."""
     return {"error": message, **extra}
-
-
-_V0_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "payload_too_large",
-    429: "rate_limited",
-}
 
 
 @web.middleware
@@ -83,33 +69,24 @@ async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON response for an exception raised before any header was sent."""
-    if isinstance(exc, ApiError):
-        extra = dict(exc.extra)
-        if request.path.startswith("/v0/"):
-            extra["code"] = exc.code
-        return web.json_response(
-            error_body(request, exc.status, exc.message, **extra),
-            status=exc.status,
-            headers=exc.headers,
-        )
     if isinstance(exc, BACKEND_OUTAGES):
         log.warning("backend_unavailable", path=request.path, error=repr(exc))
+        exc = ServiceUnavailable(
+            "Service temporarily unavailable; retry shortly", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, ApiError):
         return web.json_response(
-            error_body(request, 503, "Service temporarily unavailable; retry shortly"),
-            status=503,
-            headers={"Retry-After": "1"},
+            error_body(exc.message, **exc.extra), status=exc.status, headers=exc.headers
         )
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
             raise exc
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
-        return web.json_response(
-            error_body(request, exc.status, exc.reason), status=exc.status, headers=headers
-        )
+        return web.json_response(error_body(exc.reason), status=exc.status, headers=headers)
     # A 500 here is a bug; the traceback goes to the log, not to the caller.
     log.error("unhandled_error", path=request.path, exc_info=exc)
     return web.json_response(
-        error_body(request, 500, "Internal server error", requestId=request[REQUEST_ID]),
+        error_body("Internal server error", requestId=request[REQUEST_ID]),
         status=500,
     )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge
+from gateway.errors import NotFound, PayloadTooLarge
 from gateway.schemas import parse_json_object
 
 _MAX_ID = 2**63 - 1
@@ -35,10 +35,3 @@ def path_id(request: web.Request, name: str, what: str) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= _MAX_ID:
         raise NotFound(f"{what} not found")
     return int(raw)
-
-
-def require_object(value: Any) -> dict[str, Any]:
-    """Refuse a JSON body that is not an object."""
-    if not isinstance(value, dict):
-        raise BadRequest("Request body must be a JSON object")
-    return value

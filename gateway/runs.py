@@ -53,7 +53,6 @@ class DownloadStart:
     """A download whose runtime answered with a file: the headers to send and the body to copy."""
 
     run: Run
-    agent: Agent
     upstream: aiohttp.ClientResponse
     first_chunk: bytes
     headers: dict[str, str]
@@ -229,7 +228,6 @@ class RunService:
             headers["Content-Encoding"] = encoding
         return DownloadStart(
             run=run,
-            agent=agent,
             upstream=upstream,
             first_chunk=first,
             headers=headers,

@@ -7,7 +7,16 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from gateway.errors import BadRequest
 
@@ -88,16 +97,12 @@ class RuntimeConfig(Schema):
     def _api(self, value: str, **_: Any) -> None:
         _http_url(value)
 
-    def load_checked(self, data: Any) -> dict[str, Any]:
-        """Load and require the fields the chosen kind needs."""
-        loaded: dict[str, Any] = self.load(data)
-        needed = (
-            ["webhook_url"] if loaded["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
-        )
-        missing = [n for n in needed if n not in loaded]
+    @validates_schema
+    def _fields_of_kind(self, data: dict[str, Any], **_: Any) -> None:
+        needed = ["webhook_url"] if data["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
+        missing = [n for n in needed if n not in data]
         if missing:
             raise ValidationError({n: ["Missing data for required field."] for n in missing})
-        return loaded
 
 
 def _http_url(value: str) -> None:
@@ -117,7 +122,7 @@ class AgentBody(Schema):
     status = fields.String(validate=validate.OneOf(["active", "paused", "archived"]))
     allow_external_triggers = fields.Boolean(truthy={True}, falsy={False})
     output_kind = fields.String(validate=validate.OneOf(["json", "file_download", "stream"]))
-    runtime = fields.Dict(required=True)
+    runtime = fields.Nested(RuntimeConfig, required=True)
     default_input = JsonObject()
     input_format = fields.Raw(allow_none=True)
     running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
@@ -127,8 +132,6 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:
     """Validate ``data`` against ``schema``; a failure is a 400 that lists each bad field."""
     try:
         result: dict[str, Any] = schema.load(data, partial=partial)
-        if isinstance(schema, AgentBody) and "runtime" in result:
-            result["runtime"] = RuntimeConfig().load_checked(result["runtime"])
     except ValidationError as exc:
         raise BadRequest("Invalid request body", extra={"details": exc.messages}) from None
     return result

@@ -7,9 +7,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-IN_FLIGHT_STATUSES = frozenset({"queued", "running", "waiting"})
-
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -73,11 +70,6 @@ class Run:
     external_run_id: str | None
     runtime_run_id: str | None
     deadline: dt.datetime | None
-
-    @property
-    def terminal(self) -> bool:
-        """Whether the run has reached a state it never leaves."""
-        return self.status in TERMINAL_STATUSES
 
     def public(self) -> dict[str, Any]:
         """The run as seed 002's 200 response shapes it."""

@@ -140,12 +140,6 @@ async def update_agent(db: Executor, agent_id: int, fields: dict[str, Any]) -> A
     return None if row is None else _agent(row)
 
 
-async def get_agent(db: Executor, agent_id: int) -> Agent | None:
-    """The agent with ``agent_id``, or ``None``."""
-    row = await db.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
-    return None if row is None else _agent(row)
-
-
 async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Agent | None:
     """The agent with ``agent_id`` when it belongs to ``org_id``; ``None`` otherwise."""
     row = await db.fetchrow(
@@ -177,12 +171,6 @@ async def insert_run(
     )
     assert row is not None
     return _run(row)
-
-
-async def get_run(db: Executor, run_id: int) -> Run | None:
-    """The run with ``run_id``, or ``None``."""
-    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
-    return None if row is None else _run(row)
 
 
 async def get_run_of_agent(db: Executor, agent_id: int, run_id: int) -> Run | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.embedded import free_port
+from gateway.embedded import free_port, stop_process
 
 
 def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -37,16 +37,6 @@ def wait_for_banner(child: subprocess.Popen[bytes], log: Path) -> str:
         assert child.poll() is None, text
         time.sleep(0.1)
     raise AssertionError(log.read_text(errors="replace"))
-
-
-def stop(child: subprocess.Popen[bytes]) -> int:
-    child.send_signal(signal.SIGINT)
-    try:
-        return child.wait(30)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait(10)
-        raise
 
 
 async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
@@ -77,7 +67,7 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                 assert resp.headers["Content-Disposition"] == 'attachment; filename="report.csv"'
                 assert b"Q3 financial summary" in await resp.read()
         finally:
-            assert stop(child) == 0
+            assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.
     assert keys[0] == keys[1]
     assert (data_dir / "postgres" / "PG_VERSION").exists()

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from adapters.fake_runtime import make_bytes
-from gateway.embedded import free_port
+from gateway.embedded import free_port, stop_process
 from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY, Backends
 
 MB = 1024 * 1024
@@ -42,9 +42,7 @@ class Processes:
 
     def stop_all(self) -> None:
         for child in self.children:
-            if child.poll() is None:
-                child.kill()
-                child.wait(10)
+            stop_process(child, sig=signal.SIGKILL)
 
 
 @pytest.fixture
@@ -140,8 +138,7 @@ async def test_serve_and_consume_processes_stream_a_file_and_record_the_run(
     assert run["status"] == "completed"
     assert run["output_data"]["sizeBytes"] == 5 * MB
 
-    consumer.send_signal(signal.SIGTERM)
-    assert consumer.wait(15) == 0
+    assert stop_process(consumer) == 0
     log = (tmp_path / "serve.log").read_text()
     assert SECRET_KEY not in log
     assert agent["auth"]["Authorization"].split()[1] not in log
