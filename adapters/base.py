@@ -8,6 +8,9 @@ from typing import Any, ClassVar, Protocol
 
 import aiohttp
 
+# The run states a runtime can report that end a run (the gateway's own names).
+_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
 
 class RuntimeFailure(Exception):
     """Base of the failures an adapter reports."""
@@ -18,11 +21,26 @@ class RuntimeUnavailable(RuntimeFailure):
 
 
 class RuntimeTimeout(RuntimeFailure):
-    """The runtime sent no response headers within the wait window."""
+    """The runtime sent no answer within the wait window."""
 
 
 class RuntimeUnsupported(RuntimeFailure):
     """The runtime kind cannot serve this kind of run."""
+
+
+class RuntimeRefused(RuntimeFailure):
+    """The runtime answered and refused for good (bad credentials, unknown task or run)."""
+
+
+class RuntimeRetryLater(RuntimeFailure):
+    """A transient failure (overloaded, not readable yet, network): ask again later.
+
+    ``delay_s`` is the runtime's own hint (e.g. its rate-limit reset), when it gave one.
+    """
+
+    def __init__(self, message: str, *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +53,9 @@ class TriggerPayload:
     agent_api_key: str
     callback_url: str
     credentials_token: str | None = None
+    # Unique to this run even across databases (a fresh dev database reuses run ids), so a
+    # runtime that deduplicates triggers never mistakes a new run for an old one.
+    idempotency_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The payload as the JSON body the runtime sees."""
@@ -48,10 +69,50 @@ class TriggerPayload:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a runtime says about a run: its state and, once terminal, output or error.
+
+    ``status`` is one of the gateway's run states. ``has_output`` tells an output of ``None``
+    (the task returned null) from no output at all.
+    """
+
+    status: str
+    output: Any = None
+    has_output: bool = False
+    error: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended on the runtime."""
+        return self.status in _TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """How a runtime took a run.
+
+    ``result`` is set when the runtime answered with the run's outcome in the same call (an
+    n8n webhook ending in "Respond to Webhook"). ``runtime_run_id`` is set when the runtime
+    runs it on its own and must be followed by polling (a Trigger.dev task). Neither is set
+    when the runtime accepted the run and will report through callbacks.
+    """
+
+    result: RunResult | None = None
+    runtime_run_id: str | None = None
+
+
 class RuntimeAdapter(Protocol):
-    """A workflow runtime the gateway can start runs on."""
+    """A workflow runtime the gateway can start runs on.
+
+    Adapters speak HTTP to their runtime and never touch the database.
+    """
 
     kind: ClassVar[str]
+    # True when the runtime runs a run on its own after the trigger call and is followed by
+    # polling (the run stays queued until the runtime says it executes); False when the
+    # invocation itself runs it.
+    followed: ClassVar[bool]
 
     async def open_download(
         self,
@@ -67,4 +128,28 @@ class RuntimeAdapter(Protocol):
         the response. Raises :class:`RuntimeTimeout` when no headers arrive within ``wait_s``
         and :class:`RuntimeUnavailable` when the runtime cannot be reached.
         """
+        ...
+
+    async def invoke(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> Invocation:
+        """Start the run, waiting at most ``wait_s`` seconds for the runtime to take it.
+
+        Raises :class:`RuntimeTimeout` when a runtime that answers synchronously says nothing
+        in time, :class:`RuntimeUnavailable` or :class:`RuntimeRefused` when the run could not
+        be started.
+        """
+        ...
+
+    async def poll(self, runtime: Mapping[str, Any], runtime_run_id: str) -> RunResult:
+        """The runtime's current view of a run it runs on its own.
+
+        Raises :class:`RuntimeRetryLater` for a transient failure, :class:`RuntimeRefused` when
+        the runtime will never answer for this run, :class:`RuntimeUnsupported` for a runtime
+        that is never polled.
+        """
+        ...
+
+    async def cancel(self, runtime: Mapping[str, Any], runtime_run_id: str) -> None:
+        """Ask the runtime to stop a run it runs on its own (a no-op where there is none)."""
         ...

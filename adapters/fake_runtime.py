@@ -8,6 +8,18 @@ socket. Behaviour is chosen per agent through the webhook URL's path and query s
 ``POST /webhook/json-error``  ``500 {"error": "PDF rendering failed"}`` (a failed workflow)
 ``POST /webhook/bytes``       ``size`` deterministic bytes for tests, see :func:`make_bytes`
 
+JSON results, as a workflow ending in "Respond to Webhook" returns them (trigger-and-wait):
+
+``POST /webhook/json``            ``200`` with ``input.result`` (default ``{"echo": input}``);
+                                  ``status=<code>`` answers with that status instead
+``POST /webhook/workflow-error``  ``500 {"message": "Error in workflow"}``, as n8n answers
+``POST /webhook/garbage``         ``200`` labelled JSON whose body is not JSON
+``POST /webhook/accepted``        ``202`` with no body, then reports through the run's
+                                  callback URL with its agent API key: ``started``, an
+                                  intermediate ``output``, then ``complete`` with
+                                  ``input.result`` (or ``fail`` when ``input.fail`` is set),
+                                  ``report_delay_ms`` apart (``report=0``: never reports)
+
 Query parameters on any file path: ``chunked=1``, ``disposition=0`` (omit the header),
 ``outputs=<value>`` (the ``X-Outputs`` header), ``delay_ms`` (before headers), ``die_after``
 (abort the socket after that many body bytes), ``hang_after`` (stop sending, keep the socket),
@@ -25,9 +37,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 RECEIVED = web.AppKey("received", list[dict[str, Any]])
+# What the "accepted" workflow reported through callbacks, with the gateway's answer.
+CALLBACKS_SENT = web.AppKey("callbacks_sent", list[dict[str, Any]])
+CALLBACK_CLIENT = web.AppKey("callback_client", aiohttp.ClientSession)
+REPORTERS = web.AppKey[set[asyncio.Task[None]]]("reporters")
 
 _BLOCK_LEN = 1_000_003  # prime, so a dropped or repeated chunk never lines up with the pattern
 _BLOCK = random.Random(20261123).randbytes(_BLOCK_LEN)
@@ -121,6 +138,20 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
 
     if name == "json-error":
         return web.json_response({"error": "PDF rendering failed"}, status=500)
+    if name == "workflow-error":
+        return web.json_response({"message": "Error in workflow"}, status=500)
+    if name == "garbage":
+        return web.Response(body=b"<html>oops</html>", content_type="application/json")
+    data = payload.get("input") or {}
+    if name == "json":
+        result = data.get("result", {"echo": data})
+        return web.json_response(result, status=int(q.get("status", "200")))
+    if name == "accepted":
+        if q.get("report", "1") == "1":
+            task = asyncio.create_task(_report_back(request.app, payload, q))
+            request.app[REPORTERS].add(task)
+            task.add_done_callback(request.app[REPORTERS].discard)
+        return web.Response(status=202)
 
     body_iter: AsyncIterator[bytes]
     if name == "report.csv":
@@ -188,9 +219,49 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
+async def _report_back(app: web.Application, payload: dict[str, Any], query: Any) -> None:
+    """What a workflow that reports through callbacks does (seed 001's createAgentClient)."""
+    data = payload.get("input") or {}
+    pause_s = int(query.get("report_delay_ms", "50")) / 1000
+    if data.get("fail"):
+        last: dict[str, Any] = {
+            "type": "output",
+            "failed": True,
+            "error": {"message": str(data["fail"]), "name": "WorkflowError"},
+        }
+    else:
+        last = {"type": "output", "complete": True, "output": data.get("result", {"ok": True})}
+    steps = [
+        {"type": "started"},
+        {"type": "output", "output": {"progress": 50}},
+        last,
+    ]
+    headers = {"Authorization": f"Bearer {payload['agentApiKey']}"}
+    for body in steps:
+        await asyncio.sleep(pause_s)
+        async with app[CALLBACK_CLIENT].post(
+            payload["callbackUrl"], json=body, headers=headers
+        ) as resp:
+            app[CALLBACKS_SENT].append({"body": body, "status": resp.status})
+
+
+async def _callback_client(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        app[CALLBACK_CLIENT] = session
+        yield
+        running: set[asyncio.Task[None]] = app[REPORTERS]
+        reporters = list(running)
+        for task in reporters:
+            task.cancel()
+        await asyncio.gather(*reporters, return_exceptions=True)
+
+
 def create_fake_runtime() -> web.Application:
     """The demo/test runtime as an aiohttp application."""
     app = web.Application()
     app[RECEIVED] = []
+    app[CALLBACKS_SENT] = []
+    app[REPORTERS] = set()
+    app.cleanup_ctx.append(_callback_client)
     app.router.add_post("/webhook/{name}", _file)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,30 +12,41 @@ from aiohttp import web
 
 from adapters.base import RuntimeAdapter
 from adapters.n8n import N8nAdapter
+from adapters.trigger_dev import TriggerDevAdapter
 from gateway.admin import AdminService
 from gateway.app_keys import (
     ADMIN_SERVICE,
     BACKGROUND,
+    CALLBACK_SERVICE,
     DB_POOL,
     HTTP_SESSION,
     LIFECYCLE,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
+    RUN_FOLLOWER,
     RUN_SERVICE,
+    RUN_WAITERS,
     SETTINGS,
+    TRIGGER_SERVICE,
 )
 from gateway.background import BackgroundTasks
-from gateway.handlers import admin, agent_runs, health
+from gateway.callbacks import CallbackService
+from gateway.follower import RunFollower
+from gateway.handlers import admin, agent_runs, callbacks, health
 from gateway.health import Lifecycle
 from gateway.middleware import errors_to_json, on_prepare, request_context
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
-from store.events import EventPublisher
+from gateway.triggers import TriggerService
+from gateway.waits import RunWaiters
+from store.events import EventPublisher, terminal_channel
 from store.pool import create_pool
 
 _BACKGROUND_DRAIN_S = 5.0
+# A poll in hand when the gateway stops is given this long to finish and be recorded.
+_FOLLOWER_STOP_S = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -72,24 +85,60 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    session = app[HTTP_SESSION]
     background = BackgroundTasks()
     publisher = EventPublisher(app[REDIS], app[DB_POOL], settings.events_stream)
-    adapters: dict[str, RuntimeAdapter] = {N8nAdapter.kind: N8nAdapter(app[HTTP_SESSION])}
-    app[BACKGROUND] = background
-    app[PUBLISHER] = publisher
-    app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
-    app[RUN_SERVICE] = RunService(
+    adapters: dict[str, RuntimeAdapter] = {
+        N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
+        TriggerDevAdapter.kind: TriggerDevAdapter(
+            session, max_result_bytes=settings.max_result_body
+        ),
+    }
+    runs = RunService(
         settings=settings,
         pool=app[DB_POOL],
         publisher=publisher,
         adapters=adapters,
         background=background,
     )
+    waiters = RunWaiters(
+        app[REDIS],
+        app[DB_POOL],
+        channel=terminal_channel(settings.events_stream),
+        recheck_s=settings.wait_recheck_s,
+    )
+    follower = RunFollower(
+        app[DB_POOL],
+        runs,
+        adapters,
+        tick_s=settings.follow_tick_s,
+        lease_s=settings.follow_lease_s,
+    )
+    app[BACKGROUND] = background
+    app[PUBLISHER] = publisher
+    app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
+    app[RUN_SERVICE] = runs
+    app[RUN_WAITERS] = waiters
+    app[RUN_FOLLOWER] = follower
+    app[TRIGGER_SERVICE] = TriggerService(
+        pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
+    )
+    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
+    listening = asyncio.create_task(waiters.listen(), name="run-waiters")
+    following = asyncio.create_task(follower.run(), name="run-follower")
     yield
+    follower.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(following), _FOLLOWER_STOP_S)
+    following.cancel()
+    await follower.release()
     # Failures recorded on behalf of callers who left must reach the store before pools close;
     # each is one XADD, so a short bound suffices after the in-flight grace period.
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
+    # Nobody waits any more once requests and background work are done.
+    listening.cancel()
+    await asyncio.gather(listening, following, return_exceptions=True)
 
 
 async def _start_draining(app: web.Application) -> None:
@@ -110,5 +159,6 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
+    app.router.add_routes(callbacks.routes)
     app.router.add_routes(admin.routes)
     return app

@@ -7,23 +7,6 @@ import re
 from email.message import Message
 
 _SAFE = re.compile(r"[^A-Za-z0-9._]+")
-_MAX_OUTPUTS = 2**63 - 1
-
-
-def parse_outputs(value: object) -> int | None:
-    """An ``outputs`` value if it is a non-negative integer (or its decimal text); else ``None``.
-
-    Booleans, floats, negatives, signs, blanks and anything over a bigint are dropped.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        number = int(value.strip())
-    else:
-        return None
-    return number if 0 <= number <= _MAX_OUTPUTS else None
 
 
 def media_type(content_type: str | None) -> str:

@@ -47,6 +47,12 @@ class NotFound(ApiError):
     status = 404
 
 
+class Conflict(ApiError):
+    """The resource is in a state that refuses the request, e.g. a run that has ended (409)."""
+
+    status = 409
+
+
 class PayloadTooLarge(ApiError):
     """The request body is over its limit (413)."""
 

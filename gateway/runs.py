@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import asyncpg
 import structlog
 
 from adapters.base import (
+    RunResult,
     RuntimeAdapter,
     RuntimeTimeout,
     RuntimeUnavailable,
@@ -35,17 +36,30 @@ from gateway.errors import (
     GatewayTimeout,
     NotFound,
     RuntimeInvocationFailed,
+    ServiceUnavailable,
     Unprocessable,
 )
+from gateway.outputs import header_outputs, lift_outputs
 from gateway.settings import Settings
 from store import queries
 from store.events import EventPublisher, RunEvent
+from store.jsonb import jsonb_problem
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
 
 # A runtime's error body is read for the 502 message only up to this size.
 _MAX_ERROR_BODY = 64 * 1024
+# The run's error column holds a short reason.
+_MAX_ERROR_LEN = 2000
+
+
+class IdempotentReplay(Exception):
+    """The Idempotency-Key already names a run: that run is the answer."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.id)
+        self.run = run
 
 
 @dataclass(slots=True)
@@ -87,7 +101,7 @@ class RunService:
             raise NotFound("Agent not found")
         return agent
 
-    def check_eligible(self, agent: Agent, *, output_kind: str | None) -> None:
+    def check_eligible(self, agent: Agent, *, output_kinds: Collection[str]) -> None:
         """Raise 403/422 unless ``agent`` may be triggered from outside for this kind of run."""
         if not agent.allow_external_triggers:
             raise Forbidden(
@@ -98,8 +112,12 @@ class RunService:
             problems.append(f"managed_by is '{agent.managed_by}', not 'platform'")
         if agent.status != "active":
             problems.append(f"status is '{agent.status}', not 'active'")
-        if output_kind is not None and agent.output_kind != output_kind:
-            problems.append(f"output_kind is '{agent.output_kind}', not '{output_kind}'")
+        if agent.output_kind not in output_kinds:
+            if agent.output_kind == "file_download":
+                problems.append("output_kind is 'file_download': use trigger-and-download")
+            else:
+                allowed = "' or '".join(sorted(output_kinds))
+                problems.append(f"output_kind is '{agent.output_kind}', not '{allowed}'")
         if problems:
             raise Unprocessable("Agent is not eligible for this endpoint: " + "; ".join(problems))
 
@@ -124,8 +142,14 @@ class RunService:
         user_id: uuid.UUID | None,
         window_ms: int,
         trigger_kind: str,
+        idempotency: tuple[str, bytes] | None = None,
     ) -> Run:
-        """Insert the run row; the caller's input is merged over the agent's default input."""
+        """Insert the run row; the caller's input is merged over the agent's default input.
+
+        With ``idempotency`` (a key and the hash of the request), a key already bound to a run
+        in the last 24 h raises :class:`IdempotentReplay` with that run, and nothing is created;
+        the same key with a different request is a 422.
+        """
         merged = {**agent.default_input, **input_data}
         created_by = None
         if user_id is not None and await queries.is_member(self._pool, agent.org_id, user_id):
@@ -133,24 +157,63 @@ class RunService:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
             milliseconds=window_ms + agent.running_timeout_ms
         )
-        return await queries.insert_run(
-            self._pool,
-            agent=agent,
-            input_data=merged,
-            created_by=created_by,
-            deadline=deadline,
-            trigger_kind=trigger_kind,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            run = await queries.insert_run(
+                conn,
+                agent=agent,
+                input_data=merged,
+                created_by=created_by,
+                deadline=deadline,
+                trigger_kind=trigger_kind,
+            )
+            if idempotency is None:
+                return run
+            key, request_hash = idempotency
+            if await queries.claim_idempotency_key(
+                conn, agent_id=agent.id, key=key, request_hash=request_hash, run_id=run.id
+            ):
+                return run
+        # Another request holds the key (maybe one that committed a moment ago): the
+        # transaction above rolled back, so this call created nothing.
+        existing = await self.idempotent_run(agent, key, request_hash)
+        if existing is None:
+            raise ServiceUnavailable(
+                "Idempotency-Key is being used by a request still in progress",
+                headers={"Retry-After": "1"},
+            )
+        raise IdempotentReplay(existing)
+
+    async def idempotent_run(self, agent: Agent, key: str, request_hash: bytes) -> Run | None:
+        """The run that ``key`` named for this agent in the last 24 h, if any.
+
+        The same key sent with a different request is refused (422): it cannot name two runs.
+        """
+        found = await queries.find_idempotent_run(self._pool, agent_id=agent.id, key=key)
+        if found is None:
+            return None
+        run_id, bound_hash = found
+        if bound_hash != request_hash:
+            raise Unprocessable(
+                "Idempotency-Key was already used with a different request body",
+                extra={"runId": run_id},
+            )
+        return await queries.get_run(self._pool, run_id)
 
     def trigger_payload(self, agent: Agent, run: Run) -> TriggerPayload:
         """The body a runtime receives for ``run``."""
+        created_ms = int(run.created_at.timestamp() * 1000)
         return TriggerPayload(
             run_id=run.id,
             agent_id=agent.id,
             input=run.input,
             agent_api_key=derive_agent_api_key(self._settings.secret_key, agent.api_key_salt),
             callback_url=f"{self._settings.public_base_url}/api/runs/{run.id}/callback",
+            idempotency_key=f"agent-gateway-run-{run.id}-{created_ms}",
         )
+
+    def adapter_for(self, agent: Agent) -> RuntimeAdapter:
+        """The adapter of the agent's runtime kind; 422 when no adapter serves it."""
+        return self._adapter(agent)
 
     def _adapter(self, agent: Agent) -> RuntimeAdapter:
         adapter = self._adapters.get(str(agent.runtime.get("kind")))
@@ -191,10 +254,10 @@ class RunService:
                 agent.runtime, payload, wait_s=window_ms / 1000, accept_encoding=accept_encoding
             )
         except RuntimeTimeout as exc:
-            await self.fail(run, str(exc), started=started)
+            await self.fail(run.id, str(exc), started=started)
             raise GatewayTimeout(str(exc), extra={"runId": run.id}) from None
         except (RuntimeUnavailable, RuntimeUnsupported) as exc:
-            await self.fail(run, str(exc), started=started)
+            await self.fail(run.id, str(exc), started=started)
             raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
         except asyncio.CancelledError:
             self.fail_detached(
@@ -233,7 +296,7 @@ class RunService:
             headers=headers,
             filename=filename,
             mime_type=downloads.media_type(content_type),
-            outputs=downloads.parse_outputs(upstream.headers.get("X-Outputs")),
+            outputs=header_outputs(upstream.headers.get("X-Outputs")),
             started=started,
         )
 
@@ -275,7 +338,7 @@ class RunService:
                 run, "Caller disconnected before the runtime answered", started=started
             )
             raise
-        await self.fail(run, failure.message, started=started, output_data=output_data)
+        await self.fail(run.id, failure.message, started=started, output_data=output_data)
         raise failure
 
     async def finish_download(self, start: DownloadStart, size_bytes: int) -> None:
@@ -295,18 +358,69 @@ class RunService:
             )
         )
 
-    async def fail(self, run: Run, reason: str, *, started: float, output_data: Any = None) -> None:
-        """Record that ``run`` failed, with ``reason``."""
-        extra: dict[str, Any] = {} if output_data is None else {"output_data": output_data}
-        event = RunEvent(
-            run.id, "failed", error=reason[:2000], duration_ms=_elapsed_ms(started), **extra
+    async def publish(self, event: RunEvent) -> bool:
+        """Record a transition; ``False`` when the run had already ended.
+
+        An output PostgreSQL could not store is refused here and the run fails with the
+        reason, rather than leaving an event the store can never apply.
+        """
+        if event.has_output and (problem := jsonb_problem(event.output_data)):
+            log.warning("run_output_refused", run_id=event.run_id, problem=problem)
+            event = RunEvent(
+                event.run_id,
+                "failed",
+                at=event.at,
+                error=f"OutputNotStorable: the output {problem}",
+                duration_ms=event.duration_ms,
+            )
+        return await self._publisher.publish(event)
+
+    async def record_result(
+        self, run_id: int, result: RunResult, *, started: float | None = None
+    ) -> bool:
+        """Record what the runtime says about a run; ``False`` when the run had ended.
+
+        ``started`` (the monotonic clock when the run began here) gives the duration when
+        the gateway timed the whole run itself.
+        """
+        duration = None if started is None else _elapsed_ms(started)
+        output: dict[str, Any] = {"output_data": result.output} if result.has_output else {}
+        if result.status == "completed":
+            event = RunEvent(
+                run_id,
+                "completed",
+                outputs=lift_outputs(result.output),
+                duration_ms=duration,
+                **output,
+            )
+        elif result.status == "failed":
+            reason = result.error or "The runtime reported the run failed"
+            log.info("run_failed", run_id=run_id, reason=reason[:300])
+            event = RunEvent(
+                run_id, "failed", error=reason[:_MAX_ERROR_LEN], duration_ms=duration, **output
+            )
+        elif result.status == "cancelled":
+            event = RunEvent(run_id, "cancelled", duration_ms=duration, **output)
+        elif result.status == "waiting":
+            event = RunEvent(run_id, "waiting", **output)
+        else:
+            event = RunEvent(run_id, "started")
+        return await self.publish(event)
+
+    async def fail(
+        self, run_id: int, reason: str, *, started: float | None, output_data: Any = None
+    ) -> bool:
+        """Record that a run failed, with ``reason``; ``False`` when it had already ended."""
+        result = RunResult(
+            "failed", output=output_data, has_output=output_data is not None, error=reason
         )
-        log.info("run_failed", run_id=run.id, agent_id=run.agent_id, reason=reason[:300])
-        await self._publisher.publish(event)
+        return await self.record_result(run_id, result, started=started)
 
     def fail_detached(self, run: Run, reason: str, *, started: float) -> None:
         """Record a failure from a task that is being cancelled (the caller left)."""
-        self._background.spawn(self.fail(run, reason, started=started), name=f"fail-run-{run.id}")
+        self._background.spawn(
+            self.fail(run.id, reason, started=started), name=f"fail-run-{run.id}"
+        )
 
 
 def _elapsed_ms(started: float) -> int:

@@ -55,6 +55,44 @@ class TriggerBody(Schema):
     )
 
 
+class CallbackBody(Schema):
+    """``POST /api/runs/{runId}/callback``: what ``createAgentClient``'s methods send (seed 001).
+
+    ``outputs`` is not validated here: a value that is not a non-negative integer is dropped
+    silently, as everywhere else.
+    """
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.OneOf(["started", "output", "waiting"]))
+    complete = fields.Boolean(truthy={True}, falsy={False}, load_default=False)
+    failed = fields.Boolean(truthy={True}, falsy={False}, load_default=False)
+    output = fields.Raw(allow_none=True)
+    outputs = fields.Raw(allow_none=True)
+    error = fields.Raw(allow_none=True)
+    tokenId = fields.String(validate=validate.Length(min=1, max=1024))
+    description = fields.String(allow_none=True, validate=validate.Length(max=10_000))
+
+    @validates("error")
+    def _error(self, value: Any, **_: Any) -> None:
+        if value is None or isinstance(value, str):
+            return
+        if not isinstance(value, dict) or not isinstance(value.get("message"), str):
+            raise ValidationError("Must be a string or an object with a string 'message'.")
+
+    @validates_schema
+    def _type_rules(self, data: dict[str, Any], **_: Any) -> None:
+        if data["complete"] and data["failed"]:
+            raise ValidationError("An output cannot be both 'complete' and 'failed'.", "failed")
+        if data["type"] != "output" and (data["complete"] or data["failed"]):
+            raise ValidationError(
+                "Only an 'output' callback can be 'complete' or 'failed'.", "type"
+            )
+        if data["type"] == "waiting" and "tokenId" not in data:
+            raise ValidationError("Missing data for required field.", "tokenId")
+
+
 _NAME = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 

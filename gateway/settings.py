@@ -56,8 +56,20 @@ class Settings:
     stream_read_buffer: int = 64 * 1024
     sync_rate_limit: int = 5
     sync_rate_window_s: int = 60
+    # POST .../runs/trigger holds no connection, so its per-agent bucket is its own and wider.
+    trigger_rate_limit: int = 60
+    trigger_rate_window_s: int = 60
     rate_limit_fail_open: bool = True
     max_request_body: int = 1024 * 1024
+    # Largest JSON result a runtime may return or report in a callback.
+    max_result_body: int = 10 * 1024 * 1024
+    # A waiter re-reads its run this often even without a wake-up (a lost pub/sub message
+    # costs at most this much delay).
+    wait_recheck_s: float = 2.0
+    # Polling runs that a runtime runs on its own (Trigger.dev): how often each replica looks
+    # for due polls, and how long a claimed poll is held before another replica may take it.
+    follow_tick_s: float = 0.25
+    follow_lease_s: float = 30.0
     events_stream: str = "runs:events"
     events_group: str = "store"
     # Bound on how long in-flight requests may run on after SIGTERM.
@@ -87,5 +99,9 @@ class Settings:
             sync_rate_window_s=_int(env, "SYNC_RATE_WINDOW_S", 60),
             rate_limit_fail_open=_bool(env, "RATE_LIMIT_FAIL_OPEN", True),
             max_request_body=_int(env, "MAX_REQUEST_BODY", 1024 * 1024),
+            max_result_body=_int(env, "MAX_RESULT_BODY", 10 * 1024 * 1024),
+            trigger_rate_limit=_int(env, "TRIGGER_RATE_LIMIT", 60),
+            trigger_rate_window_s=_int(env, "TRIGGER_RATE_WINDOW_S", 60),
+            follow_lease_s=float(_int(env, "FOLLOW_LEASE_S", 30)),
             shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
         )

@@ -78,7 +78,9 @@ async def send_download(
 
     if caller_gone:
         upstream.close()
-        await runs.fail(start.run, f"Caller disconnected after {sent} bytes", started=start.started)
+        await runs.fail(
+            start.run.id, f"Caller disconnected after {sent} bytes", started=start.started
+        )
         return response
     if failure is not None:
         upstream.close()
@@ -86,7 +88,7 @@ async def send_download(
         if request.transport is not None:
             request.transport.abort()
         log.warning("download_aborted", run_id=start.run.id, reason=failure)
-        await runs.fail(start.run, failure, started=start.started)
+        await runs.fail(start.run.id, failure, started=start.started)
         return response
     upstream.release()
     await runs.finish_download(start, sent)

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
-from store.events import RunEvent, apply_event
+from store.events import RunEvent, announce_terminal, apply_event, terminal_channel
 from store.reaper import reap_overdue
 
 log = structlog.get_logger(__name__)
@@ -95,6 +95,7 @@ class StoreConsumer:
                     if reaped := await reap_overdue(self._pool):
                         self.stats.reaped += len(reaped)
                         log.warning("runs_reaped", run_ids=reaped)
+                        await announce_terminal(self._redis, self._stream, reaped)
                     next_reap = loop.time() + self._reap_every_s
                 await self.consume_once(block_ms=self._block_ms)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -166,19 +167,24 @@ class StoreConsumer:
                 continue
             async with self._pool.acquire() as conn:
                 outcome = await apply_event(conn, event)
+            ended = False
             if outcome is None:
                 self.stats.duplicates += 1
             elif outcome:
                 self.stats.applied += 1
+                ended = event.terminal
             else:
                 self.stats.refused += 1
-            # Acknowledged only after the transaction committed.
-            await self._ack(entry_id)
+            # Acknowledged only after the transaction committed; waiters on every replica
+            # learn that the run ended once its row says so.
+            await self._ack(entry_id, ended_run=event.run_id if ended else None)
 
-    async def _ack(self, entry_id: bytes) -> None:
+    async def _ack(self, entry_id: bytes, *, ended_run: int | None = None) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(self._stream, self._group, entry_id)
             pipe.xdel(self._stream, entry_id)
+            if ended_run is not None:
+                pipe.publish(terminal_channel(self._stream), str(ended_run))
             await pipe.execute()
 
     async def _sleep(self, seconds: float) -> None:

@@ -19,10 +19,15 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 from redis.exceptions import RedisError
 
+from store.models import TERMINAL_STATUSES
+
 log = structlog.get_logger(__name__)
 
 EVENT_TYPES = frozenset({"started", "output", "waiting", "completed", "failed", "cancelled"})
 _UNSET: Any = object()
+# How long the first terminal event of a run is remembered in Redis. Afterwards the run row
+# (terminal by then) is what refuses later events.
+_TERMINAL_CLAIM_MS = 24 * 3600 * 1000
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -38,6 +43,7 @@ class RunEvent:
     outputs: int | None = None
     error: str | None = None
     duration_ms: int | None = None
+    waiting_for: dict[str, Any] | None = None
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def __post_init__(self) -> None:
@@ -45,9 +51,19 @@ class RunEvent:
             raise ValueError(f"unknown run event type {self.type!r}")
 
     @property
+    def terminal(self) -> bool:
+        """Whether this event ends the run."""
+        return self.type in TERMINAL_STATUSES
+
+    @property
     def has_output(self) -> bool:
         """Whether the event carries ``output_data`` (``None`` included)."""
         return self.output_data is not _UNSET
+
+    @property
+    def stored_output(self) -> Any:
+        """``output_data`` as stored: ``None`` when the event carries none."""
+        return self.output_data if self.has_output else None
 
     def encode(self) -> dict[str, str]:
         """The event as Redis Stream fields."""
@@ -59,6 +75,7 @@ class RunEvent:
             "outputs": self.outputs,
             "error": self.error,
             "duration_ms": self.duration_ms,
+            "waiting_for": self.waiting_for,
         }
         if self.has_output:
             body["output_data"] = self.output_data
@@ -79,6 +96,7 @@ class RunEvent:
             outputs=body.get("outputs"),
             error=body.get("error"),
             duration_ms=body.get("duration_ms"),
+            waiting_for=body.get("waiting_for"),
             event_id=uuid.UUID(body["event_id"]),
         )
 
@@ -87,40 +105,45 @@ _NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
 _KEEP_OR_SET_OUTPUT = """output_data = CASE WHEN $3 THEN $4::jsonb ELSE output_data END,
                        outputs = COALESCE($5::bigint, outputs)"""
 
-# One guarded UPDATE per event type and how many of the parameters it takes:
-# $1 run id, $2 at, $3 has output, $4 output_data, $5 outputs, $6 error, $7 duration_ms.
-_APPLY_SQL: dict[str, tuple[str, int]] = {
+# One guarded UPDATE per event type and the parameters it takes, in order. Every statement
+# starts with $1 run id, $2 at; those that set the output go on with $3 has output,
+# $4 output_data, $5 outputs. started/output move a queued run to running and resume a waiting
+# one (running <-> waiting).
+_OUTPUT_ARGS = ("run_id", "at", "has_output", "stored_output", "outputs")
+_APPLY_SQL: dict[str, tuple[str, tuple[str, ...]]] = {
     "started": (
         """UPDATE runs SET status = 'running', started_at = COALESCE(started_at, $2),
-               updated_at = now()
-           WHERE id = $1 AND status = 'queued'""",
-        2,
+               waiting_for = NULL, updated_at = now()
+           WHERE id = $1 AND status IN ('queued', 'waiting')""",
+        ("run_id", "at"),
     ),
     "output": (
         f"""UPDATE runs SET {_KEEP_OR_SET_OUTPUT},
                started_at = COALESCE(started_at, $2),
-               status = CASE WHEN status = 'queued' THEN 'running' ELSE status END,
-               updated_at = now()
+               status = 'running', waiting_for = NULL, updated_at = now()
            WHERE id = $1 AND {_NOT_TERMINAL}""",
-        5,
+        _OUTPUT_ARGS,
     ),
     "waiting": (
         f"""UPDATE runs SET status = 'waiting', {_KEEP_OR_SET_OUTPUT},
+               waiting_for = $6::jsonb,
                started_at = COALESCE(started_at, $2), updated_at = now()
            WHERE id = $1 AND {_NOT_TERMINAL}""",
-        5,
+        (*_OUTPUT_ARGS, "waiting_for"),
     ),
 }
 for _status in ("completed", "failed", "cancelled"):
+    # Without a measured duration, a run lasted from its start (its creation if it never
+    # started) to this event, as seed 002's example shows.
     _APPLY_SQL[_status] = (
         f"""UPDATE runs SET status = '{_status}', {_KEEP_OR_SET_OUTPUT},
                error = COALESCE($6::text, error),
-               duration_ms = COALESCE($7::bigint,
-                   (EXTRACT(EPOCH FROM ($2 - created_at)) * 1000)::bigint),
+               duration_ms = COALESCE($7::bigint, GREATEST(0,
+                   (EXTRACT(EPOCH FROM ($2 - COALESCE(started_at, created_at))) * 1000)::bigint)),
                started_at = COALESCE(started_at, $2),
-               completed_at = $2, updated_at = now()
+               completed_at = $2, follow_at = NULL, updated_at = now()
            WHERE id = $1 AND {_NOT_TERMINAL}""",
-        7,
+        (*_OUTPUT_ARGS, "error", "duration_ms"),
     )
 
 
@@ -140,23 +163,48 @@ async def apply_event(conn: Connection, event: RunEvent) -> bool | None:
         )
         if not fresh:
             return None
-        sql, arity = _APPLY_SQL[event.type]
-        args = (
-            event.run_id,
-            event.at,
-            event.has_output,
-            event.output_data if event.has_output else None,
-            event.outputs,
-            event.error,
-            event.duration_ms,
-        )
-        status = await conn.execute(sql, *args[:arity])
+        sql, names = _APPLY_SQL[event.type]
+        status = await conn.execute(sql, *(getattr(event, name) for name in names))
         changed = status.endswith(" 1")
         if changed:
             await conn.execute(
                 "UPDATE applied_events SET changed = true WHERE event_id = $1", event.event_id
             )
         return changed
+
+
+def terminal_channel(stream: str) -> str:
+    """The pub/sub channel on which the ids of runs that just became terminal are announced."""
+    return f"{stream}:terminal"
+
+
+def _terminal_claim_key(stream: str, run_id: int) -> str:
+    return f"{stream}:terminal-claim:{run_id}"
+
+
+async def announce_terminal(redis: aioredis.Redis, stream: str, run_ids: list[int]) -> None:
+    """Wake whoever waits for these runs, on every replica. Best effort: waiters re-check."""
+    if not run_ids:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.publish(terminal_channel(stream), str(run_id))
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("terminal_announce_failed", run_ids=run_ids, error=str(exc))
+
+
+# Only the first terminal event of a run enters the stream: whichever replica records a run's
+# end first wins, atomically, and every later one is told so at once (a late callback gets its
+# 409 without waiting for the store consumer).
+_CLAIM_AND_ADD = """
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 class EventPublisher:
@@ -166,15 +214,35 @@ class EventPublisher:
         self._redis = redis
         self._pool = pool
         self._stream = stream
+        self._claim_and_add = redis.register_script(_CLAIM_AND_ADD)
 
-    async def publish(self, event: RunEvent) -> None:
-        """Hand ``event`` on durably; never drop it."""
+    @property
+    def stream(self) -> str:
+        """The stream events go to."""
+        return self._stream
+
+    async def publish(self, event: RunEvent) -> bool:
+        """Hand ``event`` on durably; never drop it.
+
+        Returns ``False`` when a terminal event comes too late: the run already has its end
+        (recorded or on its way), so this one will change nothing.
+        """
+        fields = event.encode()
         try:
-            await self._redis.xadd(self._stream, event.encode())  # type: ignore[arg-type]
-            return
+            if not event.terminal:
+                await self._redis.xadd(self._stream, fields)  # type: ignore[arg-type]
+                return True
+            added = await self._claim_and_add(
+                keys=[self._stream, _terminal_claim_key(self._stream, event.run_id)],
+                args=[fields["event"], event.type, _TERMINAL_CLAIM_MS],
+            )
+            return bool(added)
         except (RedisError, OSError) as exc:
             log.warning(
                 "event_publish_fallback", run_id=event.run_id, type=event.type, error=str(exc)
             )
         async with self._pool.acquire() as conn:
-            await apply_event(conn, event)
+            outcome = await apply_event(conn, event)
+        if outcome and event.terminal:
+            await announce_terminal(self._redis, self._stream, [event.run_id])
+        return outcome is not False

@@ -7,6 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+# Run states (DESIGN.md, Runs): queued -> running <-> waiting -> completed | failed | cancelled.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+IN_FLIGHT_STATUSES = frozenset({"queued", "running", "waiting"})
+
 
 @dataclass(frozen=True, slots=True)
 class Agent:
@@ -70,9 +74,15 @@ class Run:
     external_run_id: str | None
     runtime_run_id: str | None
     deadline: dt.datetime | None
+    waiting_for: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended (and so will never change again)."""
+        return self.status in TERMINAL_STATUSES
 
     def public(self) -> dict[str, Any]:
-        """The run as seed 002's 200 response shapes it."""
+        """The run as seed 002's 200 response shapes it (the poll target answers the same)."""
         return {
             "runId": self.id,
             "agentId": self.agent_id,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from store.models import Agent, Run
 
@@ -15,7 +17,8 @@ _AGENT_COLUMNS = """id, org_id, name, managed_by, status, allow_external_trigger
     api_key_salt"""
 
 _RUN_COLUMNS = """id, agent_id, org_id, status, input, output_data, outputs, error, duration_ms,
-    started_at, completed_at, created_at, created_by, external_run_id, runtime_run_id, deadline"""
+    started_at, completed_at, created_at, created_by, external_run_id, runtime_run_id, deadline,
+    waiting_for"""
 
 # Columns an operator may set on an agent (the admin API and the console command).
 AGENT_FIELDS = (
@@ -30,7 +33,7 @@ AGENT_FIELDS = (
     "running_timeout_ms",
 )
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 def _agent(row: asyncpg.Record) -> Agent:
@@ -148,6 +151,14 @@ async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Ag
     return None if row is None else _agent(row)
 
 
+async def get_agent_by_api_key(db: Executor, api_key_hash: bytes) -> Agent | None:
+    """The agent whose API key hashes to ``api_key_hash``."""
+    row = await db.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE api_key_hash = $1", api_key_hash
+    )
+    return None if row is None else _agent(row)
+
+
 async def insert_run(
     db: Executor,
     *,
@@ -179,3 +190,126 @@ async def get_run_of_agent(db: Executor, agent_id: int, run_id: int) -> Run | No
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 AND agent_id = $2", run_id, agent_id
     )
     return None if row is None else _run(row)
+
+
+async def get_run(db: Executor, run_id: int) -> Run | None:
+    """The run with ``run_id``, whoever owns it."""
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return None if row is None else _run(row)
+
+
+async def claim_idempotency_key(
+    db: Executor, *, agent_id: int, key: str, request_hash: bytes, run_id: int
+) -> bool:
+    """Bind ``key`` to ``run_id`` unless a binding younger than 24 h exists.
+
+    Run in the transaction that created the run: when this returns ``False`` the caller rolls
+    back, and the run of the existing binding is the answer.
+    """
+    bound = await db.fetchval(
+        """INSERT INTO idempotency_keys (agent_id, key, request_hash, run_id)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (agent_id, key) DO UPDATE
+               SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id,
+                   created_at = now()
+               WHERE idempotency_keys.created_at < now() - interval '24 hours'
+           RETURNING run_id""",
+        agent_id,
+        key,
+        request_hash,
+        run_id,
+    )
+    return bool(bound == run_id)
+
+
+async def find_idempotent_run(db: Executor, *, agent_id: int, key: str) -> tuple[int, bytes] | None:
+    """The run bound to ``key`` in the last 24 h and the hash of its request, if any."""
+    row = await db.fetchrow(
+        """SELECT run_id, request_hash FROM idempotency_keys
+           WHERE agent_id = $1 AND key = $2 AND created_at >= now() - interval '24 hours'""",
+        agent_id,
+        key,
+    )
+    return None if row is None else (row["run_id"], bytes(row["request_hash"]))
+
+
+@dataclass(frozen=True, slots=True)
+class FollowedRun:
+    """A run whose runtime runs it on its own, claimed for one poll."""
+
+    run_id: int
+    agent_id: int
+    status: str
+    runtime: dict[str, Any]
+    runtime_run_id: str
+    attempts: int
+
+
+async def start_following(
+    db: Executor, run_id: int, runtime_run_id: str, *, first_poll_in_s: float
+) -> None:
+    """Record the runtime's id for a run and schedule its first poll."""
+    await db.execute(
+        """UPDATE runs SET runtime_run_id = $2,
+               follow_at = now() + make_interval(secs => $3), follow_attempts = 0,
+               updated_at = now()
+           WHERE id = $1 AND status IN ('queued', 'running', 'waiting')""",
+        run_id,
+        runtime_run_id,
+        first_poll_in_s,
+    )
+
+
+async def claim_runs_to_follow(db: Executor, *, lease_s: float, limit: int) -> list[FollowedRun]:
+    """Claim up to ``limit`` runs whose poll is due; their next poll moves ``lease_s`` ahead
+    so no other replica polls them meanwhile."""
+    rows = await db.fetch(
+        """UPDATE runs AS r
+           SET follow_at = now() + make_interval(secs => $1),
+               follow_attempts = r.follow_attempts + 1
+           FROM agents AS a
+           WHERE a.id = r.agent_id AND r.id IN (
+               SELECT id FROM runs
+               WHERE follow_at <= now() AND status IN ('queued', 'running', 'waiting')
+               ORDER BY follow_at
+               LIMIT $2
+               FOR UPDATE SKIP LOCKED)
+           RETURNING r.id, r.agent_id, r.status, a.runtime, r.runtime_run_id,
+                     r.follow_attempts""",
+        lease_s,
+        limit,
+    )
+    return [
+        FollowedRun(
+            run_id=row["id"],
+            agent_id=row["agent_id"],
+            status=row["status"],
+            runtime=row["runtime"],
+            runtime_run_id=row["runtime_run_id"],
+            attempts=row["follow_attempts"],
+        )
+        for row in rows
+        if row["runtime_run_id"]
+    ]
+
+
+async def schedule_follow(db: Executor, run_id: int, *, in_s: float) -> None:
+    """Set a followed run's next poll ``in_s`` seconds from now."""
+    await db.execute(
+        """UPDATE runs SET follow_at = now() + make_interval(secs => $2)
+           WHERE id = $1 AND follow_at IS NOT NULL""",
+        run_id,
+        in_s,
+    )
+
+
+async def stop_following(db: Executor, run_id: int) -> None:
+    """No more polls for this run (its end is recorded or on its way)."""
+    await db.execute("UPDATE runs SET follow_at = NULL WHERE id = $1", run_id)
+
+
+async def release_follows(db: Executor, run_ids: list[int]) -> None:
+    """Make these followed runs due now, for any replica to take (this one is stopping)."""
+    await db.execute(
+        "UPDATE runs SET follow_at = now() WHERE id = ANY($1) AND follow_at IS NOT NULL", run_ids
+    )

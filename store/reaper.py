@@ -15,8 +15,9 @@ async def reap_overdue(pool: asyncpg.Pool, *, limit: int = 500) -> list[int]:
     """Fail up to ``limit`` overdue in-flight runs; return their ids."""
     rows = await pool.fetch(
         """UPDATE runs SET status = 'failed', error = $1, completed_at = now(),
-               duration_ms = (EXTRACT(EPOCH FROM (now() - created_at)) * 1000)::bigint,
-               updated_at = now()
+               duration_ms = (EXTRACT(EPOCH FROM
+                   (now() - COALESCE(started_at, created_at))) * 1000)::bigint,
+               follow_at = NULL, updated_at = now()
            WHERE id IN (
                SELECT id FROM runs
                WHERE status IN ('queued', 'running', 'waiting') AND deadline < now()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import downloads
+from gateway import downloads, outputs
 
 
 @pytest.mark.parametrize(
@@ -13,21 +13,43 @@ from gateway import downloads
         ("1", 1),
         (" 42 ", 42),
         ("0", 0),
-        (7, 7),
         ("-1", None),
+        ("+1", None),
         ("1.0", None),
         ("", None),
         (None, None),
         ("abc", None),
-        (True, None),
-        (-3, None),
-        (1.0, None),
         ("١٢", None),
+        (str(2**63 - 1), 2**63 - 1),
         (str(2**63), None),
     ],
 )
-def test_outputs_keeps_only_non_negative_integers(value: object, expected: int | None) -> None:
-    assert downloads.parse_outputs(value) == expected
+def test_x_outputs_keeps_only_non_negative_integers(value: str | None, expected: int | None) -> None:
+    assert outputs.header_outputs(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        ({"outputs": 1, "pdfUrl": "x"}, 1),
+        ({"outputs": 0}, 0),
+        ({"outputs": -1}, None),
+        ({"outputs": 1.0}, None),
+        ({"outputs": 2.5}, None),
+        ({"outputs": "3"}, None),
+        ({"outputs": True}, None),
+        ({"outputs": None}, None),
+        ({"outputs": 2**63}, None),
+        ({"nested": {"outputs": 4}}, None),
+        ([{"outputs": 1}], None),
+        ("outputs", None),
+        (None, None),
+    ],
+)
+def test_outputs_are_lifted_only_from_a_top_level_non_negative_integer(
+    result: object, expected: int | None
+) -> None:
+    assert outputs.lift_outputs(result) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,386 @@
+"""Trigger.dev: runs are task runs, triggered once and then followed by polling.
+
+The REST calls (Trigger.dev v3/v4, read from its source):
+
+- ``invoke``: ``POST {api_url}/api/v1/tasks/{task_id}/trigger`` with ``Authorization: Bearer
+  <secret_key>`` and ``{"payload": ..., "options": {"idempotencyKey": ...}}``; ``200
+  {"id": "run_…", "isCached": bool}``. The call only enqueues the run, so transient failures
+  (connection errors, ``408``/``409``/``429``/``5xx``, or ``x-should-retry: true``) are retried
+  within ``wait_s``: the idempotency key makes a repeated trigger return the same run.
+- ``poll``: ``GET {api_url}/api/v3/runs/{id}`` with ``x-trigger-api-version: 2025-07-16``. The
+  run's state is read from its ``status`` name only (``isCompleted`` is false for ``EXPIRED``
+  and ``TIMED_OUT``). ``output`` is the task's return value, already deserialised; a large one
+  is offloaded behind ``outputPresignedUrl`` and fetched (without credentials) like the SDK does:
+  parsed by its ``Content-Type`` (``application/super+json``, ``application/json``,
+  ``text/plain``).
+- ``cancel``: ``POST {api_url}/api/v2/runs/{id}/cancel``.
+
+The secret key never appears in an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import aiohttp
+
+from adapters.base import (
+    Invocation,
+    RunResult,
+    RuntimeRefused,
+    RuntimeRetryLater,
+    RuntimeUnavailable,
+    RuntimeUnsupported,
+    TriggerPayload,
+)
+
+API_VERSION = "2025-07-16"
+
+# Trigger.dev's run status names (current and older API versions) → the gateway's states.
+STATUS_MAP: Mapping[str, str] = {
+    "PENDING_VERSION": "queued",
+    "QUEUED": "queued",
+    "DELAYED": "queued",
+    "WAITING_FOR_DEPLOY": "queued",
+    "DEQUEUED": "running",
+    "EXECUTING": "running",
+    "REATTEMPTING": "running",
+    "WAITING": "waiting",
+    "FROZEN": "waiting",
+    "COMPLETED": "completed",
+    "CANCELED": "cancelled",
+    "FAILED": "failed",
+    "CRASHED": "failed",
+    "SYSTEM_FAILURE": "failed",
+    "EXPIRED": "failed",
+    "TIMED_OUT": "failed",
+    "INTERRUPTED": "failed",
+}
+
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_ERROR_TEXT = 2000
+# The run body carries the payload as well as the output: allow it some room over the output.
+_RUN_BODY_SLACK = 1024 * 1024
+_TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+class _Transient(Exception):
+    """A trigger attempt that may be repeated; ``delay_s`` is the runtime's hint."""
+
+    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+class TriggerDevAdapter:
+    """Triggers a Trigger.dev task with the run's payload, then polls the run it created.
+
+    The agent's runtime config holds ``api_url`` (e.g. ``https://api.trigger.dev``),
+    ``task_id`` and ``secret_key``.
+    """
+
+    kind: ClassVar[str] = "trigger.dev"
+    # The trigger call only enqueues the run: its progress is followed by polling.
+    followed: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_result_bytes: int = 10 * 1024 * 1024,
+        request_timeout_s: float = 10.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.25,
+    ) -> None:
+        self._session = session
+        self._max_result_bytes = max_result_bytes
+        self._request_timeout_s = request_timeout_s
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+
+    async def open_download(
+        self,
+        runtime: Mapping[str, Any],
+        payload: TriggerPayload,
+        *,
+        wait_s: float,
+        accept_encoding: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Trigger.dev tasks return JSON through polling: there is no response to stream."""
+        raise RuntimeUnsupported("Trigger.dev tasks cannot stream a file download")
+
+    async def invoke(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> Invocation:
+        """Trigger the task and return the run id, retrying transient failures within ``wait_s``.
+
+        Raises :class:`RuntimeRefused` when Trigger.dev refuses the trigger (unknown task, bad
+        key, invalid payload) and :class:`RuntimeUnavailable` when it could not be reached or
+        kept failing until the retries or ``wait_s`` ran out.
+        """
+        url = f"{_api_url(runtime)}/api/v1/tasks/{quote(str(runtime['task_id']), safe='')}/trigger"
+        body = {
+            "payload": payload.to_json(),
+            "options": {"idempotencyKey": payload.idempotency_key or str(payload.run_id)},
+        }
+        headers = _auth(runtime)
+        secret = str(runtime.get("secret_key", ""))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        reason = "no attempt made"
+        for attempt in range(self._max_attempts):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(min(remaining, self._request_timeout_s)):
+                    return await self._trigger_once(url, body, headers, secret)
+            except _Transient as exc:
+                reason, hint = exc.reason, exc.delay_s
+            except TimeoutError:
+                reason, hint = "no answer in time", None
+            except aiohttp.InvalidURL as exc:
+                raise RuntimeUnavailable(f"Trigger.dev URL is invalid: {exc}") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                reason, hint = _redact(f"{type(exc).__name__}: {exc}", secret), None
+            if attempt + 1 >= self._max_attempts:
+                break
+            delay = hint if hint is not None else self._backoff_s * 2**attempt
+            if loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+        raise RuntimeUnavailable(f"Trigger.dev trigger failed: {reason}")
+
+    async def poll(self, runtime: Mapping[str, Any], runtime_run_id: str) -> RunResult:
+        """Read the run once and map its status name to the gateway's run state.
+
+        Raises :class:`RuntimeRetryLater` for anything transient (not readable yet, rate
+        limited, 5xx, network, a broken body) and :class:`RuntimeRefused` when Trigger.dev
+        will never answer for this run (bad key, unknown run).
+        """
+        url = f"{_api_url(runtime)}/api/v3/runs/{quote(runtime_run_id, safe='')}"
+        headers = {**_auth(runtime), "x-trigger-api-version": API_VERSION}
+        secret = str(runtime.get("secret_key", ""))
+        limit = self._max_result_bytes + _RUN_BODY_SLACK
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async with self._session.get(url, headers=headers) as response:
+                    if response.status >= 300:
+                        raw = await response.content.read(_MAX_ERROR_BODY)
+                        _raise_for_poll(response, raw, secret)
+                    raw = await response.content.read(limit + 1)
+        except TimeoutError:
+            raise RuntimeRetryLater("Trigger.dev did not answer the run poll in time") from None
+        except aiohttp.InvalidURL as exc:
+            raise RuntimeRefused(f"Trigger.dev URL is invalid: {exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            message = _redact(f"Trigger.dev run poll failed: {type(exc).__name__}: {exc}", secret)
+            raise RuntimeRetryLater(message) from None
+        if len(raw) > limit:
+            return RunResult("failed", error=f"TriggerDevResultTooLarge: run over {limit} bytes")
+        try:
+            run = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise RuntimeRetryLater("Trigger.dev answered the run poll with no JSON") from None
+        if not isinstance(run, dict) or not isinstance(run.get("status"), str):
+            raise RuntimeRetryLater("Trigger.dev answered the run poll without a status")
+        return await self._result(run)
+
+    async def cancel(self, runtime: Mapping[str, Any], runtime_run_id: str) -> None:
+        """Ask Trigger.dev to cancel the run (and its children).
+
+        Raises :class:`RuntimeRetryLater` for a transient failure, :class:`RuntimeRefused` when
+        Trigger.dev refuses (bad key, unknown or already finished run), and
+        :class:`RuntimeUnavailable` when the URL is unusable.
+        """
+        url = f"{_api_url(runtime)}/api/v2/runs/{quote(runtime_run_id, safe='')}/cancel"
+        secret = str(runtime.get("secret_key", ""))
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async with self._session.post(url, headers=_auth(runtime)) as response:
+                    if response.status < 300:
+                        return
+                    raw = await response.content.read(_MAX_ERROR_BODY)
+        except TimeoutError:
+            raise RuntimeRetryLater("Trigger.dev did not answer the cancel in time") from None
+        except aiohttp.InvalidURL as exc:
+            raise RuntimeUnavailable(f"Trigger.dev URL is invalid: {exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            message = _redact(f"Trigger.dev cancel failed: {type(exc).__name__}: {exc}", secret)
+            raise RuntimeRetryLater(message) from None
+        reason = _redact(_reason(response.status, raw), secret)
+        if _is_transient(response):
+            raise RuntimeRetryLater(
+                f"Trigger.dev cancel failed: {reason}", delay_s=_reset_delay_s(response)
+            )
+        raise RuntimeRefused(f"Trigger.dev refused the cancel: {reason}")
+
+    async def _trigger_once(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], secret: str
+    ) -> Invocation:
+        async with self._session.post(url, json=body, headers=headers) as response:
+            if response.status >= 300:
+                raw = await response.content.read(_MAX_ERROR_BODY)
+                reason = _redact(_reason(response.status, raw), secret)
+                if _is_transient(response):
+                    raise _Transient(reason, _reset_delay_s(response))
+                if response.status < 500:
+                    raise RuntimeRefused(f"Trigger.dev refused the trigger: {reason}")
+                raise RuntimeUnavailable(f"Trigger.dev trigger failed: {reason}")
+            raw = await response.content.read(_MAX_ERROR_BODY)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        run_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(run_id, str) or not run_id:
+            raise RuntimeUnavailable(
+                f"Trigger.dev accepted the trigger without a run id (HTTP {response.status})"
+            )
+        return Invocation(runtime_run_id=run_id)
+
+    async def _result(self, run: dict[str, Any]) -> RunResult:
+        name = str(run["status"])
+        status = STATUS_MAP.get(name, "running")  # an unknown (newer) name: keep following
+        if status == "completed":
+            if "output" in run and run["output"] is not None:
+                return RunResult("completed", output=run["output"], has_output=True)
+            presigned = run.get("outputPresignedUrl")
+            if isinstance(presigned, str) and presigned:
+                return await self._offloaded_output(presigned)
+            return RunResult("completed", output=None, has_output="output" in run)
+        if status == "failed":
+            return RunResult("failed", error=_error_text(run.get("error"), name))
+        return RunResult(status)
+
+    async def _offloaded_output(self, url: str) -> RunResult:
+        """Fetch an output Trigger.dev stored behind a presigned URL (no credentials sent)."""
+        limit = self._max_result_bytes
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                async with self._session.get(url) as response:
+                    if response.status >= 300:
+                        # The URL expires after a few minutes; the next poll gets a fresh one.
+                        raise RuntimeRetryLater(
+                            f"Trigger.dev output download failed: HTTP {response.status}"
+                        )
+                    content_type = response.headers.get("Content-Type", "application/json")
+                    raw = await response.content.read(limit + 1)
+        except TimeoutError:
+            raise RuntimeRetryLater("Trigger.dev output download timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RuntimeRetryLater(
+                f"Trigger.dev output download failed: {type(exc).__name__}"
+            ) from None
+        if len(raw) > limit:
+            return RunResult("failed", error=f"TriggerDevResultTooLarge: over {limit} bytes")
+        try:
+            output = _parse_packet(raw, content_type)
+        except (ValueError, RecursionError):
+            return RunResult("failed", error=f"TriggerDevOutputInvalid: {content_type}")
+        return RunResult("completed", output=output, has_output=True)
+
+
+def _api_url(runtime: Mapping[str, Any]) -> str:
+    return str(runtime["api_url"]).rstrip("/")
+
+
+def _auth(runtime: Mapping[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {runtime['secret_key']}"}
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "[secret]") if secret else text
+
+
+def _is_transient(response: aiohttp.ClientResponse) -> bool:
+    """Trigger.dev's own SDK retry rule: ``x-should-retry`` first, then the status."""
+    directive = response.headers.get("x-should-retry", "").lower()
+    if directive in ("true", "false"):
+        return directive == "true"
+    return response.status in _TRANSIENT_STATUSES or response.status >= 500
+
+
+def _reset_delay_s(response: aiohttp.ClientResponse) -> float | None:
+    """Seconds until a 429's ``x-ratelimit-reset`` (Unix ms), else ``Retry-After`` seconds."""
+    if response.status != 429:
+        return None
+    reset = response.headers.get("x-ratelimit-reset")
+    if reset:
+        try:
+            return max(int(reset) / 1000 - time.time(), 0.0)
+        except ValueError:
+            pass
+    retry_after = response.headers.get("Retry-After")
+    if retry_after and retry_after.strip().isdigit():
+        return float(retry_after)
+    return None
+
+
+def _raise_for_poll(response: aiohttp.ClientResponse, raw: bytes, secret: str) -> None:
+    reason = _redact(_reason(response.status, raw), secret)
+    if _is_transient(response):
+        raise RuntimeRetryLater(
+            f"Trigger.dev run not readable: {reason}", delay_s=_reset_delay_s(response)
+        )
+    raise RuntimeRefused(f"Trigger.dev refused the run poll: {reason}")
+
+
+def _reason(status: int, raw: bytes) -> str:
+    """``HTTP <status>: <error>`` from a Trigger.dev error body (``{"error": ...}``)."""
+    text = raw.decode("utf-8", "replace").strip()
+    message = ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        message = text.splitlines()[0] if text else ""
+    else:
+        if isinstance(body, dict):
+            for key in ("error", "message"):
+                value = body.get(key)
+                if isinstance(value, str):
+                    message = value
+                    break
+                if isinstance(value, dict) and isinstance(value.get("message"), str):
+                    message = value["message"]
+                    break
+    return f"HTTP {status}: {message[:300]}" if message else f"HTTP {status}"
+
+
+def _error_text(error: Any, status_name: str) -> str:
+    """``<name>: <message>`` from a run's serialised error, else the status it ended on."""
+    text = ""
+    if isinstance(error, dict):
+        name = error.get("name") if isinstance(error.get("name"), str) else ""
+        message = error.get("message") if isinstance(error.get("message"), str) else ""
+        text = f"{name}: {message}" if name and message else str(name or message)
+    elif isinstance(error, str):
+        text = error
+    if not text.strip():
+        text = f"Trigger.dev run ended {status_name}"
+    return text[:_MAX_ERROR_TEXT]
+
+
+def _parse_packet(raw: bytes, content_type: str) -> Any:
+    """Decode an offloaded packet the way Trigger.dev's ``parsePacket`` does.
+
+    Task outputs are stored as SuperJSON (``{"json": value, "meta": ...}``); the plain JSON
+    value is kept (values SuperJSON revives, such as dates, stay in their JSON form).
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "text/plain":
+        return raw.decode("utf-8", "replace")
+    value = json.loads(raw, parse_constant=_reject_constant)
+    if media == "application/super+json" and isinstance(value, dict) and "json" in value:
+        return value["json"]
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

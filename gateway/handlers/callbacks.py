@@ -1,0 +1,27 @@
+"""``POST /api/runs/{runId}/callback``: a run's runtime reports on it (seed 001)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import schemas
+from gateway.app_keys import CALLBACK_SERVICE, SETTINGS
+from gateway.callbacks import status_after
+from gateway.request_parsing import path_id, read_json_object
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/runs/{runId}/callback")
+async def callback(request: web.Request) -> web.Response:
+    """``started``, ``output`` (intermediate, ``complete`` or ``failed``) and ``waiting``.
+
+    202 once the event is recorded; 409 when the run has already ended.
+    """
+    run_id = path_id(request, "runId", "Run")
+    raw = await read_json_object(request, limit=request.app[SETTINGS].max_result_body)
+    body = schemas.load(schemas.CallbackBody(), raw)
+    run = await request.app[CALLBACK_SERVICE].report(
+        run_id, request.headers.get("Authorization"), body
+    )
+    return web.json_response({"runId": run.id, "status": status_after(body)}, status=202)

@@ -1,0 +1,40 @@
+"""What PostgreSQL's ``jsonb`` cannot hold, checked before a value is sent on to be stored.
+
+A run output that the store consumer cannot write would stay in the event stream forever; it
+is refused where it enters instead, with a reason the runtime's author can act on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Deep enough for any real document, shallow enough for json's recursion and PostgreSQL's.
+MAX_DEPTH = 200
+
+
+def jsonb_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as ``jsonb``, or ``None`` when it can."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "contains a \\u0000 character"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "contains NaN or Infinity"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return "has a non-string object key"
+                if "\x00" in key:
+                    return "contains a \\u0000 character"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        elif item is not None and not isinstance(item, bool | int):
+            return f"holds a {type(item).__name__}, which is not JSON"
+    return None
