@@ -94,9 +94,7 @@ class RunFollower:
     async def _poll_once(self, item: queries.FollowedRun) -> None:
         adapter = self._adapters.get(str(item.runtime.get("kind")))
         if adapter is None:
-            await self._runs.fail(
-                item.run_id, "The agent's runtime can no longer be followed", started=None
-            )
+            await self._runs.fail(item.run_id, "The agent's runtime can no longer be followed")
             await queries.stop_following(self._pool, item.run_id)
             return
         try:
@@ -107,7 +105,7 @@ class RunFollower:
             await queries.schedule_follow(self._pool, item.run_id, in_s=max(delay, FIRST_POLL_S))
             return
         except RuntimeRefused as exc:
-            await self._runs.fail(item.run_id, f"RuntimeRefused: {exc}", started=None)
+            await self._runs.fail(item.run_id, f"RuntimeRefused: {exc}")
             await queries.stop_following(self._pool, item.run_id)
             return
         except RuntimeFailure as exc:

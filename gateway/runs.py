@@ -73,7 +73,6 @@ class DownloadStart:
     filename: str
     mime_type: str
     outputs: int | None
-    started: float  # monotonic clock when the run was created
 
 
 class RunService:
@@ -254,15 +253,13 @@ class RunService:
                 agent.runtime, payload, wait_s=window_ms / 1000, accept_encoding=accept_encoding
             )
         except RuntimeTimeout as exc:
-            await self.fail(run.id, str(exc), started=started)
+            await self.fail(run.id, str(exc))
             raise GatewayTimeout(str(exc), extra={"runId": run.id}) from None
         except (RuntimeUnavailable, RuntimeUnsupported) as exc:
-            await self.fail(run.id, str(exc), started=started)
+            await self.fail(run.id, str(exc))
             raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
         except asyncio.CancelledError:
-            self.fail_detached(
-                run, "Caller disconnected before the runtime answered", started=started
-            )
+            self.fail_detached(run, "Caller disconnected before the runtime answered")
             raise
         try:
             first = await self._first_bytes(run, upstream, started, window_ms / 1000)
@@ -297,7 +294,6 @@ class RunService:
             filename=filename,
             mime_type=downloads.media_type(content_type),
             outputs=header_outputs(upstream.headers.get("X-Outputs")),
-            started=started,
         )
 
     async def _first_bytes(
@@ -334,11 +330,9 @@ class RunService:
                 f"Runtime response broke before the first byte: {exc!r}", extra={"runId": run.id}
             )
         except asyncio.CancelledError:
-            self.fail_detached(
-                run, "Caller disconnected before the runtime answered", started=started
-            )
+            self.fail_detached(run, "Caller disconnected before the runtime answered")
             raise
-        await self.fail(run.id, failure.message, started=started, output_data=output_data)
+        await self.fail(run.id, failure.message, output_data=output_data)
         raise failure
 
     async def finish_download(self, start: DownloadStart, size_bytes: int) -> None:
@@ -354,7 +348,6 @@ class RunService:
                     "sizeBytes": size_bytes,
                 },
                 outputs=start.outputs,
-                duration_ms=_elapsed_ms(start.started),
             )
         )
 
@@ -375,56 +368,41 @@ class RunService:
             )
         return await self._publisher.publish(event)
 
-    async def record_result(
-        self, run_id: int, result: RunResult, *, started: float | None = None
-    ) -> bool:
+    async def record_result(self, run_id: int, result: RunResult) -> bool:
         """Record what the runtime says about a run; ``False`` when the run had ended.
 
-        ``started`` (the monotonic clock when the run began here) gives the duration when
-        the gateway timed the whole run itself.
+        A run's ``duration_ms`` is from its start to this end, as the store computes it.
         """
-        duration = None if started is None else _elapsed_ms(started)
         output: dict[str, Any] = {"output_data": result.output} if result.has_output else {}
         if result.status == "completed":
             event = RunEvent(
                 run_id,
                 "completed",
                 outputs=lift_outputs(result.output),
-                duration_ms=duration,
                 **output,
             )
         elif result.status == "failed":
             reason = result.error or "The runtime reported the run failed"
             log.info("run_failed", run_id=run_id, reason=reason[:300])
-            event = RunEvent(
-                run_id, "failed", error=reason[:_MAX_ERROR_LEN], duration_ms=duration, **output
-            )
+            event = RunEvent(run_id, "failed", error=reason[:_MAX_ERROR_LEN], **output)
         elif result.status == "cancelled":
-            event = RunEvent(run_id, "cancelled", duration_ms=duration, **output)
+            event = RunEvent(run_id, "cancelled", **output)
         elif result.status == "waiting":
             event = RunEvent(run_id, "waiting", **output)
         else:
             event = RunEvent(run_id, "started")
         return await self.publish(event)
 
-    async def fail(
-        self, run_id: int, reason: str, *, started: float | None, output_data: Any = None
-    ) -> bool:
+    async def fail(self, run_id: int, reason: str, *, output_data: Any = None) -> bool:
         """Record that a run failed, with ``reason``; ``False`` when it had already ended."""
         result = RunResult(
             "failed", output=output_data, has_output=output_data is not None, error=reason
         )
-        return await self.record_result(run_id, result, started=started)
+        return await self.record_result(run_id, result)
 
-    def fail_detached(self, run: Run, reason: str, *, started: float) -> None:
+    def fail_detached(self, run: Run, reason: str) -> None:
         """Record a failure from a task that is being cancelled (the caller left)."""
-        self._background.spawn(
-            self.fail(run.id, reason, started=started), name=f"fail-run-{run.id}"
-        )
-
-
-def _elapsed_ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+        self._background.spawn(self.fail(run.id, reason), name=f"fail-run-{run.id}")
 
 
 async def _describe_non_file(upstream: aiohttp.ClientResponse) -> tuple[str, Any]:

@@ -60,9 +60,7 @@ async def send_download(
     except asyncio.CancelledError:
         # The caller disconnected and the handler was cancelled (handler_cancellation=True).
         upstream.close()
-        runs.fail_detached(
-            start.run, f"Caller disconnected after {sent} bytes", started=start.started
-        )
+        runs.fail_detached(start.run, f"Caller disconnected after {sent} bytes")
         raise
     except ConnectionError:
         caller_gone = True
@@ -78,9 +76,7 @@ async def send_download(
 
     if caller_gone:
         upstream.close()
-        await runs.fail(
-            start.run.id, f"Caller disconnected after {sent} bytes", started=start.started
-        )
+        await runs.fail(start.run.id, f"Caller disconnected after {sent} bytes")
         return response
     if failure is not None:
         upstream.close()
@@ -88,7 +84,7 @@ async def send_download(
         if request.transport is not None:
             request.transport.abort()
         log.warning("download_aborted", run_id=start.run.id, reason=failure)
-        await runs.fail(start.run.id, failure, started=start.started)
+        await runs.fail(start.run.id, failure)
         return response
     upstream.release()
     await runs.finish_download(start, sent)

@@ -8,7 +8,6 @@ polling); the response shapes and timeout rules are the same for every runtime (
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,7 +104,6 @@ class TriggerService:
 
     async def _drive(self, agent: Agent, adapter: RuntimeAdapter, run: Run) -> None:
         """Invoke the runtime for a run nobody waits on, and record how it took it."""
-        started = time.monotonic()
         if not adapter.followed:
             await self._runs.publish(RunEvent(run.id, "started"))
         payload = self._runs.trigger_payload(agent, run)
@@ -118,17 +116,14 @@ class TriggerService:
             outcome = exc
         except asyncio.CancelledError:
             # The gateway is shutting down: the runtime's answer would be lost with this task.
-            await self._runs.fail(
-                run.id, "The gateway shut down before the runtime answered", started=started
-            )
+            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
             raise
-        await self._record_invocation(run, outcome, started, timeout_reason=RUNNING_TIMEOUT)
+        await self._record_invocation(run, outcome, timeout_reason=RUNNING_TIMEOUT)
 
     async def _record_invocation(
         self,
         run: Run,
         outcome: Invocation | RuntimeFailure,
-        started: float,
         *,
         timeout_reason: str,
     ) -> ApiError | None:
@@ -138,16 +133,16 @@ class TriggerService:
         the run's end (it may have ended another way first: then there is nothing to report).
         """
         if isinstance(outcome, RuntimeTimeout):
-            if await self._runs.fail(run.id, timeout_reason, started=started):
+            if await self._runs.fail(run.id, timeout_reason):
                 return GatewayTimeout(timeout_reason, extra={"runId": run.id})
             return None
         if isinstance(outcome, RuntimeFailure):
             message = f"Runtime invocation failed: {outcome}"
-            if await self._runs.fail(run.id, message, started=started):
+            if await self._runs.fail(run.id, message):
                 return RuntimeInvocationFailed(message, extra={"runId": run.id})
             return None
         if outcome.result is not None:
-            await self._runs.record_result(run.id, outcome.result, started=started)
+            await self._runs.record_result(run.id, outcome.result)
         elif outcome.runtime_run_id is not None:
             await queries.start_following(
                 self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
@@ -171,7 +166,6 @@ class TriggerService:
         window_ms = self._runs.wait_window_ms(agent, timeout_ms)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + window_ms / 1000
-        started = time.monotonic()
         run = await self._runs.create_run(
             agent, input_data=input_data, user_id=user_id, window_ms=window_ms, trigger_kind="wait"
         )
@@ -186,9 +180,7 @@ class TriggerService:
             ended = await self._waiters.wait(run.id, deadline=deadline, interrupt=invoke)
             if ended is None:
                 outcome = _outcome(invoke)
-                error = await self._record_invocation(
-                    run, outcome, started, timeout_reason=WINDOW_ELAPSED
-                )
+                error = await self._record_invocation(run, outcome, timeout_reason=WINDOW_ELAPSED)
                 if error is not None:
                     raise error
                 # A refused failure means the run ended another way: give the store a moment.
@@ -197,9 +189,7 @@ class TriggerService:
         except asyncio.CancelledError:
             # The caller left. The run goes on: the runtime's answer is still recorded.
             if not invoke.done():
-                self._background.spawn(
-                    self._adopt(run, invoke, started), name=f"adopt-run-{run.id}"
-                )
+                self._background.spawn(self._adopt(run, invoke), name=f"adopt-run-{run.id}")
             raise
         # The run may have ended another way (a callback, a cancel) while the runtime was
         # still answering: that answer can change nothing now.
@@ -208,9 +198,9 @@ class TriggerService:
             ended = await self._reload(run)
         return Waited(ended, timed_out=not ended.terminal)
 
-    async def _adopt(self, run: Run, invoke: asyncio.Future[Invocation], started: float) -> None:
+    async def _adopt(self, run: Run, invoke: asyncio.Future[Invocation]) -> None:
         await asyncio.wait([invoke])
-        await self._record_invocation(run, _outcome(invoke), started, timeout_reason=WINDOW_ELAPSED)
+        await self._record_invocation(run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""

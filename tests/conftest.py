@@ -22,8 +22,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.fake_runtime import RECEIVED, create_fake_runtime
+from adapters.fake_trigger_dev import create_fake_trigger_dev
 from gateway.app import create_app
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
@@ -106,8 +107,11 @@ async def make_gateway(
     clients: list[TestClient[web.Request, web.Application]] = []
 
     async def start(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        # A known port, so that the callback URLs in trigger payloads reach this replica.
+        port = free_port()
+        overrides.setdefault("public_base_url", f"http://127.0.0.1:{port}")
         app = create_app(dataclasses.replace(settings, **overrides))
-        client = TestClient(TestServer(app))
+        client = TestClient(TestServer(app, host="127.0.0.1", port=port))
         await client.start_server()
         clients.append(client)
         return client
@@ -130,6 +134,24 @@ async def runtime() -> AsyncIterator[TestServer]:
     await server.start_server()
     yield server
     await server.close()
+
+
+@pytest.fixture
+async def trigger_dev() -> AsyncIterator[TestServer]:
+    """The fake Trigger.dev API on a real local socket."""
+    server = TestServer(create_fake_trigger_dev())
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
+    """An n8n runtime config pointing at the fake runtime's ``/webhook/{path}``."""
+    return {
+        "kind": "n8n",
+        "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
+        "headers": {"X-N8N-Auth": "shared-secret"},
+    }
 
 
 def received(runtime: TestServer) -> list[dict[str, Any]]:

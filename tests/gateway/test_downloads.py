@@ -24,7 +24,9 @@ from gateway import downloads, outputs
         (str(2**63), None),
     ],
 )
-def test_x_outputs_keeps_only_non_negative_integers(value: str | None, expected: int | None) -> None:
+def test_x_outputs_keeps_only_non_negative_integers(
+    value: str | None, expected: int | None
+) -> None:
     assert outputs.header_outputs(value) == expected
 
 

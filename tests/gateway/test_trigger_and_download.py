@@ -19,7 +19,14 @@ from aiohttp.test_utils import TestServer
 
 from adapters.fake_runtime import make_bytes
 from store.consumer import StoreConsumer
-from tests.conftest import GatewayFactory, Tenant, TenantFactory, received, wait_for_run
+from tests.conftest import (
+    GatewayFactory,
+    Tenant,
+    TenantFactory,
+    received,
+    wait_for_run,
+    webhook,
+)
 
 MB = 1024 * 1024
 
@@ -30,15 +37,6 @@ async def impatient_tenant(make_gateway: GatewayFactory, make_tenant: TenantFact
     tenant = await make_tenant()
     tenant.client = await make_gateway(stream_idle_timeout_s=0.5)
     return tenant
-
-
-def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
-    """An n8n runtime config pointing at the fake runtime."""
-    return {
-        "kind": "n8n",
-        "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
-        "headers": {"X-N8N-Auth": "shared-secret"},
-    }
 
 
 def download_url(agent_id: int | str) -> str:
