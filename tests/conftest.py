@@ -159,25 +159,37 @@ def received(runtime: TestServer) -> list[dict[str, Any]]:
     return runtime.app[RECEIVED]
 
 
+ConsumerFactory = Callable[..., Awaitable[StoreConsumer]]
+
+
 @pytest.fixture
-async def consumer(settings: Settings, backends: Backends) -> AsyncIterator[StoreConsumer]:
-    """The store consumer, running for the duration of the test."""
+async def make_consumer(settings: Settings, backends: Backends) -> AsyncIterator[ConsumerFactory]:
+    """Start store consumers (with any ``StoreConsumer`` option) for the test's event stream."""
     redis = aioredis.Redis.from_url(backends.redis_url)
     pool = await create_pool(backends.database_url, min_size=1, max_size=2)
-    worker = StoreConsumer(
-        redis,
-        pool,
-        stream=settings.events_stream,
-        group=settings.events_group,
-        name="test-consumer",
-        block_ms=100,
-    )
-    task = asyncio.create_task(worker.run())
-    yield worker
-    worker.stop()
-    await asyncio.wait_for(task, 10)
+    running: list[tuple[StoreConsumer, asyncio.Task[None]]] = []
+
+    async def start(**options: Any) -> StoreConsumer:
+        options.setdefault("name", f"test-consumer-{len(running)}")
+        options.setdefault("block_ms", 100)
+        worker = StoreConsumer(
+            redis, pool, stream=settings.events_stream, group=settings.events_group, **options
+        )
+        running.append((worker, asyncio.create_task(worker.run())))
+        return worker
+
+    yield start
+    for worker, _task in running:
+        worker.stop()
+    await asyncio.wait_for(asyncio.gather(*(task for _w, task in running)), 10)
     await pool.close()
     await redis.aclose()
+
+
+@pytest.fixture
+async def consumer(make_consumer: ConsumerFactory) -> StoreConsumer:
+    """The store consumer, running for the duration of the test."""
+    return await make_consumer()
 
 
 @dataclass
