@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters.fake_runtime import create_fake_runtime
+from adapters.fake_trigger_dev import create_fake_trigger_dev
 from gateway.admin import AdminService
 from gateway.app import create_app
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
@@ -33,11 +34,36 @@ from store import queries
 from store.migrate import migrate_url
 from store.pool import create_pool
 
+# slug -> (name, output_kind, where it runs): an n8n webhook path on the demo runtime, or
+# "trigger.dev" for a task on the demo Trigger.dev API.
 DEMO_AGENTS = {
-    "csv": ("Demo CSV report", "report.csv?outputs=1"),
-    "pdf": ("Demo PDF report", "report.pdf?outputs=1"),
-    "failing": ("Demo failing report", "json-error"),
+    "csv": ("Demo CSV report", "file_download", "report.csv?outputs=1"),
+    "pdf": ("Demo PDF report", "file_download", "report.pdf?outputs=1"),
+    "failing": ("Demo failing report", "file_download", "json-error"),
+    "summary": ("Demo summary (answers at once)", "json", "json"),
+    "callback": ("Demo workflow that reports back", "json", "accepted?report_delay_ms=500"),
+    "task": ("Demo Trigger.dev task", "json", "trigger.dev"),
 }
+DEMO_TRIGGER_DEV_KEY = "tr_dev_demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRuntimes:
+    """Where the demo runtimes listen."""
+
+    n8n_url: str
+    trigger_dev_url: str
+
+    def runtime_for(self, where: str) -> dict[str, Any]:
+        """The agent runtime config for a ``DEMO_AGENTS`` entry."""
+        if where == "trigger.dev":
+            return {
+                "kind": "trigger.dev",
+                "api_url": self.trigger_dev_url,
+                "task_id": "summarise",
+                "secret_key": DEMO_TRIGGER_DEV_KEY,
+            }
+        return {"kind": "n8n", "webhook_url": f"{self.n8n_url}/webhook/{where}"}
 
 
 def _persistent_secret(data_dir: Path, name: str) -> str:
@@ -50,8 +76,9 @@ def _persistent_secret(data_dir: Path, name: str) -> str:
     return value
 
 
-async def _seed_demo(settings: Settings, data_dir: Path, runtime_url: str) -> dict[str, Any]:
-    """Create the demo organisation once; on later starts point its agents at the runtime."""
+async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes) -> dict[str, Any]:
+    """Create the demo organisation once; on later starts point its agents at the runtimes
+    (they listen on new ports) and add demo agents that are new since."""
     state_file = data_dir / "demo.json"
     state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.exists() else {}
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
@@ -67,41 +94,38 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtime_url: str) -> di
                 "user_id": user["id"],
                 "agents": {},
             }
-            for slug, (name, path) in DEMO_AGENTS.items():
-                agent = await admin.create_agent(
-                    uuid.UUID(org["id"]),
-                    {
-                        "name": name,
-                        "output_kind": "file_download",
-                        "runtime": {"kind": "n8n", "webhook_url": f"{runtime_url}/webhook/{path}"},
-                        "default_input": {"topic": "Demo report"},
-                        "running_timeout_ms": 120_000,
-                    },
-                )
-                state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
-            state_file.write_text(json.dumps(state, indent=2))
-            state_file.chmod(0o600)
-        else:
-            for slug, (_name, path) in DEMO_AGENTS.items():
-                await admin.update_agent(
-                    state["agents"][slug]["id"],
-                    {
-                        "runtime": {"kind": "n8n", "webhook_url": f"{runtime_url}/webhook/{path}"},
-                    },
-                )
+        for slug, (name, output_kind, where) in DEMO_AGENTS.items():
+            runtime = runtimes.runtime_for(where)
+            if slug in state["agents"]:
+                await admin.update_agent(state["agents"][slug]["id"], {"runtime": runtime})
+                continue
+            agent = await admin.create_agent(
+                uuid.UUID(state["org_id"]),
+                {
+                    "name": name,
+                    "output_kind": output_kind,
+                    "runtime": runtime,
+                    "default_input": {"topic": "Demo report"},
+                    "running_timeout_ms": 120_000,
+                },
+            )
+            state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
+        state_file.write_text(json.dumps(state, indent=2))
+        state_file.chmod(0o600)
     finally:
         await pool.close()
     return state
 
 
-def _banner(settings: Settings, state: dict[str, Any], runtime_url: str) -> str:
+def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -> str:
     base = f"http://{settings.host}:{settings.port}"
     key = state["ingest_key"]
-    csv_id = state["agents"]["csv"]["id"]
-    pdf_id = state["agents"]["pdf"]["id"]
-    failing_id = state["agents"]["failing"]["id"]
+    ids = {slug: agent["id"] for slug, agent in state["agents"].items()}
+    csv_id, pdf_id, failing_id = ids["csv"], ids["pdf"], ids["failing"]
+    agent_ids = " ".join(f"{slug}={agent_id}" for slug, agent_id in ids.items())
     agent_keys = " ".join(f"{slug}={a['api_key']}" for slug, a in state["agents"].items())
     auth = f'-H "Authorization: Bearer {key}"'
+    once = "-H 'Idempotency-Key: demo-1'"
     body = (
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
     )
@@ -110,10 +134,10 @@ agent-gateway dev is running
   gateway         {base}
   database        {settings.database_url}
   redis           {settings.redis_url}
-  demo runtime    {runtime_url}
+  demo runtimes   n8n-like {runtimes.n8n_url}  Trigger.dev-like {runtimes.trigger_dev_url}
   ingest key      {key}
   admin token     {settings.admin_token}
-  demo agents     csv={csv_id} pdf={pdf_id} failing={failing_id}
+  demo agents     {agent_ids}
   agent API keys  {agent_keys}
 
 Download the demo CSV (saved under the name the gateway sends):
@@ -124,6 +148,13 @@ A workflow that fails (502 with its JSON):
   curl -sS -X POST {base}/api/agents/{failing_id}/runs/trigger-and-download {auth} {body}
 The run row (use the X-Run-Id header of a download):
   curl -sS {base}/api/agents/{csv_id}/runs/<runId> {auth}
+Trigger and wait: the run with its output, in one request:
+  curl -sS -X POST {base}/api/agents/{ids["summary"]}/runs/trigger-and-wait {auth} {body}
+The same on a Trigger.dev task, followed by polling:
+  curl -sS -X POST {base}/api/agents/{ids["task"]}/runs/trigger-and-wait {auth} {body}
+Trigger without waiting (a workflow that reports back through callbacks), then poll the run:
+  curl -sS -X POST {base}/api/agents/{ids["callback"]}/runs/trigger {auth} {once} {body}
+  curl -sS {base}/api/agents/{ids["callback"]}/runs/<runId> {auth}
 Stop with Ctrl-C.
 """
 
@@ -135,10 +166,19 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
     await runtime_runner.setup()
     runtime_port = free_port()
     await web.TCPSite(runtime_runner, "127.0.0.1", runtime_port).start()
-    runtime_url = f"http://127.0.0.1:{runtime_port}"
+    trigger_dev_runner = web.AppRunner(
+        create_fake_trigger_dev(DEMO_TRIGGER_DEV_KEY), access_log=None
+    )
+    await trigger_dev_runner.setup()
+    trigger_dev_port = free_port()
+    await web.TCPSite(trigger_dev_runner, "127.0.0.1", trigger_dev_port).start()
+    runtimes = DemoRuntimes(
+        n8n_url=f"http://127.0.0.1:{runtime_port}",
+        trigger_dev_url=f"http://127.0.0.1:{trigger_dev_port}",
+    )
 
     await migrate_url(settings.database_url)
-    state = await _seed_demo(settings, data_dir, runtime_url)
+    state = await _seed_demo(settings, data_dir, runtimes)
 
     env = {
         **os.environ,
@@ -161,7 +201,7 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-        print(_banner(settings, state, runtime_url), flush=True)
+        print(_banner(settings, state, runtimes), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,6 +211,7 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         await runner.cleanup()
         stop_process(consumer, timeout=10)
         await runtime_runner.cleanup()
+        await trigger_dev_runner.cleanup()
 
 
 def run_dev(settings: Settings, data_dir_arg: str) -> None:

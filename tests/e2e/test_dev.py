@@ -66,6 +66,19 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                 assert resp.status == 200
                 assert resp.headers["Content-Disposition"] == 'attachment; filename="report.csv"'
                 assert b"Q3 financial summary" in await resp.read()
+            # The trigger-and-wait lines: an n8n-like workflow and a Trigger.dev-like task.
+            waits = re.findall(r"curl -sS -X POST (\S+/trigger-and-wait) ", banner)
+            assert len(waits) == 2, banner
+            async with aiohttp.ClientSession() as http:
+                for url in waits:
+                    async with http.post(
+                        url,
+                        headers={"Authorization": f"Bearer {key.group(1)}"},
+                        json={"input": {"topic": "Q3 financial summary"}},
+                    ) as resp:
+                        run = await resp.json()
+                        assert (resp.status, run["status"]) == (200, "completed"), run
+                        assert run["output_data"]["echo"]["topic"] == "Q3 financial summary"
         finally:
             assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.

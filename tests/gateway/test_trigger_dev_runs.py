@@ -439,7 +439,8 @@ async def test_a_run_cancelled_before_trigger_dev_answered_the_trigger_is_cancel
     resp = await tenant.client.post(f"{run_url(agent['id'], run_id)}/cancel", headers=tenant.auth)
     assert resp.status == 200, await resp.text()
 
-    [task_run] = await eventually(lambda: list(slow_trigger_dev.app[RUNS]))
+    runs = slow_trigger_dev.app[RUNS]
+    [task_run] = await eventually(lambda: list(runs.keys()))
     assert (await wait_for_run(tenant, agent["id"], run_id))["status"] == "cancelled"
     # The task Trigger.dev started for the cancelled run must not be left running there.
     assert await eventually(lambda: slow_trigger_dev.app[CANCELS], timeout=1.5) == [task_run]
