@@ -368,6 +368,13 @@ class RunService:
             )
         return await self._publisher.publish(event)
 
+    async def was_cancelled(self, run_id: int) -> bool:
+        """Whether the run was cancelled: its end claimed as such, or its row saying so."""
+        if await self._publisher.claimed_end(run_id) == "cancelled":
+            return True
+        run = await queries.get_run(self._pool, run_id)
+        return run is not None and run.status == "cancelled"
+
     async def record_result(self, run_id: int, result: RunResult) -> bool:
         """Record what the runtime says about a run; ``False`` when the run had ended.
 

@@ -21,6 +21,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -102,6 +115,7 @@ class Settings:
             max_result_body=_int(env, "MAX_RESULT_BODY", 10 * 1024 * 1024),
             trigger_rate_limit=_int(env, "TRIGGER_RATE_LIMIT", 60),
             trigger_rate_window_s=_int(env, "TRIGGER_RATE_WINDOW_S", 60),
-            follow_lease_s=float(_int(env, "FOLLOW_LEASE_S", 30)),
+            wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
+            follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
             shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
         )

@@ -118,10 +118,11 @@ class TriggerService:
             # The gateway is shutting down: the runtime's answer would be lost with this task.
             await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
             raise
-        await self._record_invocation(run, outcome, timeout_reason=RUNNING_TIMEOUT)
+        await self._record_invocation(agent, run, outcome, timeout_reason=RUNNING_TIMEOUT)
 
     async def _record_invocation(
         self,
+        agent: Agent,
         run: Run,
         outcome: Invocation | RuntimeFailure,
         *,
@@ -147,6 +148,11 @@ class TriggerService:
             await queries.start_following(
                 self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
             )
+            # A cancel that came while the trigger call was on its way could not name the
+            # runtime's run; cancel() looks for the id after claiming the end, this looks for
+            # the claim after storing the id, so one of the two always asks the runtime.
+            if await self._runs.was_cancelled(run.id):
+                await self._cancel_on_runtime(agent, outcome.runtime_run_id)
         return None
 
     async def trigger_and_wait(
@@ -180,7 +186,9 @@ class TriggerService:
             ended = await self._waiters.wait(run.id, deadline=deadline, interrupt=invoke)
             if ended is None:
                 outcome = _outcome(invoke)
-                error = await self._record_invocation(run, outcome, timeout_reason=WINDOW_ELAPSED)
+                error = await self._record_invocation(
+                    agent, run, outcome, timeout_reason=WINDOW_ELAPSED
+                )
                 if error is not None:
                     raise error
                 # A refused failure means the run ended another way: give the store a moment.
@@ -189,7 +197,7 @@ class TriggerService:
         except asyncio.CancelledError:
             # The caller left. The run goes on: the runtime's answer is still recorded.
             if not invoke.done():
-                self._background.spawn(self._adopt(run, invoke), name=f"adopt-run-{run.id}")
+                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
             raise
         # The run may have ended another way (a callback, a cancel) while the runtime was
         # still answering: that answer can change nothing now.
@@ -198,9 +206,9 @@ class TriggerService:
             ended = await self._reload(run)
         return Waited(ended, timed_out=not ended.terminal)
 
-    async def _adopt(self, run: Run, invoke: asyncio.Future[Invocation]) -> None:
+    async def _adopt(self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation]) -> None:
         await asyncio.wait([invoke])
-        await self._record_invocation(run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
+        await self._record_invocation(agent, run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""
@@ -211,11 +219,13 @@ class TriggerService:
                 f"Run has already ended ({current.status})",
                 extra={"runId": run.id, "status": current.status},
             )
-        if run.runtime_run_id is not None:
+        # Read after the end is claimed: an id stored later is seen by _record_invocation.
+        runtime_run_id = (await self._reload(run)).runtime_run_id
+        if runtime_run_id is not None:
             await queries.stop_following(self._pool, run.id)
             agent = await self._runs.agent_for(org_id, agent_id)
             self._background.spawn(
-                self._cancel_on_runtime(agent, run.runtime_run_id), name=f"cancel-run-{run.id}"
+                self._cancel_on_runtime(agent, runtime_run_id), name=f"cancel-run-{run.id}"
             )
         log.info("run_cancelled", run_id=run.id, agent_id=agent_id)
         return run

@@ -221,6 +221,15 @@ class EventPublisher:
         """The stream events go to."""
         return self._stream
 
+    async def claimed_end(self, run_id: int) -> str | None:
+        """The type of the terminal event a run's end was claimed with, if any (``None`` also
+        when Redis cannot say: the run row is the other witness)."""
+        try:
+            value = await self._redis.get(_terminal_claim_key(self._stream, run_id))
+        except (RedisError, OSError):
+            return None
+        return value.decode() if isinstance(value, bytes) else None
+
     async def publish(self, event: RunEvent) -> bool:
         """Hand ``event`` on durably; never drop it.
 

@@ -248,12 +248,17 @@ class FollowedRun:
 async def start_following(
     db: Executor, run_id: int, runtime_run_id: str, *, first_poll_in_s: float
 ) -> None:
-    """Record the runtime's id for a run and schedule its first poll."""
+    """Record the runtime's id for a run and, while it is in flight, schedule its first poll.
+
+    The id is kept even for a run that has already ended (cancelled while its trigger call was
+    on its way): it is what asking the runtime to cancel needs.
+    """
     await db.execute(
         """UPDATE runs SET runtime_run_id = $2,
-               follow_at = now() + make_interval(secs => $3), follow_attempts = 0,
-               updated_at = now()
-           WHERE id = $1 AND status IN ('queued', 'running', 'waiting')""",
+               follow_at = CASE WHEN status IN ('queued', 'running', 'waiting')
+                                THEN now() + make_interval(secs => $3) END,
+               follow_attempts = 0, updated_at = now()
+           WHERE id = $1""",
         run_id,
         runtime_run_id,
         first_poll_in_s,

@@ -34,7 +34,15 @@ def test_the_public_url_defaults_to_the_listening_address() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("GATEWAY_PORT", "eighty"), ("RATE_LIMIT_FAIL_OPEN", "maybe")]
+    ("name", "value"),
+    [
+        ("GATEWAY_PORT", "eighty"),
+        ("RATE_LIMIT_FAIL_OPEN", "maybe"),
+        ("WAIT_RECHECK_S", "soon"),
+        ("WAIT_RECHECK_S", "0"),
+        ("FOLLOW_LEASE_S", "-5"),
+        ("FOLLOW_LEASE_S", "nan"),
+    ],
 )
 def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):

@@ -420,11 +420,6 @@ async def slow_trigger_dev() -> AsyncIterator[TestServer]:
     await server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TriggerService.cancel only cancels on Trigger.dev when runtime_run_id is already "
-    "in the row; a task whose trigger answers after the cancel is never cancelled there",
-)
 async def test_a_run_cancelled_before_trigger_dev_answered_the_trigger_is_cancelled_there(
     tenant: Tenant, slow_trigger_dev: TestServer, consumer: StoreConsumer
 ) -> None:
