@@ -138,7 +138,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
     # Nobody waits any more once requests and background work are done.
     listening.cancel()
-    await asyncio.gather(listening, following, return_exceptions=True)
+    await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)
 
 
 async def _start_draining(app: web.Application) -> None:

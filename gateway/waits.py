@@ -101,7 +101,9 @@ class RunWaiters:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._dispatch(message.get("data"))
+                    _stop_if_cancelled()
             except (RedisError, OSError) as exc:
+                _stop_if_cancelled()
                 log.warning("run_waiters_reconnecting", error=str(exc))
                 await asyncio.sleep(1.0)
             finally:
@@ -114,3 +116,14 @@ class RunWaiters:
         except (TypeError, ValueError):
             return
         self.wake(run_id)
+
+
+def _stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop.
+
+    redis-py's timed read can swallow a cancellation that lands as its timeout fires (or turn
+    it into a connection error); the request is still pending on the task, so honour it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
