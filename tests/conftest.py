@@ -73,7 +73,6 @@ def settings(backends: Backends) -> Settings:
         redis_url=backends.redis_url,
         admin_token=ADMIN_TOKEN,
         secret_key=SECRET_KEY,
-        public_base_url="http://gateway.test",
         events_stream=f"test:events:{uuid.uuid4().hex}",
         stream_idle_timeout_s=5.0,
         shutdown_grace_s=5.0,

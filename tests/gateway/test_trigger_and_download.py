@@ -117,7 +117,8 @@ async def test_the_runtime_gets_the_trigger_payload_with_merged_input_and_its_he
     assert payload["runId"] == int(resp.headers["X-Run-Id"])
     assert payload["agentId"] == agent["id"]
     assert payload["agentApiKey"] == agent["api_key"]
-    assert payload["callbackUrl"] == f"http://gateway.test/api/runs/{payload['runId']}/callback"
+    callback = tenant.client.make_url(f"/api/runs/{payload['runId']}/callback")
+    assert payload["callbackUrl"] == str(callback)
     assert call["headers"]["X-N8N-Auth"] == "shared-secret"
 
 
