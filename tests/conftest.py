@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -151,6 +152,56 @@ def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
         "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
         "headers": {"X-N8N-Auth": "shared-secret"},
     }
+
+
+# The keys of a run as seed 002's 200 and the poll target show it.
+RUN_KEYS = frozenset(
+    {
+        "runId",
+        "agentId",
+        "status",
+        "output_data",
+        "outputs",
+        "error",
+        "duration_ms",
+        "started_at",
+        "completed_at",
+        "created_at",
+    }
+)
+
+
+def wait_url(agent_id: int | str) -> str:
+    """Seed 002's endpoint for an agent."""
+    return f"/api/agents/{agent_id}/runs/trigger-and-wait"
+
+
+def parse_time(value: str) -> dt.datetime:
+    """A run timestamp as the seeds print it (ISO 8601, UTC, ``Z``)."""
+    assert value.endswith("Z"), value
+    return dt.datetime.fromisoformat(value[:-1] + "+00:00")
+
+
+def as_agent(agent: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header a runtime sends for ``agent`` (its agent API key)."""
+    return {"Authorization": f"Bearer {agent['api_key']}"}
+
+
+async def json_agent(
+    tenant: Tenant, runtime: TestServer, path: str, **fields: Any
+) -> dict[str, Any]:
+    """An eligible JSON agent whose n8n webhook is ``/webhook/{path}`` on the fake runtime."""
+    return await tenant.create_agent(output_kind="json", runtime=webhook(runtime, path), **fields)
+
+
+async def first_invoked_run(runtime: TestServer) -> int:
+    """The run id the fake runtime was first invoked for, once it was (bounded)."""
+    for _ in range(250):
+        if calls := received(runtime):
+            run_id: int = calls[0]["payload"]["runId"]
+            return run_id
+        await asyncio.sleep(0.02)
+    raise AssertionError("the runtime was never invoked")
 
 
 def received(runtime: TestServer) -> list[dict[str, Any]]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from unittest.mock import Mock
 
 import aiohttp
 import pytest
 import yarl
 
-from adapters.base import RuntimeTimeout, RuntimeUnavailable, TriggerPayload
+from adapters.base import RuntimeRefused, RuntimeTimeout, RuntimeUnavailable, TriggerPayload
 from adapters.n8n import N8nAdapter
 from tests.adapters.conftest import MockedRuntime
 
@@ -72,3 +74,103 @@ async def test_no_headers_within_the_window_is_runtime_timeout(
     mocked.post(URL, callback=slow)
     with pytest.raises(RuntimeTimeout):
         await adapter.open_download({"webhook_url": URL}, PAYLOAD, wait_s=0.1, accept_encoding=None)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "expected"),
+    [
+        (200, b'{"pdfUrl": "u", "outputs": 1}', "application/json", ("completed", None)),
+        (200, b"[1, 2]", "application/json; charset=utf-8", ("completed", None)),
+        (202, b'{"message": "Workflow was started"}', "application/json", None),
+        (204, b"", "application/json", None),
+        (200, b"", "text/plain", None),
+        (
+            500,
+            b'{"message":"Error in workflow"}',
+            "application/json",
+            ("failed", "WorkflowFailed: HTTP 500: Error in workflow"),
+        ),
+        (
+            502,
+            b"Bad gateway\nmore",
+            "text/plain",
+            ("failed", "WorkflowFailed: HTTP 502: Bad gateway"),
+        ),
+        (
+            200,
+            b"<html>oops</html>",
+            "application/json",
+            ("failed", "WorkflowReturnedInvalidJson: HTTP 200, application/json"),
+        ),
+        (
+            200,
+            b'{"score": NaN}',
+            "application/json",
+            ("failed", "WorkflowReturnedInvalidJson: HTTP 200, application/json"),
+        ),
+    ],
+    ids=["json", "json-array", "202-accepted", "204", "empty", "500", "502-text", "garbage", "nan"],
+)
+async def test_a_webhook_answer_becomes_the_result_a_failure_or_an_acceptance(
+    adapter: N8nAdapter,
+    mocked: MockedRuntime,
+    status: int,
+    body: bytes,
+    content_type: str,
+    expected: tuple[str, str | None] | None,
+) -> None:
+    mocked.post(URL, status=status, body=body, headers={"Content-Type": content_type})
+
+    invocation = await adapter.invoke({"webhook_url": URL}, PAYLOAD, wait_s=5)
+
+    assert invocation.runtime_run_id is None
+    if expected is None:  # the workflow reports through callbacks
+        assert invocation.result is None
+        return
+    assert invocation.result is not None
+    assert (invocation.result.status, invocation.result.error) == expected
+    if expected[0] == "completed":
+        assert invocation.result.has_output
+        assert invocation.result.output == json.loads(body)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405])
+async def test_a_webhook_that_refuses_the_call_means_the_run_never_started(
+    adapter: N8nAdapter, mocked: MockedRuntime, status: int
+) -> None:
+    mocked.post(URL, status=status, payload={"message": "webhook not registered"})
+
+    with pytest.raises(RuntimeRefused, match=f"HTTP {status}: webhook not registered"):
+        await adapter.invoke({"webhook_url": URL}, PAYLOAD, wait_s=5)
+
+
+async def test_a_result_over_the_limit_fails_the_run_without_reading_it_all(
+    mocked: MockedRuntime,
+) -> None:
+    mocked.post(URL, body=b'{"x": "' + b"a" * 5000 + b'"}', content_type="application/json")
+    async with aiohttp.ClientSession() as session:
+        small = N8nAdapter(session, max_result_bytes=1000)
+        invocation = await small.invoke({"webhook_url": URL}, PAYLOAD, wait_s=5)
+
+    assert invocation.result is not None
+    assert invocation.result.status == "failed"
+    assert invocation.result.error == "WorkflowResultTooLarge: over 1000 bytes"
+
+
+async def test_a_webhook_silent_past_the_window_is_a_timeout(
+    adapter: N8nAdapter, mocked: MockedRuntime
+) -> None:
+    async def slow(url: object, **kwargs: object) -> None:
+        await asyncio.sleep(5)
+
+    mocked.post(URL, callback=slow)
+    with pytest.raises(RuntimeTimeout):
+        await adapter.invoke({"webhook_url": URL}, PAYLOAD, wait_s=0.1)
+
+
+async def test_an_unreachable_webhook_is_unavailable(
+    adapter: N8nAdapter, mocked: MockedRuntime
+) -> None:
+    mocked.post(URL, exception=aiohttp.ClientConnectorError(Mock(), OSError(111, "refused")))
+    with pytest.raises(RuntimeUnavailable):
+        await adapter.invoke({"webhook_url": URL}, PAYLOAD, wait_s=5)

@@ -14,7 +14,8 @@ from tests.conftest import (
     GatewayFactory,
     Tenant,
     TenantFactory,
-    received,
+    as_agent,
+    first_invoked_run,
     wait_for_run,
     webhook,
 )
@@ -34,10 +35,6 @@ async def start_run(tenant: Tenant, agent: dict[str, Any]) -> int:
     assert resp.status == 202, await resp.text()
     run_id: int = (await resp.json())["runId"]
     return run_id
-
-
-def as_agent(agent: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {agent['api_key']}"}
 
 
 async def report(
@@ -303,7 +300,7 @@ async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_a
             json={"timeoutMs": 30000},
         )
     )
-    run_id = await _first_run_of(runtime)
+    run_id = await first_invoked_run(runtime)
 
     done = await replica_b.post(
         f"/api/runs/{run_id}/callback",
@@ -320,13 +317,3 @@ async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_a
         "completed",
         {"answer": 42},
     )
-
-
-async def _first_run_of(runtime: TestServer) -> int:
-    """The run id the runtime was first invoked for, once it was (bounded)."""
-    for _ in range(250):
-        if calls := received(runtime):
-            run_id: int = calls[0]["payload"]["runId"]
-            return run_id
-        await asyncio.sleep(0.02)
-    raise AssertionError("the runtime was never invoked")

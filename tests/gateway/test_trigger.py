@@ -17,20 +17,24 @@ from tests.conftest import (
     GatewayFactory,
     Tenant,
     TenantFactory,
+    first_invoked_run,
+    json_agent,
     received,
     wait_for_run,
+    wait_url,
     webhook,
 )
 
 
+def held_wait(tenant: Tenant, agent: dict[str, Any]) -> asyncio.Future[Any]:
+    """A trigger-and-wait request for ``agent``, in flight with a 30 s window."""
+    return asyncio.ensure_future(
+        tenant.client.post(wait_url(agent["id"]), headers=tenant.auth, json={"timeoutMs": 30000})
+    )
+
+
 def trigger_url(agent_id: int | str) -> str:
     return f"/api/agents/{agent_id}/runs/trigger"
-
-
-async def json_agent(
-    tenant: Tenant, runtime: TestServer, path: str, **fields: Any
-) -> dict[str, Any]:
-    return await tenant.create_agent(output_kind="json", runtime=webhook(runtime, path), **fields)
 
 
 async def test_trigger_answers_202_at_once_and_the_run_completes_behind_it(
@@ -208,16 +212,8 @@ async def test_cancel_ends_a_run_and_the_waiting_caller_sees_cancelled(
     tenant: Tenant, make_tenant: TenantFactory, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
     agent = await json_agent(tenant, runtime, "accepted?report=0")
-    waiting = asyncio.ensure_future(
-        tenant.client.post(
-            f"/api/agents/{agent['id']}/runs/trigger-and-wait",
-            headers=tenant.auth,
-            json={"timeoutMs": 30000},
-        )
-    )
-    while not received(runtime):
-        await asyncio.sleep(0.02)
-    run_id = received(runtime)[0]["payload"]["runId"]
+    waiting = held_wait(tenant, agent)
+    run_id = await first_invoked_run(runtime)
     other = await make_tenant("Other org")
     cancel_url = f"/api/agents/{agent['id']}/runs/{run_id}/cancel"
 
@@ -242,16 +238,8 @@ async def test_the_reaper_ends_a_run_nobody_reports_on_and_wakes_its_waiter(
 ) -> None:
     await make_consumer(reap_every_s=0.1)
     agent = await json_agent(tenant, runtime, "accepted?report=0")
-    waiting = asyncio.ensure_future(
-        tenant.client.post(
-            f"/api/agents/{agent['id']}/runs/trigger-and-wait",
-            headers=tenant.auth,
-            json={"timeoutMs": 30000},
-        )
-    )
-    while not received(runtime):
-        await asyncio.sleep(0.02)
-    run_id = received(runtime)[0]["payload"]["runId"]
+    waiting = held_wait(tenant, agent)
+    run_id = await first_invoked_run(runtime)
 
     # Its replica died, say: only the deadline is left to end it.
     await db.execute(

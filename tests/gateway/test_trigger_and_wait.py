@@ -11,36 +11,18 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
-from tests.conftest import ADMIN, Tenant, received, wait_for_run, webhook
-
-RUN_KEYS = {
-    "runId",
-    "agentId",
-    "status",
-    "output_data",
-    "outputs",
-    "error",
-    "duration_ms",
-    "started_at",
-    "completed_at",
-    "created_at",
-}
-
-
-def wait_url(agent_id: int | str) -> str:
-    return f"/api/agents/{agent_id}/runs/trigger-and-wait"
-
-
-async def json_agent(
-    tenant: Tenant, runtime: TestServer, path: str, **fields: Any
-) -> dict[str, Any]:
-    """An eligible agent whose n8n webhook is ``/webhook/{path}`` on the fake runtime."""
-    return await tenant.create_agent(output_kind="json", runtime=webhook(runtime, path), **fields)
-
-
-def parse_time(value: str) -> dt.datetime:
-    assert value.endswith("Z")
-    return dt.datetime.fromisoformat(value[:-1] + "+00:00")
+from tests.conftest import (
+    ADMIN,
+    RUN_KEYS,
+    Tenant,
+    as_agent,
+    json_agent,
+    parse_time,
+    received,
+    wait_for_run,
+    wait_url,
+    webhook,
+)
 
 
 async def test_a_run_that_ends_in_the_window_answers_200_with_the_whole_run(
@@ -174,7 +156,7 @@ async def test_a_webhook_silent_for_the_whole_window_is_a_504_and_stays_failed(
     # A late completion from the workflow cannot resurrect it.
     late = await tenant.client.post(
         f"/api/runs/{body['runId']}/callback",
-        headers={"Authorization": f"Bearer {agent['api_key']}"},
+        headers=as_agent(agent),
         json={"type": "output", "complete": True, "output": {"late": True}},
     )
     assert late.status == 409
@@ -215,7 +197,7 @@ async def test_a_run_still_in_flight_when_the_window_elapses_answers_202_and_goe
     # The workflow reports later; the run is driven to its end.
     done = await tenant.client.post(
         f"/api/runs/{body['runId']}/callback",
-        headers={"Authorization": f"Bearer {agent['api_key']}"},
+        headers=as_agent(agent),
         json={"type": "output", "complete": True, "output": {"pages": 3}, "outputs": 3},
     )
     assert done.status == 202

@@ -6,7 +6,6 @@ Seed 002 (trigger-and-wait), seed 001 (trigger) and cancel, against the fake Tri
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import inspect
 import time
 from collections.abc import AsyncIterator
@@ -21,21 +20,18 @@ from multidict import CIMultiDict
 
 from adapters.fake_trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from store.consumer import StoreConsumer
-from tests.conftest import ADMIN, GatewayFactory, Tenant, TenantFactory, wait_for_run
+from tests.conftest import (
+    ADMIN,
+    RUN_KEYS,
+    GatewayFactory,
+    Tenant,
+    TenantFactory,
+    parse_time,
+    wait_for_run,
+    wait_url,
+)
 
 SECRET = "tr_dev_fake"  # the fake's own key
-RUN_KEYS = {
-    "runId",
-    "agentId",
-    "status",
-    "output_data",
-    "outputs",
-    "error",
-    "duration_ms",
-    "started_at",
-    "completed_at",
-    "created_at",
-}
 IN_FLIGHT = {"queued", "running", "waiting"}
 
 
@@ -56,17 +52,8 @@ async def task_agent(
     return await tenant.create_agent(output_kind="json", runtime=task_runtime(trigger_dev, task_id))
 
 
-def wait_url(agent_id: int) -> str:
-    return f"/api/agents/{agent_id}/runs/trigger-and-wait"
-
-
 def run_url(agent_id: int, run_id: int) -> str:
     return f"/api/agents/{agent_id}/runs/{run_id}"
-
-
-def parse_time(value: str) -> dt.datetime:
-    assert value.endswith("Z"), value
-    return dt.datetime.fromisoformat(value[:-1] + "+00:00")
 
 
 def trigger_of(trigger_dev: TestServer, run_id: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from gateway.settings import Settings
 from store import queries
 from store.consumer import StoreConsumer
-from store.events import EventPublisher, RunEvent, apply_event
+from store.events import EventPublisher, RunEvent, apply_event, terminal_channel
 from store.models import Agent
 from store.reaper import REAPED_ERROR, reap_overdue
 from tests.conftest import Backends
@@ -212,3 +212,66 @@ async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
     assert (row["status"], row["error"]) == ("failed", REAPED_ERROR)
     assert (await run_row(db, current))["status"] == "queued"
     assert (await run_row(db, finished))["status"] == "completed"
+
+
+async def test_only_the_first_end_of_a_run_enters_the_stream(
+    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    publisher = EventPublisher(redis_client, db, settings.events_stream)
+    run_id = await new_run(db, agent)
+
+    first = await publisher.publish(RunEvent(run_id, "completed", output_data={"v": 1}))
+    second = await publisher.publish(RunEvent(run_id, "failed", error="late"))
+    progress = await publisher.publish(RunEvent(run_id, "output", output_data={"v": 2}))
+
+    assert (first, second, progress) == (True, False, True)
+    assert await publisher.claimed_end(run_id) == "completed"
+    entries = await redis_client.xrange(settings.events_stream)
+    assert [RunEvent.decode(fields).type for _id, fields in entries] == ["completed", "output"]
+
+
+async def test_applying_an_end_is_announced_to_waiters_on_every_replica(
+    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    publisher = EventPublisher(redis_client, db, settings.events_stream)
+    consumer = StoreConsumer(
+        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="c1"
+    )
+    await consumer.ensure_group()
+    run_id = await new_run(db, agent)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(terminal_channel(settings.events_stream))
+    try:
+        await publisher.publish(RunEvent(run_id, "started"))
+        await publisher.publish(RunEvent(run_id, "cancelled"))
+        while await consumer.consume_once(block_ms=10):
+            pass
+        messages = []
+        for _ in range(10):  # a subscribe confirmation reads as None: keep listening a while
+            if (message := await pubsub.get_message(timeout=0.1)) is not None:
+                messages.append(message["data"])
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    assert messages == [str(run_id).encode()]  # the end only, once
+    assert (await run_row(db, run_id))["status"] == "cancelled"
+
+
+async def test_waiting_records_what_the_run_waits_for_and_output_resumes_it(
+    db: asyncpg.Pool, agent: Agent
+) -> None:
+    run_id = await new_run(db, agent)
+    waiting_for = {"tokenId": "tok_9", "description": "Approve"}
+    async with db.acquire() as conn:
+        await apply_event(conn, RunEvent(run_id, "started"))
+        await apply_event(conn, RunEvent(run_id, "waiting", waiting_for=waiting_for))
+        paused = await run_row(db, run_id)
+        await apply_event(conn, RunEvent(run_id, "output", output_data={"step": 2}))
+        resumed = await run_row(db, run_id)
+
+    assert (paused["status"], paused["waiting_for"]) == ("waiting", waiting_for)
+    assert (resumed["status"], resumed["waiting_for"], resumed["output_data"]) == (
+        "running",
+        None,
+        {"step": 2},
+    )
