@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import aiohttp
+
+
+def loads_json(raw: bytes | str) -> Any:
+    """Strict JSON: ``NaN`` and ``Infinity`` (which Python accepts and PostgreSQL's ``jsonb``
+    does not) are refused like any other invalid JSON, with ``ValueError``."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
 
 # The run states a runtime can report that end a run (the gateway's own names).
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})

@@ -27,6 +27,7 @@ from adapters.base import (
     RuntimeUnavailable,
     RuntimeUnsupported,
     TriggerPayload,
+    loads_json,
 )
 
 # An error body is read only this far, for its message.
@@ -116,7 +117,7 @@ class N8nAdapter:
         if not raw.strip():
             return Invocation()
         try:
-            output = json.loads(raw, parse_constant=_reject_constant)
+            output = loads_json(raw)
         except (ValueError, RecursionError):
             content_type = response.headers.get("Content-Type", "no content type")
             return Invocation(
@@ -144,7 +145,3 @@ def _message(raw: bytes) -> str:
             if isinstance(body.get(key), str):
                 return str(body[key])[:300]
     return text[:300]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")

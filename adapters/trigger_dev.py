@@ -37,6 +37,7 @@ from adapters.base import (
     RuntimeUnavailable,
     RuntimeUnsupported,
     TriggerPayload,
+    loads_json,
 )
 
 API_VERSION = "2025-07-16"
@@ -185,7 +186,7 @@ class TriggerDevAdapter:
         if len(raw) > limit:
             return RunResult("failed", error=f"TriggerDevResultTooLarge: run over {limit} bytes")
         try:
-            run = json.loads(raw, parse_constant=_reject_constant)
+            run = loads_json(raw)
         except (ValueError, RecursionError):
             raise RuntimeRetryLater("Trigger.dev answered the run poll with no JSON") from None
         if not isinstance(run, dict) or not isinstance(run.get("status"), str):
@@ -376,11 +377,7 @@ def _parse_packet(raw: bytes, content_type: str) -> Any:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/plain":
         return raw.decode("utf-8", "replace")
-    value = json.loads(raw, parse_constant=_reject_constant)
+    value = loads_json(raw)
     if media == "application/super+json" and isinstance(value, dict) and "json" in value:
         return value["json"]
     return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")

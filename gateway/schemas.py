@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from adapters.base import loads_json
 from gateway.errors import BadRequest
 
 
@@ -182,13 +182,9 @@ def parse_json_object(raw: bytes, *, allow_empty: bool) -> dict[str, Any]:
             return {}
         raise BadRequest("Request body must be a JSON object")
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = loads_json(raw)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest("Request body must be a JSON object")
     return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
