@@ -199,9 +199,14 @@ class TriggerService:
             if not invoke.done():
                 self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
             raise
-        # The run may have ended another way (a callback, a cancel) while the runtime was
-        # still answering: that answer can change nothing now.
-        invoke.cancel()
+        if not invoke.done():
+            # The run ended another way (a callback, a cancel) while the runtime was still
+            # answering. A webhook's answer can change nothing now; a Trigger.dev trigger call
+            # is let finish, so that the task it created is known and, if cancelled, cancelled.
+            if adapter.followed:
+                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
+            else:
+                invoke.cancel()
         if ended is None:
             ended = await self._reload(run)
         return Waited(ended, timed_out=not ended.terminal)

@@ -426,3 +426,31 @@ async def test_a_run_cancelled_before_trigger_dev_answered_the_trigger_is_cancel
     assert (await wait_for_run(tenant, agent["id"], run_id))["status"] == "cancelled"
     # The task Trigger.dev started for the cancelled run must not be left running there.
     assert await eventually(lambda: slow_trigger_dev.app[CANCELS], timeout=1.5) == [task_run]
+
+
+async def test_a_held_wait_cancelled_before_trigger_dev_answered_still_cancels_the_task(
+    tenant: Tenant, slow_trigger_dev: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    agent = await task_agent(tenant, slow_trigger_dev)
+    waiting = asyncio.ensure_future(
+        tenant.client.post(
+            wait_url(agent["id"]),
+            headers=tenant.auth,
+            json={"input": {"statuses": ["EXECUTING"]}, "timeoutMs": 20000},
+        )
+    )
+    run_id = None
+    for _ in range(250):
+        run_id = await db.fetchval("SELECT max(id) FROM runs WHERE agent_id = $1", agent["id"])
+        if run_id is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert run_id is not None
+
+    resp = await tenant.client.post(f"{run_url(agent['id'], run_id)}/cancel", headers=tenant.auth)
+    assert resp.status == 200
+
+    answer = await asyncio.wait_for(waiting, 10)
+    assert (answer.status, (await answer.json())["status"]) == (200, "cancelled")
+    [task_run] = await eventually(lambda: list(slow_trigger_dev.app[RUNS].keys()))
+    assert await eventually(lambda: slow_trigger_dev.app[CANCELS], timeout=1.5) == [task_run]
