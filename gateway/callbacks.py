@@ -14,14 +14,13 @@ import structlog
 from gateway.apikeys import bearer_token, hash_key
 from gateway.errors import Conflict, NotFound, Unauthorized
 from gateway.outputs import json_outputs, lift_outputs
-from gateway.runs import RunService
+from gateway.runs import MAX_ERROR_LEN, RunService
 from store import queries
 from store.events import RunEvent
 from store.models import Run
 
 log = structlog.get_logger(__name__)
 
-_MAX_ERROR_LEN = 2000
 # The status a run moves to for each kind of callback.
 _STATUS_AFTER = {
     "started": "running",
@@ -103,12 +102,12 @@ def _event(run_id: int, body: dict[str, Any]) -> RunEvent:
 def _reason(error: Any) -> str:
     """The run's short failure reason from ``fail({message, name?, stack?})``."""
     if isinstance(error, str) and error:
-        return error[:_MAX_ERROR_LEN]
+        return error[:MAX_ERROR_LEN]
     if isinstance(error, dict):
         message = str(error.get("message") or "")
         name = error.get("name")
         if isinstance(name, str) and name and name != "Error":
             message = f"{name}: {message}"
         if message:
-            return message[:_MAX_ERROR_LEN]
+            return message[:MAX_ERROR_LEN]
     return "The run reported a failure without a reason"

@@ -51,7 +51,11 @@ log = structlog.get_logger(__name__)
 # A runtime's error body is read for the 502 message only up to this size.
 _MAX_ERROR_BODY = 64 * 1024
 # The run's error column holds a short reason.
-_MAX_ERROR_LEN = 2000
+MAX_ERROR_LEN = 2000
+
+
+class _KeyTaken(Exception):
+    """The Idempotency-Key is bound to another run."""
 
 
 class IdempotentReplay(Exception):
@@ -156,24 +160,30 @@ class RunService:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
             milliseconds=window_ms + agent.running_timeout_ms
         )
-        async with self._pool.acquire() as conn, conn.transaction():
-            run = await queries.insert_run(
-                conn,
-                agent=agent,
-                input_data=merged,
-                created_by=created_by,
-                deadline=deadline,
-                trigger_kind=trigger_kind,
-            )
-            if idempotency is None:
-                return run
-            key, request_hash = idempotency
-            if await queries.claim_idempotency_key(
-                conn, agent_id=agent.id, key=key, request_hash=request_hash, run_id=run.id
-            ):
-                return run
-        # Another request holds the key (maybe one that committed a moment ago): the
-        # transaction above rolled back, so this call created nothing.
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                run = await queries.insert_run(
+                    conn,
+                    agent=agent,
+                    input_data=merged,
+                    created_by=created_by,
+                    deadline=deadline,
+                    trigger_kind=trigger_kind,
+                )
+                if idempotency is not None and not await queries.claim_idempotency_key(
+                    conn,
+                    agent_id=agent.id,
+                    key=idempotency[0],
+                    request_hash=idempotency[1],
+                    run_id=run.id,
+                ):
+                    raise _KeyTaken  # rolls the new run back: this call creates nothing
+            return run
+        except _KeyTaken:
+            pass
+        # Another request holds the key (maybe one that committed a moment ago).
+        assert idempotency is not None
+        key, request_hash = idempotency
         existing = await self.idempotent_run(agent, key, request_hash)
         if existing is None:
             raise ServiceUnavailable(
@@ -391,7 +401,7 @@ class RunService:
         elif result.status == "failed":
             reason = result.error or "The runtime reported the run failed"
             log.info("run_failed", run_id=run_id, reason=reason[:300])
-            event = RunEvent(run_id, "failed", error=reason[:_MAX_ERROR_LEN], **output)
+            event = RunEvent(run_id, "failed", error=reason[:MAX_ERROR_LEN], **output)
         elif result.status == "cancelled":
             event = RunEvent(run_id, "cancelled", **output)
         elif result.status == "waiting":

@@ -114,7 +114,7 @@ async def test_a_repeated_idempotency_key_returns_the_same_run_and_starts_nothin
 
 
 async def test_concurrent_requests_with_one_key_start_one_run(
-    tenant: Tenant, runtime: TestServer
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool
 ) -> None:
     agent = await json_agent(tenant, runtime, "json")
     headers = {**tenant.auth, "Idempotency-Key": "burst-1"}
@@ -127,6 +127,8 @@ async def test_concurrent_requests_with_one_key_start_one_run(
     assert len({(await a.json())["runId"] for a in answers}) == 1
     await asyncio.sleep(0.2)
     assert len(received(runtime)) == 1
+    # The requests that lost the race left no run behind them.
+    assert await db.fetchval("SELECT count(*) FROM runs WHERE agent_id = $1", agent["id"]) == 1
 
 
 async def test_an_idempotency_key_reused_with_another_body_is_refused(
