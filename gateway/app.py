@@ -24,9 +24,7 @@ from gateway.app_keys import (
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
-    RUN_FOLLOWER,
     RUN_SERVICE,
-    RUN_WAITERS,
     SETTINGS,
     TRIGGER_SERVICE,
 )
@@ -118,8 +116,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = publisher
     app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
     app[RUN_SERVICE] = runs
-    app[RUN_WAITERS] = waiters
-    app[RUN_FOLLOWER] = follower
     app[TRIGGER_SERVICE] = TriggerService(
         pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
     )

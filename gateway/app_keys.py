@@ -10,13 +10,11 @@ from aiohttp import web
 from gateway.admin import AdminService
 from gateway.background import BackgroundTasks
 from gateway.callbacks import CallbackService
-from gateway.follower import RunFollower
 from gateway.health import Lifecycle
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
 from gateway.triggers import TriggerService
-from gateway.waits import RunWaiters
 from store.events import EventPublisher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,8 +28,6 @@ RUN_SERVICE = web.AppKey("run_service", RunService)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
 TRIGGER_SERVICE = web.AppKey("trigger_service", TriggerService)
 CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
-RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
-RUN_FOLLOWER = web.AppKey("run_follower", RunFollower)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.

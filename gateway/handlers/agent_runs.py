@@ -21,7 +21,7 @@ routes = web.RouteTableDef()
 
 # Runs that hand back JSON; a file agent is served by trigger-and-download only.
 _JSON_KINDS = ("json", "stream")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 async def _eligible_agent(
@@ -59,7 +59,7 @@ async def trigger(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
     request_hash = _request_hash(body)
     service = app[TRIGGER_SERVICE]

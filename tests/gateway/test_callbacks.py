@@ -115,6 +115,7 @@ async def test_each_callback_moves_the_run_as_the_sdk_methods_say(
     assert waiting["output_data"] == {"step": 2}
 
     status, _ = await report(tenant, agent, run_id, {"type": "output", "output": {"step": 3}})
+    assert status == 202
     resumed = await row(db, run_id, until="running")
     assert resumed["waiting_for"] is None
 
