@@ -34,11 +34,13 @@ import gzip
 import io
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from sdk import CallbackAccepted, GatewayError, create_agent_client
 
 RECEIVED = web.AppKey("received", list[dict[str, Any]])
 # What the "accepted" workflow reported through callbacks, with the gateway's answer.
@@ -220,29 +222,47 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 
 async def _report_back(app: web.Application, payload: dict[str, Any], query: Any) -> None:
-    """What a workflow that reports through callbacks does (seed 001's createAgentClient)."""
+    """What a workflow that reports through callbacks does, with the SDK's agent client.
+
+    With ``input.credential_id`` it resolves that credential with the run's credentials
+    token before completing, and completes with what it found (its name, type and field names;
+    never the secret values).
+    """
     data = payload.get("input") or {}
     pause_s = int(query.get("report_delay_ms", "50")) / 1000
-    if data.get("fail"):
-        last: dict[str, Any] = {
-            "type": "output",
-            "failed": True,
-            "error": {"message": str(data["fail"]), "name": "WorkflowError"},
-        }
-    else:
-        last = {"type": "output", "complete": True, "output": data.get("result", {"ok": True})}
-    steps = [
-        {"type": "started"},
-        {"type": "output", "output": {"progress": 50}},
-        last,
+    client = create_agent_client(
+        base_url=payload["callbackUrl"].split("/api/runs/")[0],
+        api_key=payload["agentApiKey"],
+        run_id=payload["runId"],
+        credentials_token=payload.get("credentialsToken"),
+        session=app[CALLBACK_CLIENT],
+    )
+
+    async def finish() -> CallbackAccepted:
+        if data.get("fail"):
+            return await client.fail(str(data["fail"]), name="WorkflowError")
+        result = data.get("result", {"ok": True})
+        if credential_id := data.get("credential_id"):
+            try:
+                found = await client.resolve_credential(str(credential_id))
+                result = {"name": found.name, "type": found.type, "fields": sorted(found.data)}
+            except GatewayError as exc:
+                result = {"credential_refused": exc.status, "error": exc.message}
+        return await client.complete(result)
+
+    steps: list[tuple[str, Callable[[], Awaitable[CallbackAccepted]]]] = [
+        ("started", client.started),
+        ("output", lambda: client.output({"progress": 50})),
+        ("fail" if data.get("fail") else "complete", finish),
     ]
-    headers = {"Authorization": f"Bearer {payload['agentApiKey']}"}
-    for body in steps:
+    for step, send in steps:
         await asyncio.sleep(pause_s)
-        async with app[CALLBACK_CLIENT].post(
-            payload["callbackUrl"], json=body, headers=headers
-        ) as resp:
-            app[CALLBACKS_SENT].append({"body": body, "status": resp.status})
+        try:
+            await send()
+            status = 202
+        except GatewayError as exc:
+            status = exc.status
+        app[CALLBACKS_SENT].append({"step": step, "status": status})
 
 
 async def _callback_client(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,9 @@ from gateway.app_keys import (
     ADMIN_SERVICE,
     BACKGROUND,
     CALLBACK_SERVICE,
+    CREDENTIAL_SERVICE,
     DB_POOL,
+    EXTERNAL_RUN_SERVICE,
     HTTP_SESSION,
     LIFECYCLE,
     PUBLISHER,
@@ -30,8 +32,12 @@ from gateway.app_keys import (
 )
 from gateway.background import BackgroundTasks
 from gateway.callbacks import CallbackService
+from gateway.credential_cipher import CredentialCipher
+from gateway.credential_tokens import CredentialsTokens
+from gateway.credentials import CredentialService
+from gateway.external_runs import ExternalRunService
 from gateway.follower import RunFollower
-from gateway.handlers import admin, agent_runs, callbacks, health
+from gateway.handlers import admin, agent_runs, callbacks, credentials, health
 from gateway.health import Lifecycle
 from gateway.middleware import errors_to_json, on_prepare, request_context
 from gateway.ratelimit import RateLimiter
@@ -92,12 +98,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             session, max_result_bytes=settings.max_result_body
         ),
     }
+    tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
     runs = RunService(
         settings=settings,
         pool=app[DB_POOL],
         publisher=publisher,
         adapters=adapters,
         background=background,
+        tokens=tokens,
     )
     waiters = RunWaiters(
         app[REDIS],
@@ -120,6 +128,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
     )
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
+    app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
+    app[CREDENTIAL_SERVICE] = CredentialService(
+        app[DB_POOL], CredentialCipher(settings.secret_key), tokens
+    )
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
@@ -156,5 +168,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(callbacks.routes)
+    app.router.add_routes(credentials.routes)
     app.router.add_routes(admin.routes)
     return app

@@ -10,6 +10,8 @@ from aiohttp import web
 from gateway.admin import AdminService
 from gateway.background import BackgroundTasks
 from gateway.callbacks import CallbackService
+from gateway.credentials import CredentialService
+from gateway.external_runs import ExternalRunService
 from gateway.health import Lifecycle
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
@@ -28,6 +30,8 @@ RUN_SERVICE = web.AppKey("run_service", RunService)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
 TRIGGER_SERVICE = web.AppKey("trigger_service", TriggerService)
 CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
+EXTERNAL_RUN_SERVICE = web.AppKey("external_run_service", ExternalRunService)
+CREDENTIAL_SERVICE = web.AppKey("credential_service", CredentialService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.

@@ -10,6 +10,7 @@ import asyncpg
 from gateway.apikeys import bearer_token, hash_key
 from gateway.errors import Unauthorized
 from store import queries
+from store.models import Agent
 
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
 
@@ -21,6 +22,18 @@ async def org_for_ingest_key(pool: asyncpg.Pool, authorization: str | None) -> u
     if org_id is None:
         raise Unauthorized("Missing or invalid bearer token", headers=_BEARER_CHALLENGE)
     return org_id
+
+
+async def agent_for_api_key(pool: asyncpg.Pool, authorization: str | None) -> Agent:
+    """The agent whose API key is in ``Authorization: Bearer``; 401 otherwise.
+
+    A run's own code calls with this key (it came in the run's trigger payload).
+    """
+    token = bearer_token(authorization)
+    agent = None if token is None else await queries.get_agent_by_api_key(pool, hash_key(token))
+    if agent is None:
+        raise Unauthorized("Missing or invalid agent API key", headers=_BEARER_CHALLENGE)
+    return agent
 
 
 def check_admin_token(expected: str, authorization: str | None) -> None:

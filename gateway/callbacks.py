@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from gateway.apikeys import bearer_token, hash_key
-from gateway.errors import Conflict, NotFound, Unauthorized
+from gateway.auth import agent_for_api_key
+from gateway.errors import Conflict, NotFound
 from gateway.outputs import json_outputs, lift_outputs
 from gateway.runs import MAX_ERROR_LEN, RunService
 from store import queries
@@ -42,17 +42,7 @@ class CallbackService:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it
         was before it. 401 for an unknown key, 404 for a run of another agent, 409 when the
         run has ended."""
-        token = bearer_token(authorization)
-        agent = (
-            None
-            if token is None
-            else await queries.get_agent_by_api_key(self._pool, hash_key(token))
-        )
-        if agent is None:
-            raise Unauthorized(
-                "Missing or invalid agent API key",
-                headers={"WWW-Authenticate": 'Bearer realm="agent-gateway"'},
-            )
+        agent = await agent_for_api_key(self._pool, authorization)
         run = await queries.get_run_of_agent(self._pool, agent.id, run_id)
         if run is None:
             raise NotFound("Run not found")
@@ -95,12 +85,12 @@ def _event(run_id: int, body: dict[str, Any]) -> RunEvent:
         waiting_for = {"tokenId": body["tokenId"], "description": body.get("description")}
         return RunEvent(run_id, "waiting", waiting_for=waiting_for, **extra)
     if kind == "failed":
-        return RunEvent(run_id, "failed", error=_reason(body.get("error")), **extra)
+        return RunEvent(run_id, "failed", error=failure_reason(body.get("error")), **extra)
     return RunEvent(run_id, kind, **extra)
 
 
-def _reason(error: Any) -> str:
-    """The run's short failure reason from ``fail({message, name?, stack?})``."""
+def failure_reason(error: Any) -> str:
+    """The run's short failure reason from ``fail({message, name?, stack?})`` or a string."""
     if isinstance(error, str) and error:
         return error[:MAX_ERROR_LEN]
     if isinstance(error, dict):

@@ -29,6 +29,7 @@ from adapters.base import (
 from gateway import downloads
 from gateway.apikeys import derive_agent_api_key
 from gateway.background import BackgroundTasks
+from gateway.credential_tokens import CredentialsTokens
 from gateway.errors import (
     ApiError,
     BadGateway,
@@ -90,8 +91,10 @@ class RunService:
         publisher: EventPublisher,
         adapters: Mapping[str, RuntimeAdapter],
         background: BackgroundTasks,
+        tokens: CredentialsTokens,
     ) -> None:
         self._settings = settings
+        self._tokens = tokens
         self._pool = pool
         self._publisher = publisher
         self._adapters = adapters
@@ -217,6 +220,10 @@ class RunService:
             input=run.input,
             agent_api_key=derive_agent_api_key(self._settings.secret_key, agent.api_key_salt),
             callback_url=f"{self._settings.public_base_url}/api/runs/{run.id}/callback",
+            # The token lasts while the run may: a long run keeps its credentials to the end.
+            credentials_token=self._tokens.issue(
+                run.id, at_least_s=run.seconds_to_deadline()
+            ).token,
             idempotency_key=f"agent-gateway-run-{run.id}-{created_ms}",
         )
 

@@ -76,10 +76,7 @@ class CallbackBody(Schema):
 
     @validates("error")
     def _error(self, value: Any, **_: Any) -> None:
-        if value is None or isinstance(value, str):
-            return
-        if not isinstance(value, dict) or not isinstance(value.get("message"), str):
-            raise ValidationError("Must be a string or an object with a string 'message'.")
+        _check_error(value)
 
     @validates_schema
     def _type_rules(self, data: dict[str, Any], **_: Any) -> None:
@@ -94,6 +91,62 @@ class CallbackBody(Schema):
 
 
 _NAME = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+_EXTERNAL_RUN_ID = fields.String(required=True, validate=validate.Length(min=1, max=255))
+
+
+def _check_error(value: Any) -> None:
+    """A failure reason: a string, or ``{message, name?, stack?}`` as ``fail()`` sends it."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("message"), str):
+        raise ValidationError("Must be a string or an object with a string 'message'.")
+
+
+class RegisterBody(Schema):
+    """``POST /api/agents/{agentId}/runs/register`` (seed 001 ``registerRun``)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    externalRunId = _EXTERNAL_RUN_ID
+
+
+class IngestBody(Schema):
+    """``POST /api/agents/{agentId}/runs/ingest`` (seed 001 ``ingestRun``).
+
+    ``outputs`` is not validated: anything but a non-negative integer is dropped silently.
+    """
+
+    class Meta:
+        unknown = EXCLUDE
+
+    externalRunId = _EXTERNAL_RUN_ID
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["queued", "running", "waiting", "completed", "failed", "cancelled"]
+        ),
+    )
+    output = fields.Raw(allow_none=True)
+    outputs = fields.Raw(allow_none=True)
+    error = fields.Raw(allow_none=True)
+
+    @validates("error")
+    def _error(self, value: Any, **_: Any) -> None:
+        _check_error(value)
+
+
+class CredentialBody(Schema):
+    """``POST /admin/orgs/{orgId}/credentials``: the data is any JSON object, sealed at rest."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = _NAME
+    type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    data = JsonObject(required=True)
 
 
 class OrgBody(Schema):

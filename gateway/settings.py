@@ -72,7 +72,13 @@ class Settings:
     # POST .../runs/trigger holds no connection, so its per-agent bucket is its own and wider.
     trigger_rate_limit: int = 60
     trigger_rate_window_s: int = 60
+    # register and ingest: a runtime reporting its own runs, one wide bucket per agent.
+    report_rate_limit: int = 600
+    report_rate_window_s: int = 60
     rate_limit_fail_open: bool = True
+    # How long a credentials token stays valid (a trigger payload's lasts at least until its
+    # run's deadline).
+    credentials_token_ttl_s: int = 3600
     max_request_body: int = 1024 * 1024
     # Largest JSON result a runtime may return or report in a callback.
     max_result_body: int = 10 * 1024 * 1024
@@ -115,6 +121,9 @@ class Settings:
             max_result_body=_int(env, "MAX_RESULT_BODY", 10 * 1024 * 1024),
             trigger_rate_limit=_int(env, "TRIGGER_RATE_LIMIT", 60),
             trigger_rate_window_s=_int(env, "TRIGGER_RATE_WINDOW_S", 60),
+            report_rate_limit=_int(env, "REPORT_RATE_LIMIT", 600),
+            report_rate_window_s=_int(env, "REPORT_RATE_WINDOW_S", 60),
+            credentials_token_ttl_s=_int(env, "CREDENTIALS_TOKEN_TTL_S", 3600),
             wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
             shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),

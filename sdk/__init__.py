@@ -1,1 +1,50 @@
-"""The Python client SDK for the gateway's agent API."""
+"""The Python client SDK for the gateway's agent API (seed 001's exports, Pythonic names).
+
+>>> from sdk import trigger_run_and_wait
+>>> result = await trigger_run_and_wait(base_url=..., ingest_api_key=..., agent_id=42)
+"""
+
+from sdk.agent import (
+    UNSET,
+    AgentClient,
+    Download,
+    create_agent_client,
+    get_run,
+    ingest_run,
+    register_run,
+    trigger_run,
+    trigger_run_and_download,
+    trigger_run_and_wait,
+)
+from sdk.errors import GatewayError, RateLimited
+from sdk.models import (
+    CallbackAccepted,
+    Credential,
+    IngestedRun,
+    RegisteredRun,
+    Run,
+    TimedOut,
+    TriggeredRun,
+)
+
+__all__ = [
+    "UNSET",
+    "AgentClient",
+    "CallbackAccepted",
+    "Credential",
+    "Download",
+    "GatewayError",
+    "IngestedRun",
+    "RateLimited",
+    "RegisteredRun",
+    "Run",
+    "TimedOut",
+    "TriggeredRun",
+    "create_agent_client",
+    "get_run",
+    "ingest_run",
+    "register_run",
+    "trigger_run",
+    "trigger_run_and_download",
+    "trigger_run_and_wait",
+]

@@ -81,6 +81,12 @@ class Run:
         """Whether the run has ended (and so will never change again)."""
         return self.status in TERMINAL_STATUSES
 
+    def seconds_to_deadline(self) -> float:
+        """How long until the reaper may end the run (0 when it has no deadline or is past it)."""
+        if self.deadline is None:
+            return 0.0
+        return max(0.0, (self.deadline - dt.datetime.now(dt.UTC)).total_seconds())
+
     def public(self) -> dict[str, Any]:
         """The run as seed 002's 200 response shapes it (the poll target answers the same)."""
         return {

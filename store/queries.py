@@ -318,3 +318,82 @@ async def release_follows(db: Executor, run_ids: list[int]) -> None:
     await db.execute(
         "UPDATE runs SET follow_at = now() WHERE id = ANY($1) AND follow_at IS NOT NULL", run_ids
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SealedCredential:
+    """A credential row; its data still sealed."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    name: str
+    type: str
+    sealed_data: bytes
+
+
+async def create_credential(
+    db: Executor,
+    *,
+    credential_id: uuid.UUID,
+    org_id: uuid.UUID,
+    name: str,
+    type_: str,
+    sealed_data: bytes,
+) -> None:
+    """Store a credential whose data is already sealed."""
+    await db.execute(
+        """INSERT INTO credentials (id, org_id, name, type, sealed_data)
+           VALUES ($1, $2, $3, $4, $5)""",
+        credential_id,
+        org_id,
+        name,
+        type_,
+        sealed_data,
+    )
+
+
+async def get_credential(db: Executor, credential_id: uuid.UUID) -> SealedCredential | None:
+    """The credential row with ``credential_id``, whichever organisation owns it."""
+    row = await db.fetchrow(
+        "SELECT id, org_id, name, type, sealed_data FROM credentials WHERE id = $1",
+        credential_id,
+    )
+    return None if row is None else SealedCredential(**dict(row))
+
+
+async def register_external_run(
+    db: Executor,
+    *,
+    agent: Agent,
+    external_run_id: str,
+    status: str,
+    deadline: dt.datetime,
+    trigger_kind: str,
+) -> tuple[Run, bool]:
+    """The agent's run for ``external_run_id``, created in ``status`` if it does not exist yet;
+    with whether this call created it."""
+    row = await db.fetchrow(
+        f"""INSERT INTO runs (agent_id, org_id, status, started_at, deadline, trigger_kind,
+                              external_run_id)
+            VALUES ($1, $2, $3::text,
+                    CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $4, $5, $6)
+            ON CONFLICT (agent_id, external_run_id) WHERE external_run_id IS NOT NULL
+            DO NOTHING
+            RETURNING {_RUN_COLUMNS}""",
+        agent.id,
+        agent.org_id,
+        status,
+        deadline,
+        trigger_kind,
+        external_run_id,
+    )
+    if row is not None:
+        return _run(row), True
+    # Another request made it first (its insert has committed: ours waited for it).
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE agent_id = $1 AND external_run_id = $2",
+        agent.id,
+        external_run_id,
+    )
+    assert row is not None
+    return _run(row), False

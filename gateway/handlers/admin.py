@@ -6,7 +6,7 @@ import uuid
 
 from aiohttp import web
 
-from gateway.app_keys import ADMIN_SERVICE, SETTINGS
+from gateway.app_keys import ADMIN_SERVICE, CREDENTIAL_SERVICE, SETTINGS
 from gateway.auth import check_admin_token
 from gateway.errors import NotFound
 from gateway.request_parsing import path_id, read_json_object
@@ -74,3 +74,12 @@ async def update_agent(request: web.Request) -> web.Response:
     agent_id = path_id(request, "agentId", "Agent")
     result = await request.app[ADMIN_SERVICE].update_agent(agent_id, await _body(request))
     return web.json_response(result)
+
+
+@routes.post("/admin/orgs/{orgId}/credentials")
+async def create_credential(request: web.Request) -> web.Response:
+    """``{name, type, data}`` → ``{id, name, type}``; the data is sealed at rest."""
+    _authorize(request)
+    org_id = _org_id(request)
+    result = await request.app[CREDENTIAL_SERVICE].create(org_id, await _body(request))
+    return web.json_response(result, status=201)

@@ -8,9 +8,17 @@ import re
 from typing import Any
 
 from aiohttp import web
+from marshmallow import Schema
 
 from gateway import schemas
-from gateway.app_keys import DB_POOL, RATE_LIMITER, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
+from gateway.app_keys import (
+    DB_POOL,
+    EXTERNAL_RUN_SERVICE,
+    RATE_LIMITER,
+    RUN_SERVICE,
+    SETTINGS,
+    TRIGGER_SERVICE,
+)
 from gateway.auth import org_for_ingest_key
 from gateway.errors import BadRequest
 from gateway.request_parsing import path_id, read_json_object
@@ -139,6 +147,57 @@ async def cancel_run(request: web.Request) -> web.Response:
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
     return web.json_response({"runId": run.id, "status": "cancelled"})
+
+
+async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent, dict[str, Any]]:
+    """Authenticate, read the body, find the agent and take a token from its report bucket
+    (register and ingest share one, wide enough for a busy runtime)."""
+    app = request.app
+    settings = app[SETTINGS]
+    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    body = schemas.load(
+        schema, await read_json_object(request, limit=settings.max_result_body)
+    )
+    agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "agentId", "Agent"))
+    await app[RATE_LIMITER].enforce(
+        f"agent:{agent.id}:report",
+        limit=settings.report_rate_limit,
+        window_s=settings.report_rate_window_s,
+        what="this agent's run reports",
+    )
+    return agent, body
+
+
+@routes.post("/api/agents/{agentId}/runs/register")
+async def register_run(request: web.Request) -> web.Response:
+    """Seed 001 ``registerRun``: a run the runtime started on its own, and a credentials token.
+
+    201 the first time an ``externalRunId`` is seen; 200 with the same run (and a fresh token)
+    after that.
+    """
+    agent, body = await _reporting_agent(request, schemas.RegisterBody())
+    registration = await request.app[EXTERNAL_RUN_SERVICE].register(agent, body["externalRunId"])
+    return web.json_response(
+        {
+            "runId": registration.run.id,
+            "credentialsToken": registration.token.token,
+            "expiresInSeconds": registration.token.expires_in_s,
+        },
+        status=201 if registration.created else 200,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@routes.post("/api/agents/{agentId}/runs/ingest")
+async def ingest_run(request: web.Request) -> web.Response:
+    """Seed 001 ``ingestRun``: a standalone agent reports a run's status (upsert by
+    ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
+    agent, body = await _reporting_agent(request, schemas.IngestBody())
+    ingested = await request.app[EXTERNAL_RUN_SERVICE].ingest(agent, body)
+    return web.json_response(
+        {"runId": ingested.run.id, "status": ingested.status, "created": ingested.created},
+        status=202,
+    )
 
 
 def _request_hash(body: dict[str, Any]) -> bytes:
