@@ -32,7 +32,6 @@ from gateway.app_keys import (
 )
 from gateway.background import BackgroundTasks
 from gateway.callbacks import CallbackService
-from gateway.credential_cipher import CredentialCipher
 from gateway.credential_tokens import CredentialsTokens
 from gateway.credentials import CredentialService
 from gateway.external_runs import ExternalRunService
@@ -129,9 +128,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
-    app[CREDENTIAL_SERVICE] = CredentialService(
-        app[DB_POOL], CredentialCipher(settings.secret_key), tokens
-    )
+    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings, tokens)
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")

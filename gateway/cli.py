@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.admin import AdminService
 from gateway.app import create_app
+from gateway.credentials import CredentialService
 from gateway.errors import ApiError
 from gateway.log_config import AccessLogger, configure_logging
 from gateway.settings import Settings
@@ -83,6 +84,11 @@ def _admin_parser(sub: Any) -> None:
     agent = actions.add_parser("create-agent", help="create an agent from a JSON body")
     agent.add_argument("org_id", type=uuid.UUID)
     agent.add_argument("json", help="the body of POST /admin/orgs/{orgId}/agents")
+    credential = actions.add_parser(
+        "create-credential", help="store a credential (sealed) from a JSON body"
+    )
+    credential.add_argument("org_id", type=uuid.UUID)
+    credential.add_argument("json", help="the body of POST /admin/orgs/{orgId}/credentials")
     update = actions.add_parser("update-agent", help="change an agent from a JSON body")
     update.add_argument("agent_id", type=int)
     update.add_argument("json", help="the body of PATCH /admin/agents/{agentId}")
@@ -92,12 +98,14 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
     """Carry out one admin action against the database and return its JSON answer."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     service = AdminService(pool, settings.secret_key)
+    credentials = CredentialService.for_settings(pool, settings)
     calls: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "create-org": lambda: service.create_org({"name": args.name}),
         "create-key": lambda: service.create_ingest_key(args.org_id),
         "create-user": lambda: service.create_user(args.org_id, {"email": args.email}),
         "create-agent": lambda: service.create_agent(args.org_id, json.loads(args.json)),
         "update-agent": lambda: service.update_agent(args.agent_id, json.loads(args.json)),
+        "create-credential": lambda: credentials.create(args.org_id, json.loads(args.json)),
     }
     try:
         return await calls[args.action]()

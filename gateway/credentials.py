@@ -22,6 +22,7 @@ from gateway.auth import agent_for_api_key
 from gateway.credential_cipher import CredentialCipher, CredentialUnreadable
 from gateway.credential_tokens import CredentialsTokens, TokenExpired, TokenInvalid
 from gateway.errors import ApiError, Forbidden, NotFound, Unauthorized
+from gateway.settings import Settings
 from store import queries
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,15 @@ class CredentialService:
         self._pool = pool
         self._cipher = cipher
         self._tokens = tokens
+
+    @classmethod
+    def for_settings(
+        cls, pool: asyncpg.Pool, settings: Settings, tokens: CredentialsTokens | None = None
+    ) -> CredentialService:
+        """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` when given)."""
+        if tokens is None:
+            tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
+        return cls(pool, CredentialCipher(settings.secret_key), tokens)
 
     async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
@@ -92,9 +102,7 @@ class CredentialService:
         except TokenInvalid:
             reason = "token_missing" if not credentials_token else "token_invalid"
             raise _refusal(
-                Unauthorized(
-                    "Missing or invalid X-Credentials-Token", headers=_TOKEN_CHALLENGE
-                ),
+                Unauthorized("Missing or invalid X-Credentials-Token", headers=_TOKEN_CHALLENGE),
                 reason,
                 credential=raw_id,
                 agent_id=agent.id,

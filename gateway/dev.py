@@ -21,12 +21,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from adapters.fake_runtime import create_fake_runtime
 from adapters.fake_trigger_dev import create_fake_trigger_dev
 from gateway.admin import AdminService
 from gateway.app import create_app
+from gateway.credentials import CredentialService
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
 from gateway.log_config import AccessLogger
 from gateway.settings import Settings
@@ -110,11 +112,36 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
                 },
             )
             state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
+        await _seed_reporting_demo(settings, pool, state)
         state_file.write_text(json.dumps(state, indent=2))
         state_file.chmod(0o600)
     finally:
         await pool.close()
     return state
+
+
+async def _seed_reporting_demo(
+    settings: Settings, pool: asyncpg.Pool, state: dict[str, Any]
+) -> None:
+    """A standalone agent that reports its own runs (ingest) and a credential the demo
+    workflows may resolve, created once."""
+    org_id = uuid.UUID(state["org_id"])
+    if "imports" not in state["agents"]:
+        agent = await AdminService(pool, settings.secret_key).create_agent(
+            org_id,
+            {
+                "name": "Demo standalone importer",
+                "managed_by": "standalone",
+                "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/unused"},
+            },
+        )
+        state["agents"]["imports"] = {"id": agent["id"], "api_key": agent["api_key"]}
+    if "credential_id" not in state:
+        created = await CredentialService.for_settings(pool, settings).create(
+            org_id,
+            {"name": "Demo CRM", "type": "api_key", "data": {"api_key": "demo-crm-key"}},
+        )
+        state["credential_id"] = created["id"]
 
 
 def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -> str:
@@ -126,6 +153,13 @@ def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -
     agent_keys = " ".join(f"{slug}={a['api_key']}" for slug, a in state["agents"].items())
     auth = f'-H "Authorization: Bearer {key}"'
     once = "-H 'Idempotency-Key: demo-1'"
+    json_type = "-H 'Content-Type: application/json'"
+    resolving = json.dumps({"input": {"credential_id": state["credential_id"]}})
+    registering = json.dumps({"externalRunId": "cron-1"})
+    ingesting = json.dumps(
+        {"externalRunId": "exec_001", "status": "completed", "output": {"pages": 42}, "outputs": 42}
+    )
+    agents = f"{base}/api/agents"
     body = (
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
     )
@@ -155,6 +189,14 @@ The same on a Trigger.dev task, followed by polling:
 Trigger without waiting (a workflow that reports back through callbacks), then poll the run:
   curl -sS -X POST {base}/api/agents/{ids["callback"]}/runs/trigger {auth} {once} {body}
   curl -sS {base}/api/agents/{ids["callback"]}/runs/<runId> {auth}
+A workflow that resolves the demo credential with its run's credentials token:
+  curl -sS -X POST {agents}/{ids["callback"]}/runs/trigger-and-wait {auth} {json_type} \
+    -d '{resolving}'
+Register a run your runtime started on its own (a credentials token comes back):
+  curl -sS -X POST {agents}/{ids["summary"]}/runs/register {auth} {json_type} -d '{registering}'
+A standalone agent reports a run it ran by itself:
+  curl -sS -X POST {agents}/{ids["imports"]}/runs/ingest {auth} {json_type} \
+    -d '{ingesting}'
 Stop with Ctrl-C.
 """
 

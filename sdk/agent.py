@@ -231,9 +231,7 @@ async def get_run(
     http = _Http(base_url, session)
     _, _, body = await _with(
         http,
-        http.json(
-            "GET", f"/api/agents/{agent_id}/runs/{run_id}", headers=_bearer(ingest_api_key)
-        ),
+        http.json("GET", f"/api/agents/{agent_id}/runs/{run_id}", headers=_bearer(ingest_api_key)),
     )
     return Run.from_json(body)
 

@@ -268,6 +268,19 @@ class Tenant:
         agent: dict[str, Any] = await resp.json()
         return agent
 
+    async def create_credential(
+        self, data: dict[str, Any], *, name: str = "CRM", type: str = "api_key"
+    ) -> str:
+        """Store a credential for this organisation through the admin API; return its id."""
+        resp = await self.client.post(
+            f"/admin/orgs/{self.org_id}/credentials",
+            json={"name": name, "type": type, "data": data},
+            headers=ADMIN,
+        )
+        assert resp.status == 201, await resp.text()
+        credential_id: str = (await resp.json())["id"]
+        return credential_id
+
     async def add_member(self, email: str) -> str:
         """Add a user to this organisation; return the user id."""
         resp = await self.client.post(

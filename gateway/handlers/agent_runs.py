@@ -155,9 +155,7 @@ async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent,
     app = request.app
     settings = app[SETTINGS]
     org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
-    body = schemas.load(
-        schema, await read_json_object(request, limit=settings.max_result_body)
-    )
+    body = schemas.load(schema, await read_json_object(request, limit=settings.max_result_body))
     agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "agentId", "Agent"))
     await app[RATE_LIMITER].enforce(
         f"agent:{agent.id}:report",

@@ -28,6 +28,36 @@ def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+async def try_reporting_lines(banner: str, ingest_key: str) -> None:
+    """The credential, register and ingest lines of the banner, as printed."""
+    auth = {"Authorization": f"Bearer {ingest_key}"}
+    lines = {
+        kind: re.search(
+            rf"curl -sS -X POST (\S+/{kind}) [^\n]*(?:\\\n\s+)?-d '({{\"{first}[^']*)'", banner
+        )
+        for kind, first in (
+            ("trigger-and-wait", 'input": {"credential_id'),
+            ("register", "externalRunId"),
+            ("ingest", "externalRunId"),
+        )
+    }
+    async with aiohttp.ClientSession() as http:
+        answers = {}
+        for kind, line in lines.items():
+            assert line is not None, (kind, banner)
+            async with http.post(line[1], headers=auth, data=line[2]) as resp:
+                answers[kind] = (resp.status, await resp.json())
+    status, run = answers["trigger-and-wait"]
+    assert (status, run["status"]) == (200, "completed"), run
+    assert run["output_data"] == {"name": "Demo CRM", "type": "api_key", "fields": ["api_key"]}
+    status, registered = answers["register"]
+    assert status in (200, 201), registered
+    assert registered["credentialsToken"].startswith("crt_")
+    status, ingested = answers["ingest"]
+    # The second start finds the demo's exec_001 already completed: the terminal guard holds.
+    assert (status, ingested["status"]) in ((202, "completed"), (409, "completed")), ingested
+
+
 def wait_for_banner(child: subprocess.Popen[bytes], log: Path) -> str:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -68,9 +98,9 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                 assert b"Q3 financial summary" in await resp.read()
             # The trigger-and-wait lines: an n8n-like workflow and a Trigger.dev-like task.
             waits = re.findall(r"curl -sS -X POST (\S+/trigger-and-wait) ", banner)
-            assert len(waits) == 2, banner
+            assert len(waits) == 3, banner
             async with aiohttp.ClientSession() as http:
-                for url in waits:
+                for url in waits[:2]:
                     async with http.post(
                         url,
                         headers={"Authorization": f"Bearer {key.group(1)}"},
@@ -79,6 +109,7 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                         run = await resp.json()
                         assert (resp.status, run["status"]) == (200, "completed"), run
                         assert run["output_data"]["echo"]["topic"] == "Q3 financial summary"
+            await try_reporting_lines(banner, key.group(1))
         finally:
             assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.

@@ -182,8 +182,16 @@ def test_the_console_command_does_what_the_admin_api_does(backends: Backends) ->
         json.dumps({"name": "Console agent", "output_kind": "file_download", "runtime": N8N}),
     )
     patched = run_cli(backends, "update-agent", str(agent["id"]), '{"status": "paused"}')
+    credential = run_cli(
+        backends,
+        "create-credential",
+        org["id"],
+        json.dumps({"name": "CRM", "type": "api_key", "data": {"key": "s3cret"}}),
+    )
 
     assert key["key"].startswith("igk_")
     uuid.UUID(user["id"])
     assert agent["api_key"].startswith("agk_")
     assert patched["status"] == "paused"
+    assert (credential["name"], credential["type"]) == ("CRM", "api_key")
+    assert "s3cret" not in json.dumps(credential)
