@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -236,7 +236,26 @@ async def get_run(
     return Run.from_json(body)
 
 
-class Download:
+class _Closing:
+    """``async with`` closes it."""
+
+    async def close(self) -> None:
+        """Release what the object holds."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Download(_Closing):
     """A file a run is streaming back. Read ``body`` once, or ``save()`` it; then it is closed.
 
     Nothing is buffered: each chunk is handed on as it arrives. A body cut short raises
@@ -300,17 +319,6 @@ class Download:
         """Let the connection go (unread bytes are dropped) and close a private session."""
         self._response.release()
         await self._http.close()
-
-    async def __aenter__(self) -> Download:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class _DownloadCall:
@@ -448,7 +456,7 @@ async def ingest_run(
     )
 
 
-class AgentClient:
+class AgentClient(_Closing):
     """A runtime's client for one run: report on it, resolve its credentials.
 
     Use it as ``async with create_agent_client(...) as client:`` or call ``close()``.
@@ -529,17 +537,6 @@ class AgentClient:
     async def close(self) -> None:
         """Close the client's own session (a session passed in stays open)."""
         await self._http.close()
-
-    async def __aenter__(self) -> AgentClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def create_agent_client(
