@@ -67,6 +67,8 @@ class Settings:
     # pause above 2x, resume below 1x). 64 KiB measured best for chunked bodies and lowest in
     # memory per stream; see bench/README.md.
     stream_read_buffer: int = 64 * 1024
+    # Move a Content-Length body socket to socket with os.splice when neither side is TLS.
+    stream_splice: bool = True
     sync_rate_limit: int = 5
     sync_rate_window_s: int = 60
     # POST .../runs/trigger holds no connection, so its per-agent bucket is its own and wider.
@@ -114,6 +116,7 @@ class Settings:
             default_wait_ms=_int(env, "DEFAULT_WAIT_MS", 60_000),
             stream_idle_timeout_s=float(_int(env, "STREAM_IDLE_TIMEOUT_S", 120)),
             stream_read_buffer=_int(env, "STREAM_READ_BUFFER", 64 * 1024),
+            stream_splice=_bool(env, "STREAM_SPLICE", True),
             sync_rate_limit=_int(env, "SYNC_RATE_LIMIT", 5),
             sync_rate_window_s=_int(env, "SYNC_RATE_WINDOW_S", 60),
             rate_limit_fail_open=_bool(env, "RATE_LIMIT_FAIL_OPEN", True),

@@ -122,8 +122,13 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
         timeout_ms=body["timeoutMs"],
         accept_encoding=request.headers.get("Accept-Encoding"),
     )
+    settings = request.app[SETTINGS]
     return await send_download(
-        request, start, runs, idle_timeout_s=request.app[SETTINGS].stream_idle_timeout_s
+        request,
+        start,
+        runs,
+        idle_timeout_s=settings.stream_idle_timeout_s,
+        allow_splice=settings.stream_splice,
     )
 
 
