@@ -150,6 +150,10 @@ class N8nAdapter:
         try:
             output = loads_json(raw)
         except (ValueError, RecursionError):
+            streamed = collect_chunks(raw)
+            if streamed is not None:
+                # A streaming webhook answered a caller that waits: its chunks, joined.
+                return Invocation(result=streamed)
             content_type = response.headers.get("Content-Type", "no content type")
             return Invocation(
                 result=RunResult(
@@ -250,6 +254,27 @@ async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[byt
             raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {limit} bytes")
     if pending:
         yield bytes(pending)
+
+
+def collect_chunks(raw: bytes) -> RunResult | None:
+    """A whole streamed answer as one result: each node's items joined, by node id (as
+    execute's output keys them); ``None`` when ``raw`` is not n8n chunks."""
+    parts: dict[str, list[str]] = {}
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        chunk = _chunk(line)
+        if chunk is None:
+            return None
+        if chunk.kind == "error":
+            reason = chunk.content or "the node failed"
+            return RunResult("failed", error=f"{chunk.node_name}: {reason}")
+        if chunk.kind == "item":
+            parts.setdefault(chunk.node_id, []).append(chunk.content)
+    if not parts:
+        return None
+    output = {node: {"content": "".join(texts)} for node, texts in parts.items()}
+    return RunResult("completed", output=output, has_output=True)
 
 
 def _chunk(line: bytes) -> StreamChunk | None:

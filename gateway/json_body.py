@@ -31,7 +31,10 @@ class _CountingReader:
         self.blank = True
 
     async def read(self, n: int = -1) -> bytes:
-        want = _FEED_SIZE if n is None or n <= 0 else max(n, _FEED_SIZE)
+        if n == 0:
+            # ijson probes with read(0) to tell bytes from text.
+            return b""
+        want = _FEED_SIZE if n is None or n < 0 else max(n, _FEED_SIZE)
         parts: list[bytes] = []
         got = 0
         while got < want:
