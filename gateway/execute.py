@@ -340,7 +340,8 @@ class ExecuteService:
         run = await self._runs.create_run(
             agent, input_data=recorded, user_id=None, window_ms=window_ms, trigger_kind="execute"
         )
-        values = coerced.values
+        # File references become file objects; uploads, once stored, too.
+        values = {k: self._files.placeholder(v) for k, v in coerced.values.items()}
         if coerced.uploads:
             try:
                 values = await self._files.store(run.id, agent.org_id, coerced)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +54,6 @@ class Event:
     data: str | None
     comment: str | None = None
 
-    @property
-    def json(self) -> Any:
-        assert self.data is not None and self.data != "[DONE]", self.data
-        return json.loads(self.data)
 
 
 async def read_events(resp: aiohttp.ClientResponse) -> list[Event]:

@@ -25,7 +25,6 @@ from tests.gateway.execute_helpers import (
     AGENT_1,
     AGENT_2,
     api_key,
-    blocks,
     data_frames,
     execute_url,
     read_events,
