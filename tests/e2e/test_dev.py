@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -79,6 +80,25 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                         run = await resp.json()
                         assert (resp.status, run["status"]) == (200, "completed"), run
                         assert run["output_data"]["echo"]["topic"] == "Q3 financial summary"
+            # The execute line, run as printed: frames stream, then done and the terminator.
+            execute = re.search(r"^  (curl -sS -N -X POST \S+/execute .+)$", banner, re.M)
+            assert execute is not None, banner
+            streamed = subprocess.run(
+                ["bash", "-c", execute.group(1)], capture_output=True, timeout=60, check=True
+            )
+            frames = [f for f in streamed.stdout.decode().split("\n\n") if f]
+            assert frames[-1] == "data: [DONE]", frames
+            assert json.loads(frames[0].removeprefix("data: "))["chunk"] == "One"
+            done = json.loads(frames[-2].removeprefix("data: "))
+            assert (done["event"], done["success"]) == ("done", True)
+            answered = re.search(r"^  (curl -sS -X POST \S+/execute .+)$", banner, re.M)
+            assert answered is not None, banner
+            result = json.loads(
+                subprocess.run(
+                    ["bash", "-c", answered.group(1)], capture_output=True, timeout=60, check=True
+                ).stdout
+            )
+            assert result["success"] is True, result
         finally:
             assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.
