@@ -362,6 +362,10 @@ class ExecuteService:
         payload = dataclasses.replace(
             self._runs.trigger_payload(agent, run), fields=values if coerced.declared else {}
         )
+        # The uploads' encoded data is not needed any more: a long stream must not keep it.
+        request = dataclasses.replace(
+            request, coerced=CoercedInput(values, coerced.extra, declared=coerced.declared)
+        )
         return Execution(
             agent=agent,
             adapter=adapter,

@@ -56,8 +56,9 @@ async def execute(request: web.Request) -> web.StreamResponse:
         what="this workflow's executions",
     )
     execution = await service.start(agent, adapter, checked)
+    del checked  # its file data is stored now; the execution keeps what it needs
     headers = {"X-Run-Id": str(execution.run.id)}
-    if checked.stream:
+    if execution.request.stream:
         return await send_events(
             request,
             _frames(service, execution),

@@ -64,7 +64,10 @@ async def test_a_streamed_run_arrives_frame_by_frame_then_done_and_the_terminato
     assert run["status"] == "completed"
     assert run["output_data"] == done["output"]
     assert run["duration_ms"] == done["metadata"]["duration"]
-    assert run["input"] == {"message": "Count to five"}
+    with_input = await tenant.client.get(
+        f"/api/agents/{agent['id']}/runs/{run['runId']}?include=input", headers=tenant.auth
+    )
+    assert (await with_input.json())["input"] == {"message": "Count to five"}
 
 
 async def test_two_selected_blocks_each_carry_their_block_id(

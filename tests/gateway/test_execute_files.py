@@ -86,7 +86,8 @@ async def test_an_upload_becomes_a_signed_url_that_serves_the_same_bytes(
 
     # The run records its input with the file reference.
     run_resp = await tenant.client.get(
-        f"/api/agents/{agent['id']}/runs/{resp.headers['X-Run-Id']}", headers=tenant.auth
+        f"/api/agents/{agent['id']}/runs/{resp.headers['X-Run-Id']}?include=input",
+        headers=tenant.auth,
     )
     run = await run_resp.json()
     assert run["input"]["documents"][0]["name"] == "document.pdf"
