@@ -17,31 +17,39 @@ from gateway.admin import AdminService
 from gateway.app_keys import (
     ADMIN_SERVICE,
     BACKGROUND,
+    BLOB_STORE,
     CALLBACK_SERVICE,
     CREDENTIAL_SERVICE,
     DB_POOL,
+    EXECUTE_SERVICE,
     EXTERNAL_RUN_SERVICE,
+    FILE_SERVICE,
     HTTP_SESSION,
     LIFECYCLE,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
     RUN_SERVICE,
+    RUN_WAITERS,
     SETTINGS,
     TRIGGER_SERVICE,
 )
 from gateway.background import BackgroundTasks
+from gateway.blobs import open_blob_store
 from gateway.callbacks import CallbackService
 from gateway.credential_tokens import CredentialsTokens
 from gateway.credentials import CredentialService
+from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
+from gateway.files import FileService
 from gateway.follower import RunFollower
-from gateway.handlers import admin, agent_runs, callbacks, credentials, health
+from gateway.handlers import admin, agent_runs, callbacks, credentials, execute, health
 from gateway.health import Lifecycle
 from gateway.middleware import errors_to_json, on_prepare, request_context
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
+from gateway.signing import UrlSigner
 from gateway.triggers import TriggerService
 from gateway.waits import RunWaiters
 from store.events import EventPublisher, terminal_channel
@@ -129,6 +137,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
     app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings, tokens)
+    app[RUN_WAITERS] = waiters
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
@@ -146,6 +155,31 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)
 
 
+async def _execute(app: web.Application) -> AsyncIterator[None]:
+    """The blob store and what workflow execute builds on it (seed 004)."""
+    settings = app[SETTINGS]
+    async with open_blob_store(settings) as blobs:
+        app[BLOB_STORE] = blobs
+        files = FileService(
+            app[DB_POOL],
+            blobs,
+            UrlSigner(settings.secret_key, purpose="input-files"),
+            public_base_url=settings.public_base_url,
+            url_ttl_s=settings.file_url_ttl_s,
+        )
+        app[FILE_SERVICE] = files
+        app[EXECUTE_SERVICE] = ExecuteService(
+            settings=settings,
+            pool=app[DB_POOL],
+            runs=app[RUN_SERVICE],
+            triggers=app[TRIGGER_SERVICE],
+            waiters=app[RUN_WAITERS],
+            files=files,
+            background=app[BACKGROUND],
+        )
+        yield
+
+
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
 
@@ -160,11 +194,12 @@ def create_app(settings: Settings) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
-    app.cleanup_ctx.extend([_database, _redis, _http_session, _services])
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute])
     app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(callbacks.routes)
     app.router.add_routes(credentials.routes)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(execute.routes)
     return app

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from adapters.fake_runtime import create_fake_runtime
+from adapters.fake_runtime import create_fake_runtime, node_id
 from adapters.fake_trigger_dev import create_fake_trigger_dev
 from gateway.admin import AdminService
 from gateway.app import create_app
@@ -45,6 +45,23 @@ DEMO_AGENTS = {
     "summary": ("Demo summary (answers at once)", "json", "json"),
     "callback": ("Demo workflow that reports back", "json", "accepted?report_delay_ms=500"),
     "task": ("Demo Trigger.dev task", "json", "trigger.dev"),
+    "assistant": (
+        "Demo streaming assistant",
+        "stream",
+        "stream?nodes=Agent%201,Agent%202&interleave=1&pace_ms=150",
+    ),
+}
+# Settings beyond the runtime, per demo agent (kept up to date on every start).
+DEMO_AGENT_EXTRAS: dict[str, dict[str, Any]] = {
+    "assistant": {
+        "blocks": [{"id": node_id(n), "name": n} for n in ("Agent 1", "Agent 2")],
+        "input_format": [
+            {"name": "message", "type": "string"},
+            {"name": "userId", "type": "string"},
+            {"name": "maxTokens", "type": "number"},
+            {"name": "documents", "type": "files"},
+        ],
+    },
 }
 DEMO_TRIGGER_DEV_KEY = "tr_dev_demo"
 
@@ -98,8 +115,11 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
             }
         for slug, (name, output_kind, where) in DEMO_AGENTS.items():
             runtime = runtimes.runtime_for(where)
+            extras = DEMO_AGENT_EXTRAS.get(slug, {})
             if slug in state["agents"]:
-                await admin.update_agent(state["agents"][slug]["id"], {"runtime": runtime})
+                await admin.update_agent(
+                    state["agents"][slug]["id"], {"runtime": runtime, **extras}
+                )
                 continue
             agent = await admin.create_agent(
                 uuid.UUID(state["org_id"]),
@@ -109,6 +129,7 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
                     "runtime": runtime,
                     "default_input": {"topic": "Demo report"},
                     "running_timeout_ms": 120_000,
+                    **extras,
                 },
             )
             state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
@@ -163,6 +184,24 @@ def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -
     body = (
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
     )
+    execute = f"{base}/api/workflows/{ids['assistant']}/execute"
+    api_key = f"-H 'Content-Type: application/json' -H 'X-API-Key: {key}'"
+    stream_body = json.dumps(
+        {"message": "Count to five", "stream": True, "selectedOutputs": ["agent1.content"]}
+    )
+    file_body = json.dumps(
+        {
+            "message": "Summarise this",
+            "documents": [
+                {
+                    "type": "file",
+                    "data": "data:text/plain;base64,SGVsbG8sIHdvcmxkIQ==",
+                    "name": "hello.txt",
+                    "mime": "text/plain",
+                }
+            ],
+        }
+    )
     return f"""
 agent-gateway dev is running
   gateway         {base}
@@ -197,6 +236,10 @@ Register a run your runtime started on its own (a credentials token comes back):
 A standalone agent reports a run it ran by itself:
   curl -sS -X POST {agents}/{ids["imports"]}/runs/ingest {auth} {json_type} \
     -d '{ingesting}'
+Execute a workflow, its output streamed live as Server-Sent Events (seed 004):
+  curl -sS -N -X POST {execute} {api_key} -d '{stream_body}'
+The same, answered once, with a file sent along (base64):
+  curl -sS -X POST {execute} {api_key} -d '{file_body}'
 Stop with Ctrl-C.
 """
 
@@ -274,6 +317,8 @@ def run_dev(settings: Settings, data_dir_arg: str) -> None:
             redis_url = redis.start()
         settings = dataclasses.replace(
             settings,
+            # Uploaded input files live beside the demo's database unless told otherwise.
+            blob_dir=os.environ.get("BLOB_DIR") or str(data_dir / "blobs"),
             database_url=database_url,
             redis_url=redis_url,
             secret_key=settings.secret_key or _persistent_secret(data_dir, "secret_key"),

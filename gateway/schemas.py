@@ -19,6 +19,7 @@ from marshmallow import (
 
 from adapters.base import loads_json
 from gateway.errors import BadRequest
+from gateway.input_format import InputFormatError, parse_input_format
 
 
 class StrictNumber(fields.Field):  # type: ignore[type-arg]
@@ -202,6 +203,16 @@ def _http_url(value: str) -> None:
         raise ValidationError("Must be an http(s) URL.")
 
 
+class BlockBody(Schema):
+    """A block of an agent's workflow that streams: an n8n node's id and name."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
 class AgentBody(Schema):
     """``POST /admin/orgs/{orgId}/agents`` and, partially, ``PATCH /admin/agents/{id}``."""
 
@@ -217,6 +228,22 @@ class AgentBody(Schema):
     default_input = JsonObject()
     input_format = fields.Raw(allow_none=True)
     running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
+    blocks = fields.List(fields.Nested(BlockBody), validate=validate.Length(max=100))
+
+    @validates("input_format")
+    def _input_format(self, value: Any, **_: Any) -> None:
+        try:
+            parse_input_format(value)
+        except InputFormatError as exc:
+            raise ValidationError(str(exc)) from None
+
+    @validates("blocks")
+    def _blocks(self, value: list[dict[str, Any]], **_: Any) -> None:
+        # selectedOutputs name blocks case-insensitively, spaces ignored: two blocks must not
+        # look alike that way (nor share an id).
+        keys = ["".join(b["name"].split()).lower() for b in value]
+        if len(set(keys)) != len(keys) or len({b["id"] for b in value}) != len(value):
+            raise ValidationError("Block ids and names (ignoring case and spaces) must be unique.")
 
 
 def load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -95,6 +96,25 @@ class Settings:
     events_group: str = "store"
     # Bound on how long in-flight requests may run on after SIGTERM.
     shutdown_grace_s: float = 30.0
+    # POST /api/workflows/{id}/execute: its own per-agent bucket, a larger body limit (files
+    # arrive base64-encoded in the JSON), the per-file limit, and the SSE keep-alive.
+    execute_rate_limit: int = 60
+    execute_rate_window_s: int = 60
+    execute_max_request_body: int = 64 * 1024 * 1024
+    max_file_bytes: int = 20 * 1024 * 1024
+    sse_ping_interval_s: float = 15.0
+    # Where uploaded input files are kept: "fs" (a folder; one replica or a shared volume) or
+    # "s3" (any S3-compatible store; what several replicas need).
+    blob_backend: str = "fs"
+    blob_dir: str = ".data/blobs"
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    # How long a signed URL of a stored file stays valid.
+    file_url_ttl_s: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,4 +150,30 @@ class Settings:
             wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
             shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
+            **_execute_settings(env),
         )
+
+
+def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of workflow execute, input files and the blob store."""
+    backend = env.get("BLOB_BACKEND", "fs").strip().lower() or "fs"
+    if backend not in {"fs", "s3"}:
+        raise SettingsError(f"BLOB_BACKEND must be 'fs' or 's3', got {backend!r}")
+    if backend == "s3" and not env.get("S3_BUCKET"):
+        raise SettingsError("S3_BUCKET must be set when BLOB_BACKEND is 's3'")
+    return {
+        "execute_rate_limit": _int(env, "EXECUTE_RATE_LIMIT", 60),
+        "execute_rate_window_s": _int(env, "EXECUTE_RATE_WINDOW_S", 60),
+        "execute_max_request_body": _int(env, "EXECUTE_MAX_REQUEST_BODY", 64 * 1024 * 1024),
+        "max_file_bytes": _int(env, "MAX_FILE_BYTES", 20 * 1024 * 1024),
+        "sse_ping_interval_s": _float(env, "SSE_PING_INTERVAL_S", 15.0),
+        "blob_backend": backend,
+        "blob_dir": env.get("BLOB_DIR", ".data/blobs"),
+        "s3_bucket": env.get("S3_BUCKET", ""),
+        "s3_endpoint_url": env.get("S3_ENDPOINT_URL", ""),
+        "s3_region": env.get("S3_REGION", "us-east-1"),
+        "s3_prefix": env.get("S3_PREFIX", "").strip("/"),
+        "s3_access_key_id": env.get("S3_ACCESS_KEY_ID", ""),
+        "s3_secret_access_key": env.get("S3_SECRET_ACCESS_KEY", ""),
+        "file_url_ttl_s": _int(env, "FILE_URL_TTL_S", 3600),
+    }

@@ -67,9 +67,10 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
 
 
 @pytest.fixture
-def settings(backends: Backends) -> Settings:
+def settings(backends: Backends, tmp_path: Path) -> Settings:
     """Gateway settings for one test; its own event stream keeps tests apart."""
     return Settings(
+        blob_dir=str(tmp_path / "blobs"),
         database_url=backends.database_url,
         redis_url=backends.redis_url,
         admin_token=ADMIN_TOKEN,

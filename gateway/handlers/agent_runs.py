@@ -134,13 +134,17 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/agents/{agentId}/runs/{runId}")
 async def get_run(request: web.Request) -> web.Response:
-    """The run row: the poll target of every trigger endpoint."""
+    """The run row: the poll target of every trigger endpoint (the same shape as seed 002's
+    200). ``?include=input`` adds the input it ran on (an execute's names its files)."""
     app = request.app
     org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
     run = await app[RUN_SERVICE].get_run(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
-    return web.json_response(run.public())
+    body = run.public()
+    if "input" in request.query.getall("include", []):
+        body["input"] = run.input
+    return web.json_response(body)
 
 
 @routes.post("/api/agents/{agentId}/runs/{runId}/cancel")
