@@ -11,6 +11,7 @@ from gateway.admin import AdminService
 from gateway.background import BackgroundTasks
 from gateway.callbacks import CallbackService
 from gateway.health import Lifecycle
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -33,3 +34,4 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.
 PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", GatewayMetrics)

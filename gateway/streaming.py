@@ -12,6 +12,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from gateway.app_keys import LIFECYCLE
+from gateway.request_info import note_streamed_bytes
 from gateway.runs import DownloadStart, RunService
 
 log = structlog.get_logger(__name__)
@@ -58,9 +60,15 @@ async def send_download(
         if not caller_gone:
             await response.write_eof()
     except asyncio.CancelledError:
-        # The caller disconnected and the handler was cancelled (handler_cancellation=True).
+        # The caller disconnected and the handler was cancelled (handler_cancellation=True),
+        # or the drain timeout passed while the process was stopping.
         upstream.close()
-        runs.fail_detached(start.run, f"Caller disconnected after {sent} bytes")
+        note_streamed_bytes(request, sent)
+        if request.app[LIFECYCLE].cancelling:
+            reason = f"Gateway shut down mid-stream after {sent} bytes (drain timeout passed)"
+        else:
+            reason = f"Caller disconnected after {sent} bytes"
+        runs.fail_detached(start.run, reason)
         raise
     except ConnectionError:
         caller_gone = True
@@ -74,6 +82,7 @@ async def send_download(
         log.error("download_internal_error", run_id=start.run.id, exc_info=exc)
         failure = f"Gateway error mid-stream after {sent} bytes: {exc.__class__.__name__}"
 
+    note_streamed_bytes(request, sent)
     if caller_gone:
         upstream.close()
         await runs.fail(start.run.id, f"Caller disconnected after {sent} bytes")

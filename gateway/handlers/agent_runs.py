@@ -13,6 +13,7 @@ from gateway import schemas
 from gateway.app_keys import DB_POOL, RATE_LIMITER, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
 from gateway.auth import org_for_ingest_key
 from gateway.errors import BadRequest
+from gateway.request_info import note_run
 from gateway.request_parsing import path_id, read_json_object
 from gateway.streaming import send_download
 from store.models import Agent
@@ -37,6 +38,7 @@ async def _eligible_agent(
     )
     runs = app[RUN_SERVICE]
     agent = await runs.agent_for(org_id, path_id(request, "agentId", "Agent"))
+    note_run(request, agent_id=agent.id)
     runs.check_eligible(agent, output_kinds=output_kinds)
     return agent, body
 
@@ -80,6 +82,7 @@ async def trigger(request: web.Request) -> web.Response:
             idempotency=None if key is None else (key, request_hash),
         )
         run, replayed = triggered.run, triggered.replayed
+    note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     return web.json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
 
@@ -93,6 +96,7 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
         agent, input_data=body["input"], user_id=body["userId"], timeout_ms=body["timeoutMs"]
     )
     run = waited.run
+    note_run(request, run_id=run.id)
     if waited.timed_out:
         return web.json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
@@ -114,6 +118,7 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
         timeout_ms=body["timeoutMs"],
         accept_encoding=request.headers.get("Accept-Encoding"),
     )
+    note_run(request, run_id=start.run.id)
     return await send_download(
         request, start, runs, idle_timeout_s=request.app[SETTINGS].stream_idle_timeout_s
     )
@@ -127,6 +132,7 @@ async def get_run(request: web.Request) -> web.Response:
     run = await app[RUN_SERVICE].get_run(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
     return web.json_response(run.public())
 
 
@@ -138,6 +144,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     run = await app[TRIGGER_SERVICE].cancel(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
     return web.json_response({"runId": run.id, "status": "cancelled"})
 
 

@@ -62,7 +62,9 @@ def env(backends: Backends) -> dict[str, str]:
         "SECRET_KEY": SECRET_KEY,
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "GATEWAY_PORT": str(port),
-        "SHUTDOWN_GRACE_S": "20",
+        "CONSUMER_PORT": str(free_port()),
+        "DRAIN_PRE_STOP_S": "0",
+        "DRAIN_TIMEOUT_S": "20",
     }
 
 
