@@ -40,6 +40,8 @@ _SECRET_FIELDS = frozenset(
         "xcredentialstoken",
         "credentials",
         "data",
+        # A runtime's configured headers carry its auth (the admin API masks them too).
+        "headers",
     }
 )
 # Secrets inside free text (exception messages, URLs): bearer tokens, our key formats,

@@ -19,6 +19,7 @@ from marshmallow import (
 
 from adapters.base import loads_json
 from gateway.errors import BadRequest
+from store.jsonb import jsonb_problem
 
 
 class StrictNumber(fields.Field):  # type: ignore[type-arg]
@@ -40,7 +41,16 @@ class JsonObject(fields.Dict):
     default_error_messages = {"invalid": "Must be a JSON object."}
 
 
-class TriggerBody(Schema):
+class StorableBody(Schema):
+    """A body PostgreSQL must be able to store as given (no ``\u0000`` in any string)."""
+
+    @validates_schema(pass_original=True)
+    def _storable(self, data: dict[str, Any], original_data: Any, **_: Any) -> None:
+        if (problem := jsonb_problem(original_data)) is not None:
+            raise ValidationError(f"The body cannot be stored: it {problem}.")
+
+
+class TriggerBody(StorableBody):
     """The body of the trigger endpoints (seeds 000 and 002)."""
 
     class Meta:
@@ -96,7 +106,7 @@ class CallbackBody(Schema):
 _NAME = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 
-class OrgBody(Schema):
+class OrgBody(StorableBody):
     """``POST /admin/orgs``."""
 
     class Meta:
@@ -105,7 +115,7 @@ class OrgBody(Schema):
     name = _NAME
 
 
-class UserBody(Schema):
+class UserBody(StorableBody):
     """``POST /admin/orgs/{orgId}/users``."""
 
     class Meta:
@@ -137,6 +147,9 @@ class RuntimeConfig(Schema):
 
     @validates_schema
     def _fields_of_kind(self, data: dict[str, Any], **_: Any) -> None:
+        # Required even in a PATCH: a runtime given is a whole runtime.
+        if "kind" not in data:
+            raise ValidationError({"kind": ["Missing data for required field."]})
         needed = ["webhook_url"] if data["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
         missing = [n for n in needed if n not in data]
         if missing:
@@ -149,7 +162,7 @@ def _http_url(value: str) -> None:
         raise ValidationError("Must be an http(s) URL.")
 
 
-class AgentBody(Schema):
+class AgentBody(StorableBody):
     """``POST /admin/orgs/{orgId}/agents`` and, partially, ``PATCH /admin/agents/{id}``."""
 
     class Meta:
