@@ -148,6 +148,9 @@ class AccessLogger(AbstractAccessLogger):
         if run_id is None:
             run_id = _path_int(request, "runId")
         sent = info.bytes_streamed if info is not None else None
+        if sent is None:
+            # A whole response declares its body's length; body_length counts headers too.
+            sent = response.content_length
         logger = structlog.get_logger("access")
         emit = logger.debug if route in QUIET_ROUTES else logger.info
         emit(
