@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 # After the drain timeout, aiohttp gives each handler this long once more, cancels it, and
 # gives it this long again to record its end.
-CANCEL_GRACE_S = 2.0
+CANCEL_GRACE_S = 0.5
 # Upper bound of the application's own cleanup after the handlers are gone (the follower's
 # stop, background work, the waiters): gateway/app.py bounds each of the three by 5 s.
 CLEANUP_BOUND_S = 15.0

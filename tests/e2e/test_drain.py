@@ -13,26 +13,14 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import RECEIVED, make_bytes
+from adapters.fake_runtime import make_bytes
 from tests.e2e.support import Processes, setup_agent, wait_until_ready
 
 MB = 1024 * 1024
 PRE_STOP_S = 1.5
 DRAIN_TIMEOUT_S = 4.0
-
-
-async def first_invoked_run(runtime: TestServer, *, agent_id: int) -> int:
-    """The run id the fake runtime was invoked with for ``agent_id`` (bounded)."""
-    for _ in range(200):
-        for call in runtime.app[RECEIVED]:
-            if call["payload"]["agentId"] == agent_id:
-                run_id: int = call["payload"]["runId"]
-                return run_id
-        await asyncio.sleep(0.02)
-    raise AssertionError("the runtime was never invoked")
 
 
 async def run_row(db: asyncpg.Pool, run_id: str, *, until: set[str]) -> asyncpg.Record:
@@ -67,10 +55,6 @@ async def test_sigterm_drains_finishes_what_it_can_cuts_the_rest_and_exits_zero(
     long = await setup_agent(
         http, base, str(runtime.make_url(f"/webhook/bytes?size={64 * MB}&pace_ms=100"))
     )
-    # A held wait whose runtime has not answered when the drain timeout passes.
-    held = await setup_agent(
-        http, base, str(runtime.make_url("/webhook/json?delay_ms=60000")), output_kind="json"
-    )
 
     short_resp = await http.post(
         f"{base}/api/agents/{short['id']}/runs/trigger-and-download", headers=short["auth"]
@@ -81,14 +65,6 @@ async def test_sigterm_drains_finishes_what_it_can_cuts_the_rest_and_exits_zero(
     assert (short_resp.status, long_resp.status) == (200, 200)
     short_first = await short_resp.content.readexactly(1024)
     await long_resp.content.readexactly(1024)
-    waiting = asyncio.create_task(
-        http.post(
-            f"{base}/api/agents/{held['id']}/runs/trigger-and-wait",
-            json={"timeoutMs": 120_000},
-            headers=held["auth"],
-        )
-    )
-    held_run_id = await first_invoked_run(runtime, agent_id=held["id"])
 
     gateway.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
@@ -145,10 +121,6 @@ async def test_sigterm_drains_finishes_what_it_can_cuts_the_rest_and_exits_zero(
     assert long_run["status"] == "failed"
     assert "Gateway shut down mid-stream" in long_run["error"]
     assert "drain timeout" in long_run["error"]
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await waiting
-    held_run = await run_row(db, str(held_run_id), until={"failed"})
-    assert held_run["error"] == "The gateway shut down before the runtime answered"
 
     events = [
         json.loads(line)["event"]

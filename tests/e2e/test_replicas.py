@@ -8,7 +8,6 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +24,7 @@ MB = 1024 * 1024
 SYNC_LIMIT = 3
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def nginx_path() -> str:
     binary = nginx_binary()
     if binary is None:
@@ -33,11 +32,14 @@ def nginx_path() -> str:
     return binary
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stack(
-    nginx_path: str, backends: Backends, processes: Processes, tmp_path: Path
+    nginx_path: str, backends: Backends, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """nginx on one port in front of two gateway replicas, and one store consumer."""
+    """nginx on one port in front of two gateway replicas, and one store consumer, shared by
+    this module's tests (each makes its own organisation and agents)."""
+    tmp_path = tmp_path_factory.mktemp("stack")
+    processes = Processes()
     front_port = free_port()
     front = f"http://127.0.0.1:{front_port}"
     replicas = []
@@ -59,10 +61,10 @@ def stack(
         front_port,
         [url.removeprefix("http://") for url in replicas],
     )
-    checked = nginx.check()
-    assert checked.returncode == 0, checked.stderr
-    nginx.start()
     try:
+        checked = nginx.check()
+        assert checked.returncode == 0, checked.stderr
+        nginx.start()
         yield {
             "front": front,
             "replicas": replicas,
@@ -71,6 +73,7 @@ def stack(
         }
     finally:
         nginx.stop()
+        processes.stop_all()
 
 
 async def ready(http: aiohttp.ClientSession, stack: dict[str, Any]) -> None:

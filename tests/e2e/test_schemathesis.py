@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 
 # Per operation; the whole run stays well under a minute.
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 10
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
