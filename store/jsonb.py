@@ -38,3 +38,10 @@ def jsonb_problem(value: Any) -> str | None:
         elif item is not None and not isinstance(item, bool | int):
             return f"holds a {type(item).__name__}, which is not JSON"
     return None
+
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: each ``\\u0000`` (which neither ``text`` nor ``jsonb``
+    accepts) becomes U+FFFD. For reasons and names a runtime or caller wrote, which are
+    recorded, not refused."""
+    return text.replace("\x00", "\ufffd")
