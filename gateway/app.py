@@ -25,6 +25,7 @@ from gateway.app_keys import (
     EXTERNAL_RUN_SERVICE,
     FILE_SERVICE,
     HTTP_SESSION,
+    KEY_GUARD,
     LIFECYCLE,
     METRICS,
     PUBLISHER,
@@ -46,8 +47,15 @@ from gateway.files import FileService
 from gateway.follower import RunFollower
 from gateway.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.health import Lifecycle
+from gateway.key_guard import KeyGuard
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import errors_to_json, observe_requests, on_prepare, request_context
+from gateway.middleware import (
+    errors_to_json,
+    guard_keys,
+    observe_requests,
+    on_prepare,
+    request_context,
+)
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -139,6 +147,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[RATE_LIMITER] = RateLimiter(
         app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
     )
+    app[KEY_GUARD] = KeyGuard(
+        # Failed attempts are counted only while Redis answers: an outage never locks callers out.
+        RateLimiter(app[REDIS], fail_open=True, observe=metrics.observe_rate_limit),
+        limit=settings.auth_failure_limit,
+        window_s=settings.auth_failure_window_s,
+        trusted_proxies=settings.trusted_proxies,
+    )
     app[RUN_SERVICE] = runs
     app[TRIGGER_SERVICE] = TriggerService(
         pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
@@ -197,7 +212,7 @@ async def _start_draining(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
     app = web.Application(
-        middlewares=[request_context, observe_requests, errors_to_json],
+        middlewares=[request_context, observe_requests, errors_to_json, guard_keys],
         client_max_size=settings.max_request_body,
     )
     app[SETTINGS] = settings

@@ -62,6 +62,7 @@ from gateway.triggers import TriggerService
 from gateway.waits import RunWaiters
 from store import queries, run_files
 from store.events import RunEvent
+from store.jsonb import jsonb_problem
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
@@ -308,6 +309,10 @@ class ExecuteService:
         except InputFormatError as exc:
             raise Unprocessable(f"The agent's input_format is invalid: {exc}") from None
         values = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        if (problem := jsonb_problem(values)) is not None:
+            # The input is stored with the run: refused here, as the agent API's bodies are.
+            message = f"The body cannot be stored: it {problem}."
+            raise BadRequest("Invalid request body", extra={"details": {"_schema": [message]}})
         try:
             coerced = coerce_input(declared, values, max_file_bytes=self._settings.max_file_bytes)
         except InputProblems as exc:

@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.app_keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
-from gateway.errors import ApiError, ServiceUnavailable
+from gateway.app_keys import KEY_GUARD, LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
+from gateway.errors import ApiError, ServiceUnavailable, Unauthorized
 from gateway.request_info import (
     REQUEST_INFO,
     RequestInfo,
@@ -134,9 +134,13 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     if isinstance(exc, ApiError):
         if isinstance(run_id := exc.extra.get("runId"), int):
             note_run(request, run_id=run_id)
-        return web.json_response(
+        response = web.json_response(
             error_body(exc.message, **exc.extra), status=exc.status, headers=exc.headers
         )
+        if exc.close_connection:
+            # Not left to linger reading (and discarding) the rest of a body nobody wants.
+            response.force_close()
+        return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
             raise exc
@@ -165,3 +169,20 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         response.headers[REQUEST_ID_HEADER] = request_id
     # No library or interpreter versions for a scanner to read.
     response.headers["Server"] = "agent-gateway"
+
+
+@web.middleware
+async def guard_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Brute-force protection (``gateway.key_guard``): a request that presents a key from an
+    address with too many failed attempts is refused (429) before its key is looked at; each
+    refused key (401) counts against its address."""
+    if not (request.headers.get("Authorization") or request.headers.get("X-API-Key")):
+        return await handler(request)
+    guard = request.app[KEY_GUARD]
+    address = guard.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
+    await guard.check(address)
+    try:
+        return await handler(request)
+    except Unauthorized:
+        await guard.failed(address)
+        raise

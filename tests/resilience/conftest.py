@@ -113,6 +113,20 @@ class Live:
                 raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s")
             await asyncio.sleep(0.05)
 
+    async def terminal_or(
+        self, caller: Caller, agent_id: int, run_id: int | str, status: str
+    ) -> dict[str, Any]:
+        """Poll the run until it has ended or reached ``status`` (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15.0
+        while True:
+            run = await self.run(caller, agent_id, run_id)
+            if run["status"] in {"completed", "failed", "cancelled", status}:
+                return run
+            if loop.time() > deadline:
+                raise AssertionError(f"run {run_id} still {run['status']}")
+            await asyncio.sleep(0.05)
+
     def census(self) -> Census:
         """Tasks of the loop, the runtime connections of the gateway's client, the callers'
         connections to its server, and this process's open file descriptors."""
