@@ -66,6 +66,9 @@ from store.events import EventPublisher, terminal_channel
 from store.pool import create_pool
 
 _BACKGROUND_DRAIN_S = 5.0
+# Redis connections per replica, and how long a request may wait for one of them.
+_REDIS_CONNECTIONS = 100
+_REDIS_CONNECTION_WAIT_S = 5.0
 # A poll in hand when the gateway stops is given this long to finish and be recorded.
 _FOLLOWER_STOP_S = 5.0
 
@@ -78,12 +81,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    client = aioredis.Redis.from_url(
+    # A burst of requests waits for a free connection: redis-py's default pool answers "Too
+    # many connections" past 100 at once, and a rate limiter that cannot ask Redis fails open.
+    pool = aioredis.BlockingConnectionPool.from_url(
         app[SETTINGS].redis_url,
+        max_connections=_REDIS_CONNECTIONS,
+        timeout=_REDIS_CONNECTION_WAIT_S,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,
     )
+    client = aioredis.Redis.from_pool(pool)
     app[REDIS] = client
     yield
     await client.aclose()
