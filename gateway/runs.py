@@ -11,9 +11,9 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -55,6 +55,7 @@ log = structlog.get_logger(__name__)
 _MAX_ERROR_BODY = 64 * 1024
 # The run's error column holds a short reason.
 MAX_ERROR_LEN = 2000
+_T = TypeVar("_T")
 
 
 class _KeyTaken(Exception):
@@ -432,6 +433,13 @@ class RunService:
     def fail_detached(self, run: Run, reason: str) -> None:
         """Record a failure from a task that is being cancelled (the caller left)."""
         self._background.spawn(self.fail(run.id, reason), name=f"fail-run-{run.id}")
+
+    async def record_surely(self, record: Coroutine[Any, Any, _T], *, name: str) -> _T:
+        """Await ``record`` (a run's end, recorded once its response is out) so that it
+        completes even if the request is cancelled meanwhile: a caller that hangs up the
+        moment its last byte arrives cancels the handler, and the run must still end. It
+        runs as background work (waited for on shutdown)."""
+        return await asyncio.shield(self._background.spawn(record, name=name))
 
 
 def _with_storable_text(event: RunEvent) -> RunEvent:

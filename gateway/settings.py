@@ -136,6 +136,9 @@ class Settings:
     # The store consumer's own HTTP port for /metrics and /healthz (0: none).
     consumer_host: str = "127.0.0.1"
     consumer_port: int = 8081
+    # Events another consumer read but did not acknowledge for this long are taken over (its
+    # process died): the longest a dead consumer delays the events it held.
+    consumer_reclaim_idle_s: float = 30.0
     # Hostile callers (README, Reliability). A connection must send a request's headers within
     # this long of opening (or of its previous response), and stays open idle no longer.
     keepalive_timeout_s: float = 75.0
@@ -187,6 +190,7 @@ class Settings:
             ),
             consumer_host=env.get("CONSUMER_HOST") or host,
             consumer_port=_int(env, "CONSUMER_PORT", 8081),
+            consumer_reclaim_idle_s=_float(env, "CONSUMER_RECLAIM_IDLE_S", 30.0),
             **_execute_settings(env),
             **_abuse_settings(env),
         )
