@@ -31,11 +31,14 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # PostgreSQL or Redis cannot be reached: the caller should retry, not report a bug.
 BACKEND_OUTAGES: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    # The server shutting down, starting up or crashed (57P01-57P03); a statement cancelled.
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
     RedisConnectionError,
     ConnectionRefusedError,
+    # A backend that answers nothing: asyncpg's connect and command timeouts.
+    TimeoutError,
 )
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

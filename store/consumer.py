@@ -24,6 +24,9 @@ from store.reaper import reap_overdue
 
 log = structlog.get_logger(__name__)
 
+# Errors an event will meet again however often it is retried.
+_REFUSED_FOR_GOOD = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
 
 @dataclass(slots=True)
 class ConsumerStats:
@@ -98,13 +101,17 @@ class StoreConsumer:
     async def run(self) -> None:
         """Consume until stopped. Redis or PostgreSQL outages are waited out, not fatal."""
         await self._until_ready()
-        # Our own pending entries first (a restart under the same name), then new ones.
-        await self._drain_pending("0")
+        # Our own pending entries first (a restart under the same name, or what an outage
+        # interrupted), then new ones.
+        own_pending = True
         next_reclaim = next_reap = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
             try:
+                if own_pending:
+                    await self._drain_pending("0")
+                    own_pending = False
                 if loop.time() >= next_reclaim:
                     await self._reclaim()
                     next_reclaim = loop.time() + self._reclaim_idle_ms / 2000
@@ -120,6 +127,9 @@ class StoreConsumer:
                 await self.consume_once(block_ms=self._block_ms)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("consumer_backoff", error=str(exc), consumer=self.name)
+                # The entry being applied stays pending: retried at once after the backoff,
+                # not left for the reclaim; one the database refuses for good is left to it.
+                own_pending = not isinstance(exc, _REFUSED_FOR_GOOD)
                 await self._sleep(1.0)
 
     async def consume_once(self, *, block_ms: int | None = None) -> int:
