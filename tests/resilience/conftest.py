@@ -134,7 +134,7 @@ class Live:
         assert connector is not None
         idle = sum(len(conns) for conns in connector._conns.values())
         server = self.server._runner.server
-        tasks = [t for t in asyncio.all_tasks() if not t.get_name().startswith("rogue-")]
+        tasks = [t for t in asyncio.all_tasks() if _counted(t)]
         return Census(
             tasks=len(tasks),
             task_names=tuple(sorted(repr(t.get_coro()) for t in tasks)),
@@ -161,6 +161,14 @@ class Live:
             ) or loop.time() > deadline:
                 return now
             await asyncio.sleep(0.05)
+
+
+def _counted(task: asyncio.Task[Any]) -> bool:
+    """Whether a census counts ``task``: not the misbehaving runtime's own, and not the
+    moment-long sleep of a loop that ticks (the follower's ``wait_for(event.wait(), tick)``)."""
+    if task.get_name().startswith("rogue-"):
+        return False
+    return getattr(task.get_coro(), "__qualname__", "") != "Event.wait"
 
 
 LiveFactory = Callable[..., Awaitable[Live]]

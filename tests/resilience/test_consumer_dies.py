@@ -41,6 +41,19 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
+async def _held_by(redis: aioredis.Redis, consumer: str, *, bound_s: float) -> int:
+    """How many events ``consumer`` holds (read, not acknowledged) once it holds any."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while loop.time() < deadline:
+        summary = await redis.xpending("runs:events", "store")
+        for entry in summary.get("consumers") or []:
+            if entry["name"] in (consumer, consumer.encode()) and int(entry["pending"]):
+                return int(entry["pending"])
+        await asyncio.sleep(0.002)
+    return 0
+
+
 async def _scrape(http: aiohttp.ClientSession, url: str) -> str:
     for _ in range(100):
         try:
@@ -93,10 +106,21 @@ async def test_killing_the_consumer_loses_no_event_and_applies_none_twice(
         await asyncio.gather(*pending)
 
     load = asyncio.create_task(steady())
-    while len(run_ids) < RUNS // 3:
-        await asyncio.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
+    watch = aioredis.Redis.from_url(dedicated_redis.url)
+    try:
+        while len(run_ids) < RUNS // 3:
+            await asyncio.sleep(0.01)
+        # Kill it mid-batch: frozen while a backlog builds, then let go and killed as soon as
+        # it holds events it has read and not yet acknowledged.
+        first.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.5)
+        first.send_signal(signal.SIGCONT)
+        held = await _held_by(watch, "first", bound_s=3.0)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        await watch.aclose()
     assert first.wait(5) == -signal.SIGKILL
+    assert held > 0
     killed_at = len(run_ids)
     await asyncio.sleep(0.5)
     second = processes.start("consume", "--name", "second", env=env, log=tmp_path / "second.log")
@@ -143,9 +167,13 @@ async def test_killing_the_consumer_loses_no_event_and_applies_none_twice(
         await redis.aclose()
     reclaimed = metric_sum(consumer_text, "agent_gateway_store_events_total", outcome="reclaimed")
     duplicates = metric_sum(consumer_text, "agent_gateway_store_events_total", outcome="duplicate")
+    # What the dead consumer held was taken over (some of it may have reached its acknowledgement
+    # by the time the signal landed).
+    assert reclaimed > 0
     assert stop_process(second) == 0
     print(  # the README quotes these figures
         f"\nconsumer killed after {killed_at} of {RUNS} runs: {int(published)} events "
-        f"published, {applied} applied, {len(ends)} runs ended once each; the new consumer "
-        f"reclaimed {int(reclaimed)} the dead one held, {int(duplicates)} already applied"
+        f"published, {applied} applied, {len(ends)} runs ended once each; the dead consumer "
+        f"held {held} unacknowledged, the new one reclaimed {int(reclaimed)} of them, "
+        f"{int(duplicates)} already applied (skipped)"
     )

@@ -110,7 +110,9 @@ async def test_slowloris_headers_are_cut_off_by_the_header_timeout(live: Live) -
     assert answer.closed
     assert answer.status is None, answer.head
     assert answer.elapsed < 5.0
-    assert (await live.settled(before)).caller_connections == 0
+    after = await live.settled(before)
+    assert after.caller_connections == 0
+    assert after.tasks <= before.tasks, (before, after)
 
 
 async def test_slowloris_bodies_get_a_408_and_the_connection_closes(
@@ -118,18 +120,36 @@ async def test_slowloris_bodies_get_a_408_and_the_connection_closes(
 ) -> None:
     caller = await live.caller()
     agent = await live.agent(caller, str(runtime.make_url("/webhook/json")), output_kind="json")
-    for path, key_header in (
+    before = live.census()
+    routes = (
         (f"/api/agents/{agent['id']}/runs/trigger", {"Authorization": f"Bearer {caller.key}"}),
         (f"/api/workflows/{agent['id']}/execute", {"X-API-Key": caller.key}),
         ("/api/runs/1/callback", {"Authorization": "Bearer agk_whatever"}),
-    ):
-        head = _request("POST", path, live, Content_Length="200", **key_header) + "\r\n"
-        answer = await _raw(live, head, [b"{"] + [b" "] * 40, pause_s=0.25, read_for_s=10)
+    )
 
+    # A byte every 0.25 s: never idle long, never done.
+    answers = await asyncio.gather(
+        *(
+            _raw(
+                live,
+                _request("POST", path, live, Content_Length="200", **key_header) + "\r\n",
+                [b"{"] + [b" "] * 40,
+                pause_s=0.25,
+                read_for_s=10,
+            )
+            for path, key_header in routes
+        )
+    )
+
+    for (path, _headers), answer in zip(routes, answers, strict=True):
         assert answer.status == 408, (path, answer.head)
         assert json.loads(answer.body)["error"].startswith("Request body did not arrive")
+        # Closed after a short linger (REQUEST_BODY_TIMEOUT_S + 2 s), not held open.
         assert answer.closed
         assert answer.elapsed < 5.0
+    after = await live.settled(before)
+    assert after.caller_connections == 0
+    assert after.tasks <= before.tasks, (before, after)
 
 
 async def test_an_oversized_body_is_refused_before_it_is_read(live: Live) -> None:
