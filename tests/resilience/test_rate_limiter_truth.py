@@ -139,3 +139,15 @@ async def test_each_refill_admits_exactly_the_capacity_and_nothing_is_double_spe
         "\nrate limit refills (5 per 2 s, 400 takes from 4 connections): "
         + ", ".join(f"{a} admitted in {ms} ms" for a, ms in figures)
     )
+
+
+async def test_a_lowered_limit_takes_effect_at_once(redis_client: aioredis.Redis) -> None:
+    """Regression: a bucket filled under a larger limit kept its tokens after the limit was
+    lowered (an operator lowering SYNC_RATE_LIMIT saw the old limit until they were spent)."""
+    limiter = RateLimiter(redis_client, fail_open=False)
+    bucket = f"lowered:{uuid.uuid4().hex}"
+    assert (await limiter.take(bucket, limit=100, window_s=60)).allowed
+
+    admitted = [(await limiter.take(bucket, limit=3, window_s=60)).allowed for _ in range(10)]
+
+    assert admitted == [True] * 3 + [False] * 7
