@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/p99.9/max/mean by nearest rank; NaN-free (zeros) when empty."""
     if not values:
         return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0, "mean": 0.0}
@@ -137,7 +137,7 @@ async def run_requests(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in statuses.items()},
         "errors": dict(errors),
         "sample_error": sample_error,
-        "latency_s": _percentiles(latencies),
+        "latency_s": latency_summary(latencies),
     }
 
 
@@ -179,7 +179,7 @@ async def run_downloads(args: argparse.Namespace) -> dict[str, Any]:
         "bytes": sum(sizes),
         "failures": dict(failures),
         "seconds": time.perf_counter() - t0,
-        "download_s": _percentiles(seconds),
+        "download_s": latency_summary(seconds),
     }
 
 
@@ -284,7 +284,7 @@ async def run_stream(args: argparse.Namespace) -> dict[str, Any]:
         "done": done or args.kind == "ndjson",
         "seconds": seconds,
         "first_frame_s": first_frame_s,
-        "delay_us": _percentiles(delays_us),
+        "delay_us": latency_summary(delays_us),
     }
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,12 +162,34 @@ def cpu_ticks() -> tuple[int, int]:
     return steal, sum(values[:8])
 
 
-class CpuWatch:
-    """CPU seconds of some processes and the hypervisor's steal over one stretch of time."""
+Pids = int | None | Sequence[int] | Callable[[], Sequence[int]]
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+
+def _resolve(pids: Pids) -> list[int]:
+    if pids is None:
+        return []
+    if isinstance(pids, int):
+        return [pids]
+    if callable(pids):
+        return list(pids())
+    return list(pids)
+
+
+class CpuWatch:
+    """CPU seconds of some processes and the hypervisor's steal over one stretch of time.
+
+    A name may stand for a group of PIDs, or for a function giving them (PostgreSQL: the
+    postmaster and its backends, read again at the end so that a backend started meanwhile
+    counts from zero). A member that exits meanwhile drops out, so a group's share is a lower
+    bound when its members come and go.
+    """
+
+    def __init__(self, pids: dict[str, Pids]) -> None:
         self._pids = pids
-        self._before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self._before = {
+            name: {pid: cpu_seconds(pid) or 0.0 for pid in _resolve(group)}
+            for name, group in pids.items()
+        }
         self._ticks = cpu_ticks()
         self._started = time.monotonic()
 
@@ -175,12 +197,26 @@ class CpuWatch:
         """Share of one core each process used since the start, plus ``steal`` (of all)."""
         seconds = max(1e-9, time.monotonic() - self._started)
         shares: dict[str, float | None] = {}
-        for name, pid in self._pids.items():
-            before, after = self._before[name], cpu_seconds(pid)
-            shares[name] = (after - before) / seconds if before is not None and after else None
+        for name, group in self._pids.items():
+            used = None
+            for pid in _resolve(group):
+                after = cpu_seconds(pid)
+                if after is not None:
+                    used = (used or 0.0) + after - self._before[name].get(pid, 0.0)
+            shares[name] = None if used is None else used / seconds
         steal_after, total_after = cpu_ticks()
         shares["steal"] = (steal_after - self._ticks[0]) / max(1, total_after - self._ticks[1])
         return shares
+
+
+def children_of(pid: int | None) -> list[int]:
+    """The direct children of ``pid`` (``/proc/<pid>/task/<pid>/children``)."""
+    if pid is None:
+        return []
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def nginx_worker(master_pid: int) -> int | None:

@@ -28,6 +28,7 @@ from typing import Any
 from bench.processes import (
     BenchError,
     Child,
+    children_of,
     nginx_worker,
     python_module,
     spawn,
@@ -117,6 +118,8 @@ class Stack:
         self.admin_token = secrets.token_urlsafe(24)
         self._nginx_binary = nginx
         self.backends: Backends | None = None
+        self.postgres_pid: int | None = None
+        self.redis_pid: int | None = None
         self.origin: Child | None = None
         self.origin_base = ""
         self.nginx: Child | None = None
@@ -178,6 +181,8 @@ class Stack:
         redis = EmbeddedRedis(self.root / "redis")
         self._exit.callback(redis.stop)
         redis_url = redis.start()
+        self.postgres_pid = postgres.process.pid if postgres.process is not None else None
+        self.redis_pid = redis.process.pid if redis.process is not None else None
         asyncio.run(migrate_url(database_url))
         return Backends(database_url, redis_url)
 
@@ -211,6 +216,12 @@ class Stack:
         if self.consumer is not None:
             self.consumer.stop()
             self.consumer = None
+
+    def postgres_pids(self) -> list[int]:
+        """The postmaster and its children (backends) as they are now."""
+        if self.postgres_pid is None:
+            return []
+        return [self.postgres_pid, *children_of(self.postgres_pid)]
 
     # ------------------------------------------------------------------ gateways
 
