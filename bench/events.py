@@ -308,9 +308,7 @@ class EventsBench:
         )
         # CPU per event is what neighbours on a shared machine disturb least.
         per_event_us = {
-            k: v * seconds / applied * 1e6
-            for k, v in cpu.items()
-            if v is not None and k != "steal"
+            k: v * seconds / applied * 1e6 for k, v in cpu.items() if v is not None and k != "steal"
         }
         return {
             "events": queued - before,

@@ -139,7 +139,13 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
                 **common,
                 ids=ids[:loaded],
                 gateway=True,
-                watch={"proxy": gateway.pid, "runtime": origin_pid, "consumer": consumer_pid},
+                watch={
+                    "proxy": gateway.pid,
+                    "runtime": origin_pid,
+                    "consumer": consumer_pid,
+                    "postgres": stack.postgres_pids,
+                    "redis": stack.redis_pid,
+                },
                 label="gateway",
             ),
         }
