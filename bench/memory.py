@@ -29,10 +29,16 @@ from bench.processes import MIB, BenchError, io_bytes, memory_kib, python_module
 from bench.report import Row, Section, at_most
 from bench.stack import Gateway, Stack, agent_body, run_json
 
-# The gateway's default STREAM_READ_BUFFER (gateway/settings.py).
+# The gateway's default STREAM_READ_BUFFER (gateway/settings.py): aiohttp pauses reading from
+# the runtime once more than twice this is buffered.
 DEFAULT_READ_BUFFER = 64 * 1024
-# uvloop's write buffer high-water mark: write() waits for the caller once it is above.
+# The most one socket read brings in under uvloop (its receive buffer), whatever is buffered.
+UVLOOP_READ = 256_000
+# The transport's write buffer high-water mark: a write waits for the caller once it is above.
 WRITE_HIGH_WATER = 64 * 1024
+# What the gateway may hold for one stream: the buffered bytes (up to the pause threshold plus
+# the read that crossed it), the chunk in hand (at most as much again) and the write buffer.
+STREAM_BUFFERS = 2 * (2 * DEFAULT_READ_BUFFER + UVLOOP_READ) + WRITE_HIGH_WATER
 
 
 @dataclass
@@ -298,7 +304,7 @@ def measure(stack: Stack, cfg: MemoryConfig) -> Section:
         )
     slow = scenarios[2]
     held = slow.extra.get("gateway_held_bytes") or [0]
-    bound = 4 * DEFAULT_READ_BUFFER + WRITE_HIGH_WATER
+    bound = STREAM_BUFFERS
     consumed = int(slow.extra.get("consumed", 0))
     origin_sent = slow.extra.get("origin_sent")
     ahead = None if origin_sent is None else int(origin_sent) - consumed
@@ -316,10 +322,11 @@ def measure(stack: Stack, cfg: MemoryConfig) -> Section:
     section.notes += [
         f"The slow reader consumed {consumed / 1e6:.1f} MB in {slow.extra.get('seconds', 0):.1f} s "
         f"({slow.extra.get('rate', 0) / 1e6:.2f} MB/s). 'Held in the gateway' is rchar - wchar "
-        "of /proc/<pid>/io during the read (bytes read from sockets and not yet written); the "
-        "buffers are 2 x STREAM_READ_BUFFER before reading pauses, one chunk in hand (up to "
-        "the same again) and the transport's 64 KiB write high-water mark. 'Origin ahead' "
-        "also counts the kernel's socket buffers on both hops and the reader's own buffer.",
+        "of /proc/<pid>/io during the read (bytes read from sockets and not yet written). Its "
+        "buffers: reading pauses above 2 x STREAM_READ_BUFFER, but one uvloop read (up to "
+        "256,000 B) may cross that; the chunk in hand is at most as much again; the "
+        "transport's write buffer holds up to 64 KiB. 'Origin ahead' also counts the "
+        "kernel's socket buffers on both hops and the reader's own buffer.",
         f"{cfg.concurrent} concurrent downloads took "
         f"{scenarios[3].extra.get('seconds', 0):.1f} s "
         f"({scenarios[3].extra.get('bytes', 0) / 1e9:.2f} GB).",

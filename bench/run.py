@@ -204,6 +204,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steal", type=float, help="re-measure downloads with more steal")
     parser.add_argument("--nginx", help="nginx binary (default: PATH or /usr/sbin/nginx)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    parser.add_argument(
+        "--gateway-command",
+        help="the agent-gateway executable whose 'serve' is measured (default: this checkout's)",
+    )
     return parser.parse_args(argv)
 
 
@@ -223,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     sections: list[Section] = []
     started = time.monotonic()
     with contextlib.ExitStack() as exit_stack:
-        stack = Stack(exit_stack, nginx=nginx)
+        gateway_argv = args.gateway_command.split() if args.gateway_command else None
+        stack = Stack(exit_stack, nginx=nginx, gateway_argv=gateway_argv)
         stack.start()
         for key in args.only:
             print(f"\n== {TITLES[key]} ==", flush=True)

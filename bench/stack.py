@@ -110,8 +110,16 @@ class Gateway:
 class Stack:
     """The shared processes of one benchmark run; close it to stop them all."""
 
-    def __init__(self, exit_stack: contextlib.ExitStack, *, nginx: str | None) -> None:
+    def __init__(
+        self,
+        exit_stack: contextlib.ExitStack,
+        *,
+        nginx: str | None,
+        gateway_argv: Sequence[str] | None = None,
+    ) -> None:
         self._exit = exit_stack
+        # Another build's ``agent-gateway`` may be measured against the same stack.
+        self._gateway_argv = list(gateway_argv or gateway_command())
         self.root = Path(tempfile.mkdtemp(prefix="agw-bench-"))
         exit_stack.callback(shutil.rmtree, self.root, True)  # registered first: runs last
         self.secret_key = secrets.token_urlsafe(32)
@@ -233,7 +241,7 @@ class Stack:
             port = free_port()
             child = self._spawn(
                 f"gateway {name}",
-                [*gateway_command(), "serve"],
+                [*self._gateway_argv, "serve"],
                 f"gateway-{self._gateway_no}.log",
                 self.env(GATEWAY_PORT=str(port), **settings),
             )
