@@ -205,6 +205,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nginx", help="nginx binary (default: PATH or /usr/sbin/nginx)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for every gateway started (repeatable)",
+    )
+    parser.add_argument(
         "--gateway-command",
         help="the agent-gateway executable whose 'serve' is measured (default: this checkout's)",
     )
@@ -228,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with contextlib.ExitStack() as exit_stack:
         gateway_argv = args.gateway_command.split() if args.gateway_command else None
-        stack = Stack(exit_stack, nginx=nginx, gateway_argv=gateway_argv)
+        gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+        stack = Stack(exit_stack, nginx=nginx, gateway_argv=gateway_argv, gateway_env=gateway_env)
         stack.start()
         for key in args.only:
             print(f"\n== {TITLES[key]} ==", flush=True)

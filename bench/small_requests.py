@@ -108,9 +108,7 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
     loaded = math.ceil(cfg.max_rps * (cfg.duration + cfg.warmup + 2) / BUCKET)
     single = math.ceil(cfg.max_rps / 4 * (cfg.single_duration + cfg.warmup + 1) / BUCKET)
     print(f"small: creating {loaded + single + 1} agents ...", flush=True)
-    ids = stack.create_agents(
-        agent_body(f"small {i}", runtime, "json") for i in range(loaded + single + 1)
-    )
+    ids = stack.clone_agents(agent_body("small", runtime, "json"), loaded + single + 1)
     port = free_port()
     bare = stack.start_module(
         "passthrough", "passthrough", "--port", str(port), "--upstream", runtime, port=port

@@ -116,10 +116,13 @@ class Stack:
         *,
         nginx: str | None,
         gateway_argv: Sequence[str] | None = None,
+        gateway_env: dict[str, str] | None = None,
     ) -> None:
         self._exit = exit_stack
         # Another build's ``agent-gateway`` may be measured against the same stack.
         self._gateway_argv = list(gateway_argv or gateway_command())
+        # Settings every gateway gets over its measurement's own (experiments).
+        self._gateway_env = dict(gateway_env or {})
         self.root = Path(tempfile.mkdtemp(prefix="agw-bench-"))
         exit_stack.callback(shutil.rmtree, self.root, True)  # registered first: runs last
         self.secret_key = secrets.token_urlsafe(32)
@@ -243,7 +246,7 @@ class Stack:
                 f"gateway {name}",
                 [*self._gateway_argv, "serve"],
                 f"gateway-{self._gateway_no}.log",
-                self.env(GATEWAY_PORT=str(port), **settings),
+                self.env(GATEWAY_PORT=str(port), **{**settings, **self._gateway_env}),
             )
             gateways.append(Gateway(name, child, f"http://127.0.0.1:{port}", dict(settings)))
         for gateway in gateways:
@@ -314,6 +317,32 @@ class Stack:
         finally:
             await pool.close()
         return ids
+
+    def clone_agents(self, body: dict[str, Any], count: int) -> list[int]:
+        """``count`` agents like ``body``: one through the admin service, the others copied
+        from it in one statement (with random API key digests: their keys are never used)."""
+        (first,) = self.create_agents([body])
+        return [first, *asyncio.run(self._clone(first, count - 1))] if count > 1 else [first]
+
+    async def _clone(self, agent_id: int, count: int) -> list[int]:
+        pool = await self._pool()
+        try:
+            rows = await pool.fetch(
+                """INSERT INTO agents (org_id, name, managed_by, status, allow_external_triggers,
+                       output_kind, runtime, default_input, input_format, running_timeout_ms,
+                       api_key_salt, api_key_hash)
+                   SELECT org_id, name || ' ' || g, managed_by, status, allow_external_triggers,
+                       output_kind, runtime, default_input, input_format, running_timeout_ms,
+                       decode(md5(random()::text), 'hex'),
+                       decode(md5(g::text || random()::text) || md5(random()::text), 'hex')
+                   FROM agents, generate_series(1, $2) AS g WHERE id = $1
+                   RETURNING id""",
+                agent_id,
+                count,
+            )
+        finally:
+            await pool.close()
+        return sorted(int(r["id"]) for r in rows)
 
     def write_ids(self, name: str, ids: Iterable[int]) -> Path:
         """A file with one id per line, for the load generator's ``--ids``."""
