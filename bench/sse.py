@@ -33,7 +33,7 @@ class SseConfig:
     """How many frames, how fast, how often."""
 
     frames: int = 10_000
-    paced_frames: int = 5_000
+    paced_frames: int = 10_000
     interval_us: int = 1000
     pad: int = 32
     runs: int = 3
