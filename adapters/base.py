@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import aiohttp
@@ -68,10 +68,14 @@ class TriggerPayload:
     # Unique to this run even across databases (a fresh dev database reuses run ids), so a
     # runtime that deduplicates triggers never mistakes a new run for an old one.
     idempotency_key: str = ""
+    # Declared input fields, also given at the top level of the payload (seed 004's
+    # <api.fieldName> beside <api.input.fieldName>); the payload's own keys always win.
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The payload as the JSON body the runtime sees."""
         return {
+            **self.fields,
             "runId": self.run_id,
             "agentId": self.agent_id,
             "input": dict(self.input),
@@ -114,6 +118,45 @@ class Invocation:
     runtime_run_id: str | None = None
 
 
+# n8n's StructuredChunk types (packages/workflow: ChunkType = 'begin' | 'item' | 'end' | 'error').
+CHUNK_TYPES = frozenset({"begin", "item", "end", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One chunk a runtime streamed while a run works, from one of its nodes (blocks).
+
+    ``kind`` is ``begin`` (the node starts an item), ``item`` (a piece of its output),
+    ``end`` (the item is complete) or ``error`` (the node failed; ``content`` says why).
+    """
+
+    kind: str
+    node_id: str
+    node_name: str
+    content: str = ""
+    item_index: int = 0
+    run_index: int = 0
+
+
+class ChunkStream(Protocol):
+    """A runtime's streamed answer: its chunks as they arrive, then possibly a result.
+
+    Iterating yields :class:`StreamChunk` s and, at most once and last, a :class:`RunResult`
+    when the runtime answered with a plain result instead of (or after) chunks: ``completed``
+    with its output, ``failed`` with its reason, or ``running`` when it took the run to report
+    through callbacks. Transport failures raise ``aiohttp.ClientError``; a chunk that cannot be
+    read raises :class:`RuntimeFailure`.
+    """
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk | RunResult]:
+        """The chunks, read as they arrive (never collected first)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection to the runtime (at once; safe to call twice)."""
+        ...
+
+
 class RuntimeAdapter(Protocol):
     """A workflow runtime the gateway can start runs on.
 
@@ -125,6 +168,19 @@ class RuntimeAdapter(Protocol):
     # polling (the run stays queued until the runtime says it executes); False when the
     # invocation itself runs it.
     followed: ClassVar[bool]
+    # True when the runtime can stream a run's output as it is produced (open_stream).
+    streams: ClassVar[bool]
+
+    async def open_stream(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> ChunkStream:
+        """Start the run and return its streamed answer once the runtime's headers arrived.
+
+        Raises :class:`RuntimeTimeout` (no headers within ``wait_s``), :class:`RuntimeUnavailable`
+        (unreachable), :class:`RuntimeRefused` (the runtime refused the call) or
+        :class:`RuntimeUnsupported` (this runtime cannot stream).
+        """
+        ...
 
     async def open_download(
         self,

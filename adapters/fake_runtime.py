@@ -20,6 +20,18 @@ JSON results, as a workflow ending in "Respond to Webhook" returns them (trigger
                                   ``input.result`` (or ``fail`` when ``input.fail`` is set),
                                   ``report_delay_ms`` apart (``report=0``: never reports)
 
+A streaming webhook (a Webhook node in "Streaming" response mode), seed 004's runtime side:
+
+``POST /webhook/stream``  ``200 application/json; charset=utf-8``, chunked, one n8n
+                          ``StructuredChunk`` per line (``begin``, ``item``s, ``end``) for each
+                          node in ``nodes`` (comma-separated names, default ``Agent 1``; ids from
+                          :func:`node_id`). ``input.message`` "Count to five" streams "One",
+                          ", two", ...; any other message streams "<node>: <message>" word by
+                          word. ``interleave=1`` alternates the nodes' items; ``pace_ms`` pauses
+                          before each item; ``error_after=N`` sends an ``error`` chunk after N
+                          items; ``die_after=N`` aborts the socket after N items; ``plain=1``
+                          answers one plain JSON body instead, as a non-streaming webhook would
+
 Query parameters on any file path: ``chunked=1``, ``disposition=0`` (omit the header),
 ``outputs=<value>`` (the ``X-Outputs`` header), ``delay_ms`` (before headers), ``die_after``
 (abort the socket after that many body bytes), ``hang_after`` (stop sending, keep the socket),
@@ -32,8 +44,11 @@ import asyncio
 import csv
 import gzip
 import io
+import json
 import random
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -121,7 +136,10 @@ async def _file(request: web.Request) -> web.StreamResponse:
     }
     request.app[RECEIVED].append(record)
     try:
-        response = await _answer(request, payload)
+        if request.match_info["name"] == "stream":
+            response = await _stream(request, payload, record)
+        else:
+            response = await _answer(request, payload)
     except (asyncio.CancelledError, ConnectionError):
         # The gateway closed our connection: what a real runtime sees when a caller leaves.
         record["outcome"] = "disconnected"
@@ -213,6 +231,101 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
         sent += len(chunk)
         if pace_s:
             await asyncio.sleep(pace_s)
+    await response.write_eof()
+    return response
+
+
+_NODE_NAMESPACE = uuid.UUID("5f0c9d3e-54a4-4c33-8a8e-6b3f0b6b8d7a")
+_NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def node_id(name: str) -> str:
+    """The id the streaming webhook gives the node called ``name`` (stable, uuid-shaped)."""
+    return str(uuid.uuid5(_NODE_NAMESPACE, name))
+
+
+def stream_texts(message: str, node: str) -> list[str]:
+    """The pieces of text the node called ``node`` streams for ``message``."""
+    counting = re.search(r"count to (\w+)", message, re.IGNORECASE)
+    if counting:
+        word = counting.group(1).lower()
+        if word.isdigit():
+            upto = min(int(word), 1000)
+        else:
+            upto = _NUMBER_WORDS.index(word) + 1 if word in _NUMBER_WORDS else 3
+        words = [_NUMBER_WORDS[i] if i < len(_NUMBER_WORDS) else str(i + 1) for i in range(upto)]
+        return [words[0].capitalize()] + [f", {w}" for w in words[1:]]
+    text = f"{node}: {message or 'working'}"
+    pieces = text.split(" ")
+    return [pieces[0]] + [f" {p}" for p in pieces[1:]]
+
+
+def _structured_chunk(kind: str, node: str, content: str | None = None) -> bytes:
+    chunk: dict[str, Any] = {"type": kind}
+    if content is not None:
+        chunk["content"] = content
+    chunk["metadata"] = {
+        "nodeId": node_id(node),
+        "nodeName": node,
+        "itemIndex": 0,
+        "runIndex": 0,
+        "timestamp": int(time.time() * 1000),
+    }
+    # n8n writes JSON.stringify(chunk) + "\n" per chunk and flushes.
+    return json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
+
+
+async def _stream(
+    request: web.Request, payload: dict[str, Any], record: dict[str, Any]
+) -> web.StreamResponse:
+    q = request.query
+    data = payload.get("input") or {}
+    if delay := int(q.get("delay_ms", "0")):
+        await asyncio.sleep(delay / 1000)
+    if q.get("plain") == "1":
+        return web.json_response({"echo": data})
+    nodes = [n.strip() for n in q.get("nodes", "Agent 1").split(",") if n.strip()]
+    message = str(data.get("message", ""))
+    scripts = {node: stream_texts(message, node) for node in nodes}
+    order: list[tuple[str, str]] = []
+    if q.get("interleave") == "1":
+        for i in range(max(len(t) for t in scripts.values())):
+            order += [(node, texts[i]) for node, texts in scripts.items() if i < len(texts)]
+    else:
+        order = [(node, text) for node, texts in scripts.items() for text in texts]
+    remaining = {node: len(texts) for node, texts in scripts.items()}
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-cache"}
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    pace_s = int(q.get("pace_ms", "0")) / 1000
+    error_after = int(q.get("error_after", "-1"))
+    die_after = int(q.get("die_after", "-1"))
+    sent_at: list[float] = record.setdefault("chunks_sent_at", [])
+    begun: set[str] = set()
+    for count, (node, text) in enumerate(order):
+        if count == error_after:
+            await response.write(
+                _structured_chunk("error", node, "The model provider rejected the request")
+            )
+            break
+        if count == die_after:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if pace_s:
+            await asyncio.sleep(pace_s)
+        out = b""
+        if node not in begun:
+            begun.add(node)
+            out += _structured_chunk("begin", node)
+        out += _structured_chunk("item", node, text)
+        remaining[node] -= 1
+        if not remaining[node]:
+            out += _structured_chunk("end", node)
+        await response.write(out)
+        sent_at.append(time.monotonic())
     await response.write_eof()
     return response
 

@@ -8,24 +8,34 @@ How a webhook's answer is read (``invoke``):
 - ``5xx``: the workflow failed (n8n answers ``500 {"message": "Error in workflow"}``).
 - ``4xx``: the webhook refused the call (unknown path, wrong method, failed header auth); the
   run could not be started.
+
+A Webhook node whose response mode is "Streaming" (``open_stream``) answers ``200
+application/json; charset=utf-8``, chunked, and writes each chunk a node sends as one line of
+JSON (n8n's ``StructuredChunk``: ``{"type": "begin"|"item"|"end"|"error", "content"?: string,
+"metadata": {"nodeId", "nodeName", "itemIndex", "runIndex", "timestamp"}}``), then ends the body
+when the workflow ends. Lines are handed on as they arrive. A body whose first line is not such
+a chunk is read as a plain answer instead, by the rules above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
 
 from adapters.base import (
+    CHUNK_TYPES,
     Invocation,
     RunResult,
+    RuntimeFailure,
     RuntimeRefused,
     RuntimeTimeout,
     RuntimeUnavailable,
     RuntimeUnsupported,
+    StreamChunk,
     TriggerPayload,
     loads_json,
 )
@@ -41,6 +51,7 @@ class N8nAdapter:
     kind: ClassVar[str] = "n8n"
     # The webhook call itself runs the workflow: there is nothing to poll.
     followed: ClassVar[bool] = False
+    streams: ClassVar[bool] = True
 
     def __init__(
         self, session: aiohttp.ClientSession, *, max_result_bytes: int = 10 * 1024 * 1024
@@ -71,6 +82,26 @@ class N8nAdapter:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             raise RuntimeUnavailable(f"Runtime invocation failed: {exc}") from exc
+
+    async def open_stream(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> N8nChunkStream:
+        """Invoke the webhook; its answer is read as n8n's streamed chunks (or a plain answer).
+
+        A ``4xx`` is refused here (the run could not be started); anything else is left to the
+        stream to read.
+        """
+        response = await self.open_download(runtime, payload, wait_s=wait_s, accept_encoding=None)
+        if 400 <= response.status < 500:
+            try:
+                raw = await response.content.read(_MAX_ERROR_BODY)
+            except aiohttp.ClientError:
+                raw = b""
+            finally:
+                response.close()
+            reason = f"HTTP {response.status}: {_message(raw) or response.reason or ''}"
+            raise RuntimeRefused(f"Webhook refused the run: {reason.rstrip(': ')}")
+        return N8nChunkStream(response, max_result_bytes=self._max_result_bytes)
 
     async def invoke(
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
@@ -119,6 +150,10 @@ class N8nAdapter:
         try:
             output = loads_json(raw)
         except (ValueError, RecursionError):
+            streamed = collect_chunks(raw)
+            if streamed is not None:
+                # A streaming webhook answered a caller that waits: its chunks, joined.
+                return Invocation(result=streamed)
             content_type = response.headers.get("Content-Type", "no content type")
             return Invocation(
                 result=RunResult(
@@ -127,6 +162,152 @@ class N8nAdapter:
                 )
             )
         return Invocation(result=RunResult("completed", output=output, has_output=True))
+
+
+class N8nChunkStream:
+    """An n8n webhook's streamed answer, read line by line as the bytes arrive.
+
+    ``max_result_bytes`` bounds one line (a chunk) and a plain answer; memory per stream is one
+    line plus aiohttp's read buffer, however long the stream runs.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, *, max_result_bytes: int) -> None:
+        self._response = response
+        self._max = max_result_bytes
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the runtime answered with."""
+        return self._response.status
+
+    def close(self) -> None:
+        """Drop the connection (the workflow sees its caller leave)."""
+        self._response.close()
+
+    async def __aiter__(self) -> AsyncIterator[StreamChunk | RunResult]:
+        """Chunks as they arrive, or one :class:`RunResult` for a plain answer."""
+        response = self._response
+        if response.status >= 500:
+            raw = await response.content.read(_MAX_ERROR_BODY)
+            reason = f"HTTP {response.status}: {_message(raw) or response.reason or ''}"
+            yield RunResult("failed", error=f"WorkflowFailed: {reason.rstrip(': ')}")
+            return
+        if response.status in _ACCEPTED_STATUSES:
+            yield RunResult("running")
+            return
+        first = True
+        async for line in _lines(response.content, self._max):
+            if not line.strip():
+                continue
+            chunk = _chunk(line)
+            if chunk is not None:
+                first = False
+                yield chunk
+                continue
+            if not first:
+                raise RuntimeFailure(
+                    "RuntimeStreamInvalid: a line of the stream is not an n8n chunk: "
+                    + line[:200].decode("utf-8", "replace")
+                )
+            # Not a streaming webhook: the whole body is one plain answer.
+            yield await self._plain_answer(line)
+            return
+
+    async def _plain_answer(self, first_line: bytes) -> RunResult:
+        body = bytearray(first_line)
+        while chunk := await self._response.content.read(64 * 1024):
+            body += chunk
+            if len(body) > self._max:
+                return RunResult(
+                    "failed", error=f"WorkflowResultTooLarge: over {self._max} bytes"
+                )
+        try:
+            output = loads_json(bytes(body))
+        except (ValueError, RecursionError):
+            content_type = self._response.headers.get("Content-Type", "no content type")
+            return RunResult(
+                "failed",
+                error=f"WorkflowReturnedInvalidJson: HTTP {self._response.status}, {content_type}",
+            )
+        return RunResult("completed", output=output, has_output=True)
+
+
+async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """The stream's lines (without their newline), each as soon as it is complete; the last
+    line may lack its newline. A line over ``limit`` bytes is a :class:`RuntimeFailure`."""
+    pending = bytearray()
+    async for data in content.iter_any():
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if pending:
+                pending += data[start:end]
+                line = bytes(pending)
+                pending.clear()
+            else:
+                line = data[start:end]
+            if len(line) > limit:
+                raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {limit} bytes")
+            yield line
+            start = end + 1
+        pending += data[start:]
+        if len(pending) > limit:
+            raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {limit} bytes")
+    if pending:
+        yield bytes(pending)
+
+
+def collect_chunks(raw: bytes) -> RunResult | None:
+    """A whole streamed answer as one result: each node's items joined, by node id (as
+    execute's output keys them); ``None`` when ``raw`` is not n8n chunks."""
+    parts: dict[str, list[str]] = {}
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        chunk = _chunk(line)
+        if chunk is None:
+            return None
+        if chunk.kind == "error":
+            reason = chunk.content or "the node failed"
+            return RunResult("failed", error=f"{chunk.node_name}: {reason}")
+        if chunk.kind == "item":
+            parts.setdefault(chunk.node_id, []).append(chunk.content)
+    if not parts:
+        return None
+    output = {node: {"content": "".join(texts)} for node, texts in parts.items()}
+    return RunResult("completed", output=output, has_output=True)
+
+
+def _chunk(line: bytes) -> StreamChunk | None:
+    """``line`` as an n8n ``StructuredChunk``; ``None`` when it is not one."""
+    try:
+        value = loads_json(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or value.get("type") not in CHUNK_TYPES:
+        return None
+    metadata = value.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    content = value.get("content")
+    if content is None:
+        content = ""
+    elif not isinstance(content, str):
+        # n8n sends text; an object is JSON-stringified by sendChunk, so do the same.
+        content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    node_id = metadata.get("nodeId")
+    node_name = metadata.get("nodeName")
+    return StreamChunk(
+        kind=str(value["type"]),
+        node_id=str(node_id) if node_id is not None else str(node_name or ""),
+        node_name=str(node_name) if node_name is not None else str(node_id or ""),
+        content=content,
+        item_index=_int(metadata.get("itemIndex")),
+        run_index=_int(metadata.get("runIndex")),
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _headers(runtime: Mapping[str, Any]) -> dict[str, str]:

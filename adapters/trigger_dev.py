@@ -30,6 +30,7 @@ from urllib.parse import quote
 import aiohttp
 
 from adapters.base import (
+    ChunkStream,
     Invocation,
     RunResult,
     RuntimeRefused,
@@ -89,6 +90,7 @@ class TriggerDevAdapter:
     kind: ClassVar[str] = "trigger.dev"
     # The trigger call only enqueues the run: its progress is followed by polling.
     followed: ClassVar[bool] = True
+    streams: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -104,6 +106,12 @@ class TriggerDevAdapter:
         self._request_timeout_s = request_timeout_s
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
+
+    async def open_stream(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> ChunkStream:
+        """Trigger.dev tasks are followed by polling: there is no answer to stream."""
+        raise RuntimeUnsupported("Trigger.dev tasks cannot stream their output")
 
     async def open_download(
         self,

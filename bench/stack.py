@@ -208,7 +208,11 @@ class Stack:
             SECRET_KEY=self.secret_key,
             ADMIN_TOKEN=self.admin_token,
             GATEWAY_HOST="127.0.0.1",
-            SHUTDOWN_GRACE_S="5",
+            # Stopped at once at the end: no load balancer to wait for.
+            DRAIN_PRE_STOP_S="0",
+            DRAIN_TIMEOUT_S="5",
+            # The consumer's /metrics and /healthz are not needed here; keep the port free.
+            CONSUMER_PORT="0",
             LOG_LEVEL="INFO",
         )
         env.update(extra)

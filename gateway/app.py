@@ -17,31 +17,41 @@ from gateway.admin import AdminService
 from gateway.app_keys import (
     ADMIN_SERVICE,
     BACKGROUND,
+    BLOB_STORE,
     CALLBACK_SERVICE,
     CREDENTIAL_SERVICE,
     DB_POOL,
+    EXECUTE_SERVICE,
     EXTERNAL_RUN_SERVICE,
+    FILE_SERVICE,
     HTTP_SESSION,
     LIFECYCLE,
+    METRICS,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
     RUN_SERVICE,
+    RUN_WAITERS,
     SETTINGS,
     TRIGGER_SERVICE,
 )
 from gateway.background import BackgroundTasks
+from gateway.blobs import open_blob_store
 from gateway.callbacks import CallbackService
 from gateway.credential_tokens import CredentialsTokens
 from gateway.credentials import CredentialService
+from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
+from gateway.files import FileService
 from gateway.follower import RunFollower
-from gateway.handlers import admin, agent_runs, callbacks, credentials, health
+from gateway.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.health import Lifecycle
-from gateway.middleware import errors_to_json, on_prepare, request_context
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import errors_to_json, observe_requests, on_prepare, request_context
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
+from gateway.signing import UrlSigner
 from gateway.triggers import TriggerService
 from gateway.waits import RunWaiters
 from store.events import EventPublisher, terminal_channel
@@ -89,14 +99,19 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = app[HTTP_SESSION]
+    metrics = app[METRICS]
     background = BackgroundTasks()
-    publisher = EventPublisher(app[REDIS], app[DB_POOL], settings.events_stream)
-    adapters: dict[str, RuntimeAdapter] = {
-        N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
-        TriggerDevAdapter.kind: TriggerDevAdapter(
-            session, max_result_bytes=settings.max_result_body
-        ),
-    }
+    publisher = EventPublisher(
+        app[REDIS], app[DB_POOL], settings.events_stream, observe=metrics.observe_event
+    )
+    adapters: dict[str, RuntimeAdapter] = metrics.metered_adapters(
+        {
+            N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
+            TriggerDevAdapter.kind: TriggerDevAdapter(
+                session, max_result_bytes=settings.max_result_body
+            ),
+        }
+    )
     tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
     runs = RunService(
         settings=settings,
@@ -121,7 +136,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[BACKGROUND] = background
     app[PUBLISHER] = publisher
-    app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
+    app[RATE_LIMITER] = RateLimiter(
+        app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
+    )
     app[RUN_SERVICE] = runs
     app[TRIGGER_SERVICE] = TriggerService(
         pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
@@ -129,6 +146,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
     app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings, tokens)
+    app[RUN_WAITERS] = waiters
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
@@ -146,25 +164,54 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)
 
 
+async def _execute(app: web.Application) -> AsyncIterator[None]:
+    """The blob store and what workflow execute builds on it (seed 004)."""
+    settings = app[SETTINGS]
+    async with open_blob_store(settings) as blobs:
+        app[BLOB_STORE] = blobs
+        files = FileService(
+            app[DB_POOL],
+            blobs,
+            UrlSigner(settings.secret_key, purpose="input-files"),
+            public_base_url=settings.public_base_url,
+            url_ttl_s=settings.file_url_ttl_s,
+        )
+        app[FILE_SERVICE] = files
+        app[EXECUTE_SERVICE] = ExecuteService(
+            settings=settings,
+            pool=app[DB_POOL],
+            runs=app[RUN_SERVICE],
+            triggers=app[TRIGGER_SERVICE],
+            waiters=app[RUN_WAITERS],
+            files=files,
+            background=app[BACKGROUND],
+        )
+        yield
+
+
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
+    app[METRICS].draining.set(1)
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
     app = web.Application(
-        middlewares=[request_context, errors_to_json],
+        middlewares=[request_context, observe_requests, errors_to_json],
         client_max_size=settings.max_request_body,
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
-    app.cleanup_ctx.extend([_database, _redis, _http_session, _services])
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute])
     app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(callbacks.routes)
     app.router.add_routes(credentials.routes)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(execute.routes)
+    app.router.add_routes(docs.routes)
     return app

@@ -9,14 +9,19 @@ from aiohttp import web
 
 from gateway.admin import AdminService
 from gateway.background import BackgroundTasks
+from gateway.blobs import BlobStore
 from gateway.callbacks import CallbackService
 from gateway.credentials import CredentialService
+from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
+from gateway.files import FileService
 from gateway.health import Lifecycle
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
 from gateway.triggers import TriggerService
+from gateway.waits import RunWaiters
 from store.events import EventPublisher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,8 +37,13 @@ TRIGGER_SERVICE = web.AppKey("trigger_service", TriggerService)
 CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
 EXTERNAL_RUN_SERVICE = web.AppKey("external_run_service", ExternalRunService)
 CREDENTIAL_SERVICE = web.AppKey("credential_service", CredentialService)
+RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
+BLOB_STORE = web.AppKey[BlobStore]("blob_store")
+FILE_SERVICE = web.AppKey("file_service", FileService)
+EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.
 PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -7,7 +7,7 @@ import uuid
 
 import asyncpg
 
-from gateway.apikeys import bearer_token, hash_key
+from gateway.apikeys import MAX_KEY_LENGTH, bearer_token, hash_key
 from gateway.errors import Unauthorized
 from store import queries
 from store.models import Agent
@@ -43,3 +43,17 @@ def check_admin_token(expected: str, authorization: str | None) -> None:
         raise Unauthorized("The admin API is disabled: set ADMIN_TOKEN to enable it")
     if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise Unauthorized("Missing or invalid admin token", headers=_BEARER_CHALLENGE)
+
+
+async def org_for_api_key(
+    pool: asyncpg.Pool, api_key: str | None, authorization: str | None
+) -> uuid.UUID:
+    """The organisation of the ingest key in ``X-API-Key`` (seed 004), or else in
+    ``Authorization: Bearer``; 401 otherwise."""
+    token = (api_key or "").strip() or bearer_token(authorization)
+    if token is not None and len(token) > MAX_KEY_LENGTH:
+        token = None
+    org_id = None if not token else await queries.org_for_ingest_key(pool, hash_key(token))
+    if org_id is None:
+        raise Unauthorized("Missing or invalid API key (send it in X-API-Key)")
+    return org_id

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,13 +23,13 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from adapters.fake_runtime import create_fake_runtime
+from adapters.fake_runtime import create_fake_runtime, node_id
 from adapters.fake_trigger_dev import create_fake_trigger_dev
 from gateway.admin import AdminService
 from gateway.app import create_app
 from gateway.credentials import CredentialService
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
-from gateway.log_config import AccessLogger
+from gateway.server import GatewayServer, wait_for_stop_signal
 from gateway.settings import Settings
 from store import queries
 from store.migrate import migrate_url
@@ -45,6 +44,23 @@ DEMO_AGENTS = {
     "summary": ("Demo summary (answers at once)", "json", "json"),
     "callback": ("Demo workflow that reports back", "json", "accepted?report_delay_ms=500"),
     "task": ("Demo Trigger.dev task", "json", "trigger.dev"),
+    "assistant": (
+        "Demo streaming assistant",
+        "stream",
+        "stream?nodes=Agent%201,Agent%202&interleave=1&pace_ms=150",
+    ),
+}
+# Settings beyond the runtime, per demo agent (kept up to date on every start).
+DEMO_AGENT_EXTRAS: dict[str, dict[str, Any]] = {
+    "assistant": {
+        "blocks": [{"id": node_id(n), "name": n} for n in ("Agent 1", "Agent 2")],
+        "input_format": [
+            {"name": "message", "type": "string"},
+            {"name": "userId", "type": "string"},
+            {"name": "maxTokens", "type": "number"},
+            {"name": "documents", "type": "files"},
+        ],
+    },
 }
 DEMO_TRIGGER_DEV_KEY = "tr_dev_demo"
 
@@ -98,8 +114,11 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
             }
         for slug, (name, output_kind, where) in DEMO_AGENTS.items():
             runtime = runtimes.runtime_for(where)
+            extras = DEMO_AGENT_EXTRAS.get(slug, {})
             if slug in state["agents"]:
-                await admin.update_agent(state["agents"][slug]["id"], {"runtime": runtime})
+                await admin.update_agent(
+                    state["agents"][slug]["id"], {"runtime": runtime, **extras}
+                )
                 continue
             agent = await admin.create_agent(
                 uuid.UUID(state["org_id"]),
@@ -109,6 +128,7 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
                     "runtime": runtime,
                     "default_input": {"topic": "Demo report"},
                     "running_timeout_ms": 120_000,
+                    **extras,
                 },
             )
             state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
@@ -163,6 +183,24 @@ def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -
     body = (
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
     )
+    execute = f"{base}/api/workflows/{ids['assistant']}/execute"
+    api_key = f"-H 'Content-Type: application/json' -H 'X-API-Key: {key}'"
+    stream_body = json.dumps(
+        {"message": "Count to five", "stream": True, "selectedOutputs": ["agent1.content"]}
+    )
+    file_body = json.dumps(
+        {
+            "message": "Summarise this",
+            "documents": [
+                {
+                    "type": "file",
+                    "data": "data:text/plain;base64,SGVsbG8sIHdvcmxkIQ==",
+                    "name": "hello.txt",
+                    "mime": "text/plain",
+                }
+            ],
+        }
+    )
     return f"""
 agent-gateway dev is running
   gateway         {base}
@@ -197,6 +235,10 @@ Register a run your runtime started on its own (a credentials token comes back):
 A standalone agent reports a run it ran by itself:
   curl -sS -X POST {agents}/{ids["imports"]}/runs/ingest {auth} {json_type} \
     -d '{ingesting}'
+Execute a workflow, its output streamed live as Server-Sent Events (seed 004):
+  curl -sS -N -X POST {execute} {api_key} -d '{stream_body}'
+The same, answered once, with a file sent along (base64):
+  curl -sS -X POST {execute} {api_key} -d '{file_body}'
 Stop with Ctrl-C.
 """
 
@@ -228,29 +270,22 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         "REDIS_URL": settings.redis_url,
         "SECRET_KEY": settings.secret_key,
         "LOG_LEVEL": settings.log_level,
+        # The consumer's /metrics and /healthz, on a port nothing else holds.
+        "CONSUMER_PORT": os.environ.get("CONSUMER_PORT") or str(free_port()),
     }
     # A long-lived child, as in production: the consumer is its own process.
     consumer = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "gateway.cli", "consume"], env=env
     )
 
-    runner = web.AppRunner(
-        create_app(settings),
-        handler_cancellation=True,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_grace_s,
-    )
-    await runner.setup()
+    gateway = GatewayServer(create_app(settings), settings)
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await gateway.start()
         print(_banner(settings, state, runtimes), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
+        await gateway.drain()
     finally:
-        await runner.cleanup()
+        await gateway.close()
         stop_process(consumer, timeout=10)
         await runtime_runner.cleanup()
         await trigger_dev_runner.cleanup()
@@ -274,6 +309,10 @@ def run_dev(settings: Settings, data_dir_arg: str) -> None:
             redis_url = redis.start()
         settings = dataclasses.replace(
             settings,
+            # Uploaded input files live beside the demo's database unless told otherwise.
+            blob_dir=os.environ.get("BLOB_DIR") or str(data_dir / "blobs"),
+            # Ctrl-C stops a dev server at once unless a pre-stop delay was asked for.
+            drain_pre_stop_s=settings.drain_pre_stop_s if "DRAIN_PRE_STOP_S" in os.environ else 0,
             database_url=database_url,
             redis_url=redis_url,
             secret_key=settings.secret_key or _persistent_secret(data_dir, "secret_key"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -31,6 +32,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
     if not value > 0 or value == float("inf"):
         raise SettingsError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration that may be zero (``0`` turns the wait off)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise SettingsError(f"{name} must be zero or a positive number, got {raw!r}")
     return value
 
 
@@ -67,6 +82,8 @@ class Settings:
     # pause above 2x, resume below 1x). 64 KiB measured best for chunked bodies and lowest in
     # memory per stream; see bench/README.md.
     stream_read_buffer: int = 64 * 1024
+    # Move a Content-Length body socket to socket with os.splice when neither side is TLS.
+    stream_splice: bool = True
     sync_rate_limit: int = 5
     sync_rate_window_s: int = 60
     # POST .../runs/trigger holds no connection, so its per-agent bucket is its own and wider.
@@ -91,8 +108,33 @@ class Settings:
     follow_lease_s: float = 30.0
     events_stream: str = "runs:events"
     events_group: str = "store"
-    # Bound on how long in-flight requests may run on after SIGTERM.
-    shutdown_grace_s: float = 30.0
+    # POST /api/workflows/{id}/execute: its own per-agent bucket, a larger body limit (files
+    # arrive base64-encoded in the JSON), the per-file limit, and the SSE keep-alive.
+    execute_rate_limit: int = 60
+    execute_rate_window_s: int = 60
+    execute_max_request_body: int = 64 * 1024 * 1024
+    max_file_bytes: int = 20 * 1024 * 1024
+    sse_ping_interval_s: float = 15.0
+    # Where uploaded input files are kept: "fs" (a folder; one replica or a shared volume) or
+    # "s3" (any S3-compatible store; what several replicas need).
+    blob_backend: str = "fs"
+    blob_dir: str = ".data/blobs"
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    # How long a signed URL of a stored file stays valid.
+    file_url_ttl_s: int = 3600
+    # Graceful drain on SIGTERM: /readyz answers 503 at once; new connections are still taken
+    # for ``drain_pre_stop_s`` (while load balancers notice), then refused; in-flight requests
+    # get up to ``drain_timeout_s`` to finish before they are cancelled.
+    drain_pre_stop_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    # The store consumer's own HTTP port for /metrics and /healthz (0: none).
+    consumer_host: str = "127.0.0.1"
+    consumer_port: int = 8081
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +156,7 @@ class Settings:
             default_wait_ms=_int(env, "DEFAULT_WAIT_MS", 60_000),
             stream_idle_timeout_s=float(_int(env, "STREAM_IDLE_TIMEOUT_S", 120)),
             stream_read_buffer=_int(env, "STREAM_READ_BUFFER", 64 * 1024),
+            stream_splice=_bool(env, "STREAM_SPLICE", True),
             sync_rate_limit=_int(env, "SYNC_RATE_LIMIT", 5),
             sync_rate_window_s=_int(env, "SYNC_RATE_WINDOW_S", 60),
             rate_limit_fail_open=_bool(env, "RATE_LIMIT_FAIL_OPEN", True),
@@ -126,5 +169,37 @@ class Settings:
             credentials_token_ttl_s=_int(env, "CREDENTIALS_TOKEN_TTL_S", 3600),
             wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
-            shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
+            drain_pre_stop_s=_seconds(env, "DRAIN_PRE_STOP_S", 5.0),
+            # SHUTDOWN_GRACE_S is the setting's former name, still honoured.
+            drain_timeout_s=_float(
+                env, "DRAIN_TIMEOUT_S", _float(env, "SHUTDOWN_GRACE_S", 30.0)
+            ),
+            consumer_host=env.get("CONSUMER_HOST") or host,
+            consumer_port=_int(env, "CONSUMER_PORT", 8081),
+            **_execute_settings(env),
         )
+
+
+def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of workflow execute, input files and the blob store."""
+    backend = env.get("BLOB_BACKEND", "fs").strip().lower() or "fs"
+    if backend not in {"fs", "s3"}:
+        raise SettingsError(f"BLOB_BACKEND must be 'fs' or 's3', got {backend!r}")
+    if backend == "s3" and not env.get("S3_BUCKET"):
+        raise SettingsError("S3_BUCKET must be set when BLOB_BACKEND is 's3'")
+    return {
+        "execute_rate_limit": _int(env, "EXECUTE_RATE_LIMIT", 60),
+        "execute_rate_window_s": _int(env, "EXECUTE_RATE_WINDOW_S", 60),
+        "execute_max_request_body": _int(env, "EXECUTE_MAX_REQUEST_BODY", 64 * 1024 * 1024),
+        "max_file_bytes": _int(env, "MAX_FILE_BYTES", 20 * 1024 * 1024),
+        "sse_ping_interval_s": _float(env, "SSE_PING_INTERVAL_S", 15.0),
+        "blob_backend": backend,
+        "blob_dir": env.get("BLOB_DIR", ".data/blobs"),
+        "s3_bucket": env.get("S3_BUCKET", ""),
+        "s3_endpoint_url": env.get("S3_ENDPOINT_URL", ""),
+        "s3_region": env.get("S3_REGION", "us-east-1"),
+        "s3_prefix": env.get("S3_PREFIX", "").strip("/"),
+        "s3_access_key_id": env.get("S3_ACCESS_KEY_ID", ""),
+        "s3_secret_access_key": env.get("S3_SECRET_ACCESS_KEY", ""),
+        "file_url_ttl_s": _int(env, "FILE_URL_TTL_S", 3600),
+    }

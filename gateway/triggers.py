@@ -21,6 +21,7 @@ from adapters.base import (
     RuntimeAdapter,
     RuntimeFailure,
     RuntimeTimeout,
+    TriggerPayload,
 )
 from gateway.background import BackgroundTasks
 from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
@@ -170,16 +171,36 @@ class TriggerService:
         """
         adapter = self._runs.adapter_for(agent)
         window_ms = self._runs.wait_window_ms(agent, timeout_ms)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + window_ms / 1000
+        deadline = asyncio.get_running_loop().time() + window_ms / 1000
         run = await self._runs.create_run(
             agent, input_data=input_data, user_id=user_id, window_ms=window_ms, trigger_kind="wait"
         )
+        return await self.run_and_wait(agent, adapter, run, deadline=deadline)
+
+    async def run_and_wait(
+        self,
+        agent: Agent,
+        adapter: RuntimeAdapter,
+        run: Run,
+        *,
+        deadline: float,
+        payload: TriggerPayload | None = None,
+        cancel_on_leave: bool = False,
+    ) -> Waited:
+        """Invoke the runtime for a created ``run`` and hold on until it ends or ``deadline``
+        (event-loop time) passes.
+
+        ``payload`` replaces the default trigger payload. When the caller leaves, the run goes
+        on by default; with ``cancel_on_leave`` it is cancelled, and a webhook call still in
+        flight is dropped at once.
+        """
+        loop = asyncio.get_running_loop()
         if not adapter.followed:
             await self._runs.publish(RunEvent(run.id, "started"))
-        payload = self._runs.trigger_payload(agent, run)
+        if payload is None:
+            payload = self._runs.trigger_payload(agent, run)
         invoke = asyncio.ensure_future(
-            adapter.invoke(agent.runtime, payload, wait_s=window_ms / 1000)
+            adapter.invoke(agent.runtime, payload, wait_s=max(0.001, deadline - loop.time()))
         )
         invoke.add_done_callback(_retrieve)
         try:
@@ -195,8 +216,12 @@ class TriggerService:
                 settle = deadline if isinstance(outcome, Invocation) else loop.time() + _SETTLE_S
                 ended = await self._waiters.wait(run.id, deadline=settle)
         except asyncio.CancelledError:
-            # The caller left. The run goes on: the runtime's answer is still recorded.
-            if not invoke.done():
+            if cancel_on_leave:
+                self._background.spawn(
+                    self._leave(agent, adapter, run, invoke), name=f"leave-run-{run.id}"
+                )
+            # Otherwise the run goes on: the runtime's answer is still recorded.
+            elif not invoke.done():
                 self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
             raise
         if not invoke.done():
@@ -211,8 +236,32 @@ class TriggerService:
             ended = await self._reload(run)
         return Waited(ended, timed_out=not ended.terminal)
 
+    async def _leave(
+        self,
+        agent: Agent,
+        adapter: RuntimeAdapter,
+        run: Run,
+        invoke: asyncio.Future[Invocation],
+    ) -> None:
+        """The caller left a run it asked to cancel then: cancel it, and stop its runtime."""
+        if not adapter.followed:
+            invoke.cancel()
+        await self._runs.publish(
+            RunEvent(run.id, "cancelled", error="Caller disconnected before the run ended")
+        )
+        if adapter.followed:
+            # The trigger call is let finish so the task it created can be cancelled too
+            # (_record_invocation sees the cancel and asks the runtime).
+            await self._adopt(agent, run, invoke)
+
     async def _adopt(self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation]) -> None:
-        await asyncio.wait([invoke])
+        try:
+            await asyncio.wait([invoke])
+        except asyncio.CancelledError:
+            # The gateway is stopping before the runtime answered: the answer would be lost.
+            invoke.cancel()
+            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            raise
         await self._record_invocation(agent, run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:

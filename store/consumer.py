@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,24 @@ class StoreConsumer:
         self.stats = ConsumerStats()
         self._ack_script = redis.register_script(_ACK_AND_ANNOUNCE)
         self._ahead: asyncio.Future[_Batch] | None = None
+        # time.monotonic() of the loop's last turn (a liveness signal: it turns at least every
+        # block_ms, or every second while Redis or PostgreSQL is away).
+        self.heartbeat = time.monotonic()
+
+    @property
+    def stream(self) -> str:
+        """The stream this consumer reads."""
+        return self._stream
+
+    @property
+    def group(self) -> str:
+        """The consumer group it reads in."""
+        return self._group
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
@@ -142,6 +161,7 @@ class StoreConsumer:
         loop = asyncio.get_running_loop()
         read_again = False
         while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 if read_again:
                     # What this consumer read but could not apply is applied first.
@@ -214,6 +234,7 @@ class StoreConsumer:
 
     async def _until_ready(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 await self.ensure_group()
                 return

@@ -30,6 +30,8 @@ class Agent:
     created_at: dt.datetime
     updated_at: dt.datetime
     api_key_salt: bytes = field(repr=False)
+    # The workflow's blocks that stream output: [{"id": ..., "name": ...}] (migration 0003).
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         """The agent as the admin API shows it (never the runtime's secrets)."""
@@ -49,6 +51,7 @@ class Agent:
             "default_input": self.default_input,
             "input_format": self.input_format,
             "running_timeout_ms": self.running_timeout_ms,
+            "blocks": self.blocks,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }

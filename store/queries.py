@@ -14,7 +14,7 @@ from store.models import Agent, Run
 
 _AGENT_COLUMNS = """id, org_id, name, managed_by, status, allow_external_triggers, output_kind,
     runtime, default_input, input_format, running_timeout_ms, created_at, updated_at,
-    api_key_salt"""
+    api_key_salt, blocks"""
 
 _RUN_COLUMNS = """id, agent_id, org_id, status, input, output_data, outputs, error, duration_ms,
     started_at, completed_at, created_at, created_by, external_run_id, runtime_run_id, deadline,
@@ -31,6 +31,7 @@ AGENT_FIELDS = (
     "default_input",
     "input_format",
     "running_timeout_ms",
+    "blocks",
 )
 
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy

@@ -67,16 +67,17 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
 
 
 @pytest.fixture
-def settings(backends: Backends) -> Settings:
+def settings(backends: Backends, tmp_path: Path) -> Settings:
     """Gateway settings for one test; its own event stream keeps tests apart."""
     return Settings(
+        blob_dir=str(tmp_path / "blobs"),
         database_url=backends.database_url,
         redis_url=backends.redis_url,
         admin_token=ADMIN_TOKEN,
         secret_key=SECRET_KEY,
         events_stream=f"test:events:{uuid.uuid4().hex}",
         stream_idle_timeout_s=5.0,
-        shutdown_grace_s=5.0,
+        drain_timeout_s=5.0,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
@@ -69,6 +71,16 @@ def wait_for_banner(child: subprocess.Popen[bytes], log: Path) -> str:
     raise AssertionError(log.read_text(errors="replace"))
 
 
+async def run_shell(line: str) -> bytes:
+    """Run a banner line as a user pastes it into a shell; its output."""
+    child = await asyncio.create_subprocess_exec(
+        "bash", "-c", line, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, err
+    return out
+
+
 async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
     tmp_path: Path,
 ) -> None:
@@ -110,6 +122,19 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                         assert (resp.status, run["status"]) == (200, "completed"), run
                         assert run["output_data"]["echo"]["topic"] == "Q3 financial summary"
             await try_reporting_lines(banner, key.group(1))
+            # The execute line, run as printed: frames stream, then done and the terminator.
+            execute = re.search(r"^  (curl -sS -N -X POST \S+/execute .+)$", banner, re.M)
+            assert execute is not None, banner
+            streamed = await run_shell(execute.group(1))
+            frames = [f for f in streamed.decode().split("\n\n") if f]
+            assert frames[-1] == "data: [DONE]", frames
+            assert json.loads(frames[0].removeprefix("data: "))["chunk"] == "One"
+            done = json.loads(frames[-2].removeprefix("data: "))
+            assert (done["event"], done["success"]) == ("done", True)
+            answered = re.search(r"^  (curl -sS -X POST \S+/execute .+)$", banner, re.M)
+            assert answered is not None, banner
+            result = json.loads(await run_shell(answered.group(1)))
+            assert result["success"] is True, result
         finally:
             assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -15,9 +16,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import structlog
 from aiohttp.test_utils import TestServer
 
 from adapters.fake_runtime import make_bytes
+from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from tests.conftest import (
     GatewayFactory,
@@ -29,6 +32,12 @@ from tests.conftest import (
 )
 
 MB = 1024 * 1024
+
+
+@pytest.fixture(params=[True, False], ids=["splice", "copy"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Every row of this module runs on both copy paths: os.splice and the portable one."""
+    return dataclasses.replace(settings, stream_splice=request.param)
 
 
 @pytest.fixture
@@ -54,18 +63,26 @@ async def sha256_of_body(resp: aiohttp.ClientResponse) -> tuple[str, int]:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_a_50_mb_file_arrives_byte_identical_and_the_run_records_its_metadata(
-    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, chunked: bool
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, chunked: bool, settings: Settings
 ) -> None:
     size = 50 * MB
     agent = await tenant.create_agent(
         runtime=webhook(runtime, f"bytes?size={size}&chunked={int(chunked)}&outputs=1")
     )
 
-    resp = await tenant.client.post(
-        download_url(agent["id"]), headers=tenant.auth, json={"input": {"topic": "Q3"}}
-    )
-    assert resp.status == 200
-    digest, got = await sha256_of_body(resp)
+    with structlog.testing.capture_logs() as logs:
+        resp = await tenant.client.post(
+            download_url(agent["id"]), headers=tenant.auth, json={"input": {"topic": "Q3"}}
+        )
+        assert resp.status == 200
+        digest, got = await sha256_of_body(resp)
+        run_id = int(resp.headers["X-Run-Id"])
+        await wait_for_run(tenant, agent["id"], run_id)
+
+    # A Content-Length body goes socket to socket when splicing is on; chunked never does.
+    sent = [e for e in logs if e["event"] == "download_sent"]
+    expected_path = "splice" if settings.stream_splice and not chunked else "copy"
+    assert [(e["path"], e["bytes"]) for e in sent] == [(expected_path, size)]
 
     assert got == size
     assert digest == hashlib.sha256(make_bytes(size)).hexdigest()
@@ -418,10 +435,13 @@ async def test_a_member_is_attributed_and_a_stranger_dropped(
     assert [str(v) if v else None for v in created_by.values()] == [member, None, None]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_the_caller_leaving_closes_the_upstream_within_a_second_and_fails_the_run(
-    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, chunked: bool
 ) -> None:
-    agent = await tenant.create_agent(runtime=webhook(runtime, f"bytes?size={500 * MB}&chunked=1"))
+    agent = await tenant.create_agent(
+        runtime=webhook(runtime, f"bytes?size={500 * MB}&chunked={int(chunked)}")
+    )
     session = aiohttp.ClientSession()
     resp = await session.post(
         tenant.client.make_url(download_url(agent["id"])), headers=tenant.auth
