@@ -108,3 +108,35 @@ def write_json(path: Path, sections: list[Section], meta: dict[str, Any]) -> Non
             allow_nan=True,
         )
     )
+
+
+def load_json(path: Path) -> tuple[list[Section], dict[str, Any]]:
+    """The sections and meta a run wrote with :func:`write_json`."""
+    data = json.loads(path.read_text())
+    sections = []
+    for raw in data["sections"]:
+        rows = [Row(**row) for row in raw.pop("rows")]
+        sections.append(Section(**raw, rows=rows))
+    return sections, data["meta"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the tables of a saved run again: ``python -m bench.report bench-results.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("json", type=Path, help="a file written by bench.run --json")
+    parser.add_argument("--only", help="section keys to print, comma-separated")
+    args = parser.parse_args(argv)
+    sections, meta = load_json(args.json)
+    print(
+        f"Measured {meta.get('date')} at {meta.get('commit')} ({meta.get('seconds')} s in all).\n"
+    )
+    chosen = set(args.only.split(",")) if args.only else None
+    for section in sections:
+        if chosen is None or section.key in chosen:
+            print(render(section))
+
+
+if __name__ == "__main__":
+    main()
