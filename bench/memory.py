@@ -7,10 +7,11 @@ VmRSS a moment after the scenario ended are read from ``/proc/<pid>/status``:
 
 - a 1 MiB and a 1 GiB download (curl);
 - a reader limited to 1 MB/s (``bench/loadgen.py slow``) on a 1 GiB body for a bounded time,
-  then leaving, once with Content-Length (the splice path) and once chunked (the copy path). How far the gateway reads ahead of it is the bytes it has read from sockets
-  minus the bytes it has written to sockets (``rchar - wchar`` of ``/proc/<pid>/io``, sampled
-  while the reader reads); the origin's own count of bytes written, less what the reader
-  consumed, is shown beside it (that one also holds the kernel's socket buffers);
+  then leaving, once with Content-Length (the splice path) and once chunked (the copy path).
+  How far the gateway reads ahead of it is the bytes it has read from sockets minus the bytes
+  it has written to sockets (``rchar - wchar`` of ``/proc/<pid>/io``, sampled while the reader
+  reads); the origin's own count of bytes written, less what the reader consumed, is shown
+  beside it (that one also holds the kernel's socket and pipe buffers);
 - ``--concurrent`` downloads of 8 MiB at once, spread over agents so the 5/min bucket never
   refuses one.
 """
