@@ -206,7 +206,7 @@ def create_tenant(stack: Stack, sizes: Sequence[int]) -> Tenant:
 
 
 async def wait_for_run(
-    base: str, ingest_key: str, agent_id: int, run_id: int, bound_s: float = 15.0
+    base: str, ingest_key: str, agent_id: int, run_id: int, bound_s: float = 60.0
 ) -> dict[str, Any]:
     """Poll the run (bounded) until the consumer has recorded a terminal status."""
     url = f"{base}/api/agents/{agent_id}/runs/{run_id}"

@@ -36,6 +36,10 @@ from bench.processes import (
 )
 from gateway.embedded import free_port
 
+# The gateway's default events stream and consumer group.
+STREAM = "runs:events"
+GROUP = "store"
+
 NGINX_CONF = """\
 worker_processes 1;
 daemon off;
@@ -218,13 +222,37 @@ class Stack:
         env.update(extra)
         return env
 
-    def start_consumer(self) -> Child:
-        """The store consumer, ``agent-gateway consume`` (once)."""
+    def start_consumer(self, timeout: float = 60.0) -> Child:
+        """The store consumer, ``agent-gateway consume`` (once), up to reading the stream."""
         if self.consumer is None or not self.consumer.alive():
             self.consumer = self._spawn(
                 "consumer", [*gateway_command(), "consume"], "consumer.log", self.env()
             )
+            self._wait_for_consumer(self.consumer, timeout)
         return self.consumer
+
+    def _wait_for_consumer(self, consumer: Child, timeout: float) -> None:
+        """Until the consumer is a member of its group (it has started reading)."""
+        import redis as sync_redis
+
+        assert self.backends is not None
+        client = sync_redis.Redis.from_url(self.backends.redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if not consumer.alive():
+                    raise BenchError(f"the consumer exited:\n{consumer.log_tail()}")
+                try:
+                    groups = client.xinfo_groups(STREAM)
+                    members = client.xinfo_consumers(STREAM, GROUP) if groups else []
+                except sync_redis.ResponseError:  # no stream yet
+                    members = []
+                if any(m["name"].decode().endswith(f"-{consumer.pid}") for m in members):
+                    return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise BenchError(f"the consumer did not start reading within {timeout:g} s")
 
     def stop_consumer(self) -> None:
         """Stop the store consumer (it finishes the batch in hand)."""
