@@ -26,6 +26,7 @@ from gateway.app_keys import (
     FILE_SERVICE,
     HTTP_SESSION,
     LIFECYCLE,
+    PACKAGE_SERVICE,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
@@ -34,6 +35,7 @@ from gateway.app_keys import (
     SETTINGS,
     TRIGGER_SERVICE,
 )
+from gateway.archive import Archiver
 from gateway.background import BackgroundTasks
 from gateway.blobs import open_blob_store
 from gateway.callbacks import CallbackService
@@ -44,8 +46,10 @@ from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.follower import RunFollower
 from gateway.handlers import admin, agent_runs, callbacks, credentials, execute, health
+from gateway.handlers.v0 import create_v0_app
 from gateway.health import Lifecycle
 from gateway.middleware import errors_to_json, on_prepare, request_context
+from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -180,6 +184,22 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _packages(app: web.Application) -> AsyncIterator[None]:
+    """Job download packages (seed 003): ZIPs streamed from the blob store."""
+    settings = app[SETTINGS]
+    archiver = Archiver(read_timeout_s=settings.stream_idle_timeout_s)
+    app[PACKAGE_SERVICE] = PackageService(
+        app[DB_POOL],
+        app[BLOB_STORE],
+        UrlSigner(settings.secret_key, purpose="job-packages"),
+        archiver,
+        public_base_url=settings.public_base_url,
+        url_ttl_s=settings.package_url_ttl_s,
+    )
+    yield
+    archiver.close()
+
+
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
 
@@ -194,7 +214,7 @@ def create_app(settings: Settings) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
-    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute])
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
     app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
@@ -202,4 +222,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(credentials.routes)
     app.router.add_routes(admin.routes)
     app.router.add_routes(execute.routes)
+    app.add_subapp("/v0", create_v0_app())
     return app

@@ -16,6 +16,7 @@ from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.health import Lifecycle
+from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -40,6 +41,7 @@ RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
 BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
+PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.

@@ -118,6 +118,11 @@ def run_input_key(run_id: int, ordinal: int, filename: str) -> str:
     return check_key(f"{run_prefix(run_id)}inputs/{ordinal}-{safe_filename(filename)}")
 
 
+def run_output_key(run_id: int, ordinal: int, filename: str) -> str:
+    """The key of the ``ordinal``-th output file of a run (stable: same run, same key)."""
+    return check_key(f"{run_prefix(run_id)}outputs/{ordinal}-{safe_filename(filename)}")
+
+
 async def _hashed(chunks: AsyncIterable[bytes], digest: Any) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if chunk:

@@ -115,6 +115,8 @@ class Settings:
     s3_secret_access_key: str = field(default="", repr=False)
     # How long a signed URL of a stored file stays valid.
     file_url_ttl_s: int = 3600
+    # How long a job download package's signed URL stays valid (seed 003).
+    package_url_ttl_s: int = 900
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,6 +153,7 @@ class Settings:
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
             shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
             **_execute_settings(env),
+            **_package_settings(env),
         )
 
 
@@ -177,3 +180,11 @@ def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "s3_secret_access_key": env.get("S3_SECRET_ACCESS_KEY", ""),
         "file_url_ttl_s": _int(env, "FILE_URL_TTL_S", 3600),
     }
+
+
+def _package_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of job download packages."""
+    ttl = _int(env, "PACKAGE_URL_TTL_S", 900)
+    if ttl <= 0:
+        raise SettingsError(f"PACKAGE_URL_TTL_S must be a positive number of seconds, got {ttl}")
+    return {"package_url_ttl_s": ttl}

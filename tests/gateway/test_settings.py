@@ -47,3 +47,11 @@ def test_the_public_url_defaults_to_the_listening_address() -> None:
 def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_package_urls_live_15_minutes_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).package_url_ttl_s == 900
+    assert Settings.from_env({"PACKAGE_URL_TTL_S": "60"}).package_url_ttl_s == 60
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SettingsError, match="PACKAGE_URL_TTL_S"):
+            Settings.from_env({"PACKAGE_URL_TTL_S": bad})
