@@ -30,8 +30,10 @@ from typing import Any
 
 from zipstream import ZipStream
 
-# One worker step gathers output up to this size: few thread hops per MiB, one chunk of memory.
-STEP_BYTES = 256 * 1024
+# A worker step gathers output up to this size, and a source is read this far ahead, in one
+# hop each between the loop and the worker: hops, not bytes, are what an archive costs.
+STEP_BYTES = 1024 * 1024
+PULL_BYTES = 1024 * 1024
 # Steps of all archives share these threads; a step is short (one chunk), so they interleave.
 ARCHIVE_THREADS = 8
 
@@ -82,22 +84,31 @@ class _Source:
         # Opened on the loop when the writer reaches the entry, closed there too.
         self.chunks: AsyncIterator[bytes] | None = None
         self._read = 0
+        # Chunks fetched and not yet handed to the writer (last one first), and whether the
+        # source has ended.
+        self._ready: list[bytes] = []
+        self._ended = False
 
-    async def _pull(self) -> bytes | None:
+    async def _pull(self) -> list[bytes]:
+        """The entry's next chunks, about :data:`PULL_BYTES` of them (none: the end)."""
         if self.chunks is None:
             self.chunks = self._open()
-        while True:
+        pulled: list[bytes] = []
+        size = 0
+        while size < PULL_BYTES:
             chunk = await anext(self.chunks, None)
             if chunk is None:
                 if self._read != self._entry.size:
                     raise self._size_changed()
-                return None
+                break
             if chunk:
                 self._read += len(chunk)
                 # Checked before the bytes go out: an archive never carries a wrong entry.
                 if self._read > self._entry.size:
                     raise self._size_changed()
-                return chunk
+                pulled.append(chunk)
+                size += len(chunk)
+        return pulled
 
     def _size_changed(self) -> ArchiveError:
         which = "more" if self._read > self._entry.size else "fewer"
@@ -110,19 +121,25 @@ class _Source:
         return self
 
     def __next__(self) -> bytes:
-        if self._stop.is_set():
-            raise _Aborted
-        future = asyncio.run_coroutine_threadsafe(self._pull(), self._loop)
-        try:
-            chunk = future.result(timeout=self._timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise ArchiveError(
-                f"{self._entry.path}: no data for {self._timeout_s:g} s from its source"
-            ) from None
-        if chunk is None:
-            raise StopIteration
-        return chunk
+        if not self._ready:
+            if self._ended:
+                raise StopIteration
+            if self._stop.is_set():
+                raise _Aborted
+            # One round trip to the loop fetches several chunks: hops cost more than bytes.
+            future = asyncio.run_coroutine_threadsafe(self._pull(), self._loop)
+            try:
+                self._ready = future.result(timeout=self._timeout_s)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise ArchiveError(
+                    f"{self._entry.path}: no data for {self._timeout_s:g} s from its source"
+                ) from None
+            self._ready.reverse()
+            if not self._ready:
+                self._ended = True
+                raise StopIteration
+        return self._ready.pop()
 
 
 @dataclass(slots=True)

@@ -102,7 +102,7 @@ async def test_a_source_that_does_not_hold_its_declared_size_fails_the_archive(
 async def test_a_source_failing_midway_fails_the_archive_and_is_closed(
     archiver: Archiver,
 ) -> None:
-    source = Source(make_bytes(1_000_000), fail_after=500_000)
+    source = Source(make_bytes(4_000_000), fail_after=3_000_000)
     archive = archiver.archive([source.entry("a.bin")])
     received = bytearray()
 
