@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 
 from gateway.apikeys import MAX_KEY_LENGTH, bearer_token, hash_key
-from gateway.errors import Unauthorized
+from gateway.errors import Unauthorized, v0_error
 from store import queries
 from store.models import Agent
 
@@ -80,8 +80,9 @@ async def org_for_v0_key(pool: asyncpg.Pool, authorization: str | None) -> uuid.
     token = bare_or_bearer_token(authorization)
     org_id = None if token is None else await queries.org_for_ingest_key(pool, hash_key(token))
     if org_id is None:
-        raise Unauthorized(
+        raise v0_error(
+            Unauthorized,
             "Missing or invalid API key: send it as 'Authorization: <API key>'",
-            extra={"code": "unauthorized", "details": None},
+            "unauthorized",
         )
     return org_id

@@ -35,7 +35,7 @@ import structlog
 from gateway.archive import ArchiveEntry, Archiver, StreamedArchive
 from gateway.blobs import BlobNotFound, BlobStore
 from gateway.downloads import slug
-from gateway.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, v0_error
 from gateway.input_format import InputFormatError, parse_input_format
 from gateway.signing import SignatureError, SignatureExpired, UrlSigner, url_path
 from store import packages, queries, run_files
@@ -62,11 +62,6 @@ _NOT_STORED_DOWNLOAD = (
 )
 _NOT_STORED_REFERENCE = "A URL reference: handed to the runtime as given, never fetched or stored."
 _NOT_STORED_MISSING = "The file is no longer in the blob store."
-
-
-def v0_error(cls: type[ApiError], message: str, code: str, details: Any = None) -> ApiError:
-    """An error for the ``/v0`` API: ``{"error": {"code", "message", "details"}}``."""
-    return cls(message, extra={"code": code, "details": details})
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,8 @@ from aiohttp import web
 from gateway.app_keys import DB_POOL, PACKAGE_SERVICE
 from gateway.archive import ArchiveError
 from gateway.auth import org_for_v0_key
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, v0_error
 from gateway.middleware import v0_errors_to_json
-from gateway.packages import v0_error
 
 log = structlog.get_logger(__name__)
 
