@@ -123,6 +123,11 @@ def run_output_key(run_id: int, ordinal: int, filename: str) -> str:
     return check_key(f"{run_prefix(run_id)}outputs/{ordinal}-{safe_filename(filename)}")
 
 
+def _close_opened(opening: asyncio.Future[IO[bytes]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 async def _hashed(chunks: AsyncIterable[bytes], digest: Any) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if chunk:
@@ -170,17 +175,26 @@ class FilesystemBlobStore:
     async def read(self, key: str, *, chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes]:
         """The file's bytes, read off the event loop."""
         path = self._path(key)
+        opening: asyncio.Future[IO[bytes]] = asyncio.ensure_future(
+            asyncio.to_thread(open, path, "rb")
+        )
         try:
-            handle: IO[bytes] = await asyncio.to_thread(open, path, "rb")
+            handle: IO[bytes] = await asyncio.shield(opening)
         except FileNotFoundError:
             raise BlobNotFound(key) from None
         except OSError as exc:
             raise BlobStoreError(f"could not read blob {key}: {exc}") from exc
+        except asyncio.CancelledError:
+            # The thread opens the file all the same: close it once it has.
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             while chunk := await asyncio.to_thread(handle.read, chunk_size):
                 yield chunk
         finally:
-            await asyncio.to_thread(handle.close)
+            # Inline: closing a file opened for reading does not wait on the disk, and a
+            # to_thread(close) cancelled before its thread starts (the reader left) never runs.
+            handle.close()
 
     async def size(self, key: str) -> int:
         """The file's size."""
