@@ -40,8 +40,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 # Numeric so Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 8080
-# aiohttp and the consumer both drain in-flight work on SIGTERM.
+# 8080: the gateway (serve). 8081: the store consumer's /metrics and /healthz (consume).
+EXPOSE 8080 8081
+# Both drain on SIGTERM: the gateway as README "Operations" describes, the consumer after the
+# batch in hand.
 STOPSIGNAL SIGTERM
 # Only meaningful for `serve`; compose disables it for consume/migrate, Kubernetes ignores it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

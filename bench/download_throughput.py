@@ -411,7 +411,10 @@ class GatewayEnv:
             GATEWAY_HOST="127.0.0.1",
             # The 5/min trigger bucket would otherwise throttle the benchmark.
             SYNC_RATE_LIMIT="1000000000",
-            SHUTDOWN_GRACE_S="5",
+            DRAIN_PRE_STOP_S="0",
+            DRAIN_TIMEOUT_S="5",
+            # The consumer's /metrics and /healthz are not needed here; keep the port free.
+            CONSUMER_PORT="0",
             LOG_LEVEL="INFO",
         )
         env.update(extra)

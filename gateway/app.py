@@ -26,6 +26,7 @@ from gateway.app_keys import (
     FILE_SERVICE,
     HTTP_SESSION,
     LIFECYCLE,
+    METRICS,
     PACKAGE_SERVICE,
     PUBLISHER,
     RATE_LIMITER,
@@ -45,10 +46,11 @@ from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.follower import RunFollower
-from gateway.handlers import admin, agent_runs, callbacks, credentials, execute, health
+from gateway.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.handlers.v0 import create_v0_app
 from gateway.health import Lifecycle
-from gateway.middleware import errors_to_json, on_prepare, request_context
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import errors_to_json, observe_requests, on_prepare, request_context
 from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
@@ -101,14 +103,19 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = app[HTTP_SESSION]
+    metrics = app[METRICS]
     background = BackgroundTasks()
-    publisher = EventPublisher(app[REDIS], app[DB_POOL], settings.events_stream)
-    adapters: dict[str, RuntimeAdapter] = {
-        N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
-        TriggerDevAdapter.kind: TriggerDevAdapter(
-            session, max_result_bytes=settings.max_result_body
-        ),
-    }
+    publisher = EventPublisher(
+        app[REDIS], app[DB_POOL], settings.events_stream, observe=metrics.observe_event
+    )
+    adapters: dict[str, RuntimeAdapter] = metrics.metered_adapters(
+        {
+            N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
+            TriggerDevAdapter.kind: TriggerDevAdapter(
+                session, max_result_bytes=settings.max_result_body
+            ),
+        }
+    )
     tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
     runs = RunService(
         settings=settings,
@@ -133,7 +140,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[BACKGROUND] = background
     app[PUBLISHER] = publisher
-    app[RATE_LIMITER] = RateLimiter(app[REDIS], fail_open=settings.rate_limit_fail_open)
+    app[RATE_LIMITER] = RateLimiter(
+        app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
+    )
     app[RUN_SERVICE] = runs
     app[TRIGGER_SERVICE] = TriggerService(
         pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
@@ -202,16 +211,18 @@ async def _packages(app: web.Application) -> AsyncIterator[None]:
 
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
+    app[METRICS].draining.set(1)
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
     app = web.Application(
-        middlewares=[request_context, errors_to_json],
+        middlewares=[request_context, observe_requests, errors_to_json],
         client_max_size=settings.max_request_body,
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
@@ -222,5 +233,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(credentials.routes)
     app.router.add_routes(admin.routes)
     app.router.add_routes(execute.routes)
+    app.router.add_routes(docs.routes)
     app.add_subapp("/v0", create_v0_app())
     return app

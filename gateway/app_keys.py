@@ -16,6 +16,7 @@ from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.health import Lifecycle
+from gateway.metrics import GatewayMetrics
 from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
@@ -47,3 +48,4 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.
 PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", GatewayMetrics)

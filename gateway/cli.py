@@ -15,11 +15,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway import server
 from gateway.admin import AdminService
 from gateway.app import create_app
+from gateway.consumer_monitor import ConsumerMonitor, start_monitor
 from gateway.credentials import CredentialService
 from gateway.errors import ApiError
-from gateway.log_config import AccessLogger, configure_logging
+from gateway.log_config import configure_logging
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
@@ -40,18 +42,10 @@ def _require(settings: Settings, *names: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the gateway alone until SIGTERM/SIGINT, then drain in-flight requests."""
+    """Run the gateway alone until SIGTERM/SIGINT, then drain it (gateway/server.py)."""
     _require(settings, "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
     _install_uvloop()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_grace_s,
-        access_log_class=AccessLogger,
-        print=None,
-    )
+    asyncio.run(server.serve(create_app(settings), settings))
 
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
@@ -64,9 +58,18 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
+    monitor: web.AppRunner | None = None
     try:
+        if settings.consumer_port:
+            monitor = await start_monitor(
+                ConsumerMonitor(consumer, redis, pool),
+                settings.consumer_host,
+                settings.consumer_port,
+            )
         await consumer.run()
     finally:
+        if monitor is not None:
+            await monitor.cleanup()
         await pool.close()
         await redis.aclose()
 

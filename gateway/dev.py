@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import uuid
@@ -30,7 +29,7 @@ from gateway.admin import AdminService
 from gateway.app import create_app
 from gateway.credentials import CredentialService
 from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
-from gateway.log_config import AccessLogger
+from gateway.server import GatewayServer, wait_for_stop_signal
 from gateway.settings import Settings
 from store import queries
 from store.migrate import migrate_url
@@ -276,29 +275,22 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         "REDIS_URL": settings.redis_url,
         "SECRET_KEY": settings.secret_key,
         "LOG_LEVEL": settings.log_level,
+        # The consumer's /metrics and /healthz, on a port nothing else holds.
+        "CONSUMER_PORT": os.environ.get("CONSUMER_PORT") or str(free_port()),
     }
     # A long-lived child, as in production: the consumer is its own process.
     consumer = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "gateway.cli", "consume"], env=env
     )
 
-    runner = web.AppRunner(
-        create_app(settings),
-        handler_cancellation=True,
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.shutdown_grace_s,
-    )
-    await runner.setup()
+    gateway = GatewayServer(create_app(settings), settings)
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await gateway.start()
         print(_banner(settings, state, runtimes), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
+        await gateway.drain()
     finally:
-        await runner.cleanup()
+        await gateway.close()
         stop_process(consumer, timeout=10)
         await runtime_runner.cleanup()
         await trigger_dev_runner.cleanup()
@@ -324,6 +316,8 @@ def run_dev(settings: Settings, data_dir_arg: str) -> None:
             settings,
             # Uploaded input files live beside the demo's database unless told otherwise.
             blob_dir=os.environ.get("BLOB_DIR") or str(data_dir / "blobs"),
+            # Ctrl-C stops a dev server at once unless a pre-stop delay was asked for.
+            drain_pre_stop_s=settings.drain_pre_stop_s if "DRAIN_PRE_STOP_S" in os.environ else 0,
             database_url=database_url,
             redis_url=redis_url,
             secret_key=settings.secret_key or _persistent_secret(data_dir, "secret_key"),

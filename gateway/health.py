@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -13,9 +13,40 @@ _PROBE_TIMEOUT_S = 1.0
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Process state the readiness probe reports; ``draining`` is set on shutdown."""
+    """Process state the readiness probe reports, and the requests a drain waits for.
+
+    ``draining`` is set when SIGTERM arrives; ``cancelling`` once the drain timeout has passed
+    and the requests still in flight are being cancelled (so that they can say why).
+    """
 
     draining: bool = False
+    cancelling: bool = False
+    in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    def request_started(self) -> None:
+        """A request reached the application."""
+        self.in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        """A request's handler returned (or was cancelled)."""
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; ``False`` if ``timeout_s`` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 async def readiness(

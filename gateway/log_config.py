@@ -3,13 +3,99 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.app_keys import REQUEST_ID
+from gateway.request_info import REQUEST_INFO, route_template
+
+# Probes and scrapes arrive every few seconds; their access lines are DEBUG, not INFO.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+# Field names whose values are never logged, at any depth (compared lower-cased, without
+# "-" and "_").
+_SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "proxyauthorization",
+        "cookie",
+        "setcookie",
+        "apikey",
+        "xapikey",
+        "agentapikey",
+        "ingestkey",
+        "key",
+        "secret",
+        "secretkey",
+        "password",
+        "token",
+        "admintoken",
+        "credentialstoken",
+        "xcredentialstoken",
+        "credentials",
+        "data",
+        # A runtime's configured headers carry its auth (the admin API masks them too).
+        "headers",
+    }
+)
+# Secrets inside free text (exception messages, URLs): bearer tokens, our key formats,
+# Trigger.dev secret keys, and passwords in connection URLs.
+_SECRET_TEXT = re.compile(
+    r"(?i)(?P<bearer>bearer\s+)\S+"
+    r"|(?P<key>\b(?:igk|agk|tr_dev|tr_prod|tr_stg)_)[A-Za-z0-9_\-]+"
+    r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
+)
+REDACTED = "[redacted]"
+
+
+def _scrub_text(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group("bearer"):
+            return match.group("bearer") + REDACTED
+        if match.group("key"):
+            return match.group("key") + REDACTED
+        return match.group("url") + REDACTED + "@"
+
+    return _SECRET_TEXT.sub(replace, text)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if _is_secret_field(k) else _scrub(v, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+def _is_secret_field(name: object) -> bool:
+    return isinstance(name, str) and name.lower().replace("-", "").replace("_", "") in (
+        _SECRET_FIELDS
+    )
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop the values of secret-named fields and scrub secrets from
+    text. Defence in depth: code should not log secrets in the first place."""
+    for name, value in list(event_dict.items()):
+        if _is_secret_field(name):
+            event_dict[name] = REDACTED
+        else:
+            event_dict[name] = _scrub(value)
+    return event_dict
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -24,6 +110,7 @@ def configure_logging(level: str = "INFO") -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            redact_secrets,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -33,7 +120,12 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processor=structlog.processors.JSONRenderer(),
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                structlog.processors.JSONRenderer(),
+            ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )
     )
@@ -47,20 +139,39 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         """Write the access line for ``request``."""
-        route = None
-        match_info = getattr(request, "match_info", None)
-        if match_info is not None and match_info.route.resource is not None:
-            route = match_info.route.resource.canonical
-        structlog.get_logger("access").info(
+        route = route_template(request)
+        info = request.get(REQUEST_INFO)
+        run_id = info.run_id if info is not None else None
+        agent_id = info.agent_id if info is not None else None
+        if agent_id is None:
+            agent_id = _path_int(request, "agentId")
+        if run_id is None:
+            run_id = _path_int(request, "runId")
+        sent = info.bytes_streamed if info is not None else None
+        if sent is None:
+            # A whole response declares its body's length; body_length counts headers too.
+            sent = response.content_length
+        logger = structlog.get_logger("access")
+        emit = logger.debug if route in QUIET_ROUTES else logger.info
+        emit(
             "request",
             method=request.method,
             path=request.path,
             route=route,
             status=response.status,
             duration_ms=round(duration * 1000, 2),
-            bytes=response.body_length,
+            bytes=response.body_length if sent is None else sent,
             request_id=request.get(REQUEST_ID),
-            run_id=response.headers.get("X-Run-Id"),
-            agent_id=match_info.get("agentId") if match_info is not None else None,
+            run_id=run_id,
+            agent_id=agent_id,
             remote=request.remote,
         )
+
+
+def _path_int(request: web.BaseRequest, name: str) -> int | None:
+    """A numeric id from the matched path, else ``None`` (never an arbitrary string)."""
+    match_info = getattr(request, "match_info", None)
+    raw = match_info.get(name) if match_info is not None else None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 18:
+        return int(raw)
+    return None

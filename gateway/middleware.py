@@ -1,8 +1,11 @@
-"""Request ids, and the one place where domain exceptions become HTTP responses."""
+"""Request ids, request metrics, and the one place where domain exceptions become HTTP
+responses."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +16,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.app_keys import PREPARED_RESPONSE, REQUEST_ID
+from gateway.app_keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
 from gateway.errors import ApiError, ServiceUnavailable
+from gateway.request_info import (
+    REQUEST_INFO,
+    RequestInfo,
+    method_label,
+    note_run,
+    route_template,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +56,56 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Give every request an id (echoed back) and bind it to the log context."""
     request_id = _request_id(request)
     request[REQUEST_ID] = request_id
+    request[REQUEST_INFO] = RequestInfo(request_id)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     return await handler(request)
+
+
+# A request whose caller left before any response was prepared (nginx's convention).
+_CLIENT_CLOSED = 499
+
+
+@web.middleware
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request, time it, and hold it in flight for the graceful drain.
+
+    Sits outside ``errors_to_json``, so it sees the status the caller gets.
+    """
+    metrics = request.app[METRICS]
+    lifecycle = request.app[LIFECYCLE]
+    route, method = route_template(request), method_label(request.method)
+    lifecycle.request_started()
+    metrics.requests_in_flight.inc()
+    started = time.monotonic()
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except BaseException as exc:
+        prepared = request.get(PREPARED_RESPONSE)
+        if prepared is not None:
+            status = prepared.status
+        elif isinstance(exc, asyncio.CancelledError):
+            status = _CLIENT_CLOSED
+        raise
+    finally:
+        lifecycle.request_finished()
+        metrics.requests_in_flight.dec()
+        metrics.requests.labels(route, method, str(status)).inc()
+        metrics.request_duration.labels(route, method).observe(time.monotonic() - started)
+        info = request.get(REQUEST_INFO)
+        if info is not None and info.streamed:
+            metrics.streams_in_flight.labels(route).dec()
+            sent = info.bytes_streamed
+            if sent is None and response is not None:
+                sent = response.body_length
+            metrics.streamed_bytes.labels(route).inc(sent or 0)
 
 
 ErrorShape = Callable[[ApiError], dict[str, Any]]
@@ -127,6 +184,8 @@ def _error_response(request: web.Request, exc: Exception, shape: ErrorShape) -> 
             "Service temporarily unavailable; retry shortly", headers={"Retry-After": "1"}
         )
     if isinstance(exc, ApiError):
+        if isinstance(run_id := exc.extra.get("runId"), int):
+            note_run(request, run_id=run_id)
         return web.json_response(shape(exc), status=exc.status, headers=exc.headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
@@ -145,6 +204,14 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     """``on_response_prepare``: echo the request id on every response, streamed ones too,
     and note that this request's headers are on their way."""
     request[PREPARED_RESPONSE] = response
+    info = request.get(REQUEST_INFO)
+    # A handler that prepares its own StreamResponse streams its body; a Response is sent
+    # whole after the handler returned.
+    # config_dict: under a sub-application (/v0) request.app is that sub-application.
+    metrics = request.config_dict.get(METRICS)
+    if info is not None and not isinstance(response, web.Response) and metrics is not None:
+        info.streamed = True
+        metrics.streams_in_flight.labels(route_template(request)).inc()
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

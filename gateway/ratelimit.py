@@ -7,6 +7,7 @@ replica with a skewed clock cannot mint tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -71,10 +72,18 @@ class Decision:
 class RateLimiter:
     """Takes tokens from per-agent buckets; raises :class:`RateLimited` when one is empty."""
 
-    def __init__(self, redis: aioredis.Redis, *, fail_open: bool) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        fail_open: bool,
+        observe: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._script = redis.register_script(_TOKEN_BUCKET)
         self._fail_open = fail_open
+        # Told (bucket, decision) for every decision, for metrics.
+        self._observe = observe or (lambda bucket, decision: None)
 
     async def take(self, bucket: str, *, limit: int, window_s: int) -> Decision:
         """Take one token from ``bucket`` (``limit`` tokens per ``window_s`` seconds)."""
@@ -86,13 +95,16 @@ class RateLimiter:
                 "rate_limit_unavailable", bucket=bucket, fail_open=self._fail_open, error=str(exc)
             )
             if self._fail_open:
+                self._observe(bucket, "unavailable_allowed")
                 return Decision(True, limit, limit, 0, 0)
+            self._observe(bucket, "unavailable_refused")
             raise RateLimited(
                 "Rate limiter unavailable; try again shortly",
                 extra={"retryAfterMs": 1000},
                 headers={"Retry-After": "1"},
             ) from exc
         allowed, remaining, retry_ms, reset_ms = (int(v) for v in raw)
+        self._observe(bucket, "allowed" if allowed else "limited")
         return Decision(bool(allowed), limit, remaining, max(0, retry_ms), max(0, reset_ms))
 
     async def enforce(self, bucket: str, *, limit: int, window_s: int, what: str) -> Decision:

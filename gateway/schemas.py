@@ -20,6 +20,7 @@ from marshmallow import (
 from adapters.base import loads_json
 from gateway.errors import BadRequest
 from gateway.input_format import InputFormatError, parse_input_format
+from store.jsonb import jsonb_problem
 
 
 class StrictNumber(fields.Field):  # type: ignore[type-arg]
@@ -41,7 +42,16 @@ class JsonObject(fields.Dict):
     default_error_messages = {"invalid": "Must be a JSON object."}
 
 
-class TriggerBody(Schema):
+class StorableBody(Schema):
+    """A body PostgreSQL must be able to store as given (no ``\u0000`` in any string)."""
+
+    @validates_schema(pass_original=True)
+    def _storable(self, data: dict[str, Any], original_data: Any, **_: Any) -> None:
+        if (problem := jsonb_problem(original_data)) is not None:
+            raise ValidationError(f"The body cannot be stored: it {problem}.")
+
+
+class TriggerBody(StorableBody):
     """The body of the trigger endpoints (seeds 000 and 002)."""
 
     class Meta:
@@ -105,7 +115,7 @@ def _check_error(value: Any) -> None:
         raise ValidationError("Must be a string or an object with a string 'message'.")
 
 
-class RegisterBody(Schema):
+class RegisterBody(StorableBody):
     """``POST /api/agents/{agentId}/runs/register`` (seed 001 ``registerRun``)."""
 
     class Meta:
@@ -114,7 +124,7 @@ class RegisterBody(Schema):
     externalRunId = _EXTERNAL_RUN_ID
 
 
-class IngestBody(Schema):
+class IngestBody(StorableBody):
     """``POST /api/agents/{agentId}/runs/ingest`` (seed 001 ``ingestRun``).
 
     ``outputs`` is not validated: anything but a non-negative integer is dropped silently.
@@ -139,7 +149,7 @@ class IngestBody(Schema):
         _check_error(value)
 
 
-class CredentialBody(Schema):
+class CredentialBody(StorableBody):
     """``POST /admin/orgs/{orgId}/credentials``: the data is any JSON object, sealed at rest."""
 
     class Meta:
@@ -150,7 +160,7 @@ class CredentialBody(Schema):
     data = JsonObject(required=True)
 
 
-class OrgBody(Schema):
+class OrgBody(StorableBody):
     """``POST /admin/orgs``."""
 
     class Meta:
@@ -159,7 +169,7 @@ class OrgBody(Schema):
     name = _NAME
 
 
-class UserBody(Schema):
+class UserBody(StorableBody):
     """``POST /admin/orgs/{orgId}/users``."""
 
     class Meta:
@@ -191,6 +201,9 @@ class RuntimeConfig(Schema):
 
     @validates_schema
     def _fields_of_kind(self, data: dict[str, Any], **_: Any) -> None:
+        # Required even in a PATCH: a runtime given is a whole runtime.
+        if "kind" not in data:
+            raise ValidationError({"kind": ["Missing data for required field."]})
         needed = ["webhook_url"] if data["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
         missing = [n for n in needed if n not in data]
         if missing:
@@ -213,7 +226,7 @@ class BlockBody(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 
-class AgentBody(Schema):
+class AgentBody(StorableBody):
     """``POST /admin/orgs/{orgId}/agents`` and, partially, ``PATCH /admin/agents/{id}``."""
 
     class Meta:

@@ -35,6 +35,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration that may be zero (``0`` turns the wait off)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise SettingsError(f"{name} must be zero or a positive number, got {raw!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -94,8 +108,6 @@ class Settings:
     follow_lease_s: float = 30.0
     events_stream: str = "runs:events"
     events_group: str = "store"
-    # Bound on how long in-flight requests may run on after SIGTERM.
-    shutdown_grace_s: float = 30.0
     # POST /api/workflows/{id}/execute: its own per-agent bucket, a larger body limit (files
     # arrive base64-encoded in the JSON), the per-file limit, and the SSE keep-alive.
     execute_rate_limit: int = 60
@@ -117,6 +129,14 @@ class Settings:
     file_url_ttl_s: int = 3600
     # How long a job download package's signed URL stays valid (seed 003).
     package_url_ttl_s: int = 900
+    # Graceful drain on SIGTERM: /readyz answers 503 at once; new connections are still taken
+    # for ``drain_pre_stop_s`` (while load balancers notice), then refused; in-flight requests
+    # get up to ``drain_timeout_s`` to finish before they are cancelled.
+    drain_pre_stop_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    # The store consumer's own HTTP port for /metrics and /healthz (0: none).
+    consumer_host: str = "127.0.0.1"
+    consumer_port: int = 8081
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,7 +171,13 @@ class Settings:
             credentials_token_ttl_s=_int(env, "CREDENTIALS_TOKEN_TTL_S", 3600),
             wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
-            shutdown_grace_s=float(_int(env, "SHUTDOWN_GRACE_S", 30)),
+            drain_pre_stop_s=_seconds(env, "DRAIN_PRE_STOP_S", 5.0),
+            # SHUTDOWN_GRACE_S is the setting's former name, still honoured.
+            drain_timeout_s=_float(
+                env, "DRAIN_TIMEOUT_S", _float(env, "SHUTDOWN_GRACE_S", 30.0)
+            ),
+            consumer_host=env.get("CONSUMER_HOST") or host,
+            consumer_port=_int(env, "CONSUMER_PORT", 8081),
             **_execute_settings(env),
             **_package_settings(env),
         )

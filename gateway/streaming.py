@@ -18,6 +18,8 @@ import structlog
 from aiohttp import web
 
 from gateway import splice
+from gateway.app_keys import LIFECYCLE
+from gateway.request_info import note_streamed_bytes
 from gateway.runs import DownloadStart, RunService
 
 log = structlog.get_logger(__name__)
@@ -70,9 +72,17 @@ async def send_download(
         if not progress.caller_gone:
             await response.write_eof()
     except asyncio.CancelledError:
-        # The caller disconnected and the handler was cancelled (handler_cancellation=True).
+        # The caller disconnected and the handler was cancelled (handler_cancellation=True),
+        # or the drain timeout passed while the process was stopping.
         upstream.close()
-        runs.fail_detached(start.run, f"Caller disconnected after {progress.sent} bytes")
+        note_streamed_bytes(request, progress.sent)
+        if request.app[LIFECYCLE].cancelling:
+            reason = (
+                f"Gateway shut down mid-stream after {progress.sent} bytes (drain timeout passed)"
+            )
+        else:
+            reason = f"Caller disconnected after {progress.sent} bytes"
+        runs.fail_detached(start.run, reason)
         raise
     except ConnectionError:
         progress.caller_gone = True
@@ -90,6 +100,7 @@ async def send_download(
         log.error("download_internal_error", run_id=start.run.id, exc_info=exc)
         failure = f"Gateway error mid-stream after {progress.sent} bytes: {exc.__class__.__name__}"
 
+    note_streamed_bytes(request, progress.sent)
     if progress.caller_gone:
         upstream.close()
         await runs.fail(start.run.id, f"Caller disconnected after {progress.sent} bytes")
@@ -218,14 +229,9 @@ async def _copy_spliced(
         )
     except splice.CallerGone:
         progress.caller_gone = True
-        return
     except splice.SpliceStalled as exc:
         progress.waiting_on = exc.waiting_on
         raise _Stalled(str(exc)) from None
-    # aiohttp did not write these bytes; its counters feed the access log.
-    writer = request.writer
-    writer.output_size += remaining
-    writer.buffer_size += remaining
 
 
 async def _write_all(

@@ -255,7 +255,13 @@ class TriggerService:
             await self._adopt(agent, run, invoke)
 
     async def _adopt(self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation]) -> None:
-        await asyncio.wait([invoke])
+        try:
+            await asyncio.wait([invoke])
+        except asyncio.CancelledError:
+            # The gateway is stopping before the runtime answered: the answer would be lost.
+            invoke.cancel()
+            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            raise
         await self._record_invocation(agent, run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -63,6 +64,24 @@ class StoreConsumer:
         self._reap_every_s = reap_every_s
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
+        # time.monotonic() of the loop's last turn (a liveness signal: it turns at least every
+        # block_ms, or every second while Redis or PostgreSQL is away).
+        self.heartbeat = time.monotonic()
+
+    @property
+    def stream(self) -> str:
+        """The stream this consumer reads."""
+        return self._stream
+
+    @property
+    def group(self) -> str:
+        """The consumer group it reads in."""
+        return self._group
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
@@ -84,6 +103,7 @@ class StoreConsumer:
         next_reclaim = next_reap = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 if loop.time() >= next_reclaim:
                     await self._reclaim()
@@ -111,6 +131,7 @@ class StoreConsumer:
 
     async def _until_ready(self) -> None:
         while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 await self.ensure_group()
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,11 +211,22 @@ return 0
 class EventPublisher:
     """Publishes run events to the durable stream, or straight to PostgreSQL if Redis fails."""
 
-    def __init__(self, redis: aioredis.Redis, pool: asyncpg.Pool, stream: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        stream: str,
+        *,
+        observe: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._pool = pool
         self._stream = stream
         self._claim_and_add = redis.register_script(_CLAIM_AND_ADD)
+        # Told (event type, outcome) for every event: "stream", "database" (written straight
+        # to PostgreSQL), "refused" (a late end), "redis_failed" (then the database is tried)
+        # or "failed" (not recorded at all).
+        self._observe = observe or (lambda event_type, outcome: None)
 
     @property
     def stream(self) -> str:
@@ -240,18 +252,26 @@ class EventPublisher:
         try:
             if not event.terminal:
                 await self._redis.xadd(self._stream, fields)  # type: ignore[arg-type]
+                self._observe(event.type, "stream")
                 return True
             added = await self._claim_and_add(
                 keys=[self._stream, _terminal_claim_key(self._stream, event.run_id)],
                 args=[fields["event"], event.type, _TERMINAL_CLAIM_MS],
             )
+            self._observe(event.type, "stream" if added else "refused")
             return bool(added)
         except (RedisError, OSError) as exc:
+            self._observe(event.type, "redis_failed")
             log.warning(
                 "event_publish_fallback", run_id=event.run_id, type=event.type, error=str(exc)
             )
-        async with self._pool.acquire() as conn:
-            outcome = await apply_event(conn, event)
+        try:
+            async with self._pool.acquire() as conn:
+                outcome = await apply_event(conn, event)
+        except BaseException:
+            self._observe(event.type, "failed")
+            raise
+        self._observe(event.type, "refused" if outcome is False else "database")
         if outcome and event.terminal:
             await announce_terminal(self._redis, self._stream, [event.run_id])
         return outcome is not False

@@ -77,7 +77,7 @@ def settings(backends: Backends, tmp_path: Path) -> Settings:
         secret_key=SECRET_KEY,
         events_stream=f"test:events:{uuid.uuid4().hex}",
         stream_idle_timeout_s=5.0,
-        shutdown_grace_s=5.0,
+        drain_timeout_s=5.0,
     )
 
 

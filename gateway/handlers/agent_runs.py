@@ -21,6 +21,7 @@ from gateway.app_keys import (
 )
 from gateway.auth import org_for_ingest_key
 from gateway.errors import BadRequest
+from gateway.request_info import note_run
 from gateway.request_parsing import path_id, read_json_object
 from gateway.streaming import send_download
 from store.models import Agent
@@ -45,6 +46,7 @@ async def _eligible_agent(
     )
     runs = app[RUN_SERVICE]
     agent = await runs.agent_for(org_id, path_id(request, "agentId", "Agent"))
+    note_run(request, agent_id=agent.id)
     runs.check_eligible(agent, output_kinds=output_kinds)
     return agent, body
 
@@ -88,6 +90,7 @@ async def trigger(request: web.Request) -> web.Response:
             idempotency=None if key is None else (key, request_hash),
         )
         run, replayed = triggered.run, triggered.replayed
+    note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
     return web.json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
 
@@ -101,6 +104,7 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
         agent, input_data=body["input"], user_id=body["userId"], timeout_ms=body["timeoutMs"]
     )
     run = waited.run
+    note_run(request, run_id=run.id)
     if waited.timed_out:
         return web.json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
@@ -123,6 +127,7 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
         accept_encoding=request.headers.get("Accept-Encoding"),
     )
     settings = request.app[SETTINGS]
+    note_run(request, run_id=start.run.id)
     return await send_download(
         request,
         start,
@@ -141,6 +146,7 @@ async def get_run(request: web.Request) -> web.Response:
     run = await app[RUN_SERVICE].get_run(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
     body = run.public()
     if "input" in request.query.getall("include", []):
         body["input"] = run.input
@@ -155,6 +161,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     run = await app[TRIGGER_SERVICE].cancel(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
     return web.json_response({"runId": run.id, "status": "cancelled"})
 
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway import schemas
 from gateway.app_keys import CALLBACK_SERVICE, SETTINGS
 from gateway.callbacks import status_after
+from gateway.request_info import note_run
 from gateway.request_parsing import path_id, read_json_object
 
 routes = web.RouteTableDef()
@@ -24,4 +25,5 @@ async def callback(request: web.Request) -> web.Response:
     run = await request.app[CALLBACK_SERVICE].report(
         run_id, request.headers.get("Authorization"), body
     )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
     return web.json_response({"runId": run.id, "status": status_after(body)}, status=202)

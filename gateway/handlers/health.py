@@ -1,11 +1,12 @@
-"""Probes for the load balancer and the orchestrator."""
+"""Probes for the load balancer and the orchestrator, and the Prometheus scrape target."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.app_keys import DB_POOL, LIFECYCLE, REDIS
+from gateway.app_keys import DB_POOL, LIFECYCLE, METRICS, REDIS
 from gateway.health import readiness
+from gateway.metrics import render
 
 routes = web.RouteTableDef()
 
@@ -25,4 +26,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
     )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (OpenMetrics when the scraper asks for it)."""
+    body, content_type = render(request.app[METRICS].registry, request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})

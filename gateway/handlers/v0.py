@@ -17,6 +17,7 @@ from gateway.archive import ArchiveError
 from gateway.auth import org_for_v0_key
 from gateway.errors import BadRequest, v0_error
 from gateway.middleware import v0_errors_to_json
+from gateway.request_info import note_run, note_streamed_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ async def create_download(request: web.Request) -> web.Response:
         # Nothing is read from a body; reading (bounded by client_max_size) gives a clear 413
         # for an oversized one instead of leaving it on the connection.
         await request.read()
+    note_run(request, run_id=job_id, agent_id=workflow_id)
     ticket = await config[PACKAGE_SERVICE].request(org_id, workflow_id, job_id)
     return web.json_response(ticket.public(), headers={"Cache-Control": "no-store"})
 
@@ -66,6 +68,7 @@ async def fetch_package(request: web.Request) -> web.StreamResponse:
     opened = await request.config_dict[PACKAGE_SERVICE].open(
         request.rel_url.raw_path, request.query.get("expires"), request.query.get("signature")
     )
+    note_run(request, run_id=opened.run_id)
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/zip",
@@ -84,6 +87,7 @@ async def fetch_package(request: web.Request) -> web.StreamResponse:
             async for chunk in chunks:
                 await response.write(chunk)
                 sent += len(chunk)
+                note_streamed_bytes(request, sent)
         except ConnectionResetError:
             log.info(
                 "package_download_abandoned",

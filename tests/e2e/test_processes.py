@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,89 +13,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from adapters.fake_runtime import make_bytes
-from gateway.embedded import free_port, stop_process
-from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY, Backends
+from gateway.embedded import stop_process
+from tests.conftest import SECRET_KEY
+from tests.e2e.support import Processes, setup_agent, wait_until_ready
 
 MB = 1024 * 1024
-
-
-class Processes:
-    """Child processes of the test, stopped by their PIDs."""
-
-    def __init__(self) -> None:
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.children.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        for child in self.children:
-            stop_process(child, sig=signal.SIGKILL)
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    procs = Processes()
-    yield procs
-    procs.stop_all()
-
-
-@pytest.fixture
-def env(backends: Backends) -> dict[str, str]:
-    port = free_port()
-    return {
-        **os.environ,
-        "DATABASE_URL": backends.database_url,
-        "REDIS_URL": backends.redis_url,
-        "SECRET_KEY": SECRET_KEY,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
-        "GATEWAY_PORT": str(port),
-        "SHUTDOWN_GRACE_S": "20",
-    }
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def wait_until_ready(http: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(200):
-        try:
-            async with http.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not become ready")
-
-
-async def setup_agent(http: aiohttp.ClientSession, base: str, webhook: str) -> dict[str, Any]:
-    async with http.post(f"{base}/admin/orgs", json={"name": "E2E"}, headers=ADMIN) as r:
-        org = await r.json()
-    async with http.post(f"{base}/admin/orgs/{org['id']}/keys", headers=ADMIN) as r:
-        key = (await r.json())["key"]
-    async with http.post(
-        f"{base}/admin/orgs/{org['id']}/agents",
-        headers=ADMIN,
-        json={
-            "name": "E2E",
-            "output_kind": "file_download",
-            "runtime": {"kind": "n8n", "webhook_url": webhook},
-        },
-    ) as r:
-        agent = await r.json()
-    return {"id": agent["id"], "auth": {"Authorization": f"Bearer {key}"}}
 
 
 async def test_serve_and_consume_processes_stream_a_file_and_record_the_run(

@@ -55,3 +55,28 @@ def test_package_urls_live_15_minutes_unless_told_otherwise() -> None:
     for bad in ("0", "-1", "soon"):
         with pytest.raises(SettingsError, match="PACKAGE_URL_TTL_S"):
             Settings.from_env({"PACKAGE_URL_TTL_S": bad})
+
+
+def test_drain_and_consumer_settings_are_read_with_the_former_name_still_honoured() -> None:
+    settings = Settings.from_env(
+        {
+            "GATEWAY_HOST": "0.0.0.0",
+            "DRAIN_PRE_STOP_S": "0",
+            "DRAIN_TIMEOUT_S": "45",
+            "CONSUMER_PORT": "9100",
+        }
+    )
+    assert (settings.drain_pre_stop_s, settings.drain_timeout_s) == (0.0, 45.0)
+    assert (settings.consumer_host, settings.consumer_port) == ("0.0.0.0", 9100)
+    assert Settings.from_env({"SHUTDOWN_GRACE_S": "12"}).drain_timeout_s == 12.0
+    assert Settings.from_env({}).drain_timeout_s == 30.0
+    assert Settings.from_env({"CONSUMER_HOST": "10.0.0.5"}).consumer_host == "10.0.0.5"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DRAIN_PRE_STOP_S", "-1"), ("DRAIN_PRE_STOP_S", "later"), ("DRAIN_TIMEOUT_S", "0")],
+)
+def test_a_bad_drain_setting_is_refused_with_its_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})

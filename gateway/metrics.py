@@ -1,0 +1,280 @@
+"""Prometheus metrics of one gateway application, in a registry of its own.
+
+Each application gets its own ``CollectorRegistry`` (tests build many applications in one
+process, and the default global registry refuses a second metric of the same name). Labels
+stay bounded: route templates rather than paths, bucket classes rather than agents, runtime
+kinds rather than URLs, and never a run id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+import asyncpg
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from adapters.base import (
+    ChunkStream,
+    Invocation,
+    RunResult,
+    RuntimeAdapter,
+    RuntimeRefused,
+    RuntimeRetryLater,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    RuntimeUnsupported,
+    TriggerPayload,
+)
+
+# Requests may be held for the whole wait window (up to the 600 s ceiling).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+# Run-event publishing outcomes (reported by ``store.events.EventPublisher``).
+EVENT_VIA_STREAM = "stream"
+EVENT_VIA_DATABASE = "database"
+EVENT_REFUSED = "refused"
+EVENT_REDIS_FAILED = "redis_failed"
+EVENT_FAILED = "failed"
+
+
+class PoolCollector(Collector):
+    """``<prefix>_db_pool_connections{state}``: in use, idle and the maximum, read at scrape
+    time from an asyncpg pool (none before the pool is opened)."""
+
+    def __init__(self, prefix: str, pool: Callable[[], asyncpg.Pool | None]) -> None:
+        self._name = f"{prefix}_db_pool_connections"
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge with a sample per state."""
+        family = GaugeMetricFamily(
+            self._name, "Database pool connections by state", labels=["state"]
+        )
+        pool = self._pool()
+        if pool is not None:
+            size, idle = pool.get_size(), pool.get_idle_size()
+            family.add_metric(["in_use"], size - idle)
+            family.add_metric(["idle"], idle)
+            family.add_metric(["max"], pool.get_max_size())
+        yield family
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process, platform and garbage-collector collectors."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(GC_COLLECTOR)
+    return registry
+
+
+def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The exposition body and its Content-Type, negotiated from the ``Accept`` header."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+class GatewayMetrics:
+    """Everything the gateway counts; see README "Operations" for the list."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool | None] = lambda: None) -> None:
+        self.registry = new_registry()
+        r = self.registry
+        self.requests = Counter(
+            "agent_gateway_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "agent_gateway_http_request_duration_seconds",
+            "Time from the request reaching the application to its handler finishing "
+            "(the whole body for streamed responses)",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "agent_gateway_http_requests_in_flight", "Requests being handled", registry=r
+        )
+        self.streams_in_flight = Gauge(
+            "agent_gateway_streams_in_flight",
+            "Streamed responses (downloads, event streams) being sent",
+            ["route"],
+            registry=r,
+        )
+        self.streamed_bytes = Counter(
+            "agent_gateway_streamed_bytes",
+            "Body bytes of streamed responses sent to callers",
+            ["route"],
+            registry=r,
+        )
+        self.rate_limit_decisions = Counter(
+            "agent_gateway_rate_limit_decisions",
+            "Rate-limit decisions by bucket class (sync, trigger, ...) and decision "
+            "(allowed, limited, unavailable_allowed, unavailable_refused)",
+            ["bucket", "decision"],
+            registry=r,
+        )
+        self.runtime_calls = Histogram(
+            "agent_gateway_runtime_call_duration_seconds",
+            "Calls to runtimes by runtime kind, operation and outcome",
+            ["runtime", "operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events_published = Counter(
+            "agent_gateway_run_events_published",
+            "Run events handed on, by type and path (stream, or database when Redis failed)",
+            ["type", "via"],
+            registry=r,
+        )
+        self.events_refused = Counter(
+            "agent_gateway_run_events_refused",
+            "Terminal run events refused because the run had already ended",
+            ["type"],
+            registry=r,
+        )
+        self.events_failed = Counter(
+            "agent_gateway_run_event_failures",
+            "Run events that could not be published: stage redis (fell back to the database) "
+            "or database (the event was lost and the request failed)",
+            ["type", "stage"],
+            registry=r,
+        )
+        self.draining = Gauge(
+            "agent_gateway_draining", "1 while the process drains after SIGTERM", registry=r
+        )
+        r.register(PoolCollector("agent_gateway", pool))
+
+    def observe_rate_limit(self, bucket: str, decision: str) -> None:
+        """Count one decision; ``bucket`` is a bucket key whose last part is its class."""
+        self.rate_limit_decisions.labels(bucket.rsplit(":", 1)[-1], decision).inc()
+
+    def observe_event(self, event_type: str, outcome: str) -> None:
+        """Count what became of one run event (see the ``EVENT_*`` outcomes)."""
+        if outcome in (EVENT_VIA_STREAM, EVENT_VIA_DATABASE):
+            self.events_published.labels(event_type, outcome).inc()
+        elif outcome == EVENT_REFUSED:
+            self.events_refused.labels(event_type).inc()
+        elif outcome == EVENT_REDIS_FAILED:
+            self.events_failed.labels(event_type, "redis").inc()
+        else:
+            self.events_failed.labels(event_type, "database").inc()
+
+    def metered_adapters(self, adapters: Mapping[str, RuntimeAdapter]) -> dict[str, RuntimeAdapter]:
+        """``adapters`` with every call timed into ``runtime_calls``."""
+        return {kind: _metered(adapter, self.runtime_calls) for kind, adapter in adapters.items()}
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    for kind, name in (
+        (RuntimeTimeout, "timeout"),
+        (RuntimeUnavailable, "unavailable"),
+        (RuntimeRefused, "refused"),
+        (RuntimeRetryLater, "retry_later"),
+        (RuntimeUnsupported, "unsupported"),
+    ):
+        if isinstance(exc, kind):
+            return name
+    # CancelledError: the caller left or the process is stopping.
+    return "error" if isinstance(exc, Exception) else "cancelled"
+
+
+class _MeteredAdapter:
+    """A runtime adapter whose calls are timed; behaviour is the wrapped adapter's."""
+
+    kind: ClassVar[str]
+    followed: ClassVar[bool]
+    streams: ClassVar[bool]
+
+    def __init__(self, inner: RuntimeAdapter, histogram: Histogram) -> None:
+        self._inner = inner
+        self._histogram = histogram
+
+    @contextlib.contextmanager
+    def _timed(self, operation: str) -> Iterator[None]:
+        started = time.monotonic()
+        failure: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._histogram.labels(self.kind, operation, _outcome(failure)).observe(
+                time.monotonic() - started
+            )
+
+    async def open_stream(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> ChunkStream:
+        """Time until the runtime's streamed answer began."""
+        with self._timed("open_stream"):
+            return await self._inner.open_stream(runtime, payload, wait_s=wait_s)
+
+    async def open_download(
+        self,
+        runtime: Mapping[str, Any],
+        payload: TriggerPayload,
+        *,
+        wait_s: float,
+        accept_encoding: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Time until the runtime's response headers arrived."""
+        with self._timed("open_download"):
+            return await self._inner.open_download(
+                runtime, payload, wait_s=wait_s, accept_encoding=accept_encoding
+            )
+
+    async def invoke(
+        self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
+    ) -> Invocation:
+        """Time the invocation, answer included."""
+        with self._timed("invoke"):
+            return await self._inner.invoke(runtime, payload, wait_s=wait_s)
+
+    async def poll(self, runtime: Mapping[str, Any], runtime_run_id: str) -> RunResult:
+        """Time one poll."""
+        with self._timed("poll"):
+            return await self._inner.poll(runtime, runtime_run_id)
+
+    async def cancel(self, runtime: Mapping[str, Any], runtime_run_id: str) -> None:
+        """Time one cancel request."""
+        with self._timed("cancel"):
+            await self._inner.cancel(runtime, runtime_run_id)
+
+
+def _as_adapter(metered: _MeteredAdapter) -> RuntimeAdapter:
+    # Makes mypy check that the wrapper still has every method of the Protocol.
+    return metered
+
+
+def _metered(adapter: RuntimeAdapter, histogram: Histogram) -> RuntimeAdapter:
+    # kind, followed and streams are class attributes of the Protocol: a subclass per runtime kind
+    # carries them as such.
+    cls = type(
+        f"Metered{type(adapter).__name__}",
+        (_MeteredAdapter,),
+        {"kind": adapter.kind, "followed": adapter.followed, "streams": adapter.streams},
+    )
+    return _as_adapter(cls(adapter, histogram))

@@ -1,0 +1,245 @@
+"""The deployment kit in ``deploy/`` and the ``Dockerfile``: valid, consistent with each other
+and with the code (settings names, ports, probe paths, drain timings)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import server
+from gateway.embedded import free_port
+from tests.e2e.nginx import DEPLOYED_CONF, Nginx, nginx_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+# The oldest Kubernetes release the manifests promise to work on, and the newest the
+# validator ships schemas for.
+K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+# Everything after the drain timeout: aiohttp's wait-then-cancel, then the app's cleanup.
+AFTER_DRAIN_S = 2 * server.CANCEL_GRACE_S + server.CLEANUP_BOUND_S
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """Every Kubernetes object in deploy/k8s, by ``Kind/name``."""
+    objects = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return objects
+
+
+def setting_names() -> set[str]:
+    """The environment variables gateway/settings.py reads."""
+    source = (ROOT / "gateway" / "settings.py").read_text()
+    return set(re.findall(r'(?:env, |env\.get\()"([A-Z_]+)"', source))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_validates_against_the_kubernetes_schemas(version: str) -> None:
+    objects = manifests()
+    assert {
+        "Deployment/agent-gateway",
+        "Deployment/agent-gateway-consumer",
+        "Service/agent-gateway",
+        "ConfigMap/agent-gateway",
+        "Secret/agent-gateway",
+        "PodDisruptionBudget/agent-gateway",
+        "HorizontalPodAutoscaler/agent-gateway",
+        "Job/agent-gateway-migrate",
+    } <= set(objects)
+    for name, doc in objects.items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{name} on Kubernetes {version}: {exc.message}") from exc
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = doc["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_the_gateway_probes_drain_and_resources_match_the_code() -> None:
+    objects = manifests()
+    deployment = objects["Deployment/agent-gateway"]
+    config = objects["ConfigMap/agent-gateway"]["data"]
+    pod = deployment["spec"]["template"]["spec"]
+    gateway = container(deployment)
+
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["ports"][0]["containerPort"] == int(config["GATEWAY_PORT"])
+    assert gateway["resources"]["requests"].keys() >= {"cpu", "memory"}
+    pre_stop = gateway["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # SIGKILL must not come before the drain has run its course.
+    needed = (
+        float(pre_stop[1])
+        + float(config["DRAIN_PRE_STOP_S"])
+        + float(config["DRAIN_TIMEOUT_S"])
+        + AFTER_DRAIN_S
+    )
+    assert pod["terminationGracePeriodSeconds"] >= needed
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_consumer_serves_probes_and_metrics_on_its_configured_port() -> None:
+    objects = manifests()
+    config = objects["ConfigMap/agent-gateway"]["data"]
+    consumer = container(objects["Deployment/agent-gateway-consumer"])
+
+    assert consumer["args"] == ["consume"]
+    assert consumer["ports"][0]["containerPort"] == int(config["CONSUMER_PORT"])
+    assert consumer["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    annotations = objects["Deployment/agent-gateway-consumer"]["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["prometheus.io/port"] == config["CONSUMER_PORT"]
+
+
+def test_selectors_targets_and_references_line_up() -> None:
+    objects = manifests()
+    gateway = objects["Deployment/agent-gateway"]
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    for name in ("Service/agent-gateway", "PodDisruptionBudget/agent-gateway"):
+        spec = objects[name]["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert selector.items() <= labels.items(), name
+    hpa = objects["HorizontalPodAutoscaler/agent-gateway"]["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "agent-gateway",
+    }
+    assert hpa["minReplicas"] > objects["PodDisruptionBudget/agent-gateway"]["spec"]["minAvailable"]
+    assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
+
+    secret_keys = set(objects["Secret/agent-gateway"]["stringData"])
+    for name, doc in objects.items():
+        if doc["kind"] not in {"Deployment", "Job"}:
+            continue
+        for env in container(doc).get("env", []):
+            ref = env["valueFrom"]
+            if "secretKeyRef" in ref:
+                assert ref["secretKeyRef"]["name"] == "agent-gateway"
+                assert ref["secretKeyRef"]["key"] in secret_keys, name
+            else:
+                assert ref["configMapKeyRef"]["name"] == "agent-gateway"
+        for source in container(doc).get("envFrom", []):
+            assert source["configMapRef"]["name"] == "agent-gateway"
+
+
+def test_every_configured_variable_is_a_setting_the_code_reads() -> None:
+    known = setting_names()
+    objects = manifests()
+    assert set(objects["ConfigMap/agent-gateway"]["data"]) <= known
+    assert set(objects["Secret/agent-gateway"]["stringData"]) <= known
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name in ("gateway", "consumer", "migrate"):
+        assert set(compose["services"][name]["environment"]) <= known, name
+
+
+def test_compose_runs_two_gateways_a_consumer_and_nginx_with_room_to_drain() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    gateway, consumer, nginx = services["gateway"], services["consumer"], services["nginx"]
+
+    assert {"postgres", "redis", "migrate", "gateway", "consumer", "nginx"} <= set(services)
+    assert gateway["command"] == ["serve"]
+    assert gateway["deploy"]["replicas"] == 2
+    assert "ports" not in gateway  # only nginx is published
+    drain = float(gateway["environment"]["DRAIN_PRE_STOP_S"]) + float(
+        gateway["environment"]["DRAIN_TIMEOUT_S"]
+    )
+    assert int(gateway["stop_grace_period"].removesuffix("s")) >= drain + AFTER_DRAIN_S
+    assert consumer["command"] == ["consume"]
+    port = consumer["environment"]["CONSUMER_PORT"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(consumer["healthcheck"]["test"])
+    assert nginx["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+
+
+def test_the_nginx_config_has_what_streaming_needs() -> None:
+    conf = DEPLOYED_CONF.read_text()
+    directives = {line.strip().rstrip(";") for line in conf.splitlines()}
+
+    assert "proxy_buffering off" in directives
+    assert "proxy_request_buffering off" in directives
+    assert "proxy_http_version 1.1" in directives
+    assert 'proxy_set_header Connection ""' in directives
+    assert any(d.startswith("keepalive ") for d in directives)
+    read_timeout = next(d for d in directives if d.startswith("proxy_read_timeout "))
+    # Longer than the longest wait window (HARD_CEILING_MS, 600 s).
+    assert int(read_timeout.split()[1].removesuffix("s")) > 600
+
+
+def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
+    binary = nginx_binary()
+    if binary is None:
+        pytest.skip("nginx is not installed (e.g. `apt-get install nginx`)")
+    nginx = Nginx(binary, tmp_path, free_port(), ["127.0.0.1:9", "127.0.0.1:10"])
+
+    checked = nginx.check()
+
+    assert checked.returncode == 0, checked.stderr
+
+
+def dockerfile_runtime_stage() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages = re.split(r"^FROM ", text, flags=re.M)
+    return [line.strip() for line in stages[-1].splitlines() if line.strip()]
+
+
+def test_the_image_runs_as_a_non_root_user_with_a_healthcheck() -> None:
+    lines = dockerfile_runtime_stage()
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    healthchecks = [line for line in lines if line.startswith("HEALTHCHECK ")]
+
+    assert users, "the runtime stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit()  # numeric, so runAsNonRoot can verify it
+    assert int(uid) != 0
+    assert len(healthchecks) == 1
+    assert "/healthz" in healthchecks[0]
+
+
+async def run_healthcheck(port: int) -> int:
+    """The image's HEALTHCHECK command, run as Docker would, against ``port``."""
+    line = next(line for line in dockerfile_runtime_stage() if line.startswith("HEALTHCHECK "))
+    command = json.loads(line[line.index("CMD") + 3 :].strip())
+    assert command[0] == "python"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command[1:], env={"GATEWAY_PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_the_image_healthcheck_passes_on_a_live_gateway_and_fails_without_one(
+    gateway: TestClient[web.Request, web.Application],
+) -> None:
+    port = gateway.port
+    assert port is not None
+
+    assert await run_healthcheck(port) == 0
+    assert await run_healthcheck(free_port()) != 0
+
+
+def test_the_healthcheck_command_is_shell_free() -> None:
+    line = next(line for line in dockerfile_runtime_stage() if line.startswith("HEALTHCHECK "))
+    # Exec form: no shell in the image is needed, and nothing is interpolated by one.
+    assert line.split("CMD", 1)[1].strip().startswith("[")
+    assert shlex.split(line)[0] == "HEALTHCHECK"

@@ -1,0 +1,32 @@
+"""Fixtures for tests that run the console script's processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from tests.conftest import Backends
+from tests.e2e.support import Processes, process_env
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Start children; each is killed by PID at the end of the test if still running."""
+    procs = Processes()
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def env(backends: Backends) -> dict[str, str]:
+    """The environment of one ``serve``/``consume`` pair, on free ports."""
+    return process_env(backends)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client, as a caller of the deployed service."""
+    async with aiohttp.ClientSession() as session:
+        yield session
