@@ -17,6 +17,7 @@ from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.health import Lifecycle
 from gateway.metrics import GatewayMetrics
+from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -41,6 +42,7 @@ RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
 BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
+PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.

@@ -13,10 +13,10 @@ import copy
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from gateway.openapi import admin, agent_runs, callbacks, components, ops
+from gateway.openapi import admin, agent_runs, callbacks, components, ops, packages
 from gateway.openapi.components import Json
 
-ROUTE_GROUPS: tuple[ModuleType, ...] = (agent_runs, callbacks, admin, ops)
+ROUTE_GROUPS: tuple[ModuleType, ...] = (agent_runs, callbacks, admin, ops, packages)
 
 # Routes that serve the document itself, or that are not part of the API contract.
 UNDOCUMENTED_ROUTES = frozenset({"/openapi.json", "/docs"})
@@ -75,6 +75,13 @@ def build_document() -> Json:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The agent API key from the run's trigger payload (`agk_...`).",
+                },
+                "v0Key": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "An ingest key, bare (`Authorization: igk_...`), as seed 003 "
+                    "sends it; `Bearer igk_...` works too.",
                 },
                 "adminToken": {
                     "type": "http",
