@@ -62,6 +62,7 @@ from gateway.triggers import TriggerService
 from gateway.waits import RunWaiters
 from store import queries, run_files
 from store.events import RunEvent
+from store.jsonb import jsonb_problem
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
@@ -308,6 +309,18 @@ class ExecuteService:
         except InputFormatError as exc:
             raise Unprocessable(f"The agent's input_format is invalid: {exc}") from None
         values = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        # The input is stored with the run: what jsonb cannot hold is refused here, not by
+        # PostgreSQL once the run is being created.
+        unstorable = {
+            key: [f"cannot be stored: {problem}"]
+            for key, value in values.items()
+            if (problem := jsonb_problem({key: value})) is not None
+        }
+        if unstorable:
+            raise BadRequest(
+                "Invalid input: " + "; ".join(f"{k!r} {m[0]}" for k, m in unstorable.items()),
+                extra={"details": unstorable},
+            )
         try:
             coerced = coerce_input(declared, values, max_file_bytes=self._settings.max_file_bytes)
         except InputProblems as exc:
