@@ -3,32 +3,30 @@
 A benchmark, never a test: it prints figures and ratios, and fails only when a download is
 wrong (a status other than 200, or a byte count other than the one asked for).
 
-Every party is its own process, all on 127.0.0.1:
+Every party is its own process, all on 127.0.0.1 (see :mod:`bench.stack`):
 
 - the origin (``bench/origin_server.py``, aiohttp + uvloop) serves ``--size-mb`` MiB from a
   pre-generated in-memory block, with ``Content-Length`` or chunked (256 KiB writes);
 - nginx (when installed) proxies to it with ``proxy_buffering off; proxy_buffer_size 256k``,
   one worker, its config and temp paths under a temporary directory;
-- the gateway (``agent-gateway serve``) and the store consumer (``agent-gateway consume``) run
-  against an embedded PostgreSQL and Redis started under the same temporary directory; an
-  organisation, an ingest key and ``file_download`` agents pointing at the origin's webhook are
-  created through the admin API, and each download is
-  ``POST /api/agents/{id}/runs/trigger-and-download``;
+- the gateways (``agent-gateway serve``) and the store consumer (``agent-gateway consume``) run
+  against an embedded PostgreSQL and Redis; ``file_download`` agents point at the origin's
+  webhook, and each download is ``POST /api/agents/{id}/runs/trigger-and-download``;
 - the client is curl (``-o /dev/null``), or ``bench/fetch_client.py`` when curl is missing.
 
 Each round downloads the body once per path (direct, nginx, each gateway) and body kind
 (Content-Length, chunked), in an order rotated every round; medians over ``--runs`` rounds are
-reported in GB/s (10^9 bytes/s) with the ratios gateway/nginx and gateway/direct. With
-``--read-buffers`` one gateway process is started per ``STREAM_READ_BUFFER`` value and they run
-side by side (only one is ever downloading), so that every value is measured in the same rounds
-as the references: on a shared VM, hypervisor steal comes and goes, and measuring each value in
-its own block of time would compare the neighbours' load instead. Steal and the CPU share of the
-origin, the proxy (nginx worker or gateway) and the client are reported for every path;
-``--max-steal`` measures a disturbed download again. The gateways' VmRSS/VmHWM
-(``/proc/<pid>/status``) are read before and after.
+reported in GB/s (10^9 bytes/s) with the ratios gateway/nginx and gateway/direct. One gateway
+process is started per combination of ``--splice`` (``STREAM_SPLICE``) and ``--read-buffers``
+(``STREAM_READ_BUFFER``) and they run side by side (only one is ever downloading), so that every
+variant is measured in the same rounds as the references: on a shared VM, hypervisor steal
+comes and goes, and measuring each variant in its own block of time would compare the
+neighbours' load instead. Steal and the CPU share of the origin, the proxy (nginx worker or
+gateway) and the client are reported for every path; ``--max-steal`` measures a disturbed
+download again. The gateways' VmRSS/VmHWM (``/proc/<pid>/status``) are read before and after.
 
-    .venv/bin/python bench/download_throughput.py --size-mb 1024 --runs 5
-    .venv/bin/python bench/download_throughput.py --runs 3 --read-buffers 65536,262144,1048576
+    .venv/bin/python -m bench.download_throughput --size-mb 1024 --runs 5
+    .venv/bin/python -m bench.download_throughput --runs 3 --read-buffers 65536,262144 --splice 0
 """
 
 from __future__ import annotations
@@ -39,17 +37,13 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
-import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -57,132 +51,22 @@ from typing import Any
 
 import aiohttp
 
-from gateway.embedded import free_port, stop_process
+from bench.processes import (
+    GB,
+    MIB,
+    BenchError,
+    children_cpu_seconds,
+    cpu_seconds,
+    cpu_ticks,
+    memory_kib,
+    python_module,
+)
+from bench.report import Row, at_least, ratio
+from bench.stack import Gateway, Stack, agent_body, find_nginx
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-MIB = 1024 * 1024
-GB = 1e9
 MODES = ("content-length", "chunked")
-PATHS = ("direct", "nginx", "gateway")
 # The small download that warms each gateway up before its "before" RSS is read.
 WARM_SIZE = MIB
-
-
-class BenchError(RuntimeError):
-    """A part of the benchmark could not start, or a download came back wrong."""
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Child:
-    """A child process of ours, with its log file, stopped by its PID."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        """The child's PID."""
-        return self.process.pid
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        """Signal the child by its PID and wait; kill it if it does not exit in time."""
-        stop_process(self.process, sig=sig, timeout=timeout)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the child's log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def spawn(
-    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-) -> Child:
-    """Start ``argv`` in its own session with stdout/stderr going to ``log_path``."""
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_DIR,
-            start_new_session=True,
-        )
-    return Child(name, process, log_path)
-
-
-def wait_for_port(child: Child, port: int, timeout: float) -> None:
-    """Wait (bounded) until ``child`` accepts connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise BenchError(
-                f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"{child.name} did not listen on {port} within {timeout:g} s")
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in KiB, from ``/proc/<pid>/status``."""
-    found: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0])
-    return found
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds ``pid`` has used so far (``/proc/<pid>/stat``), or None."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after "(comm)": state is field 3, utime field 14, stime field 15.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of our reaped children (the client processes)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(steal, total) clock ticks of all CPUs so far, from the ``cpu`` line of ``/proc/stat``."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guests are in user.
-    steal = values[7] if len(values) > 7 else 0
-    return steal, sum(values[:8])
-
-
-def nginx_worker(master_pid: int) -> int | None:
-    """The PID of the (single) nginx worker, from ``/proc/<pid>/task/<pid>/children``."""
-    try:
-        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
 
 
 # --------------------------------------------------------------------------- the client
@@ -266,8 +150,7 @@ class Client:
 
     def _aiohttp(self, download: Download) -> Sample:
         argv = [
-            sys.executable,
-            str(BENCH_DIR / "fetch_client.py"),
+            *python_module("fetch_client"),
             download.method,
             download.url,
             "--max-time",
@@ -295,180 +178,35 @@ def checked(client: Client, download: Download, expected: int, label: str) -> Sa
     return sample
 
 
-# --------------------------------------------------------------------------- nginx
-
-
-def find_nginx(given: str | None) -> str | None:
-    """The nginx binary to use, or None when there is none."""
-    if given:
-        return given if Path(given).is_file() else None
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).is_file()), None
-    )
-
-
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{origin_port};
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_buffer_size 256k;
-            # Unused with buffering off, but nginx validates them against proxy_buffer_size.
-            proxy_buffers 4 256k;
-            proxy_busy_buffers_size 256k;
-            proxy_read_timeout 600s;
-        }}
-    }}
-}}
-"""
-
-
-def start_nginx(binary: str, root: Path, origin_port: int) -> tuple[Child, int]:
-    """nginx in the foreground (``daemon off``), config and temp paths under ``root``."""
-    prefix = root / "nginx"
-    prefix.mkdir()
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, origin_port=origin_port))
-    child = spawn(
-        "nginx",
-        [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")],
-        root / "nginx.log",
-    )
-    try:
-        wait_for_port(child, port, 15)
-    except BenchError:
-        child.stop()
-        raise
-    return child, port
-
-
-# --------------------------------------------------------------------------- the gateway
-
-
-@dataclass(frozen=True)
-class Backends:
-    """The embedded PostgreSQL and Redis."""
-
-    database_url: str
-    redis_url: str
-
-
-def start_backends(root: Path, stack: contextlib.ExitStack) -> Backends:
-    """Embedded PostgreSQL (durable=False) and Redis under ``root``, migrated."""
-    from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
-    from store.migrate import migrate_url
-
-    postgres = EmbeddedPostgres(root / "postgres", durable=False)
-    stack.callback(postgres.stop)
-    database_url = postgres.start()
-    redis = EmbeddedRedis(root / "redis")
-    stack.callback(redis.stop)
-    redis_url = redis.start()
-    asyncio.run(migrate_url(database_url))
-    return Backends(database_url, redis_url)
-
-
-def gateway_command() -> list[str]:
-    """``agent-gateway`` from the running interpreter's environment."""
-    script = Path(sys.executable).parent / "agent-gateway"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "gateway.cli"]
-
-
-@dataclass(frozen=True)
-class GatewayEnv:
-    """What every gateway and consumer process of this run shares."""
-
-    backends: Backends
-    secret_key: str
-    admin_token: str
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """The process environment with the gateway's settings."""
-        env = {k: v for k, v in os.environ.items() if k != "PUBLIC_BASE_URL"}
-        env.update(
-            DATABASE_URL=self.backends.database_url,
-            REDIS_URL=self.backends.redis_url,
-            SECRET_KEY=self.secret_key,
-            ADMIN_TOKEN=self.admin_token,
-            GATEWAY_HOST="127.0.0.1",
-            # The 5/min trigger bucket would otherwise throttle the benchmark.
-            SYNC_RATE_LIMIT="1000000000",
-            DRAIN_PRE_STOP_S="0",
-            DRAIN_TIMEOUT_S="5",
-            # The consumer's /metrics and /healthz are not needed here; keep the port free.
-            CONSUMER_PORT="0",
-            LOG_LEVEL="INFO",
-        )
-        env.update(extra)
-        return env
+# --------------------------------------------------------------------------- the tenant
 
 
 @dataclass
 class Tenant:
-    """The benchmark's organisation: its ingest key and one agent per (body kind, size)."""
+    """The benchmark's ingest key and one ``file_download`` agent per (body kind, size)."""
 
     ingest_key: str
     agents: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-async def _admin_post(
-    session: aiohttp.ClientSession, url: str, token: str, body: Any = None
-) -> dict[str, Any]:
-    async with session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
-        text = await resp.text()
-        if resp.status != 201:
-            raise BenchError(f"POST {url}: HTTP {resp.status} {text}")
-        answer: dict[str, Any] = json.loads(text)
-        return answer
-
-
-async def create_tenant(base: str, admin_token: str, origin: str, sizes: Iterable[int]) -> Tenant:
-    """An organisation, an ingest key and file_download agents pointing at the origin."""
-    async with aiohttp.ClientSession() as session:
-        org = await _admin_post(session, f"{base}/admin/orgs", admin_token, {"name": "bench"})
-        key = await _admin_post(session, f"{base}/admin/orgs/{org['id']}/keys", admin_token)
-        tenant = Tenant(ingest_key=key["key"])
-        for size in sorted(set(sizes)):
-            for mode in MODES:
-                chunked = "1" if mode == "chunked" else "0"
-                agent = await _admin_post(
-                    session,
-                    f"{base}/admin/orgs/{org['id']}/agents",
-                    admin_token,
-                    {
-                        "name": f"bench {mode} {size}",
-                        "output_kind": "file_download",
-                        "runtime": {
-                            "kind": "n8n",
-                            "webhook_url": f"{origin}/webhook/bytes?size={size}&chunked={chunked}",
-                        },
-                        "running_timeout_ms": 600_000,
-                    },
-                )
-                tenant.agents[(mode, size)] = int(agent["id"])
-        return tenant
+def create_tenant(stack: Stack, sizes: Sequence[int]) -> Tenant:
+    """``file_download`` agents pointing at the origin's webhook, one per body kind and size."""
+    keys = [(mode, size) for size in sorted(set(sizes)) for mode in MODES]
+    bodies = [
+        agent_body(
+            f"bench {mode} {size}",
+            f"{stack.origin_base}/webhook/bytes?size={size}"
+            f"&chunked={'1' if mode == 'chunked' else '0'}",
+            "file_download",
+        )
+        for mode, size in keys
+    ]
+    ids = stack.create_agents(bodies)
+    return Tenant(stack.ingest_key, dict(zip(keys, ids, strict=True)))
 
 
 async def wait_for_run(
-    base: str, ingest_key: str, agent_id: int, run_id: int, bound_s: float = 15.0
+    base: str, ingest_key: str, agent_id: int, run_id: int, bound_s: float = 60.0
 ) -> dict[str, Any]:
     """Poll the run (bounded) until the consumer has recorded a terminal status."""
     url = f"{base}/api/agents/{agent_id}/runs/{run_id}"
@@ -512,57 +250,44 @@ class Measured:
     attempts: int = 1
 
 
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the origin and nginx listen, and the PIDs whose CPU is accounted."""
-
-    origin_base: str
-    origin_pid: int
-    nginx_base: str | None
-    nginx_worker_pid: int | None
-
-
 @dataclass
-class Gateway:
-    """One gateway process, started with one STREAM_READ_BUFFER value."""
+class Variant:
+    """One gateway process, started with one combination of settings."""
 
-    read_buffer: int
-    child: Child
-    base: str
+    gateway: Gateway
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_per_run_kib: list[int] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         """The path key of this gateway in the results."""
-        return f"gateway:{self.read_buffer}"
+        return f"gateway {self.gateway.name}"
 
 
-def start_gateways(
-    read_buffers: Sequence[int], gw: GatewayEnv, root: Path, stack: contextlib.ExitStack
-) -> list[Gateway]:
-    """One gateway per read buffer, side by side; each is stopped by its PID at the end."""
-    gateways = []
-    for read_buffer in read_buffers:
-        port = free_port()
-        child = spawn(
-            f"gateway (STREAM_READ_BUFFER={read_buffer})",
-            [*gateway_command(), "serve"],
-            root / f"gateway-{read_buffer}.log",
-            env=gw.env(GATEWAY_PORT=str(port), STREAM_READ_BUFFER=str(read_buffer)),
-        )
-        stack.callback(child.stop)
-        gateways.append(Gateway(read_buffer, child, f"http://127.0.0.1:{port}"))
-    for gateway in gateways:
-        wait_for_port(gateway.child, int(gateway.base.rsplit(":", 1)[1]), 60)
-    return gateways
+def variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """(name, settings) of every gateway to start: each splice value by each read buffer."""
+    out = []
+    for splice in args.splice:
+        for read_buffer in args.read_buffers:
+            settings = {
+                "STREAM_SPLICE": str(splice),
+                # The 5/min trigger bucket would otherwise throttle the benchmark; the limiter
+                # is still called for every download.
+                "SYNC_RATE_LIMIT": "1000000000",
+            }
+            name = f"splice={splice}"
+            if read_buffer:
+                settings["STREAM_READ_BUFFER"] = str(read_buffer)
+                name += f" rb={read_buffer}"
+            out.append((name, settings))
+    return out
 
 
 @dataclass
 class Results:
-    """Every measured download, by body kind and path key (direct, nginx, gateway:<n>)."""
+    """Every measured download, by body kind and path key (direct, nginx, gateway ...)."""
 
-    gateways: list[Gateway]
+    variants: list[Variant]
     samples: dict[str, dict[str, list[Measured]]] = field(
         default_factory=lambda: {m: {} for m in MODES}
     )
@@ -604,6 +329,27 @@ class Results:
                 shares.append(value / m.seconds)
         return statistics.median(shares) if shares else None
 
+    def raw(self) -> dict[str, Any]:
+        """Every sample and memory reading, for the JSON file."""
+        return {
+            "samples": {
+                mode: {
+                    key: [dataclasses.asdict(m) for m in measured]
+                    for key, measured in by_key.items()
+                }
+                for mode, by_key in self.samples.items()
+            },
+            "gateways": [
+                {
+                    "name": v.gateway.name,
+                    "settings": v.gateway.settings,
+                    "memory_kib": v.memory,
+                    "rss_per_run_kib": v.rss_per_run_kib,
+                }
+                for v in self.variants
+            ],
+        }
+
 
 class Bench:
     """Downloads through every path, verified, with the CPU and steal around each."""
@@ -612,14 +358,14 @@ class Bench:
         self,
         args: argparse.Namespace,
         client: Client,
-        ends: Endpoints,
-        gateways: list[Gateway],
+        stack: Stack,
+        variants: list[Variant],
         tenant: Tenant,
     ) -> None:
         self.args = args
         self.client = client
-        self.ends = ends
-        self.gateways = {g.key: g for g in gateways}
+        self.stack = stack
+        self.variants = {v.key: v for v in variants}
         self.tenant = tenant
         self._auth = (
             ("Authorization", f"Bearer {tenant.ingest_key}"),
@@ -628,37 +374,38 @@ class Bench:
 
     def keys(self) -> list[str]:
         """The path keys measured in every round."""
-        refs = ["direct"] + (["nginx"] if self.ends.nginx_base is not None else [])
-        return refs + list(self.gateways)
+        refs = ["direct"] + (["nginx"] if self.stack.nginx_base is not None else [])
+        return refs + list(self.variants)
 
     def _target(self, key: str, mode: str, nbytes: int) -> Download:
         query = f"size={nbytes}&chunked={'1' if mode == 'chunked' else '0'}"
         if key == "direct":
-            return Download("GET", f"{self.ends.origin_base}/bytes?{query}")
+            return Download("GET", f"{self.stack.origin_base}/bytes?{query}")
         if key == "nginx":
-            return Download("GET", f"{self.ends.nginx_base}/bytes?{query}")
+            return Download("GET", f"{self.stack.nginx_base}/bytes?{query}")
         agent_id = self.tenant.agents[(mode, nbytes)]
-        url = f"{self.gateways[key].base}/api/agents/{agent_id}/runs/trigger-and-download"
+        url = f"{self.variants[key].gateway.base}/api/agents/{agent_id}/runs/trigger-and-download"
         return Download("POST", url, self._auth, '{"input": {"bench": true}}')
 
     def _proxy_pid(self, key: str) -> int | None:
         if key == "nginx":
-            return self.ends.nginx_worker_pid
-        gateway = self.gateways.get(key)
-        return gateway.child.pid if gateway is not None else None
+            return self.stack.nginx_worker_pid
+        variant = self.variants.get(key)
+        return variant.gateway.pid if variant is not None else None
 
     def _once(self, key: str, mode: str, nbytes: int, label: str) -> Measured:
+        origin_pid = self.stack.origin.pid if self.stack.origin is not None else None
         proxy_pid = self._proxy_pid(key)
-        origin_before = cpu_seconds(self.ends.origin_pid)
+        origin_before = cpu_seconds(origin_pid)
         proxy_before = cpu_seconds(proxy_pid)
         steal_before, total_before = cpu_ticks()
         sample = checked(self.client, self._target(key, mode, nbytes), nbytes, label)
         steal_after, total_after = cpu_ticks()
-        origin_after = cpu_seconds(self.ends.origin_pid)
+        origin_after = cpu_seconds(origin_pid)
         proxy_after = cpu_seconds(proxy_pid)
-        if key in self.gateways:
+        if key in self.variants:
             agent_id = self.tenant.agents[(mode, nbytes)]
-            verify_run(self.gateways[key].base, self.tenant, agent_id, sample, nbytes)
+            verify_run(self.variants[key].gateway.base, self.tenant, agent_id, sample, nbytes)
         return Measured(
             gbps=sample.gbps,
             seconds=sample.seconds,
@@ -677,19 +424,19 @@ class Bench:
             and measured.steal > self.args.max_steal
             and attempt < self.args.steal_attempts
         ):
-            print(f"  [{label:<44}] steal {measured.steal:.0%}: measuring again", flush=True)
+            print(f"  [{label:<48}] steal {measured.steal:.0%}: measuring again", flush=True)
             measured = self._once(key, mode, nbytes, label)
             attempt += 1
         return dataclasses.replace(measured, attempts=attempt)
 
     def run(self, size: int) -> Results:
         """Warm up, read "before" memory, measure ``--runs`` interleaved rounds, read "after"."""
-        results = Results(list(self.gateways.values()))
-        for gateway in self.gateways.values():
-            gateway.memory["start"] = memory_kib(gateway.child.pid)
+        results = Results(list(self.variants.values()))
+        for variant in self.variants.values():
+            variant.memory["start"] = memory_kib(variant.gateway.pid)
             for mode in MODES:
-                self.download(gateway.key, mode, WARM_SIZE, f"warm-up {mode} {gateway.key}")
-            gateway.memory["before"] = memory_kib(gateway.child.pid)
+                self.download(variant.key, mode, WARM_SIZE, f"warm-up {mode} {variant.key}")
+            variant.memory["before"] = memory_kib(variant.gateway.pid)
         keys = self.keys()
         for _ in range(self.args.warmup):
             for mode in MODES:
@@ -707,16 +454,16 @@ class Bench:
                     proxy = ""
                     if measured.proxy_cpu_s is not None and measured.seconds > 0:
                         proxy = f"  proxy CPU {measured.proxy_cpu_s / measured.seconds:4.0%}"
-                    if key in self.gateways:
-                        gateway = self.gateways[key]
-                        gateway.rss_per_run_kib.append(memory_kib(gateway.child.pid)["VmRSS"])
+                    if key in self.variants:
+                        variant = self.variants[key]
+                        variant.rss_per_run_kib.append(memory_kib(variant.gateway.pid)["VmRSS"])
                     print(
-                        f"  [{label:<44}] {measured.gbps:6.3f} GB/s in {measured.seconds:.3f} s"
+                        f"  [{label:<48}] {measured.gbps:6.3f} GB/s in {measured.seconds:.3f} s"
                         f"{proxy}  steal {measured.steal:3.0%}",
                         flush=True,
                     )
-        for gateway in self.gateways.values():
-            gateway.memory["after"] = memory_kib(gateway.child.pid)
+        for variant in self.variants.values():
+            variant.memory["after"] = memory_kib(variant.gateway.pid)
         return results
 
 
@@ -744,23 +491,22 @@ def _share(value: float | None) -> str:
 def report(results: Results, args: argparse.Namespace, client: str) -> str:
     """Markdown tables of medians, ratios, CPU and memory."""
     lines = [
-        "",
         f"Body {args.size_mb} MiB, {args.runs} interleaved rounds (median GB/s, 10^9 B/s; "
         f"gateway min-max), client {client}, {os.cpu_count()} CPUs. direct and nginx are "
         "measured once per round and shared by every gateway row.",
         "",
-        "| STREAM_READ_BUFFER | body | direct | nginx | gateway | gateway min-max "
+        "| gateway | body | direct | nginx | gateway | gateway min-max "
         "| gateway/nginx | gateway/direct |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         direct = results.median(mode, "direct")
         nginx = results.median(mode, "nginx")
-        for gateway in results.gateways:
-            median = results.median(mode, gateway.key)
-            spread = results.gbps(mode, gateway.key) or [0.0]
+        for variant in results.variants:
+            median = results.median(mode, variant.key)
+            spread = results.gbps(mode, variant.key) or [0.0]
             lines.append(
-                f"| {gateway.read_buffer} | {mode} | {_gbps(direct)} | {_gbps(nginx)} | "
+                f"| {variant.gateway.name} | {mode} | {_gbps(direct)} | {_gbps(nginx)} | "
                 f"{_gbps(median)} | {min(spread):.2f}-{max(spread):.2f} | "
                 f"{_ratio(median, nginx)} | {_ratio(median, direct)} |"
             )
@@ -773,7 +519,7 @@ def report(results: Results, args: argparse.Namespace, client: str) -> str:
         "| path | body | origin / proxy / client | proxy CPU s/GB | steal |",
         "|---|---|---|---|---|",
     ]
-    keys = ["direct", "nginx", *(g.key for g in results.gateways)]
+    keys = ["direct", "nginx", *(v.key for v in results.variants)]
     for mode in MODES:
         for key in keys:
             if not results.samples[mode].get(key):
@@ -795,52 +541,113 @@ def report(results: Results, args: argparse.Namespace, client: str) -> str:
         "(before), after all downloads (after); VmRSS range after each measured download; "
         "VmHWM (peak) at the end.",
         "",
-        "| STREAM_READ_BUFFER | start | before | after | after - before | per-run range | VmHWM |",
+        "| gateway | start | before | after | after - before | per-run range | VmHWM |",
         "|---|---|---|---|---|---|---|",
     ]
-    for gateway in results.gateways:
-        mem = {k: v["VmRSS"] / 1024 for k, v in gateway.memory.items()}
-        per_run = gateway.rss_per_run_kib or [0]
+    for variant in results.variants:
+        mem = {k: v["VmRSS"] / 1024 for k, v in variant.memory.items()}
+        per_run = variant.rss_per_run_kib or [0]
         lines.append(
-            f"| {gateway.read_buffer} | {mem.get('start', 0):.1f} | {mem.get('before', 0):.1f} | "
-            f"{mem.get('after', 0):.1f} | {mem.get('after', 0) - mem.get('before', 0):+.1f} | "
+            f"| {variant.gateway.name} | {mem.get('start', 0):.1f} | {mem.get('before', 0):.1f} "
+            f"| {mem.get('after', 0):.1f} | {mem.get('after', 0) - mem.get('before', 0):+.1f} | "
             f"{min(per_run) / 1024:.1f}-{max(per_run) / 1024:.1f} | "
-            f"{gateway.memory.get('after', {}).get('VmHWM', 0) / 1024:.1f} |"
+            f"{variant.memory.get('after', {}).get('VmHWM', 0) / 1024:.1f} |"
         )
     return "\n".join(lines)
 
 
-def write_json(path: Path, results: Results, args: argparse.Namespace, client: str) -> None:
-    """The raw figures, for later comparison."""
-    path.write_text(
-        json.dumps(
-            {
-                "size_bytes": args.size_mb * MIB,
-                "runs": args.runs,
-                "client": client,
-                "max_steal": args.max_steal,
-                "samples": {
-                    mode: {
-                        key: [dataclasses.asdict(m) for m in measured]
-                        for key, measured in by_key.items()
-                    }
-                    for mode, by_key in results.samples.items()
-                },
-                "gateways": [
-                    {
-                        "read_buffer": g.read_buffer,
-                        "memory_kib": g.memory,
-                        "rss_per_run_kib": g.rss_per_run_kib,
-                    }
-                    for g in results.gateways
-                ],
-            },
-            indent=2,
+def summary_rows(results: Results) -> list[Row]:
+    """The issue's targets for every gateway variant and body kind."""
+    rows = []
+    for mode in MODES:
+        direct = results.median(mode, "direct")
+        nginx = results.median(mode, "nginx")
+        for variant in results.variants:
+            median = results.median(mode, variant.key)
+            spread = results.gbps(mode, variant.key) or [0.0]
+            figure = f"{_gbps(median)} GB/s ({min(spread):.2f}-{max(spread):.2f})"
+            what = f"{mode}, {variant.gateway.name}"
+            values = {"gateway_gbps": median, "nginx_gbps": nginx, "direct_gbps": direct}
+            vs_nginx = ratio(median, nginx)
+            rows.append(
+                Row(
+                    what,
+                    figure,
+                    f"nginx {_gbps(nginx)} GB/s",
+                    vs_nginx,
+                    "≥ 0.8x nginx (aim 1.0x)",
+                    at_least(vs_nginx, 0.8),
+                    values,
+                )
+            )
+            vs_direct = ratio(median, direct)
+            rows.append(
+                Row(
+                    what,
+                    figure,
+                    f"direct {_gbps(direct)} GB/s",
+                    vs_direct,
+                    "≥ 0.4x direct (aim 0.5x)",
+                    at_least(vs_direct, 0.4),
+                    values,
+                )
+            )
+            if mode == "content-length" and variant.gateway.settings.get("STREAM_SPLICE") == "1":
+                rows.append(
+                    Row(
+                        what,
+                        figure,
+                        f"direct {_gbps(direct)} GB/s",
+                        vs_direct,
+                        "stretch (splice): ≥ 0.8x direct",
+                        at_least(vs_direct, 0.8),
+                        values,
+                    )
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------- running
+
+
+def choose_client(kind: str) -> str:
+    """curl when asked or found, else the aiohttp fetch client."""
+    if kind == "auto":
+        return "curl" if shutil.which("curl") else "aiohttp"
+    if kind == "curl" and not shutil.which("curl"):
+        raise BenchError("curl is not installed (use --client aiohttp)")
+    return kind
+
+
+def measure(stack: Stack, args: argparse.Namespace) -> tuple[Results, str]:
+    """Start nginx and the gateway variants on a started stack, measure, stop the gateways."""
+    client_kind = choose_client(args.client)
+    if not args.no_nginx and not stack.start_nginx():
+        print(
+            "nginx: binary not found, skipping the nginx reference "
+            "(apt-get update && apt-get install -y nginx)",
+            flush=True,
         )
+    size = args.size_mb * MIB
+    tenant = create_tenant(stack, (size, WARM_SIZE))
+    gateways = stack.start_gateways(variants(args))
+    print(
+        f"download: origin {stack.origin_base}, nginx {stack.nginx_base or 'skipped'}, client "
+        f"{client_kind}, body {args.size_mb} MiB, runs {args.runs}, gateways "
+        f"{', '.join(g.name for g in gateways)}",
+        flush=True,
     )
-
-
-# --------------------------------------------------------------------------- main
+    client = Client(client_kind, stack.root, args.max_time)
+    try:
+        results = Bench(args, client, stack, [Variant(g) for g in gateways], tenant).run(size)
+    except BenchError:
+        for gateway in gateways:
+            print(f"--- {gateway.child.name} log ---\n{gateway.child.log_tail()}")
+        raise
+    finally:
+        for gateway in gateways:
+            gateway.child.stop()
+    return results, client_kind
 
 
 def _read_buffers(raw: str) -> list[int]:
@@ -848,9 +655,16 @@ def _read_buffers(raw: str) -> list[int]:
         values = [int(v) for v in raw.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of integers: {raw!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("read buffers must be positive integers")
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("read buffers must be positive integers (0: default)")
     return list(dict.fromkeys(values))  # one gateway per distinct value, in the order given
+
+
+def _splices(raw: str) -> list[int]:
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not values or any(v not in ("0", "1") for v in values):
+        raise argparse.ArgumentTypeError("splice values are 0 and/or 1")
+    return [int(v) for v in dict.fromkeys(values)]
 
 
 def _positive(raw: str) -> int:
@@ -871,7 +685,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n\n")[0],
-        epilog="Example: .venv/bin/python bench/download_throughput.py --size-mb 1024 --runs 5",
+        epilog="Example: .venv/bin/python -m bench.download_throughput --size-mb 1024 --runs 5",
     )
     parser.add_argument("--size-mb", type=_positive, default=1024, help="body size in MiB (1024)")
     parser.add_argument("--runs", type=_positive, default=5, help="measured rounds (5)")
@@ -879,12 +693,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--warmup", type=int, default=1, help="unmeasured full-size rounds per gateway (1)"
     )
     parser.add_argument(
+        "--splice",
+        type=_splices,
+        default=[0, 1],
+        metavar="0,1",
+        help="STREAM_SPLICE values, one gateway process each (default 0,1)",
+    )
+    parser.add_argument(
         "--read-buffers",
         type=_read_buffers,
-        default=[262144],
+        default=[0],
         metavar="N[,N...]",
         help="STREAM_READ_BUFFER values, one gateway process each, measured in the same rounds "
-        "(default 262144, the default setting); e.g. 65536,262144,1048576",
+        "(default 0: the gateway's own default); e.g. 65536,262144,1048576",
     )
     parser.add_argument(
         "--client",
@@ -917,76 +738,27 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start everything, measure, print, stop everything."""
-    size = args.size_mb * MIB
-    client_kind = args.client
-    if client_kind == "auto":
-        client_kind = "curl" if shutil.which("curl") else "aiohttp"
-    elif client_kind == "curl" and not shutil.which("curl"):
-        raise BenchError("curl is not installed (use --client aiohttp)")
-    nginx_binary = None if args.no_nginx else find_nginx(args.nginx)
-    if nginx_binary is None and not args.no_nginx:
-        print(
-            "nginx: binary not found, skipping the nginx reference "
-            "(apt-get update && apt-get install -y nginx)",
-            flush=True,
-        )
-
-    root = Path(tempfile.mkdtemp(prefix="agw-bench-"))
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, root, True)  # registered first: runs last
-        client = Client(client_kind, root, args.max_time)
-
-        origin_port = free_port()
-        origin = spawn(
-            "origin",
-            [sys.executable, str(BENCH_DIR / "origin_server.py"), "--port", str(origin_port)],
-            root / "origin.log",
-        )
-        stack.callback(origin.stop)
-        wait_for_port(origin, origin_port, 30)
-        origin_base = f"http://127.0.0.1:{origin_port}"
-
-        nginx_base = None
-        worker_pid = None
-        if nginx_binary is not None:
-            nginx, nginx_port = start_nginx(nginx_binary, root, origin_port)
-            stack.callback(nginx.stop)
-            nginx_base = f"http://127.0.0.1:{nginx_port}"
-            worker_pid = nginx_worker(nginx.pid)
-        ends = Endpoints(origin_base, origin.pid, nginx_base, worker_pid)
-
-        print("starting embedded PostgreSQL and Redis ...", flush=True)
-        gw = GatewayEnv(
-            start_backends(root, stack),
-            secret_key=secrets.token_urlsafe(32),
-            admin_token=secrets.token_urlsafe(24),
-        )
-        consumer = spawn(
-            "consumer", [*gateway_command(), "consume"], root / "consumer.log", gw.env()
-        )
-        stack.callback(consumer.stop)
-        gateways = start_gateways(args.read_buffers, gw, root, stack)
-        tenant = asyncio.run(
-            create_tenant(gateways[0].base, gw.admin_token, origin_base, (size, WARM_SIZE))
-        )
-        print(
-            f"origin {origin_base}, nginx {nginx_base or 'skipped'}, client {client_kind}, "
-            f"body {args.size_mb} MiB, runs {args.runs}, gateways with STREAM_READ_BUFFER "
-            f"{', '.join(str(g.read_buffer) for g in gateways)}",
-            flush=True,
-        )
-        try:
-            results = Bench(args, client, ends, gateways, tenant).run(size)
-        except BenchError:
-            for gateway in gateways:
-                print(f"--- {gateway.child.name} log ---\n{gateway.child.log_tail()}")
-            raise
-        if consumer.process.poll() is not None:
-            print(f"warning: the consumer exited early:\n{consumer.log_tail()}", file=sys.stderr)
-
+    with contextlib.ExitStack() as exit_stack:
+        stack = Stack(exit_stack, nginx=None if args.no_nginx else find_nginx(args.nginx))
+        stack.start()
+        results, client_kind = measure(stack, args)
+        if stack.consumer is not None and not stack.consumer.alive():
+            print(f"warning: the consumer exited early:\n{stack.consumer.log_tail()}")
+    print()
     print(report(results, args, client_kind))
     if args.json is not None:
-        write_json(args.json, results, args, client_kind)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size_bytes": args.size_mb * MIB,
+                    "runs": args.runs,
+                    "client": client_kind,
+                    "max_steal": args.max_steal,
+                    **results.raw(),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -1,19 +1,31 @@
-"""A fast origin for the download benchmark: N bytes from one pre-generated in-memory block.
+"""A fast upstream runtime for the benchmarks: bytes, instant JSON and n8n streaming answers.
 
 Run as its own process (aiohttp + uvloop) so it never shares an event loop with the gateway:
 
-    python bench/origin_server.py --port 9100
+    python -m bench.origin_server --port 9100
 
-Routes (all answer the same body; ``size`` and ``chunked`` come from the query string):
+Routes:
 
-``GET  /bytes?size=N&chunked=0|1``          direct download
-``POST /bytes?size=N&chunked=0|1``          direct download (request body drained, ignored)
-``POST /webhook/bytes?size=N&chunked=0|1``  what an agent's webhook URL points at
+``GET  /bytes?size=N&chunked=0|1&tag=T``          direct download
+``POST /bytes?...``                                direct download (request body drained)
+``POST /webhook/bytes?...``                        what a ``file_download`` agent points at
+``GET  /sent?tag=T``                               bytes written so far for downloads tagged T
+``POST /webhook/json``                             an instant, small JSON answer (trigger-and-wait)
+``POST /webhook/ndjson?frames=N&interval_us=U&pad=P``  an n8n "Streaming" webhook answer
 
-``chunked=0`` (the default) sends ``Content-Length``; ``chunked=1`` sends
+Bytes: ``chunked=0`` (the default) sends ``Content-Length``, ``chunked=1`` sends
 ``Transfer-Encoding: chunked``. Either way the body is written in ``--chunk-kib`` pieces
 (default 256 KiB), each the same ``bytes`` object (or one slice of it for the tail), so the
-origin copies nothing per request.
+origin copies nothing per request. With ``tag``, the bytes handed to the socket are counted,
+so a benchmark can see how far the origin got ahead of a slow reader.
+
+NDJSON: ``200 application/json; charset=utf-8``, chunked, one line of JSON per chunk the way
+n8n's streaming response mode writes them (``{"type": "begin"|"item"|"end", "content"?,
+"metadata": {"nodeId", "nodeName", "itemIndex", "runIndex", "timestamp"}}``): a ``begin``,
+``frames`` ``item`` s and an ``end``. Each item's content starts with ``<seq>:<t>:`` where
+``t`` is ``time.monotonic_ns()`` just before the line was written (CLOCK_MONOTONIC, shared by
+every process on the machine), then ``pad`` filler characters. With ``interval_us`` the items
+are paced (item ``i`` is due at ``start + i * interval``), otherwise written back to back.
 """
 
 from __future__ import annotations
@@ -21,11 +33,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import random
+import time
 
 from aiohttp import web
 
 BLOCK = web.AppKey("block", bytes)
+SENT = web.AppKey("sent", dict[str, int])
+JSON_ANSWER = b'{"ok":true,"result":{"text":"instant answer from the bench runtime"}}'
+NODE = {"nodeId": "bench-node-1", "nodeName": "Bench Agent"}
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    try:
+        value = int(request.query.get(name, str(default)))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
+    if value < 0:
+        raise web.HTTPBadRequest(text=f"{name} must be >= 0")
+    return value
 
 
 async def serve_bytes(request: web.Request) -> web.StreamResponse:
@@ -33,12 +60,9 @@ async def serve_bytes(request: web.Request) -> web.StreamResponse:
     if request.can_read_body:
         await request.read()  # the trigger payload: small, bounded by client_max_size
     block = request.app[BLOCK]
-    try:
-        size = int(request.query.get("size", str(len(block))))
-    except ValueError:
-        raise web.HTTPBadRequest(text="size must be an integer") from None
-    if size < 0:
-        raise web.HTTPBadRequest(text="size must be >= 0")
+    size = _query_int(request, "size", len(block))
+    tag = request.query.get("tag")
+    sent = request.app[SENT]
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/octet-stream",
@@ -51,27 +75,83 @@ async def serve_bytes(request: web.Request) -> web.StreamResponse:
         response.content_length = size
     await response.prepare(request)
     whole, rest = divmod(size, len(block))
-    for _ in range(whole):
-        await response.write(block)
-    if rest:
-        await response.write(block[:rest])
+    if tag is None:
+        for _ in range(whole):
+            await response.write(block)
+        if rest:
+            await response.write(block[:rest])
+    else:
+        sent[tag] = 0
+        for _ in range(whole):
+            await response.write(block)
+            sent[tag] += len(block)
+        if rest:
+            await response.write(block[:rest])
+            sent[tag] += rest
+    await response.write_eof()
+    return response
+
+
+async def sent_bytes(request: web.Request) -> web.Response:
+    """How many bytes the downloads tagged ``tag`` have handed to their sockets so far."""
+    return web.json_response({"sent": request.app[SENT].get(request.query.get("tag", ""), 0)})
+
+
+async def serve_json(request: web.Request) -> web.Response:
+    """An instant JSON answer, like an n8n webhook whose workflow ends at once."""
+    await request.read()
+    return web.Response(body=JSON_ANSWER, content_type="application/json")
+
+
+def _chunk(kind: str, content: str | None, item: int) -> bytes:
+    body: dict[str, object] = {"type": kind}
+    if content is not None:
+        body["content"] = content
+    stamp = time.time_ns() // 10**6  # n8n's metadata.timestamp: Date.now()
+    body["metadata"] = {**NODE, "itemIndex": item, "runIndex": 0, "timestamp": stamp}
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+async def serve_ndjson(request: web.Request) -> web.StreamResponse:
+    """n8n's streaming response: begin, ``frames`` timestamped items, end."""
+    await request.read()
+    frames = _query_int(request, "frames", 100)
+    interval_ns = _query_int(request, "interval_us", 0) * 1000
+    pad = "x" * _query_int(request, "pad", 16)
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(_chunk("begin", None, 0))
+    start = time.monotonic_ns()
+    for seq in range(frames):
+        if interval_ns:
+            due = start + seq * interval_ns
+            now = time.monotonic_ns()
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+        await response.write(_chunk("item", f"{seq}:{time.monotonic_ns()}:{pad}", seq))
+    await response.write(_chunk("end", None, frames))
     await response.write_eof()
     return response
 
 
 def create_origin(chunk_bytes: int) -> web.Application:
     """The origin application with its pre-generated block."""
-    app = web.Application()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
     app[BLOCK] = random.Random(20261123).randbytes(chunk_bytes)
+    app[SENT] = {}
     app.router.add_get("/bytes", serve_bytes)
     app.router.add_post("/bytes", serve_bytes)
     app.router.add_post("/webhook/bytes", serve_bytes)
+    app.router.add_get("/sent", sent_bytes)
+    app.router.add_post("/webhook/json", serve_json)
+    app.router.add_post("/webhook/ndjson", serve_ndjson)
     return app
 
 
 def main() -> None:
     """Parse arguments and serve on 127.0.0.1 until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     parser.add_argument(
         "--chunk-kib", type=int, default=256, help="size of each body write (default 256)"
@@ -88,6 +168,7 @@ def main() -> None:
         access_log=None,
         print=None,
         shutdown_timeout=2.0,
+        backlog=1024,
     )
 
 

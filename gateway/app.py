@@ -28,6 +28,7 @@ from gateway.app_keys import (
     KEY_GUARD,
     LIFECYCLE,
     METRICS,
+    PACKAGE_SERVICE,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
@@ -36,6 +37,7 @@ from gateway.app_keys import (
     SETTINGS,
     TRIGGER_SERVICE,
 )
+from gateway.archive import Archiver
 from gateway.background import BackgroundTasks
 from gateway.blobs import open_blob_store
 from gateway.callbacks import CallbackService
@@ -46,6 +48,7 @@ from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.follower import RunFollower
 from gateway.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
+from gateway.handlers.v0 import create_v0_app
 from gateway.health import Lifecycle
 from gateway.key_guard import KeyGuard
 from gateway.metrics import GatewayMetrics
@@ -56,6 +59,7 @@ from gateway.middleware import (
     on_prepare,
     request_context,
 )
+from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -212,6 +216,22 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _packages(app: web.Application) -> AsyncIterator[None]:
+    """Job download packages (seed 003): ZIPs streamed from the blob store."""
+    settings = app[SETTINGS]
+    archiver = Archiver(read_timeout_s=settings.stream_idle_timeout_s)
+    app[PACKAGE_SERVICE] = PackageService(
+        app[DB_POOL],
+        app[BLOB_STORE],
+        UrlSigner(settings.secret_key, purpose="job-packages"),
+        archiver,
+        public_base_url=settings.public_base_url,
+        url_ttl_s=settings.package_url_ttl_s,
+    )
+    yield
+    archiver.close()
+
+
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
     app[METRICS].draining.set(1)
@@ -228,7 +248,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
-    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute])
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
     app.on_response_prepare.append(on_prepare)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
@@ -237,4 +257,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(admin.routes)
     app.router.add_routes(execute.routes)
     app.router.add_routes(docs.routes)
+    app.add_subapp("/v0", create_v0_app())
     return app

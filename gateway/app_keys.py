@@ -18,6 +18,7 @@ from gateway.files import FileService
 from gateway.health import Lifecycle
 from gateway.key_guard import KeyGuard
 from gateway.metrics import GatewayMetrics
+from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
 from gateway.settings import Settings
@@ -43,6 +44,7 @@ BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
 KEY_GUARD = web.AppKey("key_guard", KeyGuard)
+PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 
 from gateway.apikeys import MAX_KEY_LENGTH, bearer_token, hash_key
-from gateway.errors import Unauthorized
+from gateway.errors import Unauthorized, v0_error
 from store import queries
 from store.models import Agent
 
@@ -56,4 +56,33 @@ async def org_for_api_key(
     org_id = None if not token else await queries.org_for_ingest_key(pool, hash_key(token))
     if org_id is None:
         raise Unauthorized("Missing or invalid API key (send it in X-API-Key)")
+    return org_id
+
+
+def bare_or_bearer_token(authorization: str | None) -> str | None:
+    """The key of ``Authorization: <key>`` (seed 003's bare form) or ``Authorization: Bearer
+    <key>``; ``None`` when there is none or the header has another shape."""
+    header = (authorization or "").strip()
+    if not header:
+        return None
+    if " " not in header:
+        token: str | None = header
+    else:
+        token = bearer_token(header)
+    if token is None or len(token) > MAX_KEY_LENGTH:
+        return None
+    return token
+
+
+async def org_for_v0_key(pool: asyncpg.Pool, authorization: str | None) -> uuid.UUID:
+    """The organisation of the ingest key in ``Authorization`` (bare or ``Bearer``); 401 in the
+    ``/v0`` shape otherwise."""
+    token = bare_or_bearer_token(authorization)
+    org_id = None if token is None else await queries.org_for_ingest_key(pool, hash_key(token))
+    if org_id is None:
+        raise v0_error(
+            Unauthorized,
+            "Missing or invalid API key: send it as 'Authorization: <API key>'",
+            "unauthorized",
+        )
     return org_id

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -118,6 +119,36 @@ def run_input_key(run_id: int, ordinal: int, filename: str) -> str:
     return check_key(f"{run_prefix(run_id)}inputs/{ordinal}-{safe_filename(filename)}")
 
 
+def run_output_key(run_id: int, ordinal: int, filename: str) -> str:
+    """The key of the ``ordinal``-th output file of a run (stable: same run, same key)."""
+    return check_key(f"{run_prefix(run_id)}outputs/{ordinal}-{safe_filename(filename)}")
+
+
+class _Opening:
+    """A file opened in a worker thread for a reader that may leave meanwhile: whichever of
+    :meth:`open` and :meth:`abandon` comes second closes the file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._handle: IO[bytes] | None = None
+
+    def open(self) -> IO[bytes]:
+        handle: IO[bytes] = open(self._path, "rb")  # noqa: SIM115 (closed by the reader)
+        with self._lock:
+            self._handle = handle
+            if self._abandoned:
+                handle.close()
+        return handle
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self._handle is not None:
+                self._handle.close()
+
+
 async def _hashed(chunks: AsyncIterable[bytes], digest: Any) -> AsyncIterator[bytes]:
     async for chunk in chunks:
         if chunk:
@@ -165,17 +196,24 @@ class FilesystemBlobStore:
     async def read(self, key: str, *, chunk_size: int = READ_CHUNK) -> AsyncIterator[bytes]:
         """The file's bytes, read off the event loop."""
         path = self._path(key)
+        opening = _Opening(path)
         try:
-            handle: IO[bytes] = await asyncio.to_thread(open, path, "rb")
+            handle = await asyncio.to_thread(opening.open)
         except FileNotFoundError:
             raise BlobNotFound(key) from None
         except OSError as exc:
             raise BlobStoreError(f"could not read blob {key}: {exc}") from exc
+        except asyncio.CancelledError:
+            # The thread may open the file all the same (or just have): it is closed either way.
+            opening.abandon()
+            raise
         try:
             while chunk := await asyncio.to_thread(handle.read, chunk_size):
                 yield chunk
         finally:
-            await asyncio.to_thread(handle.close)
+            # Inline: closing a file opened for reading does not wait on the disk, and a
+            # to_thread(close) cancelled before its thread starts (the reader left) never runs.
+            handle.close()
 
     async def size(self, key: str) -> int:
         """The file's size."""

@@ -184,6 +184,7 @@ def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -
         '-H \'Content-Type: application/json\' -d \'{"input": {"topic": "Q3 financial summary"}}\''
     )
     execute = f"{base}/api/workflows/{ids['assistant']}/execute"
+    package = f"{base}/v0/workflows/{ids['assistant']}/jobs/<runId>/download"
     api_key = f"-H 'Content-Type: application/json' -H 'X-API-Key: {key}'"
     stream_body = json.dumps(
         {"message": "Count to five", "stream": True, "selectedOutputs": ["agent1.content"]}
@@ -239,6 +240,10 @@ Execute a workflow, its output streamed live as Server-Sent Events (seed 004):
   curl -sS -N -X POST {execute} {api_key} -d '{stream_body}'
 The same, answered once, with a file sent along (base64):
   curl -sS -X POST {execute} {api_key} -d '{file_body}'
+A job's inputs and outputs as one ZIP (seed 003; the job is a runId, e.g. the one above),
+then the ZIP itself from the signed_url it answers:
+  curl -sS -X PUT {package} -H 'Authorization: {key}'
+  curl -sS -OJ '<signed_url>'
 Stop with Ctrl-C.
 """
 

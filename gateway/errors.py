@@ -103,3 +103,9 @@ class GatewayTimeout(ApiError):
     """The runtime sent nothing within the wait window (504)."""
 
     status = 504
+
+
+def v0_error(cls: type[ApiError], message: str, code: str, details: Any = None) -> ApiError:
+    """An error of the ``/v0`` API, answered as ``{"error": {"code", "message", "details"}}``
+    (``gateway.middleware.v0_api_error``)."""
+    return cls(message, extra={"code": code, "details": details})

@@ -309,10 +309,18 @@ class ExecuteService:
         except InputFormatError as exc:
             raise Unprocessable(f"The agent's input_format is invalid: {exc}") from None
         values = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
-        if (problem := jsonb_problem(values)) is not None:
-            # The input is stored with the run: refused here, as the agent API's bodies are.
-            message = f"The body cannot be stored: it {problem}."
-            raise BadRequest("Invalid request body", extra={"details": {"_schema": [message]}})
+        # The input is stored with the run: what jsonb cannot hold is refused here, not by
+        # PostgreSQL once the run is being created.
+        unstorable = {
+            key: [f"cannot be stored: {problem}"]
+            for key, value in values.items()
+            if (problem := jsonb_problem({key: value})) is not None
+        }
+        if unstorable:
+            raise BadRequest(
+                "Invalid input: " + "; ".join(f"{k!r} {m[0]}" for k, m in unstorable.items()),
+                extra={"details": unstorable},
+            )
         try:
             coerced = coerce_input(declared, values, max_file_bytes=self._settings.max_file_bytes)
         except InputProblems as exc:

@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from gateway.blobs import BlobNotFound, BlobStore, run_input_key
-from gateway.errors import Forbidden, NotFound
+from gateway.blobs import BlobNotFound, BlobStore, BlobStoreError, run_input_key
+from gateway.errors import Forbidden, NotFound, ServiceUnavailable
 from gateway.input_format import CoercedInput, FileReference, FileUpload
 from gateway.signing import SignatureError, UrlSigner
 from store import run_files
@@ -143,7 +143,7 @@ class FileService:
         """The stored file a signed URL names, once its signature and expiry check out.
 
         403 for a URL that is not signed, was tampered with or has expired; 404 when the
-        file is gone.
+        file is gone; 503 when the blob store cannot be read.
         """
         try:
             self._signer.verify(path, expires, signature)
@@ -162,6 +162,12 @@ class FileService:
         except BlobNotFound:
             log.warning("stored_file_missing", key=key)
             raise NotFound("File not found") from None
+        except BlobStoreError as exc:
+            # The store is down (S3 unreachable, a disk error): the URL is fine, retry later.
+            log.error("stored_file_unreadable", key=key, error=str(exc))
+            raise ServiceUnavailable(
+                "The file cannot be read right now; retry shortly", headers={"Retry-After": "1"}
+            ) from None
         return OpenedFile(record, _prepend(first, chunks))
 
 

@@ -7,12 +7,13 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.app_keys import KEY_GUARD, LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
@@ -110,24 +111,75 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
             metrics.streamed_bytes.labels(route).inc(sent or 0)
 
 
-@web.middleware
-async def errors_to_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map domain exceptions (and aiohttp's own 4xx) to JSON error responses."""
-    try:
-        return await handler(request)
-    except Exception as exc:
-        started: web.StreamResponse | None = request.get(PREPARED_RESPONSE)
-        if started is None:
-            return _error_response(request, exc)
-        # Headers (and maybe part of a body) are out: a new response cannot be sent. Abort, so
-        # the caller sees a broken transfer rather than a body with an error glued on.
-        log.error("error_after_headers", path=request.path, error=repr(exc))
-        if request.transport is not None:
-            request.transport.abort()
-        return started
+ErrorShape = Callable[[ApiError], dict[str, Any]]
 
 
-def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+def agent_api_error(exc: ApiError) -> dict[str, Any]:
+    """The agent API's error body: ``{"error": message, **extra}``."""
+    return error_body(exc.message, **exc.extra)
+
+
+# The /v0 API's codes for errors that carry none of their own.
+V0_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+def v0_api_error(exc: ApiError) -> dict[str, Any]:
+    """The ``/v0`` API's error body (seed 003): ``{"error": {"code", "message", "details"}}``.
+
+    ``code`` and ``details`` come from the error's ``extra`` when it names them; otherwise the
+    code follows the status, and any other ``extra`` (a request id, a run id) is the details.
+    """
+    extra = dict(exc.extra)
+    code = extra.pop("code", None) or V0_CODES.get(exc.status, f"http_{exc.status}")
+    details = extra.pop("details", None) if "details" in extra else (extra or None)
+    return {"error": {"code": code, "message": exc.message, "details": details}}
+
+
+def json_errors(shape: ErrorShape) -> Middleware:
+    """A middleware mapping domain exceptions (and aiohttp's own 4xx) to JSON errors of
+    ``shape``; after the headers have gone out, it aborts the connection instead."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            started: web.StreamResponse | None = request.get(PREPARED_RESPONSE)
+            if started is None:
+                return _error_response(request, exc, shape)
+            # Headers (and maybe part of a body) are out: a new response cannot be sent.
+            # Abort, so the caller sees a broken transfer rather than a body with an error
+            # glued on.
+            log.error("error_after_headers", path=request.path, error=repr(exc))
+            if request.transport is not None:
+                request.transport.abort()
+            return started
+
+    return middleware
+
+
+# The agent API (and everything outside /v0) answers errors as {"error": "...", ...}.
+errors_to_json = json_errors(agent_api_error)
+# The /v0 routes (a sub-application) answer errors in seed 003's shape.
+v0_errors_to_json = json_errors(v0_api_error)
+
+
+def _error_response(request: web.Request, exc: Exception, shape: ErrorShape) -> web.StreamResponse:
     """The JSON response for an exception raised before any header was sent."""
     if isinstance(exc, BACKEND_OUTAGES):
         log.warning("backend_unavailable", path=request.path, error=repr(exc))
@@ -137,9 +189,7 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     if isinstance(exc, ApiError):
         if isinstance(run_id := exc.extra.get("runId"), int):
             note_run(request, run_id=run_id)
-        response = web.json_response(
-            error_body(exc.message, **exc.extra), status=exc.status, headers=exc.headers
-        )
+        response = web.json_response(shape(exc), status=exc.status, headers=exc.headers)
         if exc.close_connection:
             # Not left to linger reading (and discarding) the rest of a body nobody wants.
             response.force_close()
@@ -148,13 +198,13 @@ def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         if exc.status < 400 or exc.content_type == "application/json":
             raise exc
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
-        return web.json_response(error_body(exc.reason), status=exc.status, headers=headers)
+        error = ApiError(exc.reason)
+        error.status = exc.status
+        return web.json_response(shape(error), status=exc.status, headers=headers)
     # A 500 here is a bug; the traceback goes to the log, not to the caller.
     log.error("unhandled_error", path=request.path, exc_info=exc)
-    return web.json_response(
-        error_body("Internal server error", requestId=request[REQUEST_ID]),
-        status=500,
-    )
+    error = ApiError("Internal server error", extra={"requestId": request[REQUEST_ID]})
+    return web.json_response(shape(error), status=500)
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -164,9 +214,11 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     info = request.get(REQUEST_INFO)
     # A handler that prepares its own StreamResponse streams its body; a Response is sent
     # whole after the handler returned.
-    if info is not None and not isinstance(response, web.Response) and METRICS in request.app:
+    # config_dict: under a sub-application (/v0) request.app is that sub-application.
+    metrics = request.config_dict.get(METRICS)
+    if info is not None and not isinstance(response, web.Response) and metrics is not None:
         info.streamed = True
-        request.app[METRICS].streams_in_flight.labels(route_template(request)).inc()
+        metrics.streams_in_flight.labels(route_template(request)).inc()
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
@@ -181,11 +233,18 @@ async def guard_keys(request: web.Request, handler: Handler) -> web.StreamRespon
     refused key (401) counts against its address."""
     if not (request.headers.get("Authorization") or request.headers.get("X-API-Key")):
         return await handler(request)
-    guard = request.app[KEY_GUARD]
+    if request.app is not request.match_info.apps[-1]:
+        # Routed into a sub-application (/v0): its own guard_keys runs inside its error
+        # mapping, so that a 429 has that API's shape.
+        return await handler(request)
+    guard = request.config_dict[KEY_GUARD]
     address = guard.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
     await guard.check(address)
     try:
-        return await handler(request)
+        response = await handler(request)
     except Unauthorized:
         await guard.failed(address)
         raise
+    if response.status == 401:
+        await guard.failed(address)
+    return response

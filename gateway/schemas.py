@@ -269,6 +269,10 @@ class AgentBody(StorableBody):
 
     @validates("blocks")
     def _blocks(self, value: list[dict[str, Any]], **_: Any) -> None:
+        # marshmallow calls this with what deserialized even when an entry did not: that
+        # entry's own error is reported already.
+        if not all("id" in b and "name" in b for b in value):
+            return
         # selectedOutputs name blocks case-insensitively, spaces ignored: two blocks must not
         # look alike that way (nor share an id).
         keys = ["".join(b["name"].split()).lower() for b in value]
@@ -277,9 +281,16 @@ class AgentBody(StorableBody):
 
 
 def load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:
-    """Validate ``data`` against ``schema``; a failure is a 400 that lists each bad field."""
+    """Validate ``data`` against ``schema``; a failure is a 400 that lists each bad field.
+
+    ``partial``: any of the schema's own fields may be left out; a nested value given (a
+    block) must still be whole.
+    """
     try:
-        result: dict[str, Any] = schema.load(data, partial=partial)
+        # Named fields, not True: marshmallow would pass True on to nested schemas too.
+        result: dict[str, Any] = schema.load(
+            data, partial=tuple(schema.fields) if partial else False
+        )
     except ValidationError as exc:
         raise BadRequest("Invalid request body", extra={"details": exc.messages}) from None
     return result

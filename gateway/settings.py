@@ -128,6 +128,8 @@ class Settings:
     s3_secret_access_key: str = field(default="", repr=False)
     # How long a signed URL of a stored file stays valid.
     file_url_ttl_s: int = 3600
+    # How long a job download package's signed URL stays valid (seed 003).
+    package_url_ttl_s: int = 900
     # Graceful drain on SIGTERM: /readyz answers 503 at once; new connections are still taken
     # for ``drain_pre_stop_s`` (while load balancers notice), then refused; in-flight requests
     # get up to ``drain_timeout_s`` to finish before they are cancelled.
@@ -192,6 +194,7 @@ class Settings:
             consumer_port=_int(env, "CONSUMER_PORT", 8081),
             consumer_reclaim_idle_s=_float(env, "CONSUMER_RECLAIM_IDLE_S", 30.0),
             **_execute_settings(env),
+            **_package_settings(env),
             **_abuse_settings(env),
         )
 
@@ -241,3 +244,11 @@ def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "s3_secret_access_key": env.get("S3_SECRET_ACCESS_KEY", ""),
         "file_url_ttl_s": _int(env, "FILE_URL_TTL_S", 3600),
     }
+
+
+def _package_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of job download packages."""
+    ttl = _int(env, "PACKAGE_URL_TTL_S", 900)
+    if ttl <= 0:
+        raise SettingsError(f"PACKAGE_URL_TTL_S must be a positive number of seconds, got {ttl}")
+    return {"package_url_ttl_s": ttl}

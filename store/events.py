@@ -102,50 +102,155 @@ class RunEvent:
         )
 
 
-_NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'cancelled')"
-_KEEP_OR_SET_OUTPUT = """output_data = CASE WHEN $3 THEN $4::jsonb ELSE output_data END,
-                       outputs = COALESCE($5::bigint, outputs)"""
+_NOT_TERMINAL = "r.status NOT IN ('completed', 'failed', 'cancelled')"
+_KEEP_OR_SET_OUTPUT = """output_data = CASE WHEN e.has_output THEN e.output_data::jsonb
+                                       ELSE r.output_data END,
+                       outputs = COALESCE(e.outputs, r.outputs)"""
 
-# One guarded UPDATE per event type and the parameters it takes, in order. Every statement
-# starts with $1 run id, $2 at; those that set the output go on with $3 has output,
-# $4 output_data, $5 outputs. started/output move a queued run to running and resume a waiting
-# one (running <-> waiting).
-_OUTPUT_ARGS = ("run_id", "at", "has_output", "stored_output", "outputs")
-_APPLY_SQL: dict[str, tuple[str, tuple[str, ...]]] = {
-    "started": (
-        """UPDATE runs SET status = 'running', started_at = COALESCE(started_at, $2),
-               waiting_for = NULL, updated_at = now()
-           WHERE id = $1 AND status IN ('queued', 'waiting')""",
-        ("run_id", "at"),
+
+@dataclass(frozen=True, slots=True)
+class _Apply:
+    """One guarded, set-based UPDATE: the events it takes are unnested into ``e``."""
+
+    sql: str
+    columns: tuple[tuple[str, str], ...]  # (event attribute, PostgreSQL array type)
+
+    def args(self, events: list[RunEvent]) -> list[list[Any]]:
+        """One array per column, in the statement's parameter order."""
+        return [[_column(event, name) for event in events] for name, _type in self.columns]
+
+
+def _column(event: RunEvent, name: str) -> Any:
+    # JSON travels as text and is cast in SQL: arrays of jsonb would need a codec per array.
+    if name == "output_json":
+        return None if event.stored_output is None else json.dumps(event.stored_output)
+    if name == "waiting_json":
+        return None if event.waiting_for is None else json.dumps(event.waiting_for)
+    return getattr(event, name)
+
+
+# The name each event attribute has in ``e``.
+_ALIAS = {"output_json": "output_data", "waiting_json": "waiting_for", "type": "status"}
+
+
+def _apply(set_clause: str, guard: str, columns: tuple[tuple[str, str], ...]) -> _Apply:
+    params = ", ".join(f"${i}::{kind}[]" for i, (_name, kind) in enumerate(columns, start=1))
+    aliases = ", ".join(_ALIAS.get(name, name) for name, _kind in columns)
+    return _Apply(
+        f"""UPDATE runs AS r SET {set_clause}
+            FROM unnest({params}) AS e({aliases})
+            WHERE r.id = e.run_id AND {guard}
+            RETURNING r.id""",
+        columns,
+    )
+
+
+_BASE = (("run_id", "bigint"), ("at", "timestamptz"))
+_OUTPUT = (*_BASE, ("has_output", "boolean"), ("output_json", "text"), ("outputs", "bigint"))
+# One statement per kind of transition. started/output move a queued run to running and resume
+# a waiting one (running <-> waiting); an end is final. ``r`` is the row as it was before the
+# statement, ``e`` the event.
+_APPLY: dict[str, _Apply] = {
+    "started": _apply(
+        """status = 'running', started_at = COALESCE(r.started_at, e.at),
+           waiting_for = NULL, updated_at = now()""",
+        "r.status IN ('queued', 'waiting')",
+        _BASE,
     ),
-    "output": (
-        f"""UPDATE runs SET {_KEEP_OR_SET_OUTPUT},
-               started_at = COALESCE(started_at, $2),
-               status = 'running', waiting_for = NULL, updated_at = now()
-           WHERE id = $1 AND {_NOT_TERMINAL}""",
-        _OUTPUT_ARGS,
+    "output": _apply(
+        f"""{_KEEP_OR_SET_OUTPUT}, started_at = COALESCE(r.started_at, e.at),
+           status = 'running', waiting_for = NULL, updated_at = now()""",
+        _NOT_TERMINAL,
+        _OUTPUT,
     ),
-    "waiting": (
-        f"""UPDATE runs SET status = 'waiting', {_KEEP_OR_SET_OUTPUT},
-               waiting_for = $6::jsonb,
-               started_at = COALESCE(started_at, $2), updated_at = now()
-           WHERE id = $1 AND {_NOT_TERMINAL}""",
-        (*_OUTPUT_ARGS, "waiting_for"),
+    "waiting": _apply(
+        f"""status = 'waiting', {_KEEP_OR_SET_OUTPUT}, waiting_for = e.waiting_for::jsonb,
+           started_at = COALESCE(r.started_at, e.at), updated_at = now()""",
+        _NOT_TERMINAL,
+        (*_OUTPUT, ("waiting_json", "text")),
     ),
-}
-for _status in ("completed", "failed", "cancelled"):
     # Without a measured duration, a run lasted from its start (its creation if it never
     # started) to this event, as seed 002's example shows.
-    _APPLY_SQL[_status] = (
-        f"""UPDATE runs SET status = '{_status}', {_KEEP_OR_SET_OUTPUT},
-               error = COALESCE($6::text, error),
-               duration_ms = COALESCE($7::bigint, GREATEST(0,
-                   (EXTRACT(EPOCH FROM ($2 - COALESCE(started_at, created_at))) * 1000)::bigint)),
-               started_at = COALESCE(started_at, $2),
-               completed_at = $2, follow_at = NULL, updated_at = now()
-           WHERE id = $1 AND {_NOT_TERMINAL}""",
-        (*_OUTPUT_ARGS, "error", "duration_ms"),
-    )
+    "end": _apply(
+        f"""status = e.status, {_KEEP_OR_SET_OUTPUT},
+           error = COALESCE(e.error, r.error),
+           duration_ms = COALESCE(e.duration_ms, GREATEST(0,
+               (EXTRACT(EPOCH FROM (e.at - COALESCE(r.started_at, r.created_at))) * 1000)::bigint)),
+           started_at = COALESCE(r.started_at, e.at),
+           completed_at = e.at, follow_at = NULL, updated_at = now()""",
+        _NOT_TERMINAL,
+        (*_OUTPUT, ("type", "text"), ("error", "text"), ("duration_ms", "bigint")),
+    ),
+}
+
+
+def _statement_kind(event: RunEvent) -> str:
+    return "end" if event.terminal else event.type
+
+
+async def apply_events(conn: Connection, events: list[RunEvent]) -> list[bool | None]:
+    """Apply ``events`` (in stream order) in one transaction, each at most once.
+
+    Returns one outcome per event, as :func:`apply_event` does: ``None`` when the event was
+    already applied (before, or earlier in this list), otherwise whether its run changed
+    (``False`` when the guard refused it, e.g. a late event for a terminal run).
+
+    The result is the same as applying the events one by one: they are applied in rounds,
+    round ``k`` holding the ``k``-th new event of every run, so that each set-based UPDATE
+    touches a run at most once and sees what the rounds before it did.
+    """
+    outcomes: list[bool | None] = [None] * len(events)
+    first: dict[uuid.UUID, int] = {}
+    for index, event in enumerate(events):
+        first.setdefault(event.event_id, index)
+    if not first:
+        return outcomes
+    async with conn.transaction():
+        # Lock the runs first, in id order: batches of two consumers never deadlock on them,
+        # and whoever applies an event of a run holds that run until it commits, so the
+        # check below sees every application of these events that came before this one.
+        await conn.execute(
+            "SELECT 1 FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            sorted({events[i].run_id for i in first.values()}),
+        )
+        done = await conn.fetch(
+            "SELECT event_id FROM applied_events WHERE event_id = ANY($1::uuid[])", list(first)
+        )
+        applied = {row["event_id"] for row in done}
+        fresh = sorted(i for event_id, i in first.items() if event_id not in applied)
+        if not fresh:
+            return outcomes
+        rounds: list[list[int]] = []
+        seen_in_run: dict[int, int] = {}
+        for index in fresh:
+            k = seen_in_run.get(events[index].run_id, 0)
+            seen_in_run[events[index].run_id] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(index)
+        for round_ in rounds:
+            by_kind: dict[str, list[int]] = {}
+            for index in round_:
+                by_kind.setdefault(_statement_kind(events[index]), []).append(index)
+            for kind, indexes in by_kind.items():
+                statement = _APPLY[kind]
+                batch = [events[i] for i in indexes]
+                rows = await conn.fetch(statement.sql, *statement.args(batch))
+                updated = {int(row["id"]) for row in rows}
+                for index in indexes:
+                    outcomes[index] = events[index].run_id in updated
+        # ON CONFLICT: an event of a run that does not exist was not serialised by a lock;
+        # applying it changed nothing, so whoever recorded it first is as good.
+        await conn.execute(
+            """INSERT INTO applied_events (event_id, run_id, type, changed)
+               SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::boolean[])
+               ON CONFLICT (event_id) DO NOTHING""",
+            [events[i].event_id for i in fresh],
+            [events[i].run_id for i in fresh],
+            [events[i].type for i in fresh],
+            [bool(outcomes[i]) for i in fresh],
+        )
+    return outcomes
 
 
 async def apply_event(conn: Connection, event: RunEvent) -> bool | None:
@@ -154,24 +259,7 @@ async def apply_event(conn: Connection, event: RunEvent) -> bool | None:
     Returns ``None`` when the event was already applied, otherwise whether the run changed
     (``False`` when the guard refused it, e.g. a late event for a terminal run).
     """
-    async with conn.transaction():
-        fresh = await conn.fetchval(
-            """INSERT INTO applied_events (event_id, run_id, type, changed)
-               VALUES ($1, $2, $3, false) ON CONFLICT (event_id) DO NOTHING RETURNING true""",
-            event.event_id,
-            event.run_id,
-            event.type,
-        )
-        if not fresh:
-            return None
-        sql, names = _APPLY_SQL[event.type]
-        status = await conn.execute(sql, *(getattr(event, name) for name in names))
-        changed = status.endswith(" 1")
-        if changed:
-            await conn.execute(
-                "UPDATE applied_events SET changed = true WHERE event_id = $1", event.event_id
-            )
-        return changed
+    return (await apply_events(conn, [event]))[0]
 
 
 def terminal_channel(stream: str) -> str:

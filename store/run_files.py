@@ -1,4 +1,5 @@
-"""The SQL for a run's stored input files (``run_files``) and the run input that names them."""
+"""The SQL for a run's stored files (``run_files``: its inputs, and outputs) and the run input
+that names them."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import asyncpg
 from store.queries import Executor
 
 _COLUMNS = """id, run_id, org_id, field, position, name, mime_type, size_bytes, sha256, blob_key,
-    created_at"""
+    created_at, kind"""
+
+# What a stored file is to its run (migration 0004).
+INPUT = "input"
+OUTPUT = "output"
 
 
 @dataclass(frozen=True, slots=True)
 class RunFile:
-    """An input file of a run, kept in the blob store under ``blob_key``."""
+    """A stored file of a run (``kind``: ``input`` or ``output``), kept in the blob store under
+    ``blob_key``."""
 
     id: int
     run_id: int
@@ -30,6 +36,7 @@ class RunFile:
     sha256: str
     blob_key: str
     created_at: dt.datetime
+    kind: str = INPUT
 
 
 def _file(row: asyncpg.Record) -> RunFile:
@@ -48,12 +55,13 @@ async def insert_run_file(
     size_bytes: int,
     sha256: str,
     blob_key: str,
+    kind: str = INPUT,
 ) -> RunFile:
-    """Record a stored input file (a second write of the same key replaces the record)."""
+    """Record a stored file (a second write of the same key replaces the record)."""
     row = await db.fetchrow(
         f"""INSERT INTO run_files (run_id, org_id, field, position, name, mime_type,
-                                   size_bytes, sha256, blob_key)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                   size_bytes, sha256, blob_key, kind)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             ON CONFLICT (blob_key) DO UPDATE SET name = EXCLUDED.name,
                 mime_type = EXCLUDED.mime_type, size_bytes = EXCLUDED.size_bytes,
                 sha256 = EXCLUDED.sha256
@@ -67,6 +75,7 @@ async def insert_run_file(
         size_bytes,
         sha256,
         blob_key,
+        kind,
     )
     assert row is not None
     return _file(row)
@@ -79,7 +88,7 @@ async def get_run_file_by_key(db: Executor, blob_key: str) -> RunFile | None:
 
 
 async def list_run_files(db: Executor, run_id: int) -> list[RunFile]:
-    """A run's stored input files, in the order they were stored."""
+    """A run's stored files (inputs and outputs), in the order they were stored."""
     rows = await db.fetch(f"SELECT {_COLUMNS} FROM run_files WHERE run_id = $1 ORDER BY id", run_id)
     return [_file(row) for row in rows]
 

@@ -28,6 +28,11 @@ from store.models import Agent
 
 routes = web.RouteTableDef()
 
+# Built once: a marshmallow schema costs more to construct than to load a body with.
+_TRIGGER_BODY = schemas.TriggerBody()
+_REGISTER_BODY = schemas.RegisterBody()
+_INGEST_BODY = schemas.IngestBody()
+
 # Runs that hand back JSON; a file agent is served by trigger-and-download only.
 _JSON_KINDS = ("json", "stream")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -41,7 +46,7 @@ async def _eligible_agent(
     app = request.app
     org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
     body = schemas.load(
-        schemas.TriggerBody(),
+        _TRIGGER_BODY,
         await read_json_object(request, limit=app[SETTINGS].max_request_body, allow_empty=True),
     )
     runs = app[RUN_SERVICE]
@@ -189,7 +194,7 @@ async def register_run(request: web.Request) -> web.Response:
     201 the first time an ``externalRunId`` is seen; 200 with the same run (and a fresh token)
     after that.
     """
-    agent, body = await _reporting_agent(request, schemas.RegisterBody())
+    agent, body = await _reporting_agent(request, _REGISTER_BODY)
     registration = await request.app[EXTERNAL_RUN_SERVICE].register(agent, body["externalRunId"])
     return web.json_response(
         {
@@ -206,7 +211,7 @@ async def register_run(request: web.Request) -> web.Response:
 async def ingest_run(request: web.Request) -> web.Response:
     """Seed 001 ``ingestRun``: a standalone agent reports a run's status (upsert by
     ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
-    agent, body = await _reporting_agent(request, schemas.IngestBody())
+    agent, body = await _reporting_agent(request, _INGEST_BODY)
     ingested = await request.app[EXTERNAL_RUN_SERVICE].ingest(agent, body)
     return web.json_response(
         {"runId": ingested.run.id, "status": ingested.status, "created": ingested.created},

@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of every public route, assembled from one module per route group.
 
-Each group module (``agent_runs``, ``callbacks``, ``admin``, ``ops``) holds a ``TAG``, its
+Each group module (``agent_runs``, ``callbacks``, ``credentials``, ``execute``, ``files``,
+``admin``, ``ops``) holds a ``TAG``, its
 ``PATHS`` and, optionally, ``SCHEMAS`` of its own; shared pieces live in ``components``. To
 document a new route, add its path to its group's ``PATHS`` (or add a module and list it in
 ``ROUTE_GROUPS``). ``tests/gateway/test_openapi.py`` fails for any route the application
@@ -13,10 +14,29 @@ import copy
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from gateway.openapi import admin, agent_runs, callbacks, components, ops
+from gateway.openapi import (
+    admin,
+    agent_runs,
+    callbacks,
+    components,
+    credentials,
+    execute,
+    files,
+    ops,
+    packages,
+)
 from gateway.openapi.components import Json
 
-ROUTE_GROUPS: tuple[ModuleType, ...] = (agent_runs, callbacks, admin, ops)
+ROUTE_GROUPS: tuple[ModuleType, ...] = (
+    agent_runs,
+    callbacks,
+    credentials,
+    execute,
+    files,
+    admin,
+    ops,
+    packages,
+)
 
 # Routes that serve the document itself, or that are not part of the API contract.
 UNDOCUMENTED_ROUTES = frozenset({"/openapi.json", "/docs"})
@@ -76,6 +96,20 @@ def build_document() -> Json:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The agent API key from the run's trigger payload (`agk_...`).",
+                },
+                "v0Key": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "An ingest key, bare (`Authorization: igk_...`), as seed 003 "
+                    "sends it; `Bearer igk_...` works too.",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "An organisation's ingest key (`igk_...`), as seed 004 "
+                    "sends it.",
                 },
                 "adminToken": {
                     "type": "http",

@@ -33,6 +33,21 @@ _AGENT_FIELDS: Json = {
     "default_input": {"type": "object"},
     "input_format": {"description": "Any JSON value describing the agent's input."},
     "running_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000},
+    "blocks": {
+        "type": "array",
+        "maxItems": 100,
+        "description": "The workflow's blocks that stream (n8n nodes), which a workflow "
+        "execute's `selectedOutputs` name. Ids, and names ignoring case and spaces, are unique.",
+        "items": {
+            "type": "object",
+            "required": ["id", "name"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": 200},
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+        },
+    },
 }
 
 SCHEMAS: dict[str, Json] = {
@@ -99,6 +114,7 @@ SCHEMAS: dict[str, Json] = {
             "default_input",
             "input_format",
             "running_timeout_ms",
+            "blocks",
             "created_at",
             "updated_at",
         ],
@@ -233,6 +249,48 @@ PATHS: dict[str, Json] = {
             requestBody=json_body(ref("AgentBody")),
             responses={
                 "201": json_response("The agent, with `api_key`.", ref("Agent")),
+                "404": _ORG_NOT_FOUND,
+            },
+        ),
+    },
+    "/admin/orgs/{orgId}/credentials": {
+        "parameters": [param("orgId"), param("X-Request-Id")],
+        "post": _operation(
+            "createCredential",
+            "Store a credential (its data never shown back)",
+            description="The data is sealed at rest (AES-256-GCM under a key derived from "
+            "`SECRET_KEY`, bound to the row); a run of the organisation's agents reads it with "
+            "`GET /api/credentials/{credentialId}/resolve`.",
+            requestBody=json_body(
+                {
+                    "type": "object",
+                    "required": ["name", "type", "data"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": _NAME,
+                        "type": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 100,
+                            "examples": ["api_key"],
+                        },
+                        "data": {"type": "object", "description": "Any JSON object."},
+                    },
+                }
+            ),
+            responses={
+                "201": json_response(
+                    "Stored.",
+                    {
+                        "type": "object",
+                        "required": ["id", "name", "type"],
+                        "properties": {
+                            "id": {"type": "string", "format": "uuid"},
+                            "name": {"type": "string"},
+                            "type": {"type": "string"},
+                        },
+                    },
+                ),
                 "404": _ORG_NOT_FOUND,
             },
         ),

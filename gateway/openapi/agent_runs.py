@@ -40,6 +40,107 @@ _COMMON = {
 }
 
 
+_EXTERNAL_RUN_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "description": "The runtime's own id for the run (unique per agent): a repeat names the "
+    "same run.",
+}
+
+SCHEMAS: dict[str, Json] = {
+    "RegisterBody": {
+        "type": "object",
+        "description": "Other keys are ignored.",
+        "required": ["externalRunId"],
+        "properties": {"externalRunId": _EXTERNAL_RUN_ID},
+    },
+    "Registration": {
+        "type": "object",
+        "required": ["runId", "credentialsToken", "expiresInSeconds"],
+        "properties": {
+            "runId": {"type": "integer"},
+            "credentialsToken": {
+                "type": "string",
+                "pattern": "^crt_",
+                "description": "For `X-Credentials-Token` on `GET /api/credentials/{id}/"
+                "resolve`; fresh on every registration.",
+            },
+            "expiresInSeconds": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "`CREDENTIALS_TOKEN_TTL_S`, or longer: the token lasts at least "
+                "until the run's deadline.",
+            },
+        },
+    },
+    "IngestBody": {
+        "type": "object",
+        "description": "A standalone agent's report on a run it ran itself. Other keys are "
+        "ignored.",
+        "required": ["externalRunId", "status"],
+        "properties": {
+            "externalRunId": _EXTERNAL_RUN_ID,
+            "status": {
+                **ref("RunStatus"),
+                "description": "`queued` creates the run if new and never moves one back; "
+                "`running` starts it (with `output`: an intermediate output); `waiting`; "
+                "`completed` ends it with `output`; `failed` ends it with `error`; "
+                "`cancelled` ends it.",
+            },
+            "output": {"description": "Any JSON value."},
+            "outputs": {
+                "description": "Kept when a non-negative integer (else dropped); lifted from a "
+                "top-level integer `outputs` in `output` when absent."
+            },
+            "error": {
+                "description": "`failed`: the reason, recorded as `<name>: <message>`.",
+                "oneOf": [
+                    {"type": "null"},
+                    {"type": "string"},
+                    {
+                        "type": "object",
+                        "required": ["message"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "name": {"type": "string"},
+                            "stack": {"type": "string"},
+                        },
+                    },
+                ],
+            },
+        },
+    },
+    "Ingested": {
+        "type": "object",
+        "required": ["runId", "status", "created"],
+        "properties": {
+            "runId": {"type": "integer"},
+            "status": {
+                **ref("RunStatus"),
+                "description": "What the report moves the run to (for `queued`: the run's "
+                "current status).",
+            },
+            "created": {"type": "boolean", "description": "This report created the run."},
+        },
+    },
+}
+
+_REPORT_TOO_LARGE = error("The body is over `MAX_RESULT_BODY` (the most a run may report).")
+_REPORT_RATE_LIMITED = {
+    **RATE_LIMITED,
+    "description": "The agent's register/ingest bucket (`REPORT_RATE_LIMIT` per "
+    "`REPORT_RATE_WINDOW_S`, across every replica) is empty. `retryAfterMs` in the body.",
+}
+_REGISTERED = {
+    "Cache-Control": {
+        "required": True,
+        "schema": {"const": "no-store"},
+        "description": "The answer holds a token.",
+    }
+}
+
+
 def _operation(operation_id: str, summary: str, description: str, **parts: Any) -> Json:
     return {
         "tags": [TAG["name"]],
@@ -160,12 +261,94 @@ PATHS: dict[str, Json] = {
             },
         ),
     },
+    "/api/agents/{agentId}/runs/register": {
+        "parameters": [param("agentId"), param("X-Request-Id")],
+        "post": _operation(
+            "registerRun",
+            "Make a run the runtime started itself known",
+            "Seed 001 `registerRun`, for a run started by a schedule or another trigger. The "
+            "run is created `running`, with a deadline of the agent's `running_timeout_ms`; its "
+            "code reports through `POST /api/runs/{runId}/callback` with the agent API key. "
+            "The same `externalRunId` again (per agent) names the same run, however many "
+            "registrations race. Errors come in this order: 401, 413/400, 404, 429, 422. "
+            "Shares a per-agent bucket with ingest.",
+            requestBody=json_body(ref("RegisterBody")),
+            responses={
+                "201": {
+                    **json_response("The run was created.", ref("Registration")),
+                    "headers": {**headers(), **_REGISTERED},
+                },
+                "200": {
+                    **json_response(
+                        "This `externalRunId` was registered before: the same run, with a "
+                        "fresh token.",
+                        ref("Registration"),
+                    ),
+                    "headers": {**headers(), **_REGISTERED},
+                },
+                "400": error(
+                    "The body is not a JSON object, `externalRunId` is missing, empty or over "
+                    "255 characters, or the body holds what PostgreSQL cannot store (a "
+                    "`\\u0000`); `details` names each field."
+                ),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND_AGENT,
+                "413": _REPORT_TOO_LARGE,
+                "422": error(
+                    "The agent is not `managed_by: platform` (a standalone agent uses ingest) "
+                    "or not `active` (the message lists which)."
+                ),
+                "429": _REPORT_RATE_LIMITED,
+                "503": UNAVAILABLE,
+            },
+        ),
+    },
+    "/api/agents/{agentId}/runs/ingest": {
+        "parameters": [param("agentId"), param("X-Request-Id")],
+        "post": _operation(
+            "ingestRun",
+            "Report a standalone agent's run",
+            "Seed 001 `ingestRun`: the run is found by `externalRunId` or created, and the "
+            "reported status recorded (through the same event stream as callbacks, so `GET` "
+            "shows it once the store consumer has applied it). Errors come in this order: "
+            "401, 413/400, 404, 429, 422, 409. Shares a per-agent bucket with register.",
+            requestBody=json_body(ref("IngestBody")),
+            responses={
+                "202": json_response("The report was recorded.", ref("Ingested")),
+                "400": error(
+                    "The body is not a JSON object, `externalRunId` is missing, empty or over "
+                    "255 characters, `status` is not a run status, `error` is neither a string "
+                    "nor `{message, ...}`, or the body holds what PostgreSQL cannot store; "
+                    "`details` names each field."
+                ),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND_AGENT,
+                "409": error(
+                    "The run has already ended: the report changed nothing (`runId`, `status`)."
+                ),
+                "413": _REPORT_TOO_LARGE,
+                "422": error("The agent is not `managed_by: standalone`."),
+                "429": _REPORT_RATE_LIMITED,
+                "503": UNAVAILABLE,
+            },
+        ),
+    },
     "/api/agents/{agentId}/runs/{runId}": {
         "parameters": [param("agentId"), param("runId"), param("X-Request-Id")],
         "get": _operation(
             "getRun",
             "Read a run",
             "The poll target of every trigger endpoint.",
+            parameters=[
+                {
+                    "name": "include",
+                    "in": "query",
+                    "required": False,
+                    "description": "`input` adds the input the run was given; other values "
+                    "are ignored.",
+                    "schema": {"type": "string", "examples": ["input"]},
+                }
+            ],
             responses={
                 "200": json_response("The run.", ref("Run")),
                 "401": UNAUTHORIZED,

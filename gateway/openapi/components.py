@@ -155,6 +155,31 @@ SCHEMAS: dict[str, Json] = {
             },
             "retryAfterMs": {"type": "integer", "minimum": 0, "description": "429 only."},
             "requestId": {"type": "string", "description": "500 only: quote it to operators."},
+            "knownBlocks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Workflow execute, an unknown block in `selectedOutputs` (400): "
+                "the agent's declared block names.",
+            },
+            "files": {
+                "type": "array",
+                "description": "Workflow execute, files over `MAX_FILE_BYTES` (413): each one.",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "index", "name", "size"],
+                    "properties": {
+                        "field": {"type": "string"},
+                        "index": {"type": "integer", "minimum": 0},
+                        "name": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+            "maxFileBytes": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Workflow execute (413): the per-file limit.",
+            },
         },
     },
     "RunStatus": {"enum": RUN_STATUSES},
@@ -187,6 +212,11 @@ SCHEMAS: dict[str, Json] = {
             "started_at": _NULLABLE_TIMESTAMP,
             "completed_at": _NULLABLE_TIMESTAMP,
             "created_at": _TIMESTAMP,
+            "input": {
+                "type": "object",
+                "description": "The input the run was given (a workflow execute's names its "
+                "files); with `?include=input` only.",
+            },
         },
     },
     "TriggerBody": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -135,6 +137,15 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
             assert answered is not None, banner
             result = json.loads(await run_shell(answered.group(1)))
             assert result["success"] is True, result
+            # The package line, with that job's id: the ZIP holds the file sent along.
+            package = re.search(r"^  (curl -sS -X PUT \S+/download .+)$", banner, re.M)
+            assert package is not None, banner
+            line = package.group(1).replace("<runId>", str(result["runId"]))
+            ticket = json.loads(await run_shell(line))
+            assert ticket["status"] == "ready", ticket
+            async with aiohttp.ClientSession() as http, http.get(ticket["signed_url"]) as resp:
+                archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+            assert archive.read("inputs/hello.txt") == b"Hello, world!"
         finally:
             assert stop_process(child, sig=signal.SIGINT, timeout=30) == 0
     # The second start reused the first one's database: same demo organisation and key.

@@ -9,9 +9,13 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from aiohttp.test_utils import TestServer
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.openapi import build_document
 from store.consumer import StoreConsumer
 from tests.conftest import (
     ADMIN_TOKEN,
@@ -20,8 +24,10 @@ from tests.conftest import (
     TenantFactory,
     first_invoked_run,
     json_agent,
+    received,
     webhook,
 )
+from tests.gateway.execute_helpers import execute_url, stream_agent
 
 # Per operation; the whole run stays well under a minute.
 MAX_EXAMPLES = 10
@@ -44,13 +50,26 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def operation(path: str, method: str, *, auth: str | None = None, **params: Any) -> str:
-    """One ``[[operations]]`` table: the auth header and real ids for one operation."""
+def operation(
+    path: str,
+    method: str,
+    *,
+    auth: str | None = None,
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    **params: Any,
+) -> str:
+    """One ``[[operations]]`` table: the auth header(s) and real ids for one operation."""
     lines = ["[[operations]]", f"include-path = {json.dumps(path)}"]
+    sent = dict(headers or {})
     if auth is not None:
-        lines.append(f"headers = {toml_value({'Authorization': f'Bearer {auth}'})}")
-    if params:
-        lines.append(f"parameters = {toml_value({f'path.{k}': v for k, v in params.items()})}")
+        sent["Authorization"] = f"Bearer {auth}"
+    if sent:
+        lines.append(f"headers = {toml_value(sent)}")
+    values = {f"path.{k}": v for k, v in params.items()}
+    values.update({f"query.{k}": v for k, v in (query or {}).items()})
+    if values:
+        lines.append(f"parameters = {toml_value(values)}")
     if path.endswith(("trigger-and-wait", "trigger-and-download")):
         # A caller may ask for a wait window of a few milliseconds; seed 002's answer to a
         # runtime that is not done by then is a 504, and that is what the gateway must send.
@@ -66,7 +85,12 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     consumer: StoreConsumer,
     tmp_path: Path,
 ) -> None:
-    client = await make_gateway(sync_rate_limit=10_000, trigger_rate_limit=10_000)
+    client = await make_gateway(
+        sync_rate_limit=10_000,
+        trigger_rate_limit=10_000,
+        report_rate_limit=10_000,
+        execute_rate_limit=10_000,
+    )
     tenant: Tenant = await make_tenant()
     tenant = Tenant(tenant.org_id, tenant.ingest_key, client)
     quick = await json_agent(tenant, runtime, "json")
@@ -79,7 +103,42 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         assert resp.status == 202
         runs.append((await resp.json())["runId"])
     await first_invoked_run(runtime)
+    resp = await client.post(
+        f"/api/agents/{quick['id']}/runs/trigger-and-wait", headers=tenant.auth
+    )
+    assert resp.status == 200
+    quick_run = (await resp.json())["runId"]
     key = tenant.ingest_key
+    # A run registered by its runtime holds a credentials token its agent's key may use.
+    registered = await json_agent(tenant, runtime, "json")
+    resp = await client.post(
+        f"/api/agents/{registered['id']}/runs/register",
+        json={"externalRunId": "schemathesis-run"},
+        headers=tenant.auth,
+    )
+    assert resp.status == 201, await resp.text()
+    credentials_token = (await resp.json())["credentialsToken"]
+    credential_id = await tenant.create_credential({"api_key": "sk-schemathesis"})
+    standalone = await tenant.create_agent(managed_by="standalone", output_kind="json")
+    # A streaming workflow with typed fields; one execute stores a file behind a signed URL.
+    workflow = await stream_agent(
+        tenant,
+        runtime,
+        input_format=[
+            {"name": "message", "type": "string"},
+            {"name": "documents", "type": "files"},
+        ],
+    )
+    resp = await client.post(
+        execute_url(workflow["id"]),
+        json={"message": "hi", "documents": [{"data": "data:text/plain;base64,aGk=", "name": "a"}]},
+        headers={"X-API-Key": key},
+    )
+    assert resp.status == 200, await resp.text()
+    execute_call = next(c for c in received(runtime) if "documents" in c["payload"])
+    [stored] = execute_call["payload"]["documents"]
+    signed = urlsplit(stored["url"])
+    signed_query = {k: v[0] for k, v in parse_qs(signed.query).items()}
     config = "".join(
         [
             operation(
@@ -116,6 +175,41 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             operation("/admin/orgs/{orgId}/users", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id),
             operation("/admin/orgs/{orgId}/agents", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id),
             operation("/admin/agents/{agentId}", "PATCH", auth=ADMIN_TOKEN, agentId=patched["id"]),
+            operation(
+                "/v0/workflows/{workflow_id}/jobs/{job_id}/download",
+                "PUT",
+                auth=key,
+                workflow_id=quick["id"],
+                job_id=quick_run,
+            ),
+            operation(
+                "/api/agents/{agentId}/runs/register", "POST", auth=key, agentId=registered["id"]
+            ),
+            operation(
+                "/api/agents/{agentId}/runs/ingest", "POST", auth=key, agentId=standalone["id"]
+            ),
+            operation(
+                "/api/credentials/{credentialId}/resolve",
+                "GET",
+                auth=registered["api_key"],
+                headers={"X-Credentials-Token": credentials_token},
+                credentialId=credential_id,
+            ),
+            operation(
+                "/admin/orgs/{orgId}/credentials", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id
+            ),
+            operation(
+                "/api/workflows/{workflowId}/execute",
+                "POST",
+                headers={"X-API-Key": key},
+                workflowId=workflow["id"],
+            ),
+            operation(
+                "/files/{key}",
+                "GET",
+                query=signed_query,
+                key=signed.path.removeprefix("/files/"),
+            ),
         ]
     )
     config_file = tmp_path / "schemathesis.toml"
@@ -158,6 +252,35 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
     print(text)
     assert process.returncode == 0, text
-    # Every operation was reached with working credentials and real ids.
-    assert "Tested: 14" in text, text
-    assert "Authentication failed" not in text, text
+    # Every operation was reached with working credentials and real ids: each one succeeded
+    # at least once, as the gateway's own request counter shows. A package's signed URL is
+    # authenticated by its signature alone, which fuzzing cannot forge: 403 is all that
+    # operation can get, and the only one allowed to say so.
+    assert "Tested: 22" in text, text
+    if "Authentication failed" in text:
+        assert "Authentication failed: 1 operation returned only 401/403" in text, text
+        assert "- GET /v0/packages/{package_id}.zip" in text, text
+    succeeded = await succeeded_operations(client)
+    unreached = documented_operations(build_document()) - succeeded
+    assert unreached <= {"GET /v0/packages/{package_id}.zip"}, unreached
+
+
+async def succeeded_operations(client: TestClient[web.Request, web.Application]) -> set[str]:
+    """``METHOD route`` of every route that answered a 2xx, from ``GET /metrics``."""
+    metrics = await (await client.get("/metrics")).text()
+    return {
+        f"{sample.labels['method']} {sample.labels['route']}"
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "agent_gateway_http_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["status"].startswith("2")
+    }
+
+
+def documented_operations(document: dict[str, Any]) -> set[str]:
+    return {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method in item
+        if method in {"get", "post", "patch", "put", "delete"}
+    }

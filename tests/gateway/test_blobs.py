@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -243,3 +246,48 @@ async def test_an_upload_is_stored_in_s3_and_served_from_there_by_any_replica(
     async with aiohttp.ClientSession() as anyone, anyone.get(url) as got:
         assert got.status == 200
         assert await got.read() == content
+
+
+def open_fds_to(path: Path) -> int:
+    """How many of this process's file descriptors point at ``path``."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if Path(os.readlink(fd)) == path:
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.parametrize("when", ["opening", "reading", "cancelled twice"])
+async def test_a_reader_cancelled_at_any_moment_leaves_no_file_open(
+    tmp_path: Path, when: str
+) -> None:
+    blobs = FilesystemBlobStore(tmp_path)
+    await blobs.put("runs/1/inputs/0-a.bin", pieces(make_bytes(2_000_000)), content_type="x/y")
+    path = tmp_path / "runs/1/inputs/0-a.bin"
+
+    async def consume() -> None:
+        # As every reader in the gateway does: the read is closed when its reader stops.
+        reading = blobs.read("runs/1/inputs/0-a.bin", chunk_size=1024)
+        async with contextlib.aclosing(reading) as chunks:  # type: ignore[type-var]
+            async for _chunk in chunks:
+                await asyncio.sleep(0)
+
+    for _ in range(20):
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0 if when == "opening" else 0.005)
+        task.cancel()
+        if when == "cancelled twice":
+            # The second cancellation lands while the reader is cleaning up after the first.
+            await asyncio.sleep(0)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # A file opened by a thread after its reader had gone is closed once the open ends.
+        for _ in range(100):
+            if open_fds_to(path) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert open_fds_to(path) == 0, when

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.fake_runtime import make_bytes
+from gateway.settings import Settings
 from tests.conftest import GatewayFactory, Tenant, TenantFactory, received
 from tests.gateway.execute_helpers import api_key, execute_url, stream_agent
 
@@ -288,6 +290,25 @@ async def test_a_signed_url_is_refused_after_it_expires(
         async with anyone.get(sent["url"]) as got:
             assert got.status == 403
             assert (await got.json())["error"] == "The URL has expired"
+
+
+async def test_a_blob_store_that_cannot_be_read_is_a_503_to_retry_not_a_500(
+    tenant: Tenant, runtime: TestServer, settings: Settings
+) -> None:
+    agent = await files_agent(tenant, runtime)
+    assert (
+        await execute(tenant, agent, {"documents": [{"data": data_url(b"kept")}]})
+    ).status == 200
+    [sent] = received(runtime)[0]["payload"]["documents"]
+    # The blob is there but cannot be read as a file (what a failing disk or S3 looks like).
+    blob = Path(settings.blob_dir) / urlsplit(sent["url"]).path.removeprefix("/files/")
+    blob.unlink()
+    blob.mkdir()
+
+    async with aiohttp.ClientSession() as anyone, anyone.get(sent["url"]) as got:
+        assert got.status == 503
+        assert got.headers["Retry-After"] == "1"
+        assert (await got.json())["error"] == "The file cannot be read right now; retry shortly"
 
 
 async def test_a_body_over_the_execute_limit_is_a_413_before_it_is_read_whole(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -210,3 +211,65 @@ async def test_the_admin_api_refuses_blocks_that_look_alike(tenant: Tenant) -> N
 
     assert resp.status == 400
     assert "blocks" in (await resp.json())["details"]
+
+
+@pytest.mark.parametrize("block", [{"id": "a"}, {"name": "Agent 1"}])
+async def test_a_block_without_its_id_or_name_is_a_400_naming_it(
+    tenant: Tenant, block: dict[str, str]
+) -> None:
+    # It was a 500: the look-alike check read the name of an entry that had none.
+    agent = await tenant.create_agent(output_kind="stream")
+    body = {
+        "name": "Half a block",
+        "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/x"},
+        "blocks": [block],
+    }
+    created = await tenant.client.post(
+        f"/admin/orgs/{tenant.org_id}/agents", headers=ADMIN, json=body
+    )
+    patched = await tenant.client.patch(
+        f"/admin/agents/{agent['id']}", headers=ADMIN, json={"blocks": [block]}
+    )
+
+    for resp in (created, patched):
+        assert resp.status == 400
+        missing = "name" if "name" not in block else "id"
+        assert (await resp.json())["details"]["blocks"] == {
+            "0": {missing: ["Missing data for required field."]}
+        }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"message": "a\\u0000b"}', "message"),
+        ('{"note\\u0000": 1}', "note\x00"),
+        ('{"documents": [{"data": "https://files.example/a\\u0000.pdf"}]}', "documents"),
+        ('{"options": ' + "[" * 1500 + "]" * 1500 + "}", "options"),
+    ],
+)
+async def test_input_postgresql_cannot_store_is_a_400_naming_the_field_and_starts_nothing(
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool, body: str, field: str
+) -> None:
+    # It was a 500: a \u0000 reached PostgreSQL, which refused it; nesting this deep broke
+    # the JSON encoder (RecursionError) on the way there.
+    agent = await stream_agent(
+        tenant,
+        runtime,
+        input_format=[
+            {"name": "message", "type": "string"},
+            {"name": "documents", "type": "files"},
+            {"name": "options", "type": "json"},
+        ],
+    )
+
+    resp = await tenant.client.post(
+        execute_url(agent["id"]),
+        data=body,
+        headers={**api_key(tenant), "Content-Type": "application/json"},
+    )
+
+    assert resp.status == 400
+    assert list((await resp.json())["details"]) == [field]
+    assert await db.fetchval("SELECT count(*) FROM runs WHERE agent_id = $1", agent["id"]) == 0
+    assert received(runtime) == []

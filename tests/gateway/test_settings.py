@@ -49,6 +49,14 @@ def test_a_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
         Settings.from_env({name: value})
 
 
+def test_package_urls_live_15_minutes_unless_told_otherwise() -> None:
+    assert Settings.from_env({}).package_url_ttl_s == 900
+    assert Settings.from_env({"PACKAGE_URL_TTL_S": "60"}).package_url_ttl_s == 60
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SettingsError, match="PACKAGE_URL_TTL_S"):
+            Settings.from_env({"PACKAGE_URL_TTL_S": bad})
+
+
 def test_drain_and_consumer_settings_are_read_with_the_former_name_still_honoured() -> None:
     settings = Settings.from_env(
         {

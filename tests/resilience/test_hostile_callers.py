@@ -350,6 +350,8 @@ async def test_path_traversal_in_every_id_names_nothing(
         ("POST", "/api/workflows/{}/execute", {"X-API-Key": caller.key}),
         ("POST", "/admin/orgs/{}/keys", ADMIN),
         ("PATCH", "/admin/agents/{}", ADMIN),
+        ("PUT", "/v0/workflows/{}/jobs/1/download", {"Authorization": caller.key}),
+        ("PUT", f"/v0/workflows/{agent['id']}/jobs/{{}}/download", {"Authorization": caller.key}),
     ]
     for method, template, headers in routes:
         for evil in TRAVERSALS:
@@ -479,6 +481,13 @@ async def test_guessing_keys_is_slowed_per_client_address_across_replicas(
     async with two.http.post(two.url(run_url), headers=_from(attacker, caller.auth)) as resp:
         assert resp.status == 429
         assert (await resp.json())["retryAfterMs"] > 0
+    # The /v0 API refuses it too, in its own error shape (seed 003).
+    async with two.http.put(
+        two.url(f"/v0/workflows/{agent['id']}/jobs/1/download"),
+        headers=_from(attacker, {"Authorization": caller.key}),
+    ) as resp:
+        assert resp.status == 429
+        assert (await resp.json())["error"]["code"] == "rate_limited"
     # Other callers, behind the same proxy, are not.
     async with two.http.post(two.url(run_url), headers=_from(bystander, caller.auth)) as resp:
         assert resp.status == 202
@@ -528,8 +537,8 @@ class Attempt:
     statuses: set[int]
 
 
-# Routes that take no organisation's key: probes and documents, and signed file URLs (the
-# signature is the capability; tests/gateway/test_signing.py changes each part of one).
+# Routes that take no organisation's key: probes and documents, and signed file and package
+# URLs (the signature is the capability; their own tests change each part of one).
 KEYLESS_ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -537,6 +546,7 @@ KEYLESS_ROUTES = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/files/{key}"),
+    ("GET", "/v0/packages/{package_id}.zip"),
 }
 
 
@@ -577,6 +587,9 @@ async def _snapshot(live: Live, db: asyncpg.Pool, org_id: str, runtime: TestServ
         ],
         "users": await db.fetchval(
             "SELECT count(*) FROM memberships WHERE org_id = $1::uuid", org_id
+        ),
+        "packages": await db.fetchval(
+            "SELECT count(*) FROM packages WHERE org_id = $1::uuid", org_id
         ),
         "buckets": sorted(
             [

@@ -1,0 +1,212 @@
+"""Small requests: trigger-and-wait against an instant JSON runtime, many agents, many connections.
+
+The gateway's full path (auth, per-agent rate limit, run row, events through the store
+consumer, the wait for the run's end) is compared with a bare aiohttp pass-through
+(``bench/passthrough.py``) of the same runtime, measured in the same run, both driven by the
+same closed-loop client process (``bench/loadgen.py requests``): ``--conns`` connections for
+``--duration`` seconds after a warm-up. The requests are spread over enough agents that the
+default 5-a-minute bucket of each never refuses one (a 429 would show in the statuses). The
+runtime alone is measured too, as the ceiling of both.
+
+A second pair of runs uses one connection: the latency a single caller sees, without queueing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from bench.processes import BenchError, CpuWatch, python_module
+from bench.report import Row, Section, at_least, at_most, ratio
+from bench.stack import Stack, agent_body, run_json
+from gateway.embedded import free_port
+
+BUCKET = 5  # the default SYNC_RATE_LIMIT: tokens per agent per minute
+
+
+@dataclass
+class SmallConfig:
+    """How long and how wide to load."""
+
+    conns: int = 64
+    duration: float = 10.0
+    warmup: float = 1.0
+    single_duration: float = 3.0
+    # Upper bound on the gateway's req/s, to create enough agents.
+    max_rps: int = 3000
+
+
+def _load(
+    stack: Stack,
+    url: str,
+    *,
+    conns: int,
+    duration: float,
+    warmup: float,
+    ids: list[int] | None = None,
+    gateway: bool = False,
+    watch: dict[str, int | None] | None = None,
+    label: str,
+) -> dict[str, Any]:
+    argv = [
+        *python_module("loadgen"),
+        "requests",
+        "--url",
+        url,
+        "--conns",
+        str(conns),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--body",
+        '{"input": {"question": "bench"}}',
+        "--timeout",
+        "60",
+    ]
+    if ids is not None:
+        argv += ["--ids", str(stack.write_ids(label.replace(" ", "-"), ids))]
+    headers = stack.auth_headers() if gateway else ["Content-Type: application/json"]
+    for header in headers:
+        argv += ["--header", header]
+    cpu = CpuWatch(watch or {})
+    result = run_json(argv, timeout=duration + warmup + 120, what=f"load {label}")
+    result["cpu"] = cpu.done()
+    lat = result["latency_s"]
+    print(
+        f"  [small {label:<28}] {result['rps']:8.0f} req/s  p50 {lat['p50'] * 1000:6.2f} ms  "
+        f"p99 {lat['p99'] * 1000:6.2f} ms  statuses {result['statuses']} "
+        f"errors {result['errors']}",
+        flush=True,
+    )
+    return result
+
+
+def _check_answer(url: str, stack: Stack) -> None:
+    """One trigger-and-wait must answer 200 with a completed run."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback URL of ours
+        url, data=b'{"input": {}}', method="POST"
+    )
+    for header in stack.auth_headers():
+        name, _, value = header.partition(":")
+        request.add_header(name.strip(), value.strip())
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+        body = json.loads(answer.read())
+    if body.get("status") != "completed":
+        raise BenchError(f"trigger-and-wait answered {body}")
+
+
+def measure(stack: Stack, cfg: SmallConfig) -> Section:
+    """Runtime, bare pass-through and gateway under the same load; then one connection."""
+    section = Section("small", "3. Small requests: trigger-and-wait vs a bare aiohttp pass-through")
+    runtime = f"{stack.origin_base}/webhook/json"
+    # Every agent may take BUCKET requests a minute: enough agents for the loaded run at
+    # max_rps, then separate ones for the single-connection run and the check.
+    loaded = math.ceil(cfg.max_rps * (cfg.duration + cfg.warmup + 2) / BUCKET)
+    single = math.ceil(cfg.max_rps / 4 * (cfg.single_duration + cfg.warmup + 1) / BUCKET)
+    print(f"small: creating {loaded + single + 1} agents ...", flush=True)
+    ids = stack.clone_agents(agent_body("small", runtime, "json"), loaded + single + 1)
+    port = free_port()
+    bare = stack.start_module(
+        "passthrough", "passthrough", "--port", str(port), "--upstream", runtime, port=port
+    )
+    gateway = stack.start_gateway("small")
+    origin_pid = stack.origin.pid if stack.origin is not None else None
+    consumer_pid = stack.consumer.pid if stack.consumer is not None else None
+    try:
+        route = f"{gateway.base}/api/agents/{{id}}/runs/trigger-and-wait"
+        _check_answer(route.replace("{id}", str(ids[-1])), stack)
+        common = {"conns": cfg.conns, "duration": cfg.duration, "warmup": cfg.warmup}
+        results = {
+            "runtime": _load(
+                stack, runtime, **common, watch={"runtime": origin_pid}, label="runtime alone"
+            ),
+            "bare": _load(
+                stack,
+                f"http://127.0.0.1:{port}/forward",
+                **common,
+                watch={"proxy": bare.pid, "runtime": origin_pid},
+                label="bare pass-through",
+            ),
+            "gateway": _load(
+                stack,
+                route,
+                **common,
+                ids=ids[:loaded],
+                gateway=True,
+                watch={
+                    "proxy": gateway.pid,
+                    "runtime": origin_pid,
+                    "consumer": consumer_pid,
+                    "postgres": stack.postgres_pids,
+                    "redis": stack.redis_pid,
+                },
+                label="gateway",
+            ),
+        }
+        one = {"conns": 1, "duration": cfg.single_duration, "warmup": cfg.warmup}
+        results["bare_single"] = _load(
+            stack, f"http://127.0.0.1:{port}/forward", **one, label="bare, 1 connection"
+        )
+        results["gateway_single"] = _load(
+            stack,
+            route,
+            **one,
+            ids=ids[loaded:-1],
+            gateway=True,
+            label="gateway, 1 connection",
+        )
+    finally:
+        gateway.child.stop()
+        bare.stop()
+
+    gw, ref = results["gateway"], results["bare"]
+    throughput = ratio(gw["rps"], ref["rps"])
+    section.add(
+        Row(
+            f"req/s, {cfg.conns} connections, {cfg.duration:g} s",
+            f"{gw['rps']:.0f}",
+            f"bare {ref['rps']:.0f}",
+            throughput,
+            "≥ 0.5x bare",
+            at_least(throughput, 0.5),
+            {"gateway_rps": gw["rps"], "bare_rps": ref["rps"]},
+        )
+    )
+    for label, g, r in (
+        (f"{cfg.conns} connections", gw, ref),
+        ("1 connection", results["gateway_single"], results["bare_single"]),
+    ):
+        for p in ("p50", "p99"):
+            mine, theirs = g["latency_s"][p] * 1000, r["latency_s"][p] * 1000
+            added = mine - theirs
+            section.add(
+                Row(
+                    f"{p} latency, {label}",
+                    f"{mine:.2f} ms (+{added:.2f})",
+                    f"bare {theirs:.2f} ms",
+                    ratio(mine, theirs),
+                    "p99 added ≤ 5 ms" if p == "p99" else "-",
+                    at_most(added, 5.0) if p == "p99" else None,
+                    {"gateway_ms": mine, "bare_ms": theirs, "added_ms": added},
+                )
+            )
+    bad = {k: v for k, v in gw["statuses"].items() if k != "200"}
+    section.notes.append(
+        f"The runtime alone answered {results['runtime']['rps']:.0f} req/s "
+        f"(p99 {results['runtime']['latency_s']['p99'] * 1000:.2f} ms) to the same client."
+    )
+    if bad or gw["errors"]:
+        section.notes.append(f"gateway answers other than 200: {bad}, errors {gw['errors']}")
+    cpu = gw.get("cpu", {})
+    section.notes.append(
+        "CPU share of one core during the gateway run: "
+        + ", ".join(f"{k} {v * 100:.0f} %" for k, v in cpu.items() if v is not None)
+        + "; during the bare run: "
+        + ", ".join(f"{k} {v * 100:.0f} %" for k, v in ref.get("cpu", {}).items() if v is not None)
+    )
+    section.raw = {"config": cfg.__dict__, "agents": len(ids), **results}
+    return section
