@@ -72,6 +72,7 @@ async def read_large_json_object(request: web.Request, *, limit: int) -> dict[st
     builder = ObjectBuilder()
     depth = 0
     events = 0
+    field: str | None = None  # the top-level key being read
     try:
         async with body_deadline(request):
             async for event, value in ijson.basic_parse_async(
@@ -80,11 +81,11 @@ async def read_large_json_object(request: web.Request, *, limit: int) -> dict[st
                 if event in _OPENS:
                     depth += 1
                     if depth > MAX_DEPTH:
-                        raise BadRequest(
-                            f"Request body is nested deeper than {MAX_DEPTH} levels"
-                        )
+                        raise _too_deep(field)
                 elif event in _CLOSES:
                     depth -= 1
+                elif event == "map_key" and depth == 1:
+                    field = value
                 builder.event(event, value)
                 events += 1
     except ijson.JSONError as exc:
@@ -101,3 +102,12 @@ async def read_large_json_object(request: web.Request, *, limit: int) -> dict[st
         raise BadRequest("Request body must be a JSON object")
     body: dict[str, Any] = builder.value
     return body
+
+
+def _too_deep(field: str | None) -> BadRequest:
+    """The 400 for a body nested past what the store holds, naming the field (as the other
+    values the store cannot hold are named)."""
+    problem = f"cannot be stored: nested deeper than {MAX_DEPTH} levels"
+    if field is None:
+        return BadRequest(f"Request body {problem}")
+    return BadRequest(f"Invalid input: {field!r} {problem}", extra={"details": {field: [problem]}})
