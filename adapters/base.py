@@ -20,6 +20,23 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end, or its first ``limit`` bytes when it is longer.
+
+    ``StreamReader.read(n)`` answers with whatever has arrived so far (one TCP read's worth),
+    not with ``n`` bytes: a body that arrives in pieces must be read until it ends.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 # The run states a runtime can report that end a run (the gateway's own names).
 _TERMINAL = frozenset({"completed", "failed", "cancelled"})
 

@@ -38,6 +38,7 @@ from adapters.base import (
     StreamChunk,
     TriggerPayload,
     loads_json,
+    read_bounded,
 )
 
 # An error body is read only this far, for its message.
@@ -82,6 +83,8 @@ class N8nAdapter:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             raise RuntimeUnavailable(f"Runtime invocation failed: {exc}") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise RuntimeUnavailable(_not_http(exc)) from None
 
     async def open_stream(
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
@@ -94,7 +97,7 @@ class N8nAdapter:
         response = await self.open_download(runtime, payload, wait_s=wait_s, accept_encoding=None)
         if 400 <= response.status < 500:
             try:
-                raw = await response.content.read(_MAX_ERROR_BODY)
+                raw = await read_bounded(response.content, _MAX_ERROR_BODY)
             except aiohttp.ClientError:
                 raw = b""
             finally:
@@ -117,6 +120,8 @@ class N8nAdapter:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             raise RuntimeUnavailable(f"Runtime invocation failed: {exc}") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise RuntimeUnavailable(_not_http(exc)) from None
         except aiohttp.ClientPayloadError as exc:
             return Invocation(result=RunResult("failed", error=f"RuntimeResponseBroken: {exc}"))
 
@@ -130,14 +135,14 @@ class N8nAdapter:
     async def _read_answer(self, response: aiohttp.ClientResponse) -> Invocation:
         status = response.status
         if status >= 400:
-            raw = await response.content.read(_MAX_ERROR_BODY)
+            raw = await read_bounded(response.content, _MAX_ERROR_BODY)
             reason = f"HTTP {status}: {_message(raw) or response.reason or ''}".rstrip(": ")
             if status < 500:
                 raise RuntimeRefused(f"Webhook refused the run: {reason}")
             return Invocation(result=RunResult("failed", error=f"WorkflowFailed: {reason}"))
         if status in _ACCEPTED_STATUSES:
             return Invocation()
-        raw = await response.content.read(self._max_result_bytes + 1)
+        raw = await read_bounded(response.content, self._max_result_bytes + 1)
         if len(raw) > self._max_result_bytes:
             return Invocation(
                 result=RunResult(
@@ -188,7 +193,7 @@ class N8nChunkStream:
         """Chunks as they arrive, or one :class:`RunResult` for a plain answer."""
         response = self._response
         if response.status >= 500:
-            raw = await response.content.read(_MAX_ERROR_BODY)
+            raw = await read_bounded(response.content, _MAX_ERROR_BODY)
             reason = f"HTTP {response.status}: {_message(raw) or response.reason or ''}"
             yield RunResult("failed", error=f"WorkflowFailed: {reason.rstrip(': ')}")
             return
@@ -308,6 +313,13 @@ def _chunk(line: bytes) -> StreamChunk | None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _not_http(exc: aiohttp.ClientResponseError) -> str:
+    """The reason for an answer aiohttp could not parse as HTTP (a bad status line, bytes
+    after the declared body); the runtime's bytes themselves are left out."""
+    what = str(exc.message).strip().splitlines()[0].rstrip(":") if exc.message else "unparsable"
+    return f"Runtime answered with invalid HTTP ({what[:120]})"
 
 
 def _headers(runtime: Mapping[str, Any]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from adapters.base import (
     RuntimeUnsupported,
     TriggerPayload,
     loads_json,
+    read_bounded,
 )
 
 API_VERSION = "2025-07-16"
@@ -181,9 +182,9 @@ class TriggerDevAdapter:
             async with asyncio.timeout(self._request_timeout_s):
                 async with self._session.get(url, headers=headers) as response:
                     if response.status >= 300:
-                        raw = await response.content.read(_MAX_ERROR_BODY)
+                        raw = await read_bounded(response.content, _MAX_ERROR_BODY)
                         _raise_for_poll(response, raw, secret)
-                    raw = await response.content.read(limit + 1)
+                    raw = await read_bounded(response.content, limit + 1)
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev did not answer the run poll in time") from None
         except aiohttp.InvalidURL as exc:
@@ -215,7 +216,7 @@ class TriggerDevAdapter:
                 async with self._session.post(url, headers=_auth(runtime)) as response:
                     if response.status < 300:
                         return
-                    raw = await response.content.read(_MAX_ERROR_BODY)
+                    raw = await read_bounded(response.content, _MAX_ERROR_BODY)
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev did not answer the cancel in time") from None
         except aiohttp.InvalidURL as exc:
@@ -235,14 +236,14 @@ class TriggerDevAdapter:
     ) -> Invocation:
         async with self._session.post(url, json=body, headers=headers) as response:
             if response.status >= 300:
-                raw = await response.content.read(_MAX_ERROR_BODY)
+                raw = await read_bounded(response.content, _MAX_ERROR_BODY)
                 reason = _redact(_reason(response.status, raw), secret)
                 if _is_transient(response):
                     raise _Transient(reason, _reset_delay_s(response))
                 if response.status < 500:
                     raise RuntimeRefused(f"Trigger.dev refused the trigger: {reason}")
                 raise RuntimeUnavailable(f"Trigger.dev trigger failed: {reason}")
-            raw = await response.content.read(_MAX_ERROR_BODY)
+            raw = await read_bounded(response.content, _MAX_ERROR_BODY)
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -280,7 +281,7 @@ class TriggerDevAdapter:
                             f"Trigger.dev output download failed: HTTP {response.status}"
                         )
                     content_type = response.headers.get("Content-Type", "application/json")
-                    raw = await response.content.read(limit + 1)
+                    raw = await read_bounded(response.content, limit + 1)
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev output download timed out") from None
         except (aiohttp.ClientError, OSError) as exc:

@@ -25,6 +25,7 @@ from gateway.app_keys import (
     EXTERNAL_RUN_SERVICE,
     FILE_SERVICE,
     HTTP_SESSION,
+    KEY_GUARD,
     LIFECYCLE,
     METRICS,
     PACKAGE_SERVICE,
@@ -49,8 +50,15 @@ from gateway.follower import RunFollower
 from gateway.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.handlers.v0 import create_v0_app
 from gateway.health import Lifecycle
+from gateway.key_guard import KeyGuard
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import errors_to_json, observe_requests, on_prepare, request_context
+from gateway.middleware import (
+    errors_to_json,
+    guard_keys,
+    observe_requests,
+    on_prepare,
+    request_context,
+)
 from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
 from gateway.runs import RunService
@@ -62,6 +70,9 @@ from store.events import EventPublisher, terminal_channel
 from store.pool import create_pool
 
 _BACKGROUND_DRAIN_S = 5.0
+# Redis connections per replica, and how long a request may wait for one of them.
+_REDIS_CONNECTIONS = 100
+_REDIS_CONNECTION_WAIT_S = 5.0
 # A poll in hand when the gateway stops is given this long to finish and be recorded.
 _FOLLOWER_STOP_S = 5.0
 
@@ -74,12 +85,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    client = aioredis.Redis.from_url(
+    # A burst of requests waits for a free connection: redis-py's default pool answers "Too
+    # many connections" past 100 at once, and a rate limiter that cannot ask Redis fails open.
+    pool = aioredis.BlockingConnectionPool.from_url(
         app[SETTINGS].redis_url,
+        max_connections=_REDIS_CONNECTIONS,
+        timeout=_REDIS_CONNECTION_WAIT_S,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,
     )
+    client = aioredis.Redis.from_pool(pool)
     app[REDIS] = client
     yield
     await client.aclose()
@@ -142,6 +158,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = publisher
     app[RATE_LIMITER] = RateLimiter(
         app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
+    )
+    app[KEY_GUARD] = KeyGuard(
+        # Failed attempts are counted only while Redis answers: an outage never locks callers out.
+        RateLimiter(app[REDIS], fail_open=True, observe=metrics.observe_rate_limit),
+        limit=settings.auth_failure_limit,
+        window_s=settings.auth_failure_window_s,
+        trusted_proxies=settings.trusted_proxies,
     )
     app[RUN_SERVICE] = runs
     app[TRIGGER_SERVICE] = TriggerService(
@@ -217,7 +240,7 @@ async def _start_draining(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
     app = web.Application(
-        middlewares=[request_context, observe_requests, errors_to_json],
+        middlewares=[request_context, observe_requests, errors_to_json, guard_keys],
         client_max_size=settings.max_request_body,
     )
     app[SETTINGS] = settings

@@ -16,6 +16,7 @@ from gateway.execute import ExecuteService
 from gateway.external_runs import ExternalRunService
 from gateway.files import FileService
 from gateway.health import Lifecycle
+from gateway.key_guard import KeyGuard
 from gateway.metrics import GatewayMetrics
 from gateway.packages import PackageService
 from gateway.ratelimit import RateLimiter
@@ -42,6 +43,7 @@ RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
 BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
+KEY_GUARD = web.AppKey("key_guard", KeyGuard)
 PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -53,7 +53,12 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     consumer = StoreConsumer(
-        redis, pool, stream=settings.events_stream, group=settings.events_group, name=name
+        redis,
+        pool,
+        stream=settings.events_stream,
+        group=settings.events_group,
+        name=name,
+        reclaim_idle_ms=int(settings.consumer_reclaim_idle_s * 1000),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,8 @@ class ApiError(Exception):
     """A failure the caller is told about, with a JSON body ``{"error": message, **extra}``."""
 
     status = 500
+    # The connection closes after the error: the request's body was not read to its end.
+    close_connection = False
 
     def __init__(
         self,
@@ -57,6 +59,14 @@ class PayloadTooLarge(ApiError):
     """The request body is over its limit (413)."""
 
     status = 413
+    close_connection = True
+
+
+class RequestTimeout(ApiError):
+    """The request body did not arrive within its time (408)."""
+
+    status = 408
+    close_connection = True
 
 
 class Unprocessable(ApiError):

@@ -12,13 +12,18 @@ from typing import Any
 
 import ijson
 from aiohttp import web
+from ijson.common import ObjectBuilder
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.request_parsing import body_deadline
+from store.jsonb import MAX_DEPTH
 
 # The parser is fed in pieces this large: fewer, larger pieces keep a long string (a base64
 # file) cheap to assemble (it is re-buffered on every piece); see the README's figures.
 _FEED_SIZE = 4 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
+_OPENS = frozenset({"start_map", "start_array"})
+_CLOSES = frozenset({"end_map", "end_array"})
 
 
 class _CountingReader:
@@ -61,18 +66,48 @@ async def read_large_json_object(request: web.Request, *, limit: int) -> dict[st
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
     reader = _CountingReader(request, limit)
-    values: list[Any] = []
+    # Built from the parser's events rather than with ijson.items: items names every value by
+    # its path, which costs time in proportion to the depth, so that a 200 KB body of nested
+    # brackets took the event loop for tens of seconds. Here depth is bounded as it grows.
+    builder = ObjectBuilder()
+    depth = 0
+    events = 0
+    field: str | None = None  # the top-level key being read
     try:
-        async for value in ijson.items_async(reader, "", use_float=True, buf_size=_FEED_SIZE):
-            values.append(value)
+        async with body_deadline(request):
+            async for event, value in ijson.basic_parse_async(
+                reader, use_float=True, buf_size=_FEED_SIZE
+            ):
+                if event in _OPENS:
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        raise _too_deep(field)
+                elif event in _CLOSES:
+                    depth -= 1
+                elif event == "map_key" and depth == 1:
+                    field = value
+                builder.event(event, value)
+                events += 1
     except ijson.JSONError as exc:
         if reader.blank:
             return {}
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid JSON"
         raise BadRequest(f"Request body is not valid JSON: {first_line}") from None
-    if not values:
+    except UnicodeDecodeError:
+        # yajl passes a lone surrogate escape ("\udfff") on as bytes that are not UTF-8.
+        raise BadRequest("Request body is not valid JSON: a string is not valid Unicode") from None
+    if not events:
         return {}
-    if not isinstance(values[0], dict):
+    if not isinstance(builder.value, dict):
         raise BadRequest("Request body must be a JSON object")
-    body: dict[str, Any] = values[0]
+    body: dict[str, Any] = builder.value
     return body
+
+
+def _too_deep(field: str | None) -> BadRequest:
+    """The 400 for a body nested past what the store holds, naming the field (as the other
+    values the store cannot hold are named)."""
+    problem = f"cannot be stored: nested deeper than {MAX_DEPTH} levels"
+    if field is None:
+        return BadRequest(f"Request body {problem}")
+    return BadRequest(f"Invalid input: {field!r} {problem}", extra={"details": {field: [problem]}})

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.app_keys import REQUEST_ID
-from gateway.request_info import REQUEST_INFO, route_template
+from gateway.request_info import REQUEST_INFO, route_template, routed_match
 
 # Probes and scrapes arrive every few seconds; their access lines are DEBUG, not INFO.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -170,7 +170,7 @@ class AccessLogger(AbstractAccessLogger):
 
 def _path_int(request: web.BaseRequest, name: str) -> int | None:
     """A numeric id from the matched path, else ``None`` (never an arbitrary string)."""
-    match_info = getattr(request, "match_info", None)
+    match_info = routed_match(request)
     raw = match_info.get(name) if match_info is not None else None
     if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw)

@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.app_keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
-from gateway.errors import ApiError, ServiceUnavailable
+from gateway.app_keys import KEY_GUARD, LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
+from gateway.errors import ApiError, ServiceUnavailable, Unauthorized
 from gateway.request_info import (
     REQUEST_INFO,
     RequestInfo,
@@ -32,11 +32,14 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # PostgreSQL or Redis cannot be reached: the caller should retry, not report a bug.
 BACKEND_OUTAGES: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    # The server shutting down, starting up or crashed (57P01-57P03); a statement cancelled.
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
     RedisConnectionError,
     ConnectionRefusedError,
+    # A backend that answers nothing: asyncpg's connect and command timeouts.
+    TimeoutError,
 )
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -186,7 +189,11 @@ def _error_response(request: web.Request, exc: Exception, shape: ErrorShape) -> 
     if isinstance(exc, ApiError):
         if isinstance(run_id := exc.extra.get("runId"), int):
             note_run(request, run_id=run_id)
-        return web.json_response(shape(exc), status=exc.status, headers=exc.headers)
+        response = web.json_response(shape(exc), status=exc.status, headers=exc.headers)
+        if exc.close_connection:
+            # Not left to linger reading (and discarding) the rest of a body nobody wants.
+            response.force_close()
+        return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
             raise exc
@@ -217,3 +224,27 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         response.headers[REQUEST_ID_HEADER] = request_id
     # No library or interpreter versions for a scanner to read.
     response.headers["Server"] = "agent-gateway"
+
+
+@web.middleware
+async def guard_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Brute-force protection (``gateway.key_guard``): a request that presents a key from an
+    address with too many failed attempts is refused (429) before its key is looked at; each
+    refused key (401) counts against its address."""
+    if not (request.headers.get("Authorization") or request.headers.get("X-API-Key")):
+        return await handler(request)
+    if request.app is not request.match_info.apps[-1]:
+        # Routed into a sub-application (/v0): its own guard_keys runs inside its error
+        # mapping, so that a 429 has that API's shape.
+        return await handler(request)
+    guard = request.config_dict[KEY_GUARD]
+    address = guard.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
+    await guard.check(address)
+    try:
+        response = await handler(request)
+    except Unauthorized:
+        await guard.failed(address)
+        raise
+    if response.status == 401:
+        await guard.failed(address)
+    return response

@@ -56,9 +56,19 @@ def note_streamed_bytes(request: web.Request, count: int) -> None:
         info.bytes_streamed = count
 
 
+def routed_match(request: web.BaseRequest) -> web.UrlMappingMatchInfo | None:
+    """The request's route match, or ``None`` when it was never routed (a request aiohttp's
+    parser refused with a 400 of its own reaches the access logger without one)."""
+    try:
+        found: web.UrlMappingMatchInfo | None = getattr(request, "match_info", None)
+    except AssertionError:
+        return None
+    return found
+
+
 def route_template(request: web.BaseRequest) -> str:
     """The route's template (``/api/agents/{agentId}/runs/{runId}``), never the raw path."""
-    match_info = getattr(request, "match_info", None)
+    match_info = routed_match(request)
     if match_info is None:
         return UNMATCHED_ROUTE
     resource = match_info.route.resource

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import NotFound, PayloadTooLarge
+from gateway.app_keys import SETTINGS
+from gateway.errors import NotFound, PayloadTooLarge, RequestTimeout
 from gateway.schemas import parse_json_object
 
 _MAX_ID = 2**63 - 1
@@ -15,18 +19,32 @@ _MAX_ID = 2**63 - 1
 async def read_json_object(
     request: web.Request, *, limit: int, allow_empty: bool = False
 ) -> dict[str, Any]:
-    """The body as a JSON object, read at most ``limit`` bytes (413 beyond, before reading it)."""
+    """The body as a JSON object, read at most ``limit`` bytes (413 beyond, before reading it),
+    within ``REQUEST_BODY_TIMEOUT_S`` (408 after)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    async with body_deadline(request):
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
     return parse_json_object(b"".join(chunks), allow_empty=allow_empty)
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Bound the reading of a request body by ``REQUEST_BODY_TIMEOUT_S``: a caller that sends
+    its body a byte at a time (slowloris) gets a 408 instead of holding the request open."""
+    timeout_s = request.app[SETTINGS].request_body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"Request body did not arrive within {timeout_s:g} s") from None
 
 
 def path_id(request: web.Request, name: str, what: str) -> int:

@@ -6,13 +6,14 @@ Domain code: it speaks in agents, runs and events, and knows nothing of ``aiohtt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -25,6 +26,7 @@ from adapters.base import (
     RuntimeUnavailable,
     RuntimeUnsupported,
     TriggerPayload,
+    read_bounded,
 )
 from gateway import downloads
 from gateway.apikeys import derive_agent_api_key
@@ -44,7 +46,7 @@ from gateway.outputs import header_outputs, lift_outputs
 from gateway.settings import Settings
 from store import queries
 from store.events import EventPublisher, RunEvent
-from store.jsonb import jsonb_problem
+from store.jsonb import jsonb_problem, storable_text
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
@@ -53,6 +55,7 @@ log = structlog.get_logger(__name__)
 _MAX_ERROR_BODY = 64 * 1024
 # The run's error column holds a short reason.
 MAX_ERROR_LEN = 2000
+_T = TypeVar("_T")
 
 
 class _KeyTaken(Exception):
@@ -291,6 +294,8 @@ class RunService:
             filename = downloads.derive_filename(agent.name, run.id, content_type)
             disposition = downloads.synthesized_disposition(filename)
         else:
+            # Passed on to the caller verbatim, but recorded as PostgreSQL can hold it.
+            filename = storable_text(filename)
             disposition = raw_disposition or ""
         headers = {
             "Content-Type": content_type or "application/octet-stream",
@@ -354,7 +359,7 @@ class RunService:
 
     async def finish_download(self, start: DownloadStart, size_bytes: int) -> None:
         """Record a download that was sent whole: metadata only, never the bytes."""
-        await self._publisher.publish(
+        await self.publish(
             RunEvent(
                 start.run.id,
                 "completed",
@@ -374,6 +379,7 @@ class RunService:
         An output PostgreSQL could not store is refused here and the run fails with the
         reason, rather than leaving an event the store can never apply.
         """
+        event = _with_storable_text(event)
         if event.has_output and (problem := jsonb_problem(event.output_data)):
             log.warning("run_output_refused", run_id=event.run_id, problem=problem)
             event = RunEvent(
@@ -428,11 +434,33 @@ class RunService:
         """Record a failure from a task that is being cancelled (the caller left)."""
         self._background.spawn(self.fail(run.id, reason), name=f"fail-run-{run.id}")
 
+    async def record_surely(self, record: Coroutine[Any, Any, _T], *, name: str) -> _T:
+        """Await ``record`` (a run's end, recorded once its response is out) so that it
+        completes even if the request is cancelled meanwhile: a caller that hangs up the
+        moment its last byte arrives cancels the handler, and the run must still end. It
+        runs as background work (waited for on shutdown)."""
+        return await asyncio.shield(self._background.spawn(record, name=name))
+
+
+def _with_storable_text(event: RunEvent) -> RunEvent:
+    """``event`` with the free text a runtime or caller wrote (a failure reason, what a run
+    waits for) made storable: a NUL there would stop the store consumer from applying it."""
+    error = None if event.error is None else storable_text(event.error)
+    waiting_for = event.waiting_for
+    if waiting_for is not None:
+        waiting_for = {
+            key: storable_text(value) if isinstance(value, str) else value
+            for key, value in waiting_for.items()
+        }
+    if error == event.error and waiting_for == event.waiting_for:
+        return event
+    return dataclasses.replace(event, error=error, waiting_for=waiting_for)
+
 
 async def _describe_non_file(upstream: aiohttp.ClientResponse) -> tuple[str, Any]:
     """The failure message for a runtime that answered something other than a file, and the
     JSON it sent (``None`` when there was none)."""
-    raw = await upstream.content.read(_MAX_ERROR_BODY)
+    raw = await read_bounded(upstream.content, _MAX_ERROR_BODY)
     parsed: Any = None
     try:
         parsed = json.loads(raw) if raw.strip() else None

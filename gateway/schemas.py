@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -195,6 +196,17 @@ class RuntimeConfig(Schema):
     def _webhook(self, value: str, **_: Any) -> None:
         _http_url(value)
 
+    @validates("headers")
+    def _headers(self, value: dict[str, str], **_: Any) -> None:
+        # Sent on every invocation: a CR or LF would split the request (header injection).
+        for name, header_value in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValidationError(f"Header name {name[:100]!r} is not an HTTP token.")
+            if not _HEADER_VALUE.fullmatch(header_value):
+                raise ValidationError(
+                    f"Header {name!r} has a control character (CR, LF or NUL) in its value."
+                )
+
     @validates("api_url")
     def _api(self, value: str, **_: Any) -> None:
         _http_url(value)
@@ -208,6 +220,11 @@ class RuntimeConfig(Schema):
         missing = [n for n in needed if n not in data]
         if missing:
             raise ValidationError({n: ["Missing data for required field."] for n in missing})
+
+
+# RFC 9110: a field name is a token; a value is visible characters, spaces and tabs.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]{0,8192}")
 
 
 def _http_url(value: str) -> None:

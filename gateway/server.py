@@ -29,6 +29,10 @@ log = structlog.get_logger(__name__)
 # After the drain timeout, aiohttp gives each handler this long once more, cancels it, and
 # gives it this long again to record its end.
 CANCEL_GRACE_S = 0.5
+# After an early answer (413, 408) the rest of a body is read and dropped this long, so that
+# the caller gets to read the answer, then the connection closes (aiohttp's default is 10 s of
+# reading whatever an oversized body brings).
+LINGER_S = 2.0
 # Upper bound of the application's own cleanup after the handlers are gone (the follower's
 # stop, background work, the waiters): gateway/app.py bounds each of the three by 5 s.
 CLEANUP_BOUND_S = 15.0
@@ -46,6 +50,10 @@ class GatewayServer:
             access_log_class=AccessLogger,
             # Only reached after our own wait for in-flight requests (see drain()).
             shutdown_timeout=CANCEL_GRACE_S,
+            # Also the bound on receiving a request's headers (aiohttp closes a connection that
+            # has not sent a whole request line and headers when it expires): slowloris.
+            keepalive_timeout=settings.keepalive_timeout_s,
+            lingering_time=LINGER_S,
         )
         self._site: web.TCPSite | None = None
         self._closed = False

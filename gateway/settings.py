@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,19 @@ class Settings:
     # The store consumer's own HTTP port for /metrics and /healthz (0: none).
     consumer_host: str = "127.0.0.1"
     consumer_port: int = 8081
+    # Events another consumer read but did not acknowledge for this long are taken over (its
+    # process died): the longest a dead consumer delays the events it held.
+    consumer_reclaim_idle_s: float = 30.0
+    # Hostile callers (README, Reliability). A connection must send a request's headers within
+    # this long of opening (or of its previous response), and stays open idle no longer.
+    keepalive_timeout_s: float = 75.0
+    # A request body must arrive whole within this long (408 otherwise).
+    request_body_timeout_s: float = 60.0
+    # Failed key attempts per client address: this many per window, then 429 until it refills.
+    auth_failure_limit: int = 20
+    auth_failure_window_s: int = 60
+    # Proxies whose X-Forwarded-For names the client (addresses or CIDR networks).
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -178,9 +192,33 @@ class Settings:
             ),
             consumer_host=env.get("CONSUMER_HOST") or host,
             consumer_port=_int(env, "CONSUMER_PORT", 8081),
+            consumer_reclaim_idle_s=_float(env, "CONSUMER_RECLAIM_IDLE_S", 30.0),
             **_execute_settings(env),
             **_package_settings(env),
+            **_abuse_settings(env),
         )
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or CIDR networks, each checked."""
+    items = tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name} lists {item!r}, not an IP address or network") from None
+    return items
+
+
+def _abuse_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Timeouts and limits that keep hostile callers from holding or guessing anything."""
+    return {
+        "keepalive_timeout_s": _float(env, "KEEPALIVE_TIMEOUT_S", 75.0),
+        "request_body_timeout_s": _float(env, "REQUEST_BODY_TIMEOUT_S", 60.0),
+        "auth_failure_limit": _int(env, "AUTH_FAILURE_LIMIT", 20),
+        "auth_failure_window_s": _int(env, "AUTH_FAILURE_WINDOW_S", 60),
+        "trusted_proxies": _networks(env, "TRUSTED_PROXIES"),
+    }
 
 
 def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:

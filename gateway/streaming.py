@@ -101,17 +101,21 @@ async def send_download(
         failure = f"Gateway error mid-stream after {progress.sent} bytes: {exc.__class__.__name__}"
 
     note_streamed_bytes(request, progress.sent)
+    run_id = start.run.id
+    # Each end below is recorded with record_surely: the caller's connection is gone or about to
+    # go, and with it (handler cancellation) this task.
     if progress.caller_gone:
         upstream.close()
-        await runs.fail(start.run.id, f"Caller disconnected after {progress.sent} bytes")
+        reason = f"Caller disconnected after {progress.sent} bytes"
+        await runs.record_surely(runs.fail(run_id, reason), name=f"fail-run-{run_id}")
         return response
     if failure is not None:
         upstream.close()
         # No clean end of body: the caller must see a broken transfer.
         if request.transport is not None:
             request.transport.abort()
-        log.warning("download_aborted", run_id=start.run.id, reason=failure)
-        await runs.fail(start.run.id, failure)
+        log.warning("download_aborted", run_id=run_id, reason=failure)
+        await runs.record_surely(runs.fail(run_id, failure), name=f"fail-run-{run_id}")
         return response
     if progress.spliced:
         # The runtime connection's parser never saw the spliced bytes: it cannot be reused.
@@ -120,11 +124,14 @@ async def send_download(
         upstream.release()
     log.info(
         "download_sent",
-        run_id=start.run.id,
+        run_id=run_id,
         bytes=progress.sent,
         path="splice" if progress.spliced else "copy",
     )
-    await runs.finish_download(start, progress.sent)
+    # The caller may hang up as soon as its last byte arrived.
+    await runs.record_surely(
+        runs.finish_download(start, progress.sent), name=f"finish-run-{run_id}"
+    )
     return response
 
 

@@ -78,6 +78,9 @@ def settings(backends: Backends, tmp_path: Path) -> Settings:
         events_stream=f"test:events:{uuid.uuid4().hex}",
         stream_idle_timeout_s=5.0,
         drain_timeout_s=5.0,
+        # Every test calls from 127.0.0.1: refused keys must not add up to a lock-out across
+        # tests (tests/resilience/ tries the guard with its own addresses and limits).
+        auth_failure_limit=1_000_000,
     )
 
 

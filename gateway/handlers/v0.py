@@ -16,7 +16,7 @@ from gateway.app_keys import DB_POOL, PACKAGE_SERVICE
 from gateway.archive import ArchiveError
 from gateway.auth import org_for_v0_key
 from gateway.errors import BadRequest, v0_error
-from gateway.middleware import v0_errors_to_json
+from gateway.middleware import guard_keys, v0_errors_to_json
 from gateway.request_info import note_run, note_streamed_bytes
 
 log = structlog.get_logger(__name__)
@@ -28,7 +28,7 @@ _MAX_ID = 2**63 - 1
 
 def create_v0_app() -> web.Application:
     """The ``/v0`` sub-application (mounted with ``app.add_subapp("/v0", ...)``)."""
-    app = web.Application(middlewares=[v0_errors_to_json])
+    app = web.Application(middlewares=[v0_errors_to_json, guard_keys])
     app.router.add_routes(routes)
     return app
 

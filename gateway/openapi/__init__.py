@@ -72,6 +72,7 @@ def build_document() -> Json:
             if name in schemas:
                 raise ValueError(f"schema {name} is defined twice")
             schemas[name] = schema
+    _add_abuse_rows(paths)
     document: Json = {
         "openapi": "3.1.0",
         "info": {
@@ -120,3 +121,18 @@ def build_document() -> Json:
     }
     # The group modules' dicts are shared; hand out a copy nobody can alter them through.
     return copy.deepcopy(document)
+
+
+def _add_abuse_rows(paths: Json) -> None:
+    """Every operation that takes a key may be refused for its address's failed attempts
+    (429), and every one that takes a body may time out reading it (408)."""
+    for item in paths.values():
+        for method in ("get", "put", "post", "patch", "delete"):
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = operation["responses"]
+            if operation.get("security"):
+                responses.setdefault("429", components.TOO_MANY_FAILURES)
+            if "requestBody" in operation:
+                responses.setdefault("408", components.BODY_TIMEOUT)

@@ -90,6 +90,14 @@ RATE_LIMITED = error(
     "RateLimit",
 )
 
+# Rows every operation that takes a key, or a body, may answer (added by build_document).
+TOO_MANY_FAILURES = error(
+    "Too many failed key attempts from this client address (`AUTH_FAILURE_LIMIT` per "
+    "`AUTH_FAILURE_WINDOW_S`): refused before the key is looked at, until the bucket refills.",
+    "Retry-After",
+)
+BODY_TIMEOUT = error("The request body did not arrive within `REQUEST_BODY_TIMEOUT_S`.")
+
 _PATH_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 PARAMETERS: dict[str, Json] = {
