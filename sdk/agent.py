@@ -109,7 +109,12 @@ class _Http:
 
 
 async def _error(response: aiohttp.ClientResponse) -> GatewayError:
-    raw = await response.content.read(_ERROR_BODY_LIMIT)
+    # One read returns only what has arrived; read to the end (bounded).
+    raw = b""
+    while len(raw) < _ERROR_BODY_LIMIT and (
+        chunk := await response.content.read(_ERROR_BODY_LIMIT - len(raw))
+    ):
+        raw += chunk
     body: Any
     try:
         body = json.loads(raw)
