@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -12,36 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.settings import Settings
-from store import queries
 from store.consumer import StoreConsumer
 from store.events import EventPublisher, RunEvent, apply_event, terminal_channel
 from store.models import Agent
 from store.reaper import REAPED_ERROR, reap_overdue
 from tests.conftest import Backends
-
-
-@pytest.fixture
-async def agent(db: asyncpg.Pool) -> Agent:
-    org_id = await queries.create_org(db, "Store tests")
-    return await queries.create_agent(
-        db,
-        org_id,
-        b"salt",
-        uuid.uuid4().bytes,
-        {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
-    )
-
-
-async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
-    run = await queries.insert_run(
-        db,
-        agent=agent,
-        input_data={},
-        created_by=None,
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-        trigger_kind="test",
-    )
-    return run.id
+from tests.store.conftest import new_run
 
 
 async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
 
 import asyncpg
 import pytest
@@ -12,34 +11,10 @@ import redis.asyncio as aioredis
 
 from gateway.settings import Settings
 from store import events as store_events
-from store import queries
 from store.consumer import StoreConsumer
 from store.events import RunEvent, apply_event, apply_events
 from store.models import Agent
-
-
-@pytest.fixture
-async def agent(db: asyncpg.Pool) -> Agent:
-    org_id = await queries.create_org(db, "Batch tests")
-    return await queries.create_agent(
-        db,
-        org_id,
-        b"salt",
-        uuid.uuid4().bytes,
-        {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
-    )
-
-
-async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
-    run = await queries.insert_run(
-        db,
-        agent=agent,
-        input_data={},
-        created_by=None,
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-        trigger_kind="test",
-    )
-    return run.id
+from tests.store.conftest import new_run
 
 
 async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:
