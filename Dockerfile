@@ -9,7 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Runtime dependencies only (no [embedded]/[dev] extras), read from pyproject.toml and installed
+# Runtime dependencies only (no [dev] extra, no dev kit), read from pyproject.toml and installed
 # before the source is copied, so code edits reuse this layer.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \

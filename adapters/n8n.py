@@ -223,9 +223,7 @@ class N8nChunkStream:
         while chunk := await self._response.content.read(64 * 1024):
             body += chunk
             if len(body) > self._max:
-                return RunResult(
-                    "failed", error=f"WorkflowResultTooLarge: over {self._max} bytes"
-                )
+                return RunResult("failed", error=f"WorkflowResultTooLarge: over {self._max} bytes")
         try:
             output = loads_json(bytes(body))
         except (ValueError, RecursionError):

@@ -1,6 +1,6 @@
 """The rate limiter: decisions per second and the latency of one ``RateLimiter.take`` call.
 
-The gateway's own :class:`gateway.ratelimit.RateLimiter` (one Lua script per decision) runs
+The gateway's own :class:`gateway.security.ratelimit.RateLimiter` (one Lua script per decision) runs
 against the stack's Redis in a process of its own, a bounded number of calls, once with one
 call at a time (one connection) and once with ``--concurrency`` calls in flight. The reference,
 in the same process and run, is a Redis ``PING``: the cheapest round trip there is.
@@ -26,7 +26,7 @@ from bench.loadgen import latency_summary
 from bench.processes import CpuWatch, python_module
 from bench.report import Row, Section, ratio
 from bench.stack import Stack, run_json
-from gateway.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter
 
 
 @dataclass

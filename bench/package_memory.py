@@ -3,7 +3,7 @@
 Figures, never pass/fail; it stops with an error only when a result is wrong (a ZIP whose
 entries differ from what was uploaded). Everything runs on 127.0.0.1:
 
-1. an embedded PostgreSQL and Redis (``gateway.embedded``) in a temp dir, migrated; the store
+1. an embedded PostgreSQL and Redis (``devkit.embedded``) in a temp dir, migrated; the store
    consumer (``agent-gateway consume``); the fake n8n runtime in this process;
 2. gateway A (``agent-gateway serve``) takes one workflow execute (seed 004) carrying
    ``--files`` files of ``--file-mb`` MB each (10 x 20 MB: a 267 MB body), and is stopped;
@@ -46,8 +46,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.fake_runtime import create_fake_runtime, make_bytes
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+from devkit.fakes.n8n import create_fake_runtime, make_bytes
 from store.migrate import migrate_url
 
 REPO_DIR = Path(__file__).resolve().parent.parent

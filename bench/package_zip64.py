@@ -1,7 +1,7 @@
 """Checks that a package ZIP holds an entry over 4 GiB (Zip64) and prints what it cost.
 
 Figures and a correctness check, never part of the test pass/fail. The archive is built by
-the gateway's own ``gateway.archive.Archiver`` (zipstream-ng in its worker threads) from an
+the gateway's own ``gateway.packages.archive.Archiver`` (zipstream-ng in its worker threads) from an
 async source of deterministic bytes, written to a temp file as a client would save it, then
 opened with Python's ``zipfile``: every entry's size, its CRC (checked by ``zipfile`` on
 reading) and every byte must match what went in. A small entry after the big one puts its
@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway.archive import ArchiveEntry, Archiver
+from gateway.packages.archive import ArchiveEntry, Archiver
 
 PIECE = 256 * 1024
 _BLOCK = os.urandom(PIECE)

@@ -22,7 +22,7 @@ from typing import Any
 from bench.processes import BenchError, CpuWatch, python_module
 from bench.report import Row, Section, at_least, at_most, ratio
 from bench.stack import Stack, agent_body, run_json
-from gateway.embedded import free_port
+from devkit.embedded import free_port
 
 BUCKET = 5  # the default SYNC_RATE_LIMIT: tokens per agent per minute
 

@@ -34,7 +34,7 @@ from bench.processes import (
     spawn,
     wait_for_port,
 )
-from gateway.embedded import free_port
+from devkit.embedded import free_port
 
 # The gateway's default events stream and consumer group.
 STREAM = "runs:events"
@@ -187,7 +187,7 @@ class Stack:
         return True
 
     def _start_backends(self) -> Backends:
-        from gateway.embedded import EmbeddedPostgres, EmbeddedRedis
+        from devkit.embedded import EmbeddedPostgres, EmbeddedRedis
         from store.migrate import migrate_url
 
         postgres = EmbeddedPostgres(self.root / "postgres", durable=False)
@@ -312,7 +312,7 @@ class Stack:
         return await create_pool(self.backends.database_url, min_size=1, max_size=8)
 
     async def _create_tenant(self) -> tuple[uuid.UUID, str]:
-        from gateway.admin import AdminService
+        from gateway.admin.service import AdminService
 
         pool = await self._pool()
         try:
@@ -329,7 +329,7 @@ class Stack:
         return asyncio.run(self._create_agents(list(bodies)))
 
     async def _create_agents(self, bodies: list[dict[str, Any]]) -> list[int]:
-        from gateway.admin import AdminService
+        from gateway.admin.service import AdminService
 
         if self.org_id is None:
             raise BenchError("the stack is not started")

@@ -10,22 +10,48 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from importlib.metadata import entry_points
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
-from gateway import server
-from gateway.admin import AdminService
-from gateway.app import create_app
-from gateway.consumer_monitor import ConsumerMonitor, start_monitor
-from gateway.credentials import CredentialService
+from gateway.admin.service import AdminService
 from gateway.errors import ApiError
-from gateway.log_config import configure_logging
+from gateway.http import server
+from gateway.http.app import create_app
+from gateway.http.monitor import serve_monitor
+from gateway.ops.consumer_monitor import ConsumerMonitor
+from gateway.ops.log_config import configure_logging
+from gateway.security.credentials import CredentialService
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
+
+# Commands installed by other distributions (the dev kit's ``dev``), so this package never
+# imports dev-only code.
+COMMANDS_GROUP = "agent_gateway.commands"
+
+
+class Command(Protocol):
+    """A subcommand contributed through the ``agent_gateway.commands`` entry-point group."""
+
+    name: str
+    help: str
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's options to its parser."""
+
+    def run(self, settings: Settings, args: argparse.Namespace) -> None:
+        """Carry the command out."""
+
+
+def _plugin_commands() -> dict[str, Command]:
+    commands: dict[str, Command] = {}
+    for entry in entry_points(group=COMMANDS_GROUP):
+        command: Command = entry.load()
+        commands[command.name] = command
+    return commands
 
 
 def _install_uvloop() -> None:
@@ -42,7 +68,7 @@ def _require(settings: Settings, *names: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the gateway alone until SIGTERM/SIGINT, then drain it (gateway/server.py)."""
+    """Run the gateway alone until SIGTERM/SIGINT, then drain it (gateway/http/server.py)."""
     _require(settings, "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
     _install_uvloop()
     asyncio.run(server.serve(create_app(settings), settings))
@@ -63,18 +89,18 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
-    monitor: web.AppRunner | None = None
     try:
-        if settings.consumer_port:
-            monitor = await start_monitor(
-                ConsumerMonitor(consumer, redis, pool),
-                settings.consumer_host,
-                settings.consumer_port,
-            )
-        await consumer.run()
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.consumer_port:
+                await stack.enter_async_context(
+                    serve_monitor(
+                        ConsumerMonitor(consumer, redis, pool),
+                        settings.consumer_host,
+                        settings.consumer_port,
+                    )
+                )
+            await consumer.run()
     finally:
-        if monitor is not None:
-            await monitor.cleanup()
         await pool.close()
         await redis.aclose()
 
@@ -125,8 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="agent-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="the embedded default: databases, demo runtime, gateway")
-    dev.add_argument("--data-dir", default=".data", help="where embedded data lives (reused)")
+    plugins = _plugin_commands()
+    for command in plugins.values():
+        command.configure(sub.add_parser(command.name, help=command.help))
     sub.add_parser("serve", help="run the gateway")
     consume = sub.add_parser("consume", help="run the store consumer")
     consume.add_argument("--name", help="consumer name (default: host-pid)")
@@ -136,10 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    if args.command == "dev":
-        from gateway.dev import run_dev
-
-        run_dev(settings, args.data_dir)
+    if args.command in plugins:
+        plugins[args.command].run(settings, args)
     elif args.command == "serve":
         serve(settings)
     elif args.command == "consume":

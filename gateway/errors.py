@@ -107,5 +107,5 @@ class GatewayTimeout(ApiError):
 
 def v0_error(cls: type[ApiError], message: str, code: str, details: Any = None) -> ApiError:
     """An error of the ``/v0`` API, answered as ``{"error": {"code", "message", "details"}}``
-    (``gateway.middleware.v0_api_error``)."""
+    (``gateway.http.middleware.v0_api_error``)."""
     return cls(message, extra={"code": code, "details": details})

@@ -187,9 +187,7 @@ class Settings:
             follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
             drain_pre_stop_s=_seconds(env, "DRAIN_PRE_STOP_S", 5.0),
             # SHUTDOWN_GRACE_S is the setting's former name, still honoured.
-            drain_timeout_s=_float(
-                env, "DRAIN_TIMEOUT_S", _float(env, "SHUTDOWN_GRACE_S", 30.0)
-            ),
+            drain_timeout_s=_float(env, "DRAIN_TIMEOUT_S", _float(env, "SHUTDOWN_GRACE_S", 30.0)),
             consumer_host=env.get("CONSUMER_HOST") or host,
             consumer_port=_int(env, "CONSUMER_PORT", 8081),
             consumer_reclaim_idle_s=_float(env, "CONSUMER_RECLAIM_IDLE_S", 30.0),

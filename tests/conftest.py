@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.fake_runtime import RECEIVED, create_fake_runtime
-from adapters.fake_trigger_dev import create_fake_trigger_dev
-from gateway.app import create_app
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devkit.fakes.n8n import RECEIVED, create_fake_runtime
+from devkit.fakes.trigger_dev import create_fake_trigger_dev
+from gateway.http.app import create_app
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url

@@ -20,8 +20,8 @@ from adapters.base import (
     RuntimeUnsupported,
     TriggerPayload,
 )
-from adapters.fake_trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from adapters.trigger_dev import TriggerDevAdapter
+from devkit.fakes.trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from tests.adapters.conftest import MockedRuntime
 
 API = "https://trigger.example"

@@ -17,8 +17,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import server
-from gateway.embedded import free_port
+from devkit.embedded import free_port
+from gateway.ops import server
 from tests.e2e.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]

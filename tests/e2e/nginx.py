@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from gateway.embedded import stop_process
+from devkit.embedded import stop_process
 
 DEPLOYED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.embedded import free_port, stop_process
+from devkit.embedded import free_port, stop_process
 from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY, Backends
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.embedded import free_port, stop_process
+from devkit.embedded import free_port, stop_process
 
 
 def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

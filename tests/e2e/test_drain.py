@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
+from devkit.fakes.n8n import make_bytes
 from tests.e2e.support import Processes, setup_agent, wait_until_ready
 
 MB = 1024 * 1024

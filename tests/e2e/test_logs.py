@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import CALLBACKS_SENT
+from devkit.fakes.n8n import CALLBACKS_SENT
 from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY
 from tests.e2e.support import Processes, wait_until_ready
 

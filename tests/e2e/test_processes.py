@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
-from gateway.embedded import stop_process
+from devkit.embedded import stop_process
+from devkit.fakes.n8n import make_bytes
 from tests.conftest import SECRET_KEY
 from tests.e2e.support import Processes, setup_agent, wait_until_ready
 

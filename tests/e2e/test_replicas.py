@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import RECEIVED, make_bytes
-from gateway.embedded import free_port
+from devkit.embedded import free_port
+from devkit.fakes.n8n import RECEIVED, make_bytes
 from tests.conftest import Backends
 from tests.e2e.nginx import Nginx, nginx_binary
 from tests.e2e.support import Processes, process_env, setup_agent, wait_until_ready

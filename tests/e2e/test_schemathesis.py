@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.openapi import build_document
+from gateway.http.openapi import build_document
 from store.consumer import StoreConsumer
 from tests.conftest import (
     ADMIN_TOKEN,

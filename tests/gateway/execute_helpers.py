@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import node_id
+from devkit.fakes.n8n import node_id
 from tests.conftest import Tenant, webhook
 
 AGENT_1 = node_id("Agent 1")
@@ -53,7 +53,6 @@ class Event:
     at: float
     data: str | None
     comment: str | None = None
-
 
 
 async def read_events(resp: aiohttp.ClientResponse) -> list[Event]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.fake_runtime import make_bytes
-from gateway.archive import STEP_BYTES, ArchiveEntry, ArchiveError, Archiver
-from gateway.blobs import FilesystemBlobStore
+from devkit.fakes.n8n import make_bytes
+from gateway.packages.archive import STEP_BYTES, ArchiveEntry, ArchiveError, Archiver
+from gateway.storage.blobs import FilesystemBlobStore
 
 
 @pytest.fixture

@@ -23,8 +23,10 @@ import pytest
 from aiobotocore.session import get_session
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
-from gateway.blobs import (
+from devkit.embedded import free_port, stop_process
+from devkit.fakes.n8n import make_bytes
+from gateway.settings import Settings
+from gateway.storage.blobs import (
     S3_PART_SIZE,
     BlobNotFound,
     BlobStore,
@@ -34,8 +36,6 @@ from gateway.blobs import (
     run_input_key,
     safe_filename,
 )
-from gateway.embedded import free_port, stop_process
-from gateway.settings import Settings
 from tests.conftest import GatewayFactory, TenantFactory, received
 from tests.gateway.execute_helpers import api_key, execute_url, stream_agent
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import CALLBACKS_SENT
+from devkit.fakes.n8n import CALLBACKS_SENT
 from store.consumer import StoreConsumer
 from tests.conftest import (
     GatewayFactory,

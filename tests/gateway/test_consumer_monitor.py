@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.consumer_monitor import ConsumerMonitor
+from gateway.http.monitor import monitor_app
+from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.events import EventPublisher, RunEvent
@@ -29,7 +30,7 @@ async def monitor_of(
     clients: list[Client] = []
 
     async def start(consumer: StoreConsumer) -> Client:
-        client = TestClient(TestServer(ConsumerMonitor(consumer, redis_client, db).app()))
+        client = TestClient(TestServer(monitor_app(ConsumerMonitor(consumer, redis_client, db))))
         await client.start_server()
         clients.append(client)
         return client

@@ -11,8 +11,8 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import CALLBACKS_SENT
-from gateway.credential_tokens import CredentialsTokens
+from devkit.fakes.n8n import CALLBACKS_SENT
+from gateway.security.tokens import CredentialsTokens
 from store.consumer import StoreConsumer
 from tests.conftest import (
     ADMIN,

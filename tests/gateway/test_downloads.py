@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import downloads, outputs
+from gateway.runs import filenames, outputs
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_outputs_are_lifted_only_from_a_top_level_non_negative_integer(
     ],
 )
 def test_the_file_name_comes_from_content_disposition(header: str | None, name: str | None) -> None:
-    assert downloads.filename_from_disposition(header) == name
+    assert filenames.filename_from_disposition(header) == name
 
 
 @pytest.mark.parametrize(
@@ -81,9 +81,9 @@ def test_the_file_name_comes_from_content_disposition(header: str | None, name: 
 def test_a_derived_name_is_safe_and_names_agent_run_and_type(
     agent: str, content_type: str | None, expected: str
 ) -> None:
-    name = downloads.derive_filename(agent, 7, content_type)
+    name = filenames.derive_filename(agent, 7, content_type)
     assert name == expected
-    disposition = downloads.synthesized_disposition(name)
+    disposition = filenames.synthesized_disposition(name)
     assert disposition == f'attachment; filename="{expected}"'
 
 
@@ -91,7 +91,7 @@ def test_a_derived_name_is_safe_and_names_agent_run_and_type(
     "evil", ["../../etc/passwd", "a\r\nSet-Cookie: x=1", 'a"b.pdf', "C:\\x\\y.exe"]
 )
 def test_safe_filenames_have_no_paths_quotes_or_control_characters(evil: str) -> None:
-    name = downloads.safe_filename(evil)
+    name = filenames.safe_filename(evil)
     assert not set(name) & set('/\\"\r\n\t')
     assert not name.startswith(".")
 
@@ -107,4 +107,4 @@ def test_safe_filenames_have_no_paths_quotes_or_control_characters(evil: str) ->
     ],
 )
 def test_json_is_recognised_by_content_type(content_type: str | None, json: bool) -> None:
-    assert downloads.is_json(content_type) is json
+    assert filenames.is_json(content_type) is json

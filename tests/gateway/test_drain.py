@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import app as gateway_app
-from gateway.app import create_app
-from gateway.embedded import free_port
-from gateway.server import GatewayServer
+from devkit.embedded import free_port
+from gateway.http import app as gateway_app
+from gateway.http.app import create_app
+from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from tests.conftest import ADMIN, first_invoked_run, webhook

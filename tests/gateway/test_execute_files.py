@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
+from devkit.fakes.n8n import make_bytes
 from gateway.settings import Settings
 from tests.conftest import GatewayFactory, Tenant, TenantFactory, received
 from tests.gateway.execute_helpers import api_key, execute_url, stream_agent

@@ -13,9 +13,10 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
-from gateway.embedded import free_port
-from gateway.log_config import AccessLogger, redact_secrets
+from devkit.embedded import free_port
+from gateway.http.access_log import AccessLogger
+from gateway.http.app import create_app
+from gateway.ops.log_config import redact_secrets
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from tests.conftest import Tenant, as_agent, first_invoked_run, json_agent, wait_url, webhook

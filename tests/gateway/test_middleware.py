@@ -7,9 +7,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app_keys import REQUEST_ID
 from gateway.errors import Conflict, Forbidden, v0_error
-from gateway.middleware import errors_to_json, on_prepare, request_context, v0_errors_to_json
+from gateway.http.keys import REQUEST_ID
+from gateway.http.middleware import errors_to_json, on_prepare, request_context, v0_errors_to_json
 
 
 def app_with(handler: web.Handler) -> web.Application:

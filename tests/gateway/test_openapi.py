@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from gateway.app import create_app
-from gateway.openapi import UNDOCUMENTED_ROUTES, build_document
+from gateway.http.app import create_app
+from gateway.http.openapi import UNDOCUMENTED_ROUTES, build_document
 from gateway.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
@@ -53,7 +53,7 @@ def test_every_route_the_app_registers_is_documented_and_nothing_else(
 
     documented = documented_operations(build_document())
 
-    assert served - documented == set(), "routes missing from gateway/openapi/"
+    assert served - documented == set(), "routes missing from gateway/http/openapi/"
     assert documented - served == set(), "documented routes the app does not serve"
 
 

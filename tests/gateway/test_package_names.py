@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.packages import EntryNames, safe_entry_name
+from gateway.packages.service import EntryNames, safe_entry_name
 
 
 @pytest.mark.parametrize(

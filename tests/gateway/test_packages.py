@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
-from gateway.app_keys import BLOB_STORE
-from gateway.blobs import run_output_key
+from devkit.fakes.n8n import make_bytes
+from gateway.http.keys import BLOB_STORE
+from gateway.storage.blobs import run_output_key
 from store import packages as package_sql
 from store import run_files
 from store.consumer import StoreConsumer

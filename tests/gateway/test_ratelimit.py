@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import RateLimited
-from gateway.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter
 
 
 async def test_exactly_the_limit_is_admitted_under_concurrency(

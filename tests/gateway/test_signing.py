@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from gateway.signing import SignatureError, SignatureExpired, UrlSigner, url_path
+from gateway.security.signing import SignatureError, SignatureExpired, UrlSigner, url_path
 
 NOW = 1_800_000_000.0
 

@@ -19,7 +19,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import make_bytes
+from devkit.fakes.n8n import make_bytes
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from tests.conftest import (

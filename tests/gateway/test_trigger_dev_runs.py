@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
-from adapters.fake_trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
+from devkit.fakes.trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from store.consumer import StoreConsumer
 from tests.conftest import (
     ADMIN,

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import create_app
-from gateway.app_keys import HTTP_SESSION
-from gateway.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from gateway.server import GatewayServer
+from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gateway.http.app import create_app
+from gateway.http.keys import HTTP_SESSION
+from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 from store.migrate import migrate_url
 from tests.conftest import ADMIN

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from gateway.embedded import EmbeddedRedis, stop_process
+from devkit.embedded import EmbeddedRedis, stop_process
 from tests.conftest import Backends
 from tests.e2e.support import Processes, process_env
 from tests.resilience.conftest import LiveFactory

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import RECEIVED
-from gateway.apikeys import hash_key
-from gateway.app_keys import REDIS
+from devkit.fakes.n8n import RECEIVED
+from gateway.http.keys import REDIS
+from gateway.security.apikeys import hash_key
 from store.consumer import StoreConsumer
 from tests.conftest import ADMIN, ADMIN_TOKEN
 from tests.resilience.conftest import Live, LiveFactory

@@ -15,14 +15,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway import downloads, schemas
 from gateway.errors import BadRequest
-from gateway.execute import resolve_selected_outputs
-from gateway.handlers.execute import _attachment
-from gateway.input_format import InputField, InputProblems, coerce_input
-from gateway.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs
-from gateway.runs import RunService
+from gateway.execute.input_format import InputField, InputProblems, coerce_input
+from gateway.execute.service import resolve_selected_outputs
+from gateway.http import schemas
+from gateway.http.handlers.execute import _attachment
+from gateway.runs import filenames
+from gateway.runs.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs
+from gateway.runs.service import RunService
 from gateway.settings import Settings
+from gateway.validation import load
 from store.models import Agent
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
@@ -245,7 +247,7 @@ def test_any_timeout_ms_is_refused_or_capped_by_the_agent_and_the_ceiling(
         background=None,  # type: ignore[arg-type]
         tokens=None,  # type: ignore[arg-type]
     )
-    body = _refusal(BadRequest, schemas.load, schemas.TriggerBody(), {"timeoutMs": timeout_ms})
+    body = _refusal(BadRequest, load, schemas.TriggerBody(), {"timeoutMs": timeout_ms})
     if isinstance(body, BadRequest):
         assert "timeoutMs" in body.extra["details"]
         return
@@ -271,14 +273,14 @@ _SAFE_DISPOSITION = re.compile(r'attachment; filename="([A-Za-z0-9_][A-Za-z0-9._
 def test_a_synthesized_content_disposition_is_always_a_safe_quoted_name(
     agent_name: str, run_id: int, content_type: str
 ) -> None:
-    filename = downloads.derive_filename(agent_name, run_id, content_type)
-    header = downloads.synthesized_disposition(filename)
+    filename = filenames.derive_filename(agent_name, run_id, content_type)
+    header = filenames.synthesized_disposition(filename)
 
     match = _SAFE_DISPOSITION.fullmatch(header)
     assert match, header
     assert f"-run-{run_id}" in match.group(1)
     # What a client reads back is exactly the name, with no folder in it.
-    assert downloads.filename_from_disposition(header) == match.group(1)
+    assert filenames.filename_from_disposition(header) == match.group(1)
 
 
 @PROPERTY
@@ -287,7 +289,7 @@ def test_a_synthesized_content_disposition_is_always_a_safe_quoted_name(
 @example("a/../../b")
 @example("C:\\Windows\\system.ini")
 def test_a_sanitised_file_name_has_no_path_quote_or_control_character(name: str) -> None:
-    safe = downloads.safe_filename(name)
+    safe = filenames.safe_filename(name)
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", safe), safe
 
 
@@ -316,4 +318,4 @@ def _has_surrogate(text: str) -> bool:
 
 @pytest.mark.parametrize("value", ["attachment", 'attachment; filename=""', "inline; x=y"])
 def test_a_disposition_without_a_name_is_answered_with_a_derived_one(value: str) -> None:
-    assert downloads.filename_from_disposition(value) is None
+    assert filenames.filename_from_disposition(value) is None

@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.fake_runtime import make_bytes
-from gateway.embedded import EmbeddedPostgres
-from gateway.middleware import errors_to_json, request_context
+from devkit.embedded import EmbeddedPostgres
+from devkit.fakes.n8n import make_bytes
+from gateway.http.middleware import errors_to_json, request_context
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.pool import create_pool

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from gateway.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter
 from store.consumer import StoreConsumer
 from tests.conftest import Backends
 from tests.e2e.support import Processes, process_env, wait_until_ready

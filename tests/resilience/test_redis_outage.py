@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from adapters.fake_runtime import CALLBACKS_SENT
-from gateway.embedded import EmbeddedRedis, free_port
+from devkit.embedded import EmbeddedRedis, free_port
+from devkit.fakes.n8n import CALLBACKS_SENT
 from store.consumer import StoreConsumer
 from tests.resilience.conftest import Caller, Live, LiveFactory
 from tests.resilience.test_consumer_dies import metric_sum

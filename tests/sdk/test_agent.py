@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.fake_runtime import CALLBACKS_SENT, make_bytes
+from devkit.fakes.n8n import CALLBACKS_SENT, make_bytes
 from sdk import (
     UNSET,
     GatewayError,

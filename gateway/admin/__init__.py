@@ -1,0 +1,1 @@
+"""Operator actions on organisations, keys, users, agents and credentials."""

@@ -1,0 +1,139 @@
+"""The admin API's bodies: organisations, users and agents with their runtimes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
+
+from gateway.execute.input_format import InputFormatError, parse_input_format
+from gateway.validation import NAME, JsonObject, StorableBody
+
+
+class OrgBody(StorableBody):
+    """``POST /admin/orgs``."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = NAME
+
+
+class UserBody(StorableBody):
+    """``POST /admin/orgs/{orgId}/users``."""
+
+    class Meta:
+        unknown = RAISE
+
+    email = fields.Email(required=True)
+
+
+class RuntimeConfig(Schema):
+    """An agent's runtime: ``n8n`` (a webhook) or ``trigger.dev`` (a task)."""
+
+    class Meta:
+        unknown = RAISE
+
+    kind = fields.String(required=True, validate=validate.OneOf(["n8n", "trigger.dev"]))
+    webhook_url = fields.String()
+    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    api_url = fields.String()
+    task_id = fields.String(validate=validate.Length(min=1, max=512))
+    secret_key = fields.String(validate=validate.Length(min=1, max=1024))
+
+    @validates("webhook_url")
+    def _webhook(self, value: str, **_: Any) -> None:
+        _http_url(value)
+
+    @validates("headers")
+    def _headers(self, value: dict[str, str], **_: Any) -> None:
+        # Sent on every invocation: a CR or LF would split the request (header injection).
+        for name, header_value in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValidationError(f"Header name {name[:100]!r} is not an HTTP token.")
+            if not _HEADER_VALUE.fullmatch(header_value):
+                raise ValidationError(
+                    f"Header {name!r} has a control character (CR, LF or NUL) in its value."
+                )
+
+    @validates("api_url")
+    def _api(self, value: str, **_: Any) -> None:
+        _http_url(value)
+
+    @validates_schema
+    def _fields_of_kind(self, data: dict[str, Any], **_: Any) -> None:
+        # Required even in a PATCH: a runtime given is a whole runtime.
+        if "kind" not in data:
+            raise ValidationError({"kind": ["Missing data for required field."]})
+        needed = ["webhook_url"] if data["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
+        missing = [n for n in needed if n not in data]
+        if missing:
+            raise ValidationError({n: ["Missing data for required field."] for n in missing})
+
+
+# RFC 9110: a field name is a token; a value is visible characters, spaces and tabs.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]{0,8192}")
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError("Must be an http(s) URL.")
+
+
+class BlockBody(Schema):
+    """A block of an agent's workflow that streams: an n8n node's id and name."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class AgentBody(StorableBody):
+    """``POST /admin/orgs/{orgId}/agents`` and, partially, ``PATCH /admin/agents/{id}``."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = NAME
+    managed_by = fields.String(validate=validate.OneOf(["platform", "standalone"]))
+    status = fields.String(validate=validate.OneOf(["active", "paused", "archived"]))
+    allow_external_triggers = fields.Boolean(truthy={True}, falsy={False})
+    output_kind = fields.String(validate=validate.OneOf(["json", "file_download", "stream"]))
+    runtime = fields.Nested(RuntimeConfig, required=True)
+    default_input = JsonObject()
+    input_format = fields.Raw(allow_none=True)
+    running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
+    blocks = fields.List(fields.Nested(BlockBody), validate=validate.Length(max=100))
+
+    @validates("input_format")
+    def _input_format(self, value: Any, **_: Any) -> None:
+        try:
+            parse_input_format(value)
+        except InputFormatError as exc:
+            raise ValidationError(str(exc)) from None
+
+    @validates("blocks")
+    def _blocks(self, value: list[dict[str, Any]], **_: Any) -> None:
+        # marshmallow calls this with what deserialized even when an entry did not: that
+        # entry's own error is reported already.
+        if not all("id" in b and "name" in b for b in value):
+            return
+        # selectedOutputs name blocks case-insensitively, spaces ignored: two blocks must not
+        # look alike that way (nor share an id).
+        keys = ["".join(b["name"].split()).lower() for b in value]
+        if len(set(keys)) != len(keys) or len({b["id"] for b in value}) != len(value):
+            raise ValidationError("Block ids and names (ignoring case and spaces) must be unique.")

@@ -1,0 +1,261 @@
+"""The application factory: pools and clients live in ``cleanup_ctx``, routes in handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from adapters.base import RuntimeAdapter
+from adapters.n8n import N8nAdapter
+from adapters.trigger_dev import TriggerDevAdapter
+from gateway.admin.service import AdminService
+from gateway.background import BackgroundTasks
+from gateway.execute.input_files import FileService
+from gateway.execute.service import ExecuteService
+from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
+from gateway.http.handlers.v0 import create_v0_app
+from gateway.http.keys import (
+    ADMIN_SERVICE,
+    BACKGROUND,
+    BLOB_STORE,
+    CALLBACK_SERVICE,
+    CREDENTIAL_SERVICE,
+    DB_POOL,
+    EXECUTE_SERVICE,
+    EXTERNAL_RUN_SERVICE,
+    FILE_SERVICE,
+    HTTP_SESSION,
+    KEY_GUARD,
+    LIFECYCLE,
+    METRICS,
+    PACKAGE_SERVICE,
+    PUBLISHER,
+    RATE_LIMITER,
+    REDIS,
+    RUN_SERVICE,
+    RUN_WAITERS,
+    SETTINGS,
+    TRIGGER_SERVICE,
+)
+from gateway.http.middleware import (
+    errors_to_json,
+    guard_keys,
+    observe_requests,
+    on_prepare,
+    request_context,
+)
+from gateway.ops.drain import Lifecycle
+from gateway.ops.metrics import GatewayMetrics
+from gateway.packages.archive import Archiver
+from gateway.packages.service import PackageService
+from gateway.runs.callbacks import CallbackService
+from gateway.runs.external import ExternalRunService
+from gateway.runs.follower import RunFollower
+from gateway.runs.service import RunService
+from gateway.runs.triggers import TriggerService
+from gateway.runs.waits import RunWaiters
+from gateway.security.credentials import CredentialService
+from gateway.security.key_guard import KeyGuard
+from gateway.security.ratelimit import RateLimiter
+from gateway.security.signing import UrlSigner
+from gateway.security.tokens import CredentialsTokens
+from gateway.settings import Settings
+from gateway.storage.blobs import open_blob_store
+from store.events import EventPublisher, terminal_channel
+from store.pool import create_pool
+
+_BACKGROUND_DRAIN_S = 5.0
+# Redis connections per replica, and how long a request may wait for one of them.
+_REDIS_CONNECTIONS = 100
+_REDIS_CONNECTION_WAIT_S = 5.0
+# A poll in hand when the gateway stops is given this long to finish and be recorded.
+_FOLLOWER_STOP_S = 5.0
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    pool = await create_pool(app[SETTINGS].database_url)
+    app[DB_POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    # A burst of requests waits for a free connection: redis-py's default pool answers "Too
+    # many connections" past 100 at once, and a rate limiter that cannot ask Redis fails open.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        app[SETTINGS].redis_url,
+        max_connections=_REDIS_CONNECTIONS,
+        timeout=_REDIS_CONNECTION_WAIT_S,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+    )
+    client = aioredis.Redis.from_pool(pool)
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = aiohttp.ClientSession(
+        # Bytes pass through untouched: never decompress, never ask for compression ourselves.
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
+        read_bufsize=settings.stream_read_buffer,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+    )
+    app[HTTP_SESSION] = session
+    yield
+    await session.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = app[HTTP_SESSION]
+    metrics = app[METRICS]
+    background = BackgroundTasks()
+    publisher = EventPublisher(
+        app[REDIS], app[DB_POOL], settings.events_stream, observe=metrics.observe_event
+    )
+    adapters: dict[str, RuntimeAdapter] = metrics.metered_adapters(
+        {
+            N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
+            TriggerDevAdapter.kind: TriggerDevAdapter(
+                session, max_result_bytes=settings.max_result_body
+            ),
+        }
+    )
+    tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
+    runs = RunService(
+        settings=settings,
+        pool=app[DB_POOL],
+        publisher=publisher,
+        adapters=adapters,
+        background=background,
+        tokens=tokens,
+    )
+    waiters = RunWaiters(
+        app[REDIS],
+        app[DB_POOL],
+        channel=terminal_channel(settings.events_stream),
+        recheck_s=settings.wait_recheck_s,
+    )
+    follower = RunFollower(
+        app[DB_POOL],
+        runs,
+        adapters,
+        tick_s=settings.follow_tick_s,
+        lease_s=settings.follow_lease_s,
+    )
+    app[BACKGROUND] = background
+    app[PUBLISHER] = publisher
+    app[RATE_LIMITER] = RateLimiter(
+        app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
+    )
+    app[KEY_GUARD] = KeyGuard(
+        # Failed attempts are counted only while Redis answers: an outage never locks callers out.
+        RateLimiter(app[REDIS], fail_open=True, observe=metrics.observe_rate_limit),
+        limit=settings.auth_failure_limit,
+        window_s=settings.auth_failure_window_s,
+        trusted_proxies=settings.trusted_proxies,
+    )
+    app[RUN_SERVICE] = runs
+    app[TRIGGER_SERVICE] = TriggerService(
+        pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
+    )
+    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
+    app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
+    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings, tokens)
+    app[RUN_WAITERS] = waiters
+    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
+    listening = asyncio.create_task(waiters.listen(), name="run-waiters")
+    following = asyncio.create_task(follower.run(), name="run-follower")
+    yield
+    follower.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(following), _FOLLOWER_STOP_S)
+    following.cancel()
+    await follower.release()
+    # Failures recorded on behalf of callers who left must reach the store before pools close;
+    # each is one XADD, so a short bound suffices after the in-flight grace period.
+    await background.drain(bound_s=_BACKGROUND_DRAIN_S)
+    # Nobody waits any more once requests and background work are done.
+    listening.cancel()
+    await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)
+
+
+async def _execute(app: web.Application) -> AsyncIterator[None]:
+    """The blob store and what workflow execute builds on it (seed 004)."""
+    settings = app[SETTINGS]
+    async with open_blob_store(settings) as blobs:
+        app[BLOB_STORE] = blobs
+        files = FileService(
+            app[DB_POOL],
+            blobs,
+            UrlSigner(settings.secret_key, purpose="input-files"),
+            public_base_url=settings.public_base_url,
+            url_ttl_s=settings.file_url_ttl_s,
+        )
+        app[FILE_SERVICE] = files
+        app[EXECUTE_SERVICE] = ExecuteService(
+            settings=settings,
+            pool=app[DB_POOL],
+            runs=app[RUN_SERVICE],
+            triggers=app[TRIGGER_SERVICE],
+            waiters=app[RUN_WAITERS],
+            files=files,
+            background=app[BACKGROUND],
+        )
+        yield
+
+
+async def _packages(app: web.Application) -> AsyncIterator[None]:
+    """Job download packages (seed 003): ZIPs streamed from the blob store."""
+    settings = app[SETTINGS]
+    archiver = Archiver(read_timeout_s=settings.stream_idle_timeout_s)
+    app[PACKAGE_SERVICE] = PackageService(
+        app[DB_POOL],
+        app[BLOB_STORE],
+        UrlSigner(settings.secret_key, purpose="job-packages"),
+        archiver,
+        public_base_url=settings.public_base_url,
+        url_ttl_s=settings.package_url_ttl_s,
+    )
+    yield
+    archiver.close()
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[LIFECYCLE].draining = True
+    app[METRICS].draining.set(1)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the gateway application for ``settings``."""
+    app = web.Application(
+        middlewares=[request_context, observe_requests, errors_to_json, guard_keys],
+        client_max_size=settings.max_request_body,
+    )
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
+    app.on_shutdown.append(_start_draining)
+    # Order matters: cleanup runs in reverse, so services drain before pools close.
+    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
+    app.on_response_prepare.append(on_prepare)
+    app.router.add_routes(health.routes)
+    app.router.add_routes(agent_runs.routes)
+    app.router.add_routes(callbacks.routes)
+    app.router.add_routes(credentials.routes)
+    app.router.add_routes(admin.routes)
+    app.router.add_routes(execute.routes)
+    app.router.add_routes(docs.routes)
+    app.add_subapp("/v0", create_v0_app())
+    return app

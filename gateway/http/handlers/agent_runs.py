@@ -1,0 +1,226 @@
+"""The agent API: ``/api/agents/{agentId}/runs/...``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema
+
+from gateway.errors import BadRequest
+from gateway.http import schemas
+from gateway.http.download import send_download
+from gateway.http.keys import (
+    DB_POOL,
+    EXTERNAL_RUN_SERVICE,
+    RATE_LIMITER,
+    RUN_SERVICE,
+    SETTINGS,
+    TRIGGER_SERVICE,
+)
+from gateway.http.request_info import note_run
+from gateway.http.request_parsing import path_id, read_json_object
+from gateway.security.auth import org_for_ingest_key
+from gateway.validation import load
+from store.models import Agent
+
+routes = web.RouteTableDef()
+
+# Built once: a marshmallow schema costs more to construct than to load a body with.
+_TRIGGER_BODY = schemas.TriggerBody()
+_REGISTER_BODY = schemas.RegisterBody()
+_INGEST_BODY = schemas.IngestBody()
+
+# Runs that hand back JSON; a file agent is served by trigger-and-download only.
+_JSON_KINDS = ("json", "stream")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+async def _eligible_agent(
+    request: web.Request, *, output_kinds: tuple[str, ...]
+) -> tuple[Agent, dict[str, Any]]:
+    """Authenticate, read the trigger body and find the agent, in the order the seeds list
+    their errors: 401, then 400/404, then 403/422."""
+    app = request.app
+    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    body = load(
+        _TRIGGER_BODY,
+        await read_json_object(request, limit=app[SETTINGS].max_request_body, allow_empty=True),
+    )
+    runs = app[RUN_SERVICE]
+    agent = await runs.agent_for(org_id, path_id(request, "agentId", "Agent"))
+    note_run(request, agent_id=agent.id)
+    runs.check_eligible(agent, output_kinds=output_kinds)
+    return agent, body
+
+
+async def _take_sync_token(request: web.Request, agent: Agent) -> None:
+    """trigger-and-wait and trigger-and-download share one bucket per agent (seed 000)."""
+    settings = request.app[SETTINGS]
+    await request.app[RATE_LIMITER].enforce(
+        f"agent:{agent.id}:sync",
+        limit=settings.sync_rate_limit,
+        window_s=settings.sync_rate_window_s,
+        what="this agent",
+    )
+
+
+@routes.post("/api/agents/{agentId}/runs/trigger")
+async def trigger(request: web.Request) -> web.Response:
+    """Seed 001 ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
+    app = request.app
+    settings = app[SETTINGS]
+    agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    request_hash = _request_hash(body)
+    service = app[TRIGGER_SERVICE]
+    # A replay answers before the rate limit: it starts nothing.
+    run = await service.replay(agent, key, request_hash)
+    replayed = run is not None
+    if run is None:
+        await app[RATE_LIMITER].enforce(
+            f"agent:{agent.id}:trigger",
+            limit=settings.trigger_rate_limit,
+            window_s=settings.trigger_rate_window_s,
+            what="this agent's triggers",
+        )
+        triggered = await service.trigger(
+            agent,
+            input_data=body["input"],
+            user_id=body["userId"],
+            idempotency=None if key is None else (key, request_hash),
+        )
+        run, replayed = triggered.run, triggered.replayed
+    note_run(request, run_id=run.id)
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return web.json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
+
+
+@routes.post("/api/agents/{agentId}/runs/trigger-and-wait")
+async def trigger_and_wait(request: web.Request) -> web.Response:
+    """Seed 002: 200 with the run when it ends in the window, else 202 ``timedOut``."""
+    agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
+    await _take_sync_token(request, agent)
+    waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
+        agent, input_data=body["input"], user_id=body["userId"], timeout_ms=body["timeoutMs"]
+    )
+    run = waited.run
+    note_run(request, run_id=run.id)
+    if waited.timed_out:
+        return web.json_response(
+            {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
+            status=202,
+        )
+    return web.json_response(run.public())
+
+
+@routes.post("/api/agents/{agentId}/runs/trigger-and-download")
+async def trigger_and_download(request: web.Request) -> web.StreamResponse:
+    """Seed 000: start a run and stream the runtime's file straight through."""
+    agent, body = await _eligible_agent(request, output_kinds=("file_download",))
+    await _take_sync_token(request, agent)
+    runs = request.app[RUN_SERVICE]
+    start = await runs.start_download(
+        agent,
+        input_data=body["input"],
+        user_id=body["userId"],
+        timeout_ms=body["timeoutMs"],
+        accept_encoding=request.headers.get("Accept-Encoding"),
+    )
+    settings = request.app[SETTINGS]
+    note_run(request, run_id=start.run.id)
+    return await send_download(
+        request,
+        start,
+        runs,
+        idle_timeout_s=settings.stream_idle_timeout_s,
+        allow_splice=settings.stream_splice,
+    )
+
+
+@routes.get("/api/agents/{agentId}/runs/{runId}")
+async def get_run(request: web.Request) -> web.Response:
+    """The run row: the poll target of every trigger endpoint (the same shape as seed 002's
+    200). ``?include=input`` adds the input it ran on (an execute's names its files)."""
+    app = request.app
+    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    run = await app[RUN_SERVICE].get_run(
+        org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
+    )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
+    body = run.public()
+    if "input" in request.query.getall("include", []):
+        body["input"] = run.input
+    return web.json_response(body)
+
+
+@routes.post("/api/agents/{agentId}/runs/{runId}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    """Mark a run cancelled; a waiter sees ``cancelled``. 409 when it has already ended."""
+    app = request.app
+    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    run = await app[TRIGGER_SERVICE].cancel(
+        org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
+    )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
+    return web.json_response({"runId": run.id, "status": "cancelled"})
+
+
+async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent, dict[str, Any]]:
+    """Authenticate, read the body, find the agent and take a token from its report bucket
+    (register and ingest share one, wide enough for a busy runtime)."""
+    app = request.app
+    settings = app[SETTINGS]
+    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    body = load(schema, await read_json_object(request, limit=settings.max_result_body))
+    agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "agentId", "Agent"))
+    await app[RATE_LIMITER].enforce(
+        f"agent:{agent.id}:report",
+        limit=settings.report_rate_limit,
+        window_s=settings.report_rate_window_s,
+        what="this agent's run reports",
+    )
+    return agent, body
+
+
+@routes.post("/api/agents/{agentId}/runs/register")
+async def register_run(request: web.Request) -> web.Response:
+    """Seed 001 ``registerRun``: a run the runtime started on its own, and a credentials token.
+
+    201 the first time an ``externalRunId`` is seen; 200 with the same run (and a fresh token)
+    after that.
+    """
+    agent, body = await _reporting_agent(request, _REGISTER_BODY)
+    registration = await request.app[EXTERNAL_RUN_SERVICE].register(agent, body["externalRunId"])
+    return web.json_response(
+        {
+            "runId": registration.run.id,
+            "credentialsToken": registration.token.token,
+            "expiresInSeconds": registration.token.expires_in_s,
+        },
+        status=201 if registration.created else 200,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@routes.post("/api/agents/{agentId}/runs/ingest")
+async def ingest_run(request: web.Request) -> web.Response:
+    """Seed 001 ``ingestRun``: a standalone agent reports a run's status (upsert by
+    ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
+    agent, body = await _reporting_agent(request, _INGEST_BODY)
+    ingested = await request.app[EXTERNAL_RUN_SERVICE].ingest(agent, body)
+    return web.json_response(
+        {"runId": ingested.run.id, "status": ingested.status, "created": ingested.created},
+        status=202,
+    )
+
+
+def _request_hash(body: dict[str, Any]) -> bytes:
+    """A fingerprint of what was asked, to tell a replay from a reused key."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).digest()

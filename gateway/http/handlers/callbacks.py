@@ -1,0 +1,32 @@
+"""``POST /api/runs/{runId}/callback``: a run's runtime reports on it (seed 001)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http import schemas
+from gateway.http.keys import CALLBACK_SERVICE, SETTINGS
+from gateway.http.request_info import note_run
+from gateway.http.request_parsing import path_id, read_json_object
+from gateway.runs.callbacks import status_after
+from gateway.validation import load
+
+routes = web.RouteTableDef()
+# Built once: a marshmallow schema costs more to construct than to load a body with.
+_CALLBACK_BODY = schemas.CallbackBody()
+
+
+@routes.post("/api/runs/{runId}/callback")
+async def callback(request: web.Request) -> web.Response:
+    """``started``, ``output`` (intermediate, ``complete`` or ``failed``) and ``waiting``.
+
+    202 once the event is recorded; 409 when the run has already ended.
+    """
+    run_id = path_id(request, "runId", "Run")
+    raw = await read_json_object(request, limit=request.app[SETTINGS].max_result_body)
+    body = load(_CALLBACK_BODY, raw)
+    run = await request.app[CALLBACK_SERVICE].report(
+        run_id, request.headers.get("Authorization"), body
+    )
+    note_run(request, run_id=run.id, agent_id=run.agent_id)
+    return web.json_response({"runId": run.id, "status": status_after(body)}, status=202)

@@ -1,0 +1,53 @@
+"""Every typed ``web.AppKey`` the application stores, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.admin.service import AdminService
+from gateway.background import BackgroundTasks
+from gateway.execute.input_files import FileService
+from gateway.execute.service import ExecuteService
+from gateway.ops.drain import Lifecycle
+from gateway.ops.metrics import GatewayMetrics
+from gateway.packages.service import PackageService
+from gateway.runs.callbacks import CallbackService
+from gateway.runs.external import ExternalRunService
+from gateway.runs.service import RunService
+from gateway.runs.triggers import TriggerService
+from gateway.runs.waits import RunWaiters
+from gateway.security.credentials import CredentialService
+from gateway.security.key_guard import KeyGuard
+from gateway.security.ratelimit import RateLimiter
+from gateway.settings import Settings
+from gateway.storage.blobs import BlobStore
+from store.events import EventPublisher
+
+SETTINGS = web.AppKey("settings", Settings)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+PUBLISHER = web.AppKey("publisher", EventPublisher)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+BACKGROUND = web.AppKey("background", BackgroundTasks)
+RUN_SERVICE = web.AppKey("run_service", RunService)
+ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
+TRIGGER_SERVICE = web.AppKey("trigger_service", TriggerService)
+CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
+EXTERNAL_RUN_SERVICE = web.AppKey("external_run_service", ExternalRunService)
+CREDENTIAL_SERVICE = web.AppKey("credential_service", CredentialService)
+RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
+BLOB_STORE = web.AppKey[BlobStore]("blob_store")
+FILE_SERVICE = web.AppKey("file_service", FileService)
+EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
+KEY_GUARD = web.AppKey("key_guard", KeyGuard)
+PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+# Set once a response has sent its headers: from then on an error cannot become a response.
+PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+METRICS = web.AppKey("metrics", GatewayMetrics)

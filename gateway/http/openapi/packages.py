@@ -1,0 +1,123 @@
+"""``/v0``: job download packages (seed 003), errors as ``{"error": {"code", "message",
+"details"}}``."""
+
+from __future__ import annotations
+
+from gateway.http.openapi.components import Json, headers, json_response, param, ref
+
+TAG = {
+    "name": "job packages",
+    "description": "A job's inputs and outputs as one ZIP behind a signed URL. "
+    "`Authorization: <ingest key>` (bare; `Bearer` accepted too).",
+}
+
+SCHEMAS: dict[str, Json] = {
+    "V0Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string", "examples": ["forbidden"]},
+                    "message": {"type": "string"},
+                    "details": {"description": "Anything that helps; `null` when nothing."},
+                },
+            }
+        },
+    },
+    "PackageTicket": {
+        "type": "object",
+        "required": ["id", "status", "signed_url", "workflowId"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid", "description": "The job's package."},
+            "status": {"enum": ["pending", "ready"]},
+            "signed_url": {"type": "string", "format": "uri"},
+            "workflowId": {"type": "string"},
+        },
+    },
+}
+
+
+def _error(description: str, *header_names: str) -> Json:
+    return json_response(description, ref("V0Error"), *header_names)
+
+
+def _path_id(name: str, what: str) -> Json:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"The {what}'s id; anything but a positive integer is a 400.",
+        "schema": {"type": "string"},
+    }
+
+
+PATHS: dict[str, Json] = {
+    "/v0/workflows/{workflow_id}/jobs/{job_id}/download": {
+        "parameters": [
+            _path_id("workflow_id", "workflow (agent)"),
+            _path_id("job_id", "job (run)"),
+            param("X-Request-Id"),
+        ],
+        "put": {
+            "tags": [TAG["name"]],
+            "operationId": "createJobPackage",
+            "summary": "A job's download package and a signed URL for it",
+            "description": "The same `id` for every request about the same job, each with a "
+            "freshly signed URL (`PACKAGE_URL_TTL_S`). `pending` while the job is in flight, "
+            "`ready` once it has ended.",
+            "security": [{"v0Key": []}],
+            "responses": {
+                "200": json_response("The package.", ref("PackageTicket")),
+                "400": _error(
+                    "A malformed id (`invalid_workflow_id`, `invalid_job_id`), or a job of "
+                    "another workflow (`job_not_in_workflow`)."
+                ),
+                "401": _error("Missing or invalid API key (`unauthorized`)."),
+                "403": _error(
+                    "A workflow or job of another organisation, or none at all (`forbidden`)."
+                ),
+                "413": _error("A body over `MAX_REQUEST_BODY` (none is needed)."),
+                "503": _error("PostgreSQL or Redis cannot be reached.", "Retry-After"),
+            },
+        },
+    },
+    "/v0/packages/{package_id}.zip": {
+        "parameters": [
+            {
+                "name": "package_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+            {"name": "expires", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "signature", "in": "query", "required": False, "schema": {"type": "string"}},
+            param("X-Request-Id"),
+        ],
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "fetchJobPackage",
+            "summary": "The package's ZIP (the signed URL)",
+            "description": "Streamed: manifest.json, input.json, inputs/, output.json, outputs/.",
+            "responses": {
+                "200": {
+                    "description": "The ZIP, with `Content-Length` and a `Content-Disposition` "
+                    "naming the job.",
+                    "headers": headers(),
+                    "content": {
+                        "application/zip": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+                "403": _error(
+                    "Not signed, tampered with (`invalid_signature`) or expired "
+                    "(`signature_expired`)."
+                ),
+                "404": _error("The job no longer exists (`not_found`)."),
+                "409": _error("The job is still in flight (`package_pending`)."),
+                "503": _error("PostgreSQL or Redis cannot be reached.", "Retry-After"),
+            },
+        },
+    },
+}

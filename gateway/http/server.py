@@ -1,0 +1,125 @@
+"""Serving the gateway, and draining it gracefully on SIGTERM.
+
+The drain, in order:
+
+1. ``/readyz`` answers 503 (``process: draining``) at once, so load balancers and
+   orchestrators stop sending new work;
+2. new connections are still accepted for ``DRAIN_PRE_STOP_S`` (while they notice), then
+   the listening socket is closed and idle keep-alive connections are closed;
+3. requests in flight (downloads, held waits) get up to ``DRAIN_TIMEOUT_S`` to finish;
+4. whatever is still running is then cancelled; a cancelled download marks its run failed
+   with the reason ("Gateway shut down mid-stream ...");
+5. background work is flushed, pools and clients are closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from gateway.http.access_log import AccessLogger
+from gateway.http.keys import LIFECYCLE, METRICS
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# After the drain timeout, aiohttp gives each handler this long once more, cancels it, and
+# gives it this long again to record its end.
+CANCEL_GRACE_S = 0.5
+# After an early answer (413, 408) the rest of a body is read and dropped this long, so that
+# the caller gets to read the answer, then the connection closes (aiohttp's default is 10 s of
+# reading whatever an oversized body brings).
+LINGER_S = 2.0
+# Upper bound of the application's own cleanup after the handlers are gone (the follower's
+# stop, background work, the waiters): gateway/http/app.py bounds each of the three by 5 s.
+CLEANUP_BOUND_S = 15.0
+
+
+class GatewayServer:
+    """One gateway application on one TCP port, with the graceful drain."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self.app = app
+        self._settings = settings
+        self._runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log_class=AccessLogger,
+            # Only reached after our own wait for in-flight requests (see drain()).
+            shutdown_timeout=CANCEL_GRACE_S,
+            # Also the bound on receiving a request's headers (aiohttp closes a connection that
+            # has not sent a whole request line and headers when it expires): slowloris.
+            keepalive_timeout=settings.keepalive_timeout_s,
+            lingering_time=LINGER_S,
+        )
+        self._site: web.TCPSite | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open the pools (the application's startup) and start listening."""
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await self._site.start()
+        log.info("gateway_listening", host=self._settings.host, port=self._settings.port)
+
+    async def close(self) -> None:
+        """Close at once, without the drain (a failed start); a no-op after :meth:`drain`."""
+        if not self._closed:
+            self._closed = True
+            await self._runner.cleanup()
+
+    async def drain(self) -> None:
+        """Stop as described in the module docstring; returns once everything is closed."""
+        settings = self._settings
+        lifecycle = self.app[LIFECYCLE]
+        lifecycle.draining = True
+        self.app[METRICS].draining.set(1)
+        log.info(
+            "drain_started",
+            pre_stop_s=settings.drain_pre_stop_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            in_flight=lifecycle.in_flight,
+        )
+        if settings.drain_pre_stop_s > 0:
+            await asyncio.sleep(settings.drain_pre_stop_s)
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        server = self._runner.server
+        if server is not None:
+            # Idle keep-alive connections close now; busy ones after their current response.
+            server.pre_shutdown()
+        log.info("drain_stopped_listening", in_flight=lifecycle.in_flight)
+        if not await lifecycle.wait_idle(settings.drain_timeout_s):
+            lifecycle.cancelling = True
+            log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
+        await self.close()
+        log.info("drain_finished")
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain it."""
+    server = GatewayServer(app, settings)
+    try:
+        await server.start()
+    except BaseException:
+        await server.close()
+        raise
+    await wait_for_stop_signal()
+    await server.drain()

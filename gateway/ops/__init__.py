@@ -1,0 +1,1 @@
+"""Process wiring: serving and draining, metrics, logging, and the store consumer's HTTP side."""

@@ -1,0 +1,129 @@
+"""structlog configured for one JSON object per line, with secrets redacted at any depth."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Probes and scrapes arrive every few seconds; their access lines are DEBUG, not INFO.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+# Field names whose values are never logged, at any depth (compared lower-cased, without
+# "-" and "_").
+_SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "proxyauthorization",
+        "cookie",
+        "setcookie",
+        "apikey",
+        "xapikey",
+        "agentapikey",
+        "ingestkey",
+        "key",
+        "secret",
+        "secretkey",
+        "password",
+        "token",
+        "admintoken",
+        "credentialstoken",
+        "xcredentialstoken",
+        "credentials",
+        "data",
+        # A runtime's configured headers carry its auth (the admin API masks them too).
+        "headers",
+    }
+)
+# Secrets inside free text (exception messages, URLs): bearer tokens, our key formats,
+# Trigger.dev secret keys, and passwords in connection URLs.
+_SECRET_TEXT = re.compile(
+    r"(?i)(?P<bearer>bearer\s+)\S+"
+    r"|(?P<key>\b(?:igk|agk|tr_dev|tr_prod|tr_stg)_)[A-Za-z0-9_\-]+"
+    r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
+)
+REDACTED = "[redacted]"
+
+
+def _scrub_text(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group("bearer"):
+            return match.group("bearer") + REDACTED
+        if match.group("key"):
+            return match.group("key") + REDACTED
+        return match.group("url") + REDACTED + "@"
+
+    return _SECRET_TEXT.sub(replace, text)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if _is_secret_field(k) else _scrub(v, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+def _is_secret_field(name: object) -> bool:
+    return isinstance(name, str) and name.lower().replace("-", "").replace("_", "") in (
+        _SECRET_FIELDS
+    )
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: drop the values of secret-named fields and scrub secrets from
+    text. Defence in depth: code should not log secrets in the first place."""
+    for name, value in list(event_dict.items()):
+        if _is_secret_field(name):
+            event_dict[name] = REDACTED
+        else:
+            event_dict[name] = _scrub(value)
+    return event_dict
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stdout, for structlog and for the standard library's loggers."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)

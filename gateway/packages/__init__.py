@@ -1,0 +1,1 @@
+"""Job download packages: a job's inputs and outputs as one streamed ZIP."""

@@ -1,0 +1,1 @@
+"""Agent runs: eligibility, triggers, waits, following, callbacks, external runs and outputs."""

@@ -1,0 +1,103 @@
+"""Runtime callbacks: what a run's own code reports about it (seed 001, ``createAgentClient``).
+
+A callback is authenticated by the agent API key that the run's trigger payload carried; the
+key must belong to the run's agent. A run that has ended refuses every callback (409).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import structlog
+
+from gateway.errors import Conflict, NotFound
+from gateway.runs.outputs import json_outputs, lift_outputs
+from gateway.runs.service import MAX_ERROR_LEN, RunService
+from gateway.security.auth import agent_for_api_key
+from store import queries
+from store.events import RunEvent
+from store.models import Run
+
+log = structlog.get_logger(__name__)
+
+# The status a run moves to for each kind of callback.
+_STATUS_AFTER = {
+    "started": "running",
+    "output": "running",
+    "waiting": "waiting",
+    "completed": "completed",
+    "failed": "failed",
+}
+
+
+class CallbackService:
+    """Turns callbacks into run events."""
+
+    def __init__(self, pool: asyncpg.Pool, runs: RunService) -> None:
+        self._pool = pool
+        self._runs = runs
+
+    async def report(self, run_id: int, authorization: str | None, body: dict[str, Any]) -> Run:
+        """Record one callback (``body`` validated by ``CallbackBody``); return the run as it
+        was before it. 401 for an unknown key, 404 for a run of another agent, 409 when the
+        run has ended."""
+        agent = await agent_for_api_key(self._pool, authorization)
+        run = await queries.get_run_of_agent(self._pool, agent.id, run_id)
+        if run is None:
+            raise NotFound("Run not found")
+        event = _event(run.id, body)
+        if run.terminal or not await self._runs.publish(event):
+            current = await queries.get_run(self._pool, run.id) or run
+            log.info("callback_refused", run_id=run.id, type=event.type, status=current.status)
+            raise Conflict(
+                f"Run has already ended ({current.status}); the callback changed nothing",
+                extra={"runId": run.id, "status": current.status},
+            )
+        return run
+
+
+def status_after(body: dict[str, Any]) -> str:
+    """The status a callback moves its run to."""
+    return _STATUS_AFTER[_event_type(body)]
+
+
+def _event_type(body: dict[str, Any]) -> str:
+    if body["type"] == "output" and body["complete"]:
+        return "completed"
+    if body["type"] == "output" and body["failed"]:
+        return "failed"
+    return str(body["type"])
+
+
+def _event(run_id: int, body: dict[str, Any]) -> RunEvent:
+    kind = _event_type(body)
+    extra: dict[str, Any] = {}
+    if "output" in body:
+        extra["output_data"] = body["output"]
+    if "outputs" in body:
+        extra["outputs"] = json_outputs(body["outputs"])
+    elif kind == "completed":
+        extra["outputs"] = lift_outputs(body.get("output"))
+    if kind == "started":
+        return RunEvent(run_id, "started")
+    if kind == "waiting":
+        waiting_for = {"tokenId": body["tokenId"], "description": body.get("description")}
+        return RunEvent(run_id, "waiting", waiting_for=waiting_for, **extra)
+    if kind == "failed":
+        return RunEvent(run_id, "failed", error=failure_reason(body.get("error")), **extra)
+    return RunEvent(run_id, kind, **extra)
+
+
+def failure_reason(error: Any) -> str:
+    """The run's short failure reason from ``fail({message, name?, stack?})`` or a string."""
+    if isinstance(error, str) and error:
+        return error[:MAX_ERROR_LEN]
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        name = error.get("name")
+        if isinstance(name, str) and name and name != "Error":
+            message = f"{name}: {message}"
+        if message:
+            return message[:MAX_ERROR_LEN]
+    return "The run reported a failure without a reason"

@@ -1,0 +1,132 @@
+"""Runs the gateway did not start: registered by their runtime, or ingested from standalone
+agents (seed 001 ``registerRun`` and ``ingestRun``).
+
+Both find the run by the agent's ``externalRunId`` (unique per agent), so a repeated call
+never makes a second run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway.errors import Conflict, Unprocessable
+from gateway.runs.callbacks import failure_reason
+from gateway.runs.outputs import json_outputs, lift_outputs
+from gateway.runs.service import RunService
+from gateway.security.tokens import CredentialsTokens, IssuedToken
+from store import queries
+from store.events import RunEvent
+from store.models import Agent, Run
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registered run and a fresh credentials token for it."""
+
+    run: Run
+    created: bool
+    token: IssuedToken
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """An ingested report: the run it landed on and the status it moves the run to."""
+
+    run: Run
+    created: bool
+    status: str
+
+
+class ExternalRunService:
+    """Registers externally triggered runs and ingests standalone agents' reports."""
+
+    def __init__(self, pool: asyncpg.Pool, runs: RunService, tokens: CredentialsTokens) -> None:
+        self._pool = pool
+        self._runs = runs
+        self._tokens = tokens
+
+    async def register(self, agent: Agent, external_run_id: str) -> Registration:
+        """The run for ``external_run_id`` (created ``running`` on first sight), with a new token.
+
+        Only for platform-managed, active agents: a standalone agent reports through ingest.
+        """
+        problems = []
+        if agent.managed_by != "platform":
+            problems.append(
+                f"managed_by is '{agent.managed_by}', not 'platform' (standalone agents use ingest)"
+            )
+        if agent.status != "active":
+            problems.append(f"status is '{agent.status}', not 'active'")
+        if problems:
+            raise Unprocessable("Agent cannot register runs: " + "; ".join(problems))
+        run, created = await queries.register_external_run(
+            self._pool,
+            agent=agent,
+            external_run_id=external_run_id,
+            status="running",
+            deadline=_deadline(agent),
+            trigger_kind="external",
+        )
+        token = self._tokens.issue(run.id, at_least_s=run.seconds_to_deadline())
+        return Registration(run, created, token)
+
+    async def ingest(self, agent: Agent, body: dict[str, Any]) -> Ingested:
+        """Upsert the run for ``body['externalRunId']`` and record its reported status.
+
+        ``body`` is validated by ``IngestBody``. 422 for an agent that is not standalone; 409
+        once the run has ended (the terminal guard: a run never changes after its end).
+        """
+        if agent.managed_by != "standalone":
+            raise Unprocessable(
+                f"Agent is not eligible for ingest: managed_by is '{agent.managed_by}', not "
+                "'standalone' (platform-managed runs report through their callback URL)"
+            )
+        status = body["status"]
+        run, created = await queries.register_external_run(
+            self._pool,
+            agent=agent,
+            external_run_id=body["externalRunId"],
+            status="queued",
+            deadline=_deadline(agent),
+            trigger_kind="ingest",
+        )
+        event = _event(run.id, body)
+        if run.terminal or (event is not None and not await self._runs.publish(event)):
+            current = await queries.get_run(self._pool, run.id) or run
+            raise Conflict(
+                f"Run has already ended ({current.status}); the report changed nothing",
+                extra={"runId": run.id, "status": current.status},
+            )
+        if event is None:
+            # 'queued' only names a run that has not started: it never moves one back.
+            status = run.status
+        return Ingested(run, created, status)
+
+
+def _deadline(agent: Agent) -> dt.datetime:
+    """When the reaper may fail the run if nobody has ended it."""
+    return dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=agent.running_timeout_ms)
+
+
+def _event(run_id: int, body: dict[str, Any]) -> RunEvent | None:
+    """The event a reported status becomes; ``None`` for ``queued`` (nothing to record)."""
+    status = body["status"]
+    extra: dict[str, Any] = {}
+    if "output" in body:
+        extra["output_data"] = body["output"]
+    if status == "queued":
+        return None
+    if status == "running":
+        return RunEvent(run_id, "output" if extra else "started", **extra)
+    if status == "completed":
+        outputs = (
+            json_outputs(body["outputs"]) if "outputs" in body else lift_outputs(body.get("output"))
+        )
+        return RunEvent(run_id, "completed", outputs=outputs, **extra)
+    if status == "failed":
+        return RunEvent(run_id, "failed", error=failure_reason(body.get("error")), **extra)
+    return RunEvent(run_id, status, **extra)

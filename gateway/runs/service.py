@@ -1,0 +1,473 @@
+"""The run service: eligibility, run creation, runtime invocation and run transitions.
+
+Domain code: it speaks in agents, runs and events, and knows nothing of ``aiohttp.web``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Collection, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+import structlog
+
+from adapters.base import (
+    RunResult,
+    RuntimeAdapter,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    RuntimeUnsupported,
+    TriggerPayload,
+    read_bounded,
+)
+from gateway.background import BackgroundTasks
+from gateway.errors import (
+    ApiError,
+    BadGateway,
+    Forbidden,
+    GatewayTimeout,
+    NotFound,
+    RuntimeInvocationFailed,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from gateway.runs import filenames
+from gateway.runs.outputs import header_outputs, lift_outputs
+from gateway.security.apikeys import derive_agent_api_key
+from gateway.security.tokens import CredentialsTokens
+from gateway.settings import Settings
+from store import queries
+from store.events import EventPublisher, RunEvent
+from store.jsonb import jsonb_problem, storable_text
+from store.models import Agent, Run
+
+log = structlog.get_logger(__name__)
+
+# A runtime's error body is read for the 502 message only up to this size.
+_MAX_ERROR_BODY = 64 * 1024
+# The run's error column holds a short reason.
+MAX_ERROR_LEN = 2000
+_T = TypeVar("_T")
+
+
+class _KeyTaken(Exception):
+    """The Idempotency-Key is bound to another run."""
+
+
+class IdempotentReplay(Exception):
+    """The Idempotency-Key already names a run: that run is the answer."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.id)
+        self.run = run
+
+
+@dataclass(slots=True)
+class DownloadStart:
+    """A download whose runtime answered with a file: the headers to send and the body to copy."""
+
+    run: Run
+    upstream: aiohttp.ClientResponse
+    first_chunk: bytes
+    headers: dict[str, str]
+    filename: str
+    mime_type: str
+    outputs: int | None
+
+
+class RunService:
+    """Starts runs and records what happens to them."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        publisher: EventPublisher,
+        adapters: Mapping[str, RuntimeAdapter],
+        background: BackgroundTasks,
+        tokens: CredentialsTokens,
+    ) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._pool = pool
+        self._publisher = publisher
+        self._adapters = adapters
+        self._background = background
+
+    async def agent_for(self, org_id: uuid.UUID, agent_id: int) -> Agent:
+        """The agent, if it belongs to ``org_id``; otherwise 404 (never reveal it exists)."""
+        agent = await queries.get_agent_in_org(self._pool, agent_id, org_id)
+        if agent is None:
+            raise NotFound("Agent not found")
+        return agent
+
+    def check_eligible(self, agent: Agent, *, output_kinds: Collection[str]) -> None:
+        """Raise 403/422 unless ``agent`` may be triggered from outside for this kind of run."""
+        if not agent.allow_external_triggers:
+            raise Forbidden(
+                "External triggers are disabled for this agent (allow_external_triggers is off)"
+            )
+        problems = []
+        if agent.managed_by != "platform":
+            problems.append(f"managed_by is '{agent.managed_by}', not 'platform'")
+        if agent.status != "active":
+            problems.append(f"status is '{agent.status}', not 'active'")
+        if agent.output_kind not in output_kinds:
+            if agent.output_kind == "file_download":
+                problems.append("output_kind is 'file_download': use trigger-and-download")
+            else:
+                allowed = "' or '".join(sorted(output_kinds))
+                problems.append(f"output_kind is '{agent.output_kind}', not '{allowed}'")
+        if problems:
+            raise Unprocessable("Agent is not eligible for this endpoint: " + "; ".join(problems))
+
+    def wait_window_ms(self, agent: Agent, timeout_ms: float | None) -> int:
+        """``min(timeoutMs or default, agent.running_timeout_ms, hard ceiling)``."""
+        asked = self._settings.default_wait_ms if timeout_ms is None else timeout_ms
+        return max(1, int(min(asked, agent.running_timeout_ms, self._settings.hard_ceiling_ms)))
+
+    async def get_run(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
+        """A run of one of the organisation's agents; 404 otherwise."""
+        await self.agent_for(org_id, agent_id)
+        run = await queries.get_run_of_agent(self._pool, agent_id, run_id)
+        if run is None:
+            raise NotFound("Run not found")
+        return run
+
+    async def create_run(
+        self,
+        agent: Agent,
+        *,
+        input_data: Mapping[str, Any],
+        user_id: uuid.UUID | None,
+        window_ms: int,
+        trigger_kind: str,
+        idempotency: tuple[str, bytes] | None = None,
+    ) -> Run:
+        """Insert the run row; the caller's input is merged over the agent's default input.
+
+        With ``idempotency`` (a key and the hash of the request), a key already bound to a run
+        in the last 24 h raises :class:`IdempotentReplay` with that run, and nothing is created;
+        the same key with a different request is a 422.
+        """
+        merged = {**agent.default_input, **input_data}
+        created_by = None
+        if user_id is not None and await queries.is_member(self._pool, agent.org_id, user_id):
+            created_by = user_id
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
+            milliseconds=window_ms + agent.running_timeout_ms
+        )
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                run = await queries.insert_run(
+                    conn,
+                    agent=agent,
+                    input_data=merged,
+                    created_by=created_by,
+                    deadline=deadline,
+                    trigger_kind=trigger_kind,
+                )
+                if idempotency is not None and not await queries.claim_idempotency_key(
+                    conn,
+                    agent_id=agent.id,
+                    key=idempotency[0],
+                    request_hash=idempotency[1],
+                    run_id=run.id,
+                ):
+                    raise _KeyTaken  # rolls the new run back: this call creates nothing
+            return run
+        except _KeyTaken:
+            pass
+        # Another request holds the key (maybe one that committed a moment ago).
+        assert idempotency is not None
+        key, request_hash = idempotency
+        existing = await self.idempotent_run(agent, key, request_hash)
+        if existing is None:
+            raise ServiceUnavailable(
+                "Idempotency-Key is being used by a request still in progress",
+                headers={"Retry-After": "1"},
+            )
+        raise IdempotentReplay(existing)
+
+    async def idempotent_run(self, agent: Agent, key: str, request_hash: bytes) -> Run | None:
+        """The run that ``key`` named for this agent in the last 24 h, if any.
+
+        The same key sent with a different request is refused (422): it cannot name two runs.
+        """
+        found = await queries.find_idempotent_run(self._pool, agent_id=agent.id, key=key)
+        if found is None:
+            return None
+        run_id, bound_hash = found
+        if bound_hash != request_hash:
+            raise Unprocessable(
+                "Idempotency-Key was already used with a different request body",
+                extra={"runId": run_id},
+            )
+        return await queries.get_run(self._pool, run_id)
+
+    def trigger_payload(self, agent: Agent, run: Run) -> TriggerPayload:
+        """The body a runtime receives for ``run``."""
+        created_ms = int(run.created_at.timestamp() * 1000)
+        return TriggerPayload(
+            run_id=run.id,
+            agent_id=agent.id,
+            input=run.input,
+            agent_api_key=derive_agent_api_key(self._settings.secret_key, agent.api_key_salt),
+            callback_url=f"{self._settings.public_base_url}/api/runs/{run.id}/callback",
+            # The token lasts while the run may: a long run keeps its credentials to the end.
+            credentials_token=self._tokens.issue(
+                run.id, at_least_s=run.seconds_to_deadline()
+            ).token,
+            idempotency_key=f"agent-gateway-run-{run.id}-{created_ms}",
+        )
+
+    def adapter_for(self, agent: Agent) -> RuntimeAdapter:
+        """The adapter of the agent's runtime kind; 422 when no adapter serves it."""
+        return self._adapter(agent)
+
+    def _adapter(self, agent: Agent) -> RuntimeAdapter:
+        adapter = self._adapters.get(str(agent.runtime.get("kind")))
+        if adapter is None:
+            raise Unprocessable(
+                f"Agent runtime kind {agent.runtime.get('kind')!r} is not supported"
+            )
+        return adapter
+
+    async def start_download(
+        self,
+        agent: Agent,
+        *,
+        input_data: Mapping[str, Any],
+        user_id: uuid.UUID | None,
+        timeout_ms: float | None,
+        accept_encoding: str | None,
+    ) -> DownloadStart:
+        """Create the run, invoke the runtime, and return once it has begun sending a file.
+
+        Raises 504 (no headers in the window), 500 (runtime unreachable) or 502 (the runtime
+        answered JSON, an error status or nothing); in each case the run is marked failed.
+        """
+        window_ms = self.wait_window_ms(agent, timeout_ms)
+        started = time.monotonic()
+        run = await self.create_run(
+            agent,
+            input_data=input_data,
+            user_id=user_id,
+            window_ms=window_ms,
+            trigger_kind="download",
+        )
+        payload = self.trigger_payload(agent, run)
+        await self._publisher.publish(RunEvent(run.id, "started"))
+        adapter = self._adapter(agent)
+        try:
+            upstream = await adapter.open_download(
+                agent.runtime, payload, wait_s=window_ms / 1000, accept_encoding=accept_encoding
+            )
+        except RuntimeTimeout as exc:
+            await self.fail(run.id, str(exc))
+            raise GatewayTimeout(str(exc), extra={"runId": run.id}) from None
+        except (RuntimeUnavailable, RuntimeUnsupported) as exc:
+            await self.fail(run.id, str(exc))
+            raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
+        except asyncio.CancelledError:
+            self.fail_detached(run, "Caller disconnected before the runtime answered")
+            raise
+        try:
+            first = await self._first_bytes(run, upstream, started, window_ms / 1000)
+        except BaseException:
+            upstream.close()
+            raise
+        content_type = upstream.headers.get("Content-Type")
+
+        raw_disposition = upstream.headers.get("Content-Disposition")
+        filename = filenames.filename_from_disposition(raw_disposition)
+        if filename is None:
+            filename = filenames.derive_filename(agent.name, run.id, content_type)
+            disposition = filenames.synthesized_disposition(filename)
+        else:
+            # Passed on to the caller verbatim, but recorded as PostgreSQL can hold it.
+            filename = storable_text(filename)
+            disposition = raw_disposition or ""
+        headers = {
+            "Content-Type": content_type or "application/octet-stream",
+            "Content-Disposition": disposition,
+            "X-Run-Id": str(run.id),
+            "Cache-Control": "no-store",
+        }
+        length = upstream.headers.get("Content-Length")
+        if length is not None and "chunked" not in upstream.headers.get("Transfer-Encoding", ""):
+            headers["Content-Length"] = length
+        if encoding := upstream.headers.get("Content-Encoding"):
+            headers["Content-Encoding"] = encoding
+        return DownloadStart(
+            run=run,
+            upstream=upstream,
+            first_chunk=first,
+            headers=headers,
+            filename=filename,
+            mime_type=filenames.media_type(content_type),
+            outputs=header_outputs(upstream.headers.get("X-Outputs")),
+        )
+
+    async def _first_bytes(
+        self, run: Run, upstream: aiohttp.ClientResponse, started: float, wait_s: float
+    ) -> bytes:
+        """The first chunk of a file answer; anything else fails the run and raises.
+
+        The first bytes are read before any header goes to the caller, while the status can
+        still change: a JSON answer, an error status or an empty body is no file.
+        """
+        # The rest of the window, but at least the idle bound: the runtime has answered.
+        bound_s = max(wait_s - (time.monotonic() - started), self._settings.stream_idle_timeout_s)
+        output_data: Any = None
+        try:
+            async with asyncio.timeout(bound_s):
+                if upstream.status >= 300 or filenames.is_json(
+                    upstream.headers.get("Content-Type")
+                ):
+                    message, output_data = await _describe_non_file(upstream)
+                    failure: ApiError = BadGateway(message, extra={"runId": run.id})
+                elif first := await upstream.content.readany():
+                    return first
+                else:
+                    failure = BadGateway(
+                        "RuntimeReturnedEmptyBody: the runtime answered without a file",
+                        extra={"runId": run.id},
+                    )
+        except TimeoutError:
+            failure = GatewayTimeout(
+                "Runtime did not respond within the wait window", extra={"runId": run.id}
+            )
+        except aiohttp.ClientError as exc:
+            failure = BadGateway(
+                f"Runtime response broke before the first byte: {exc!r}", extra={"runId": run.id}
+            )
+        except asyncio.CancelledError:
+            self.fail_detached(run, "Caller disconnected before the runtime answered")
+            raise
+        await self.fail(run.id, failure.message, output_data=output_data)
+        raise failure
+
+    async def finish_download(self, start: DownloadStart, size_bytes: int) -> None:
+        """Record a download that was sent whole: metadata only, never the bytes."""
+        await self.publish(
+            RunEvent(
+                start.run.id,
+                "completed",
+                output_data={
+                    "kind": "file_download",
+                    "filename": start.filename,
+                    "mimeType": start.mime_type,
+                    "sizeBytes": size_bytes,
+                },
+                outputs=start.outputs,
+            )
+        )
+
+    async def publish(self, event: RunEvent) -> bool:
+        """Record a transition; ``False`` when the run had already ended.
+
+        An output PostgreSQL could not store is refused here and the run fails with the
+        reason, rather than leaving an event the store can never apply.
+        """
+        event = _with_storable_text(event)
+        if event.has_output and (problem := jsonb_problem(event.output_data)):
+            log.warning("run_output_refused", run_id=event.run_id, problem=problem)
+            event = RunEvent(
+                event.run_id,
+                "failed",
+                at=event.at,
+                error=f"OutputNotStorable: the output {problem}",
+                duration_ms=event.duration_ms,
+            )
+        return await self._publisher.publish(event)
+
+    async def was_cancelled(self, run_id: int) -> bool:
+        """Whether the run was cancelled: its end claimed as such, or its row saying so."""
+        if await self._publisher.claimed_end(run_id) == "cancelled":
+            return True
+        run = await queries.get_run(self._pool, run_id)
+        return run is not None and run.status == "cancelled"
+
+    async def record_result(self, run_id: int, result: RunResult) -> bool:
+        """Record what the runtime says about a run; ``False`` when the run had ended.
+
+        A run's ``duration_ms`` is from its start to this end, as the store computes it.
+        """
+        output: dict[str, Any] = {"output_data": result.output} if result.has_output else {}
+        if result.status == "completed":
+            event = RunEvent(
+                run_id,
+                "completed",
+                outputs=lift_outputs(result.output),
+                **output,
+            )
+        elif result.status == "failed":
+            reason = result.error or "The runtime reported the run failed"
+            log.info("run_failed", run_id=run_id, reason=reason[:300])
+            event = RunEvent(run_id, "failed", error=reason[:MAX_ERROR_LEN], **output)
+        elif result.status == "cancelled":
+            event = RunEvent(run_id, "cancelled", **output)
+        elif result.status == "waiting":
+            event = RunEvent(run_id, "waiting", **output)
+        else:
+            event = RunEvent(run_id, "started")
+        return await self.publish(event)
+
+    async def fail(self, run_id: int, reason: str, *, output_data: Any = None) -> bool:
+        """Record that a run failed, with ``reason``; ``False`` when it had already ended."""
+        result = RunResult(
+            "failed", output=output_data, has_output=output_data is not None, error=reason
+        )
+        return await self.record_result(run_id, result)
+
+    def fail_detached(self, run: Run, reason: str) -> None:
+        """Record a failure from a task that is being cancelled (the caller left)."""
+        self._background.spawn(self.fail(run.id, reason), name=f"fail-run-{run.id}")
+
+    async def record_surely(self, record: Coroutine[Any, Any, _T], *, name: str) -> _T:
+        """Await ``record`` (a run's end, recorded once its response is out) so that it
+        completes even if the request is cancelled meanwhile: a caller that hangs up the
+        moment its last byte arrives cancels the handler, and the run must still end. It
+        runs as background work (waited for on shutdown)."""
+        return await asyncio.shield(self._background.spawn(record, name=name))
+
+
+def _with_storable_text(event: RunEvent) -> RunEvent:
+    """``event`` with the free text a runtime or caller wrote (a failure reason, what a run
+    waits for) made storable: a NUL there would stop the store consumer from applying it."""
+    error = None if event.error is None else storable_text(event.error)
+    waiting_for = event.waiting_for
+    if waiting_for is not None:
+        waiting_for = {
+            key: storable_text(value) if isinstance(value, str) else value
+            for key, value in waiting_for.items()
+        }
+    if error == event.error and waiting_for == event.waiting_for:
+        return event
+    return dataclasses.replace(event, error=error, waiting_for=waiting_for)
+
+
+async def _describe_non_file(upstream: aiohttp.ClientResponse) -> tuple[str, Any]:
+    """The failure message for a runtime that answered something other than a file, and the
+    JSON it sent (``None`` when there was none)."""
+    raw = await read_bounded(upstream.content, _MAX_ERROR_BODY)
+    parsed: Any = None
+    try:
+        parsed = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        parsed = None
+    if parsed is not None:
+        return "WorkflowReturnedJson: " + json.dumps(parsed, ensure_ascii=False), parsed
+    if filenames.is_json(upstream.headers.get("Content-Type")):
+        return f"WorkflowReturnedInvalidJson: HTTP {upstream.status}", None
+    return f"RuntimeHttpError: HTTP {upstream.status} {upstream.reason or ''}".rstrip(), None

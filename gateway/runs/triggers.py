@@ -1,0 +1,317 @@
+"""Runs that report back: ``trigger`` (async), ``trigger-and-wait`` and ``cancel``.
+
+Domain code: no ``aiohttp.web`` here. How a runtime reports a run's end differs (an n8n
+webhook answers with the result or calls back later, a Trigger.dev task is followed by
+polling); the response shapes and timeout rules are the same for every runtime (seed 002).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from adapters.base import (
+    Invocation,
+    RuntimeAdapter,
+    RuntimeFailure,
+    RuntimeTimeout,
+    TriggerPayload,
+)
+from gateway.background import BackgroundTasks
+from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
+from gateway.runs.follower import FIRST_POLL_S
+from gateway.runs.service import IdempotentReplay, RunService
+from gateway.runs.waits import RunWaiters
+from store import queries
+from store.events import RunEvent
+from store.models import Agent, Run
+
+log = structlog.get_logger(__name__)
+
+WINDOW_ELAPSED = "Runtime did not respond within the wait window"
+RUNNING_TIMEOUT = "Runtime did not respond within the agent's running timeout"
+# After a run's end has been claimed elsewhere, how long a request that lost the race waits
+# for the store to show that end before answering with what it sees.
+_SETTLE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """A run started by ``trigger``; ``replayed`` when an Idempotency-Key named it."""
+
+    run: Run
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """The outcome of ``trigger-and-wait``: the run, terminal unless ``timed_out``."""
+
+    run: Run
+    timed_out: bool
+
+
+class TriggerService:
+    """Starts runs whose results come back later, and waits for them when asked to."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        runs: RunService,
+        waiters: RunWaiters,
+        background: BackgroundTasks,
+    ) -> None:
+        self._pool = pool
+        self._runs = runs
+        self._waiters = waiters
+        self._background = background
+
+    async def replay(self, agent: Agent, key: str | None, request_hash: bytes) -> Run | None:
+        """The run an Idempotency-Key already names for this agent, if any."""
+        if key is None:
+            return None
+        return await self._runs.idempotent_run(agent, key, request_hash)
+
+    async def trigger(
+        self,
+        agent: Agent,
+        *,
+        input_data: Mapping[str, Any],
+        user_id: uuid.UUID | None,
+        idempotency: tuple[str, bytes] | None,
+    ) -> Triggered:
+        """Create the run and start it on its runtime without waiting for the result."""
+        adapter = self._runs.adapter_for(agent)
+        try:
+            run = await self._runs.create_run(
+                agent,
+                input_data=input_data,
+                user_id=user_id,
+                window_ms=0,
+                trigger_kind="trigger",
+                idempotency=idempotency,
+            )
+        except IdempotentReplay as replay:
+            return Triggered(replay.run, replayed=True)
+        self._background.spawn(self._drive(agent, adapter, run), name=f"drive-run-{run.id}")
+        return Triggered(run, replayed=False)
+
+    async def _drive(self, agent: Agent, adapter: RuntimeAdapter, run: Run) -> None:
+        """Invoke the runtime for a run nobody waits on, and record how it took it."""
+        if not adapter.followed:
+            await self._runs.publish(RunEvent(run.id, "started"))
+        payload = self._runs.trigger_payload(agent, run)
+        outcome: Invocation | RuntimeFailure
+        try:
+            outcome = await adapter.invoke(
+                agent.runtime, payload, wait_s=agent.running_timeout_ms / 1000
+            )
+        except RuntimeFailure as exc:
+            outcome = exc
+        except asyncio.CancelledError:
+            # The gateway is shutting down: the runtime's answer would be lost with this task.
+            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            raise
+        await self._record_invocation(agent, run, outcome, timeout_reason=RUNNING_TIMEOUT)
+
+    async def _record_invocation(
+        self,
+        agent: Agent,
+        run: Run,
+        outcome: Invocation | RuntimeFailure,
+        *,
+        timeout_reason: str,
+    ) -> ApiError | None:
+        """Record what an invocation came to.
+
+        Returns the error to answer with when the invocation failed and that failure became
+        the run's end (it may have ended another way first: then there is nothing to report).
+        """
+        if isinstance(outcome, RuntimeTimeout):
+            if await self._runs.fail(run.id, timeout_reason):
+                return GatewayTimeout(timeout_reason, extra={"runId": run.id})
+            return None
+        if isinstance(outcome, RuntimeFailure):
+            message = f"Runtime invocation failed: {outcome}"
+            if await self._runs.fail(run.id, message):
+                return RuntimeInvocationFailed(message, extra={"runId": run.id})
+            return None
+        if outcome.result is not None:
+            await self._runs.record_result(run.id, outcome.result)
+        elif outcome.runtime_run_id is not None:
+            await queries.start_following(
+                self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
+            )
+            # A cancel that came while the trigger call was on its way could not name the
+            # runtime's run; cancel() looks for the id after claiming the end, this looks for
+            # the claim after storing the id, so one of the two always asks the runtime.
+            if await self._runs.was_cancelled(run.id):
+                await self._cancel_on_runtime(agent, outcome.runtime_run_id)
+        return None
+
+    async def trigger_and_wait(
+        self,
+        agent: Agent,
+        *,
+        input_data: Mapping[str, Any],
+        user_id: uuid.UUID | None,
+        timeout_ms: float | None,
+    ) -> Waited:
+        """Seed 002: start the run and hold on until it ends or the wait window elapses.
+
+        Raises 504 when the runtime did not answer the invocation within the window and 500
+        when it could not be invoked at all; in both cases the run is marked failed.
+        """
+        adapter = self._runs.adapter_for(agent)
+        window_ms = self._runs.wait_window_ms(agent, timeout_ms)
+        deadline = asyncio.get_running_loop().time() + window_ms / 1000
+        run = await self._runs.create_run(
+            agent, input_data=input_data, user_id=user_id, window_ms=window_ms, trigger_kind="wait"
+        )
+        return await self.run_and_wait(agent, adapter, run, deadline=deadline)
+
+    async def run_and_wait(
+        self,
+        agent: Agent,
+        adapter: RuntimeAdapter,
+        run: Run,
+        *,
+        deadline: float,
+        payload: TriggerPayload | None = None,
+        cancel_on_leave: bool = False,
+    ) -> Waited:
+        """Invoke the runtime for a created ``run`` and hold on until it ends or ``deadline``
+        (event-loop time) passes.
+
+        ``payload`` replaces the default trigger payload. When the caller leaves, the run goes
+        on by default; with ``cancel_on_leave`` it is cancelled, and a webhook call still in
+        flight is dropped at once.
+        """
+        loop = asyncio.get_running_loop()
+        if not adapter.followed:
+            await self._runs.publish(RunEvent(run.id, "started"))
+        if payload is None:
+            payload = self._runs.trigger_payload(agent, run)
+        invoke = asyncio.ensure_future(
+            adapter.invoke(agent.runtime, payload, wait_s=max(0.001, deadline - loop.time()))
+        )
+        invoke.add_done_callback(_retrieve)
+        try:
+            ended = await self._waiters.wait(run.id, deadline=deadline, interrupt=invoke)
+            if ended is None:
+                outcome = _outcome(invoke)
+                error = await self._record_invocation(
+                    agent, run, outcome, timeout_reason=WINDOW_ELAPSED
+                )
+                if error is not None:
+                    raise error
+                # A refused failure means the run ended another way: give the store a moment.
+                settle = deadline if isinstance(outcome, Invocation) else loop.time() + _SETTLE_S
+                ended = await self._waiters.wait(run.id, deadline=settle)
+        except asyncio.CancelledError:
+            if cancel_on_leave:
+                self._background.spawn(
+                    self._leave(agent, adapter, run, invoke), name=f"leave-run-{run.id}"
+                )
+            # Otherwise the run goes on: the runtime's answer is still recorded.
+            elif not invoke.done():
+                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
+            raise
+        if not invoke.done():
+            # The run ended another way (a callback, a cancel) while the runtime was still
+            # answering. A webhook's answer can change nothing now; a Trigger.dev trigger call
+            # is let finish, so that the task it created is known and, if cancelled, cancelled.
+            if adapter.followed:
+                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
+            else:
+                invoke.cancel()
+        if ended is None:
+            ended = await self._reload(run)
+        return Waited(ended, timed_out=not ended.terminal)
+
+    async def _leave(
+        self,
+        agent: Agent,
+        adapter: RuntimeAdapter,
+        run: Run,
+        invoke: asyncio.Future[Invocation],
+    ) -> None:
+        """The caller left a run it asked to cancel then: cancel it, and stop its runtime."""
+        if not adapter.followed:
+            invoke.cancel()
+        await self._runs.publish(
+            RunEvent(run.id, "cancelled", error="Caller disconnected before the run ended")
+        )
+        if adapter.followed:
+            # The trigger call is let finish so the task it created can be cancelled too
+            # (_record_invocation sees the cancel and asks the runtime).
+            await self._adopt(agent, run, invoke)
+
+    async def _adopt(self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation]) -> None:
+        try:
+            await asyncio.wait([invoke])
+        except asyncio.CancelledError:
+            # The gateway is stopping before the runtime answered: the answer would be lost.
+            invoke.cancel()
+            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            raise
+        await self._record_invocation(agent, run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
+
+    async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
+        """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""
+        run = await self._runs.get_run(org_id, agent_id, run_id)
+        if run.terminal or not await self._runs.publish(RunEvent(run.id, "cancelled")):
+            current = await self._reload(run)
+            raise Conflict(
+                f"Run has already ended ({current.status})",
+                extra={"runId": run.id, "status": current.status},
+            )
+        # Read after the end is claimed: an id stored later is seen by _record_invocation.
+        runtime_run_id = (await self._reload(run)).runtime_run_id
+        if runtime_run_id is not None:
+            await queries.stop_following(self._pool, run.id)
+            agent = await self._runs.agent_for(org_id, agent_id)
+            self._background.spawn(
+                self._cancel_on_runtime(agent, runtime_run_id), name=f"cancel-run-{run.id}"
+            )
+        log.info("run_cancelled", run_id=run.id, agent_id=agent_id)
+        return run
+
+    async def _reload(self, run: Run) -> Run:
+        current = await queries.get_run(self._pool, run.id)
+        return current if current is not None else run
+
+    async def _cancel_on_runtime(self, agent: Agent, runtime_run_id: str) -> None:
+        try:
+            await self._runs.adapter_for(agent).cancel(agent.runtime, runtime_run_id)
+        except RuntimeFailure as exc:
+            log.warning("runtime_cancel_failed", agent_id=agent.id, error=str(exc))
+
+
+def _outcome(invoke: asyncio.Future[Invocation]) -> Invocation | RuntimeFailure:
+    """What a finished invocation came to; one still running when the window elapsed is
+    stopped and counts as a timeout."""
+    if not invoke.done():
+        invoke.cancel()
+        return RuntimeTimeout(WINDOW_ELAPSED)
+    if invoke.cancelled():
+        return RuntimeTimeout(WINDOW_ELAPSED)
+    exc = invoke.exception()
+    if exc is None:
+        return invoke.result()
+    if isinstance(exc, RuntimeFailure):
+        return exc
+    raise exc
+
+
+def _retrieve(invoke: asyncio.Future[Invocation]) -> None:
+    """Mark an invocation's failure as seen: once the run ended another way, nobody reads it."""
+    if not invoke.cancelled():
+        invoke.exception()

@@ -1,0 +1,1 @@
+"""Who may call: keys, authentication, brute-force guard, rate limits, signed URLs, credentials."""

@@ -1,0 +1,161 @@
+"""Credentials: stored sealed, resolved only for a run that holds a valid credentials token.
+
+``GET /api/credentials/{id}/resolve`` answers a credential's data when all of these hold:
+the agent API key names an agent (else 401); ``X-Credentials-Token`` is a token this gateway
+issued and has not expired (else 401); the token's run is a run of that agent (else 403) and
+has not ended (else 403); the credential exists in the agent's organisation (else 404, as for
+anything of another organisation). Every refusal leaves a ``credential_resolve_refused`` log
+line with the reason and the ids involved, never a key, a token or the data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from marshmallow import RAISE, fields, validate
+
+from gateway.errors import ApiError, Forbidden, NotFound, Unauthorized
+from gateway.security.auth import agent_for_api_key
+from gateway.security.cipher import CredentialCipher, CredentialUnreadable
+from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvalid
+from gateway.settings import Settings
+from gateway.validation import NAME, JsonObject, StorableBody, load
+from store import queries
+
+log = structlog.get_logger(__name__)
+
+_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
+
+
+class CredentialBody(StorableBody):
+    """``POST /admin/orgs/{orgId}/credentials``: the data is any JSON object, sealed at rest."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = NAME
+    type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    data = JsonObject(required=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedCredential:
+    """A credential opened for one run."""
+
+    id: uuid.UUID
+    name: str
+    type: str
+    data: Any
+
+    def public(self) -> dict[str, Any]:
+        """The JSON a runtime receives."""
+        return {"id": str(self.id), "name": self.name, "type": self.type, "data": self.data}
+
+
+class CredentialService:
+    """Creates credentials (sealed) and resolves them for runs."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, cipher: CredentialCipher, tokens: CredentialsTokens
+    ) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._tokens = tokens
+
+    @classmethod
+    def for_settings(
+        cls, pool: asyncpg.Pool, settings: Settings, tokens: CredentialsTokens | None = None
+    ) -> CredentialService:
+        """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` when given)."""
+        if tokens is None:
+            tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
+        return cls(pool, CredentialCipher(settings.secret_key), tokens)
+
+    async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
+        """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
+        if not await queries.org_exists(self._pool, org_id):
+            raise NotFound("Organisation not found")
+        data = load(CredentialBody(), body)
+        credential_id = uuid.uuid4()
+        await queries.create_credential(
+            self._pool,
+            credential_id=credential_id,
+            org_id=org_id,
+            name=data["name"],
+            type_=data["type"],
+            sealed_data=self._cipher.seal(credential_id, org_id, data["data"]),
+        )
+        return {"id": str(credential_id), "name": data["name"], "type": data["type"]}
+
+    async def resolve(
+        self, raw_id: str, *, authorization: str | None, credentials_token: str | None
+    ) -> ResolvedCredential:
+        """The credential ``raw_id`` for the run ``credentials_token`` names; see the module."""
+        raw_id = raw_id[:64]  # it is logged: a path segment can hold anything
+        try:
+            agent = await agent_for_api_key(self._pool, authorization)
+        except Unauthorized:
+            _refused("invalid_agent_key", credential=raw_id)
+            raise
+        try:
+            run_id = self._tokens.verify(credentials_token)
+        except TokenExpired as exc:
+            raise _refusal(
+                Unauthorized("Credentials token has expired", headers=_TOKEN_CHALLENGE),
+                "token_expired",
+                credential=raw_id,
+                agent_id=agent.id,
+                run_id=exc.run_id,
+            ) from None
+        except TokenInvalid:
+            reason = "token_missing" if not credentials_token else "token_invalid"
+            raise _refusal(
+                Unauthorized("Missing or invalid X-Credentials-Token", headers=_TOKEN_CHALLENGE),
+                reason,
+                credential=raw_id,
+                agent_id=agent.id,
+            ) from None
+        ids = {"credential": raw_id, "agent_id": agent.id, "run_id": run_id}
+        run = await queries.get_run(self._pool, run_id)
+        if run is None or run.agent_id != agent.id:
+            raise _refusal(
+                Forbidden("The credentials token is for a run of another agent"),
+                "run_of_another_agent",
+                **ids,
+            )
+        if run.terminal:
+            raise _refusal(
+                Forbidden(f"The token's run has ended ({run.status})"), "run_ended", **ids
+            )
+        try:
+            credential_id = uuid.UUID(raw_id)
+        except ValueError:
+            raise _refusal(NotFound("Credential not found"), "malformed_id", **ids) from None
+        row = await queries.get_credential(self._pool, credential_id)
+        if row is None or row.org_id != agent.org_id:
+            # Another organisation's credential is as absent as one that never existed.
+            reason = "not_found" if row is None else "other_organisation"
+            raise _refusal(NotFound("Credential not found"), reason, **ids)
+        try:
+            data = self._cipher.open(row.id, row.org_id, row.sealed_data)
+        except CredentialUnreadable as exc:
+            # Only a changed SECRET_KEY or an altered row gets here: an operator's problem.
+            log.error("credential_unreadable", credential=raw_id, problem=str(exc))
+            raise ApiError(
+                "The credential cannot be opened with this gateway's SECRET_KEY"
+            ) from None
+        log.info("credential_resolved", **ids)
+        return ResolvedCredential(id=row.id, name=row.name, type=row.type, data=data)
+
+
+def _refused(reason: str, **ids: Any) -> None:
+    log.warning("credential_resolve_refused", reason=reason, **ids)
+
+
+def _refusal(error: ApiError, reason: str, **ids: Any) -> ApiError:
+    _refused(reason, status=error.status, **ids)
+    return error

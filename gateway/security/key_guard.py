@@ -1,0 +1,105 @@
+"""Brute-force protection: failed key attempts are limited per client address.
+
+Every request that presents a key (``Authorization`` or ``X-API-Key``) first looks at its
+client address's bucket of failed attempts, without taking from it. A request whose key is
+refused (401) takes a token. Once an address has spent ``AUTH_FAILURE_LIMIT`` tokens in
+``AUTH_FAILURE_WINDOW_S``, every request from it that presents a key is answered 429 before its
+key is even looked at, until the bucket refills: guessing is slowed to the refill rate, and a
+right guess made meanwhile is refused like a wrong one. Requests with a valid key spend
+nothing. The buckets are the same Redis token buckets as the per-agent rate limits (Redis's
+clock, shared by every replica); when Redis cannot answer, the guard admits (fails open).
+
+Keys themselves are compared in constant time where it matters: ingest and agent API keys are
+looked up by their SHA-256 digest (the lookup's timing depends on the digest, which an attacker
+cannot steer toward a stored one), and the admin token with ``hmac.compare_digest``.
+
+The client address is the connection's peer, or, when the peer is one of ``TRUSTED_PROXIES``,
+the rightmost ``X-Forwarded-For`` hop that is not a trusted proxy (what the outermost trusted
+proxy saw; hops further left are the caller's to invent). IPv6 clients are counted per /64.
+``gateway.http.middleware.guard_keys`` applies the guard to every request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable
+
+from gateway.errors import RateLimited
+from gateway.security.ratelimit import RateLimiter
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class KeyGuard:
+    """Counts failed key attempts per client address and refuses addresses over the limit."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        limit: int,
+        window_s: int,
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self._limiter = limiter
+        self._limit = limit
+        self._window_s = window_s
+        self._trusted: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(item, strict=False) for item in trusted_proxies
+        )
+
+    def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
+        """The address failed attempts are counted against (see the module docstring)."""
+        if peer is None:
+            return "unknown"
+        if not self._is_trusted(peer):
+            return _counted_as(peer)
+        hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+        for hop in reversed([hop for hop in hops if hop]):
+            if not self._is_trusted(hop):
+                return _counted_as(hop)
+        return _counted_as(peer)
+
+    async def check(self, address: str) -> None:
+        """Raise 429 when ``address`` has no failed attempt left in its window."""
+        decision = await self._limiter.take(
+            _bucket(address), limit=self._limit, window_s=self._window_s, cost=0
+        )
+        if decision.allowed:
+            return
+        retry_s = max(1, math.ceil(decision.retry_after_ms / 1000))
+        raise RateLimited(
+            "Too many failed authentication attempts from this address; try again later",
+            extra={"retryAfterMs": decision.retry_after_ms},
+            headers={"Retry-After": str(retry_s)},
+        )
+
+    async def failed(self, address: str) -> None:
+        """Count one refused key from ``address``."""
+        await self._limiter.take(_bucket(address), limit=self._limit, window_s=self._window_s)
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+
+def _counted_as(address: str) -> str:
+    """An address as its bucket names it: normalised, and an IPv6 host by its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address.lower()[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def _bucket(address: str) -> str:
+    # The bucket's class (its last part) labels the rate-limit metrics.
+    return f"client:{address}:auth_failures"

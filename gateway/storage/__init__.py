@@ -1,0 +1,1 @@
+"""Where files are kept: the blob store (local folder or S3)."""
