@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from devkit.embedded import free_port
-from gateway.ops import server
+from gateway.http import server
 from tests.e2e.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]
