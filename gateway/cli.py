@@ -23,7 +23,7 @@ from gateway.http.monitor import serve_monitor
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging
 from gateway.security.credentials import CredentialService
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
@@ -161,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     _admin_parser(sub)
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"agent-gateway: {exc}")
     configure_logging(settings.log_level)
     if args.command in plugins:
         plugins[args.command].run(settings, args)

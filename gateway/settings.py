@@ -1,11 +1,21 @@
-"""Settings read once from the environment into a frozen dataclass."""
+"""Settings, each declared once (variable, type, default, bounds, description) and read once.
+
+``Settings.from_env`` reads every field that names an environment variable, parses it by the
+field's type and refuses a value outside its bounds with a message naming the variable.
+``reference()`` renders the same declarations as docs/settings.md (a test keeps them equal);
+``python -m gateway.settings`` prints it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -13,193 +23,79 @@ class SettingsError(ValueError):
     """An environment variable holds a value the gateway cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+class Group(StrEnum):
+    """The sections of the settings reference, in the order it lists them."""
 
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A duration that may be zero (``0`` turns the wait off)."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value < float("inf"):
-        raise SettingsError(f"{name} must be zero or a positive number, got {raw!r}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name} must be a boolean, got {raw!r}")
+    SERVER = "Server"
+    BACKENDS = "Database and Redis"
+    WAITS = "Waits and streaming"
+    RATE_LIMITS = "Rate limits"
+    BODIES = "Request and result bodies"
+    EXECUTE = "Workflow execute and blobs"
+    URLS = "Signed URLs and tokens"
+    DRAIN = "Drain on SIGTERM"
+    CONSUMER = "Store consumer"
+    ABUSE = "Hostile callers"
+    INTERNAL = "Internal (not read from the environment)"
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the gateway and the store consumer read from their environment."""
+class Setting:
+    """How one field is read: its variable, section, description and bounds."""
 
-    database_url: str = ""
-    redis_url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8080
-    admin_token: str = ""
-    public_base_url: str = ""
-    secret_key: str = field(default="", repr=False)
-    log_level: str = "INFO"
-    # Upper bound for any wait window, whatever the caller or agent asks for.
-    hard_ceiling_ms: int = 600_000
-    default_wait_ms: int = 60_000
-    # A runtime that sends no byte for this long mid-body is treated as dead.
-    stream_idle_timeout_s: float = 120.0
-    # How much a stream buffers from the runtime before reading pauses (aiohttp's read_bufsize:
-    # pause above 2x, resume below 1x). 64 KiB measured best for chunked bodies and lowest in
-    # memory per stream; see bench/README.md.
-    stream_read_buffer: int = 64 * 1024
-    # Move a Content-Length body socket to socket with os.splice when neither side is TLS.
-    stream_splice: bool = True
-    sync_rate_limit: int = 5
-    sync_rate_window_s: int = 60
-    # POST .../runs/trigger holds no connection, so its per-agent bucket is its own and wider.
-    trigger_rate_limit: int = 60
-    trigger_rate_window_s: int = 60
-    # register and ingest: a runtime reporting its own runs, one wide bucket per agent.
-    report_rate_limit: int = 600
-    report_rate_window_s: int = 60
-    rate_limit_fail_open: bool = True
-    # How long a credentials token stays valid (a trigger payload's lasts at least until its
-    # run's deadline).
-    credentials_token_ttl_s: int = 3600
-    max_request_body: int = 1024 * 1024
-    # Largest JSON result a runtime may return or report in a callback.
-    max_result_body: int = 10 * 1024 * 1024
-    # A waiter re-reads its run this often even without a wake-up (a lost pub/sub message
-    # costs at most this much delay).
-    wait_recheck_s: float = 2.0
-    # Polling runs that a runtime runs on its own (Trigger.dev): how often each replica looks
-    # for due polls, and how long a claimed poll is held before another replica may take it.
-    follow_tick_s: float = 0.25
-    follow_lease_s: float = 30.0
-    events_stream: str = "runs:events"
-    events_group: str = "store"
-    # POST /api/workflows/{id}/execute: its own per-agent bucket, a larger body limit (files
-    # arrive base64-encoded in the JSON), the per-file limit, and the SSE keep-alive.
-    execute_rate_limit: int = 60
-    execute_rate_window_s: int = 60
-    execute_max_request_body: int = 64 * 1024 * 1024
-    max_file_bytes: int = 20 * 1024 * 1024
-    sse_ping_interval_s: float = 15.0
-    # Where uploaded input files are kept: "fs" (a folder; one replica or a shared volume) or
-    # "s3" (any S3-compatible store; what several replicas need).
-    blob_backend: str = "fs"
-    blob_dir: str = ".data/blobs"
-    s3_bucket: str = ""
-    s3_endpoint_url: str = ""
-    s3_region: str = "us-east-1"
-    s3_prefix: str = ""
-    s3_access_key_id: str = field(default="", repr=False)
-    s3_secret_access_key: str = field(default="", repr=False)
-    # How long a signed URL of a stored file stays valid.
-    file_url_ttl_s: int = 3600
-    # How long a job download package's signed URL stays valid (seed 003).
-    package_url_ttl_s: int = 900
-    # Graceful drain on SIGTERM: /readyz answers 503 at once; new connections are still taken
-    # for ``drain_pre_stop_s`` (while load balancers notice), then refused; in-flight requests
-    # get up to ``drain_timeout_s`` to finish before they are cancelled.
-    drain_pre_stop_s: float = 5.0
-    drain_timeout_s: float = 30.0
-    # The store consumer's own HTTP port for /metrics and /healthz (0: none).
-    consumer_host: str = "127.0.0.1"
-    consumer_port: int = 8081
-    # Events another consumer read but did not acknowledge for this long are taken over (its
-    # process died): the longest a dead consumer delays the events it held.
-    consumer_reclaim_idle_s: float = 30.0
-    # Hostile callers (README, Reliability). A connection must send a request's headers within
-    # this long of opening (or of its previous response), and stays open idle no longer.
-    keepalive_timeout_s: float = 75.0
-    # A request body must arrive whole within this long (408 otherwise).
-    request_body_timeout_s: float = 60.0
-    # Failed key attempts per client address: this many per window, then 429 until it refills.
-    auth_failure_limit: int = 20
-    auth_failure_window_s: int = 60
-    # Proxies whose X-Forwarded-For names the client (addresses or CIDR networks).
-    trusted_proxies: tuple[str, ...] = ()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the settings DESIGN.md names (plus tuning knobs) from ``env``."""
-        env = os.environ if env is None else env
-        port = _int(env, "GATEWAY_PORT", 8080)
-        host = env.get("GATEWAY_HOST", "127.0.0.1")
-        public = env.get("PUBLIC_BASE_URL") or f"http://{host}:{port}"
-        return cls(
-            database_url=env.get("DATABASE_URL", ""),
-            redis_url=env.get("REDIS_URL", ""),
-            host=host,
-            port=port,
-            admin_token=env.get("ADMIN_TOKEN", ""),
-            public_base_url=public.rstrip("/"),
-            secret_key=env.get("SECRET_KEY", ""),
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
-            hard_ceiling_ms=_int(env, "HARD_CEILING_MS", 600_000),
-            default_wait_ms=_int(env, "DEFAULT_WAIT_MS", 60_000),
-            stream_idle_timeout_s=float(_int(env, "STREAM_IDLE_TIMEOUT_S", 120)),
-            stream_read_buffer=_int(env, "STREAM_READ_BUFFER", 64 * 1024),
-            stream_splice=_bool(env, "STREAM_SPLICE", True),
-            sync_rate_limit=_int(env, "SYNC_RATE_LIMIT", 5),
-            sync_rate_window_s=_int(env, "SYNC_RATE_WINDOW_S", 60),
-            rate_limit_fail_open=_bool(env, "RATE_LIMIT_FAIL_OPEN", True),
-            max_request_body=_int(env, "MAX_REQUEST_BODY", 1024 * 1024),
-            max_result_body=_int(env, "MAX_RESULT_BODY", 10 * 1024 * 1024),
-            trigger_rate_limit=_int(env, "TRIGGER_RATE_LIMIT", 60),
-            trigger_rate_window_s=_int(env, "TRIGGER_RATE_WINDOW_S", 60),
-            report_rate_limit=_int(env, "REPORT_RATE_LIMIT", 600),
-            report_rate_window_s=_int(env, "REPORT_RATE_WINDOW_S", 60),
-            credentials_token_ttl_s=_int(env, "CREDENTIALS_TOKEN_TTL_S", 3600),
-            wait_recheck_s=_float(env, "WAIT_RECHECK_S", 2.0),
-            follow_lease_s=_float(env, "FOLLOW_LEASE_S", 30.0),
-            drain_pre_stop_s=_seconds(env, "DRAIN_PRE_STOP_S", 5.0),
-            # SHUTDOWN_GRACE_S is the setting's former name, still honoured.
-            drain_timeout_s=_float(env, "DRAIN_TIMEOUT_S", _float(env, "SHUTDOWN_GRACE_S", 30.0)),
-            consumer_host=env.get("CONSUMER_HOST") or host,
-            consumer_port=_int(env, "CONSUMER_PORT", 8081),
-            consumer_reclaim_idle_s=_float(env, "CONSUMER_RECLAIM_IDLE_S", 30.0),
-            **_execute_settings(env),
-            **_package_settings(env),
-            **_abuse_settings(env),
-        )
+    env: str | None
+    group: Group
+    doc: str
+    # Numbers: the smallest accepted value, and whether it is itself refused (``> minimum``).
+    minimum: float | None = None
+    above_minimum: bool = False
+    maximum: float | None = None
+    # Strings: the accepted values (compared case-insensitively, stored as declared).
+    choices: tuple[str, ...] = ()
+    # Read when ``env`` is unset (a former name, still honoured).
+    aliases: tuple[str, ...] = ()
+    secret: bool = False
+    # What the reference shows as the default when it is computed at read time.
+    default_text: str | None = None
+    # A parser for values no type-driven parser covers (raises ``SettingsError``).
+    parse: Callable[[str, str], Any] | None = None
 
 
-def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+def setting(
+    default: Any,
+    env: str | None,
+    group: Group,
+    doc: str,
+    *,
+    minimum: float | None = None,
+    above_minimum: bool = False,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    secret: bool = False,
+    default_text: str | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+) -> Any:
+    """Declare a field of ``Settings`` together with the variable it is read from."""
+    spec = Setting(
+        env,
+        group,
+        doc,
+        minimum,
+        above_minimum,
+        maximum,
+        choices,
+        aliases,
+        secret,
+        default_text,
+        parse,
+    )
+    return dataclasses.field(default=default, repr=not secret, metadata={"setting": spec})
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
     """A comma-separated list of IP addresses or CIDR networks, each checked."""
-    items = tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
     for item in items:
         try:
             ipaddress.ip_network(item, strict=False)
@@ -208,45 +104,481 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return items
 
 
-def _abuse_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """Timeouts and limits that keep hostile callers from holding or guessing anything."""
-    return {
-        "keepalive_timeout_s": _float(env, "KEEPALIVE_TIMEOUT_S", 75.0),
-        "request_body_timeout_s": _float(env, "REQUEST_BODY_TIMEOUT_S", 60.0),
-        "auth_failure_limit": _int(env, "AUTH_FAILURE_LIMIT", 20),
-        "auth_failure_window_s": _int(env, "AUTH_FAILURE_WINDOW_S", 60),
-        "trusted_proxies": _networks(env, "TRUSTED_PROXIES"),
-    }
+_POSITIVE: dict[str, Any] = {"minimum": 0, "above_minimum": True}
+_AT_LEAST_ONE: dict[str, Any] = {"minimum": 1}
+_PORT: dict[str, Any] = {"minimum": 0, "maximum": 65535}
 
 
-def _execute_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings of workflow execute, input files and the blob store."""
-    backend = env.get("BLOB_BACKEND", "fs").strip().lower() or "fs"
-    if backend not in {"fs", "s3"}:
-        raise SettingsError(f"BLOB_BACKEND must be 'fs' or 's3', got {backend!r}")
-    if backend == "s3" and not env.get("S3_BUCKET"):
-        raise SettingsError("S3_BUCKET must be set when BLOB_BACKEND is 's3'")
-    return {
-        "execute_rate_limit": _int(env, "EXECUTE_RATE_LIMIT", 60),
-        "execute_rate_window_s": _int(env, "EXECUTE_RATE_WINDOW_S", 60),
-        "execute_max_request_body": _int(env, "EXECUTE_MAX_REQUEST_BODY", 64 * 1024 * 1024),
-        "max_file_bytes": _int(env, "MAX_FILE_BYTES", 20 * 1024 * 1024),
-        "sse_ping_interval_s": _float(env, "SSE_PING_INTERVAL_S", 15.0),
-        "blob_backend": backend,
-        "blob_dir": env.get("BLOB_DIR", ".data/blobs"),
-        "s3_bucket": env.get("S3_BUCKET", ""),
-        "s3_endpoint_url": env.get("S3_ENDPOINT_URL", ""),
-        "s3_region": env.get("S3_REGION", "us-east-1"),
-        "s3_prefix": env.get("S3_PREFIX", "").strip("/"),
-        "s3_access_key_id": env.get("S3_ACCESS_KEY_ID", ""),
-        "s3_secret_access_key": env.get("S3_SECRET_ACCESS_KEY", ""),
-        "file_url_ttl_s": _int(env, "FILE_URL_TTL_S", 3600),
-    }
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway and the store consumer read from their environment."""
+
+    # Server
+    host: str = setting(
+        "127.0.0.1", "GATEWAY_HOST", Group.SERVER, "Address the gateway listens on."
+    )
+    port: int = setting(8080, "GATEWAY_PORT", Group.SERVER, "Port the gateway listens on.", **_PORT)
+    public_base_url: str = setting(
+        "",
+        "PUBLIC_BASE_URL",
+        Group.SERVER,
+        "Base URL callers and runtimes reach the gateway at (callback and signed URLs).",
+        default_text="http://{GATEWAY_HOST}:{GATEWAY_PORT}",
+    )
+    admin_token: str = setting(
+        "",
+        "ADMIN_TOKEN",
+        Group.SERVER,
+        "Bearer token of the /admin API (unset: /admin is off).",
+        secret=True,
+    )
+    secret_key: str = setting(
+        "",
+        "SECRET_KEY",
+        Group.SERVER,
+        "Key that signs URLs and tokens and seals credentials (required by serve).",
+        secret=True,
+    )
+    log_level: str = setting(
+        "INFO",
+        "LOG_LEVEL",
+        Group.SERVER,
+        "Level of the JSON log lines.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    )
+
+    # Database and Redis
+    database_url: str = setting(
+        "",
+        "DATABASE_URL",
+        Group.BACKENDS,
+        "PostgreSQL URL (required by serve, consume, migrate).",
+        secret=True,
+    )
+    redis_url: str = setting(
+        "", "REDIS_URL", Group.BACKENDS, "Redis URL (required by serve and consume).", secret=True
+    )
+
+    # Waits and streaming
+    hard_ceiling_ms: int = setting(
+        600_000,
+        "HARD_CEILING_MS",
+        Group.WAITS,
+        "Upper bound of any wait window, whatever the caller or agent asks for.",
+        **_AT_LEAST_ONE,
+    )
+    default_wait_ms: int = setting(
+        60_000,
+        "DEFAULT_WAIT_MS",
+        Group.WAITS,
+        "Wait window of a synchronous run when neither caller nor agent sets one.",
+        **_AT_LEAST_ONE,
+    )
+    stream_idle_timeout_s: float = setting(
+        120.0,
+        "STREAM_IDLE_TIMEOUT_S",
+        Group.WAITS,
+        "A runtime that sends no byte for this long mid-body is treated as dead.",
+        **_POSITIVE,
+    )
+    # 64 KiB measured best for chunked bodies and lowest in memory per stream (bench/README.md).
+    stream_read_buffer: int = setting(
+        64 * 1024,
+        "STREAM_READ_BUFFER",
+        Group.WAITS,
+        "Bytes a stream buffers from the runtime before reading pauses (aiohttp's read_bufsize).",
+        minimum=1024,
+    )
+    stream_splice: bool = setting(
+        True,
+        "STREAM_SPLICE",
+        Group.WAITS,
+        "Move a Content-Length body socket to socket with os.splice when neither side is TLS.",
+    )
+    wait_recheck_s: float = setting(
+        2.0,
+        "WAIT_RECHECK_S",
+        Group.WAITS,
+        "A waiter re-reads its run this often even without a wake-up (a lost message costs this).",
+        **_POSITIVE,
+    )
+    follow_lease_s: float = setting(
+        30.0,
+        "FOLLOW_LEASE_S",
+        Group.WAITS,
+        "How long a replica holds a claimed poll of a Trigger.dev run before another may take it.",
+        **_POSITIVE,
+    )
+
+    # Rate limits
+    sync_rate_limit: int = setting(
+        5,
+        "SYNC_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "trigger-and-wait and trigger-and-download calls per agent per window.",
+        **_AT_LEAST_ONE,
+    )
+    sync_rate_window_s: int = setting(
+        60, "SYNC_RATE_WINDOW_S", Group.RATE_LIMITS, "Window of SYNC_RATE_LIMIT.", **_AT_LEAST_ONE
+    )
+    trigger_rate_limit: int = setting(
+        60,
+        "TRIGGER_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "POST .../runs/trigger calls per agent per window (it holds no connection).",
+        **_AT_LEAST_ONE,
+    )
+    trigger_rate_window_s: int = setting(
+        60,
+        "TRIGGER_RATE_WINDOW_S",
+        Group.RATE_LIMITS,
+        "Window of TRIGGER_RATE_LIMIT.",
+        **_AT_LEAST_ONE,
+    )
+    report_rate_limit: int = setting(
+        600,
+        "REPORT_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "register and ingest calls (a runtime reporting its own runs) per agent per window.",
+        **_AT_LEAST_ONE,
+    )
+    report_rate_window_s: int = setting(
+        60,
+        "REPORT_RATE_WINDOW_S",
+        Group.RATE_LIMITS,
+        "Window of REPORT_RATE_LIMIT.",
+        **_AT_LEAST_ONE,
+    )
+    execute_rate_limit: int = setting(
+        60,
+        "EXECUTE_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "POST /api/workflows/{workflowId}/execute calls per agent per window.",
+        **_AT_LEAST_ONE,
+    )
+    execute_rate_window_s: int = setting(
+        60,
+        "EXECUTE_RATE_WINDOW_S",
+        Group.RATE_LIMITS,
+        "Window of EXECUTE_RATE_LIMIT.",
+        **_AT_LEAST_ONE,
+    )
+    rate_limit_fail_open: bool = setting(
+        True,
+        "RATE_LIMIT_FAIL_OPEN",
+        Group.RATE_LIMITS,
+        "When Redis cannot answer, let calls through (true) or refuse them with 429 (false).",
+    )
+
+    # Request and result bodies
+    max_request_body: int = setting(
+        1024 * 1024,
+        "MAX_REQUEST_BODY",
+        Group.BODIES,
+        "Largest request body in bytes (413 above it).",
+        **_AT_LEAST_ONE,
+    )
+    max_result_body: int = setting(
+        10 * 1024 * 1024,
+        "MAX_RESULT_BODY",
+        Group.BODIES,
+        "Largest JSON result a runtime may return or report in a callback, in bytes.",
+        **_AT_LEAST_ONE,
+    )
+
+    # Workflow execute and blobs
+    execute_max_request_body: int = setting(
+        64 * 1024 * 1024,
+        "EXECUTE_MAX_REQUEST_BODY",
+        Group.EXECUTE,
+        "Largest execute body in bytes (files arrive base64-encoded in the JSON).",
+        **_AT_LEAST_ONE,
+    )
+    max_file_bytes: int = setting(
+        20 * 1024 * 1024,
+        "MAX_FILE_BYTES",
+        Group.EXECUTE,
+        "Largest input file, in bytes.",
+        **_AT_LEAST_ONE,
+    )
+    sse_ping_interval_s: float = setting(
+        15.0,
+        "SSE_PING_INTERVAL_S",
+        Group.EXECUTE,
+        "Keep-alive interval of an SSE stream.",
+        **_POSITIVE,
+    )
+    blob_backend: str = setting(
+        "fs",
+        "BLOB_BACKEND",
+        Group.EXECUTE,
+        "Where input files are kept: fs (a folder; one replica or a shared volume) or s3.",
+        choices=("fs", "s3"),
+    )
+    blob_dir: str = setting(
+        ".data/blobs", "BLOB_DIR", Group.EXECUTE, "The folder of the fs backend."
+    )
+    s3_bucket: str = setting("", "S3_BUCKET", Group.EXECUTE, "Bucket of the s3 backend (required).")
+    s3_endpoint_url: str = setting(
+        "", "S3_ENDPOINT_URL", Group.EXECUTE, "Endpoint of an S3-compatible store (unset: AWS)."
+    )
+    s3_region: str = setting("us-east-1", "S3_REGION", Group.EXECUTE, "Region of the bucket.")
+    s3_prefix: str = setting("", "S3_PREFIX", Group.EXECUTE, "Key prefix inside the bucket.")
+    s3_access_key_id: str = setting(
+        "", "S3_ACCESS_KEY_ID", Group.EXECUTE, "Access key (unset: the default chain).", secret=True
+    )
+    s3_secret_access_key: str = setting(
+        "", "S3_SECRET_ACCESS_KEY", Group.EXECUTE, "Secret of S3_ACCESS_KEY_ID.", secret=True
+    )
+
+    # Signed URLs and tokens
+    file_url_ttl_s: int = setting(
+        3600,
+        "FILE_URL_TTL_S",
+        Group.URLS,
+        "How long a stored file's signed URL stays valid.",
+        **_AT_LEAST_ONE,
+    )
+    package_url_ttl_s: int = setting(
+        900,
+        "PACKAGE_URL_TTL_S",
+        Group.URLS,
+        "How long a /v0 job download package's signed URL stays valid.",
+        **_AT_LEAST_ONE,
+    )
+    credentials_token_ttl_s: int = setting(
+        3600,
+        "CREDENTIALS_TOKEN_TTL_S",
+        Group.URLS,
+        "How long a credentials token stays valid (a trigger payload's lasts to its deadline).",
+        **_AT_LEAST_ONE,
+    )
+
+    # Drain on SIGTERM: /readyz answers 503 at once; new connections are still taken for the
+    # pre-stop delay (while load balancers notice), then refused; in-flight requests get up to
+    # the drain timeout before they are cancelled.
+    drain_pre_stop_s: float = setting(
+        5.0,
+        "DRAIN_PRE_STOP_S",
+        Group.DRAIN,
+        "Seconds new connections are still taken after SIGTERM (0: stop taking them at once).",
+        minimum=0,
+    )
+    drain_timeout_s: float = setting(
+        30.0,
+        "DRAIN_TIMEOUT_S",
+        Group.DRAIN,
+        "Seconds in-flight requests get to finish before they are cancelled.",
+        aliases=("SHUTDOWN_GRACE_S",),
+        **_POSITIVE,
+    )
+
+    # Store consumer
+    consumer_host: str = setting(
+        "127.0.0.1",
+        "CONSUMER_HOST",
+        Group.CONSUMER,
+        "Address of the consumer's /metrics and /healthz.",
+        default_text="{GATEWAY_HOST}",
+    )
+    consumer_port: int = setting(
+        8081,
+        "CONSUMER_PORT",
+        Group.CONSUMER,
+        "Port of the consumer's /metrics and /healthz (0: none).",
+        **_PORT,
+    )
+    # The longest a dead consumer delays the events it held.
+    consumer_reclaim_idle_s: float = setting(
+        30.0,
+        "CONSUMER_RECLAIM_IDLE_S",
+        Group.CONSUMER,
+        "Events another consumer read but did not acknowledge for this long are taken over.",
+        **_POSITIVE,
+    )
+
+    # Hostile callers (docs/reliability.md)
+    keepalive_timeout_s: float = setting(
+        75.0,
+        "KEEPALIVE_TIMEOUT_S",
+        Group.ABUSE,
+        "A connection must send a request's headers within this long, and stays idle no longer.",
+        **_POSITIVE,
+    )
+    request_body_timeout_s: float = setting(
+        60.0,
+        "REQUEST_BODY_TIMEOUT_S",
+        Group.ABUSE,
+        "A request body must arrive whole within this long (408 otherwise).",
+        **_POSITIVE,
+    )
+    auth_failure_limit: int = setting(
+        20,
+        "AUTH_FAILURE_LIMIT",
+        Group.ABUSE,
+        "Failed key attempts per client address per window, then 429 until it refills.",
+        **_AT_LEAST_ONE,
+    )
+    auth_failure_window_s: int = setting(
+        60, "AUTH_FAILURE_WINDOW_S", Group.ABUSE, "Window of AUTH_FAILURE_LIMIT.", **_AT_LEAST_ONE
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "TRUSTED_PROXIES",
+        Group.ABUSE,
+        "Proxies (comma-separated addresses or CIDR networks) whose X-Forwarded-For is believed.",
+        parse=_networks,
+        default_text="none",
+    )
+
+    # Internal: fixed in production, replaced by tests and benchmarks.
+    follow_tick_s: float = setting(
+        0.25, None, Group.INTERNAL, "How often each replica looks for due Trigger.dev polls."
+    )
+    events_stream: str = setting("runs:events", None, Group.INTERNAL, "Redis stream of run events.")
+    events_group: str = setting("store", None, Group.INTERNAL, "Consumer group of the store.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every declared variable from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for spec_field in dataclasses.fields(cls):
+            spec: Setting = spec_field.metadata["setting"]
+            raw = _lookup(env, spec)
+            if raw is not None:
+                values[spec_field.name] = _parse(spec, hints[spec_field.name], raw)
+        # Defaults computed from other settings.
+        declared = {spec_field.name: spec_field.default for spec_field in dataclasses.fields(cls)}
+        host, port = values.get("host", declared["host"]), values.get("port", declared["port"])
+        public = values.get("public_base_url") or f"http://{host}:{port}"
+        values["public_base_url"] = public.rstrip("/")
+        values.setdefault("consumer_host", host)
+        values["s3_prefix"] = values.get("s3_prefix", "").strip("/")
+        settings = cls(**values)
+        if settings.blob_backend == "s3" and not settings.s3_bucket:
+            raise SettingsError("S3_BUCKET must be set when BLOB_BACKEND is 's3'")
+        return settings
 
 
-def _package_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """The settings of job download packages."""
-    ttl = _int(env, "PACKAGE_URL_TTL_S", 900)
-    if ttl <= 0:
-        raise SettingsError(f"PACKAGE_URL_TTL_S must be a positive number of seconds, got {ttl}")
-    return {"package_url_ttl_s": ttl}
+def _lookup(env: Mapping[str, str], spec: Setting) -> str | None:
+    """The variable's value, or a former name's; an empty value counts as unset."""
+    if spec.env is None:
+        return None
+    for name in (spec.env, *spec.aliases):
+        raw = env.get(name)
+        if raw is not None and raw.strip() != "":
+            return raw
+    return None
+
+
+def _parse(spec: Setting, kind: Any, raw: str) -> Any:
+    name = spec.env or ""
+    if spec.parse is not None:
+        return spec.parse(name, raw)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name} must be a boolean, got {raw!r}")
+    if kind is int or kind is float:
+        try:
+            number: float = int(raw) if kind is int else float(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+        if not math.isfinite(number) or not _in_bounds(spec, number):
+            raise SettingsError(f"{name} must be {_bounds_text(spec)}, got {raw!r}")
+        return number
+    if spec.choices:
+        for choice in spec.choices:
+            if raw.strip().lower() == choice.lower():
+                return choice
+        raise SettingsError(f"{name} must be one of {', '.join(spec.choices)}, got {raw!r}")
+    return raw
+
+
+def _in_bounds(spec: Setting, number: float) -> bool:
+    below = spec.minimum is not None and (
+        number < spec.minimum or (spec.above_minimum and number == spec.minimum)
+    )
+    if below:
+        return False
+    return spec.maximum is None or number <= spec.maximum
+
+
+def _bounds_text(spec: Setting) -> str:
+    if spec.minimum == 0 and spec.above_minimum and spec.maximum is None:
+        return "a positive number"
+    parts = []
+    if spec.minimum is not None:
+        parts.append(
+            f"above {spec.minimum:g}" if spec.above_minimum else f"at least {spec.minimum:g}"
+        )
+    if spec.maximum is not None:
+        parts.append(f"at most {spec.maximum:g}")
+    return " and ".join(parts) or "a finite number"
+
+
+def reference() -> str:
+    """The settings reference (docs/settings.md), rendered from the declarations."""
+    hints = typing.get_type_hints(Settings)
+    lines = [
+        "# Settings",
+        "",
+        "Every setting is an environment variable, read once at start. An empty value counts as",
+        "unset; a value of the wrong type or out of its bounds stops the process with a message",
+        "naming the variable. Generated from `gateway/settings.py` by",
+        "`python -m gateway.settings > docs/settings.md`; a test keeps the two equal.",
+    ]
+    by_group: dict[Group, list[dataclasses.Field[Any]]] = {group: [] for group in Group}
+    for spec_field in dataclasses.fields(Settings):
+        by_group[spec_field.metadata["setting"].group].append(spec_field)
+    for group, members in by_group.items():
+        if not members:
+            continue
+        lines += ["", f"## {group}", "", "| Variable | Type | Default | Accepts | What it does |"]
+        lines.append("|---|---|---|---|---|")
+        for spec_field in members:
+            spec: Setting = spec_field.metadata["setting"]
+            variable = f"`{spec.env}`" if spec.env else f"(`{spec_field.name}`)"
+            if spec.aliases:
+                variable += " (formerly " + ", ".join(f"`{a}`" for a in spec.aliases) + ")"
+            kind = hints[spec_field.name]
+            default = _default_text(spec, spec_field.default)
+            lines.append(
+                f"| {variable} | {_type_text(kind)} | {default} | {_accepts_text(spec, kind)} "
+                f"| {spec.doc} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _type_text(kind: Any) -> str:
+    return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(kind, "list")
+
+
+def _default_text(spec: Setting, default: Any) -> str:
+    if spec.default_text is not None:
+        return f"`{spec.default_text}`" if "{" in spec.default_text else spec.default_text
+    if default == "" or default == ():
+        return "unset"
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
+    return f"`{default}`"
+
+
+def _accepts_text(spec: Setting, kind: Any) -> str:
+    if spec.choices:
+        return ", ".join(f"`{choice}`" for choice in spec.choices)
+    if kind in (int, float) and (spec.minimum is not None or spec.maximum is not None):
+        return _bounds_text(spec)
+    if kind is bool:
+        return "`true`/`false` (also 1/0, yes/no, on/off)"
+    return ""
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
