@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Protocol
 
 import aiohttp
 
+from store.enums import TERMINAL_STATUSES, RunStatus, RuntimeKind
+
 
 def loads_json(raw: bytes | str) -> Any:
     """Strict JSON: ``NaN`` and ``Infinity`` (which Python accepts and PostgreSQL's ``jsonb``
@@ -35,10 +37,6 @@ async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
-
-
-# The run states a runtime can report that end a run (the gateway's own names).
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 class RuntimeFailure(Exception):
@@ -110,7 +108,7 @@ class RunResult:
     (the task returned null) from no output at all.
     """
 
-    status: str
+    status: RunStatus
     output: Any = None
     has_output: bool = False
     error: str | None = None
@@ -118,7 +116,7 @@ class RunResult:
     @property
     def terminal(self) -> bool:
         """Whether the run has ended on the runtime."""
-        return self.status in _TERMINAL
+        return self.status in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +178,7 @@ class RuntimeAdapter(Protocol):
     Adapters speak HTTP to their runtime and never touch the database.
     """
 
-    kind: ClassVar[str]
+    kind: ClassVar[RuntimeKind]
     # True when the runtime runs a run on its own after the trigger call and is followed by
     # polling (the run stays queued until the runtime says it executes); False when the
     # invocation itself runs it.

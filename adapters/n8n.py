@@ -40,6 +40,7 @@ from adapters.base import (
     loads_json,
     read_bounded,
 )
+from store.enums import RunStatus, RuntimeKind
 
 # An error body is read only this far, for its message.
 _MAX_ERROR_BODY = 64 * 1024
@@ -49,7 +50,7 @@ _ACCEPTED_STATUSES = frozenset({202, 204})
 class N8nAdapter:
     """POSTs the trigger payload to the agent's webhook URL with its configured headers."""
 
-    kind: ClassVar[str] = "n8n"
+    kind: ClassVar[RuntimeKind] = RuntimeKind.N8N
     # The webhook call itself runs the workflow: there is nothing to poll.
     followed: ClassVar[bool] = False
     streams: ClassVar[bool] = True
@@ -123,7 +124,9 @@ class N8nAdapter:
         except aiohttp.ClientResponseError as exc:
             raise RuntimeUnavailable(_not_http(exc)) from None
         except aiohttp.ClientPayloadError as exc:
-            return Invocation(result=RunResult("failed", error=f"RuntimeResponseBroken: {exc}"))
+            return Invocation(
+                result=RunResult(RunStatus.FAILED, error=f"RuntimeResponseBroken: {exc}")
+            )
 
     async def poll(self, runtime: Mapping[str, Any], runtime_run_id: str) -> RunResult:
         """n8n runs are never polled: the webhook answers or the workflow calls back."""
@@ -139,14 +142,14 @@ class N8nAdapter:
             reason = f"HTTP {status}: {_message(raw) or response.reason or ''}".rstrip(": ")
             if status < 500:
                 raise RuntimeRefused(f"Webhook refused the run: {reason}")
-            return Invocation(result=RunResult("failed", error=f"WorkflowFailed: {reason}"))
+            return Invocation(result=RunResult(RunStatus.FAILED, error=f"WorkflowFailed: {reason}"))
         if status in _ACCEPTED_STATUSES:
             return Invocation()
         raw = await read_bounded(response.content, self._max_result_bytes + 1)
         if len(raw) > self._max_result_bytes:
             return Invocation(
                 result=RunResult(
-                    "failed",
+                    RunStatus.FAILED,
                     error=f"WorkflowResultTooLarge: over {self._max_result_bytes} bytes",
                 )
             )
@@ -162,11 +165,11 @@ class N8nAdapter:
             content_type = response.headers.get("Content-Type", "no content type")
             return Invocation(
                 result=RunResult(
-                    "failed",
+                    RunStatus.FAILED,
                     error=f"WorkflowReturnedInvalidJson: HTTP {status}, {content_type}",
                 )
             )
-        return Invocation(result=RunResult("completed", output=output, has_output=True))
+        return Invocation(result=RunResult(RunStatus.COMPLETED, output=output, has_output=True))
 
 
 class N8nChunkStream:
@@ -195,10 +198,10 @@ class N8nChunkStream:
         if response.status >= 500:
             raw = await read_bounded(response.content, _MAX_ERROR_BODY)
             reason = f"HTTP {response.status}: {_message(raw) or response.reason or ''}"
-            yield RunResult("failed", error=f"WorkflowFailed: {reason.rstrip(': ')}")
+            yield RunResult(RunStatus.FAILED, error=f"WorkflowFailed: {reason.rstrip(': ')}")
             return
         if response.status in _ACCEPTED_STATUSES:
-            yield RunResult("running")
+            yield RunResult(RunStatus.RUNNING)
             return
         first = True
         async for line in _lines(response.content, self._max):
@@ -223,16 +226,18 @@ class N8nChunkStream:
         while chunk := await self._response.content.read(64 * 1024):
             body += chunk
             if len(body) > self._max:
-                return RunResult("failed", error=f"WorkflowResultTooLarge: over {self._max} bytes")
+                return RunResult(
+                    RunStatus.FAILED, error=f"WorkflowResultTooLarge: over {self._max} bytes"
+                )
         try:
             output = loads_json(bytes(body))
         except (ValueError, RecursionError):
             content_type = self._response.headers.get("Content-Type", "no content type")
             return RunResult(
-                "failed",
+                RunStatus.FAILED,
                 error=f"WorkflowReturnedInvalidJson: HTTP {self._response.status}, {content_type}",
             )
-        return RunResult("completed", output=output, has_output=True)
+        return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
 
 
 async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
@@ -271,13 +276,13 @@ def collect_chunks(raw: bytes) -> RunResult | None:
             return None
         if chunk.kind == "error":
             reason = chunk.content or "the node failed"
-            return RunResult("failed", error=f"{chunk.node_name}: {reason}")
+            return RunResult(RunStatus.FAILED, error=f"{chunk.node_name}: {reason}")
         if chunk.kind == "item":
             parts.setdefault(chunk.node_id, []).append(chunk.content)
     if not parts:
         return None
     output = {node: {"content": "".join(texts)} for node, texts in parts.items()}
-    return RunResult("completed", output=output, has_output=True)
+    return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
 
 
 def _chunk(line: bytes) -> StreamChunk | None:

@@ -41,28 +41,29 @@ from adapters.base import (
     loads_json,
     read_bounded,
 )
+from store.enums import RunStatus, RuntimeKind
 
 API_VERSION = "2025-07-16"
 
 # Trigger.dev's run status names (current and older API versions) → the gateway's states.
-STATUS_MAP: Mapping[str, str] = {
-    "PENDING_VERSION": "queued",
-    "QUEUED": "queued",
-    "DELAYED": "queued",
-    "WAITING_FOR_DEPLOY": "queued",
-    "DEQUEUED": "running",
-    "EXECUTING": "running",
-    "REATTEMPTING": "running",
-    "WAITING": "waiting",
-    "FROZEN": "waiting",
-    "COMPLETED": "completed",
-    "CANCELED": "cancelled",
-    "FAILED": "failed",
-    "CRASHED": "failed",
-    "SYSTEM_FAILURE": "failed",
-    "EXPIRED": "failed",
-    "TIMED_OUT": "failed",
-    "INTERRUPTED": "failed",
+STATUS_MAP: Mapping[str, RunStatus] = {
+    "PENDING_VERSION": RunStatus.QUEUED,
+    "QUEUED": RunStatus.QUEUED,
+    "DELAYED": RunStatus.QUEUED,
+    "WAITING_FOR_DEPLOY": RunStatus.QUEUED,
+    "DEQUEUED": RunStatus.RUNNING,
+    "EXECUTING": RunStatus.RUNNING,
+    "REATTEMPTING": RunStatus.RUNNING,
+    "WAITING": RunStatus.WAITING,
+    "FROZEN": RunStatus.WAITING,
+    "COMPLETED": RunStatus.COMPLETED,
+    "CANCELED": RunStatus.CANCELLED,
+    "FAILED": RunStatus.FAILED,
+    "CRASHED": RunStatus.FAILED,
+    "SYSTEM_FAILURE": RunStatus.FAILED,
+    "EXPIRED": RunStatus.FAILED,
+    "TIMED_OUT": RunStatus.FAILED,
+    "INTERRUPTED": RunStatus.FAILED,
 }
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -88,7 +89,7 @@ class TriggerDevAdapter:
     ``task_id`` and ``secret_key``.
     """
 
-    kind: ClassVar[str] = "trigger.dev"
+    kind: ClassVar[RuntimeKind] = RuntimeKind.TRIGGER_DEV
     # The trigger call only enqueues the run: its progress is followed by polling.
     followed: ClassVar[bool] = True
     streams: ClassVar[bool] = False
@@ -193,7 +194,9 @@ class TriggerDevAdapter:
             message = _redact(f"Trigger.dev run poll failed: {type(exc).__name__}: {exc}", secret)
             raise RuntimeRetryLater(message) from None
         if len(raw) > limit:
-            return RunResult("failed", error=f"TriggerDevResultTooLarge: run over {limit} bytes")
+            return RunResult(
+                RunStatus.FAILED, error=f"TriggerDevResultTooLarge: run over {limit} bytes"
+            )
         try:
             run = loads_json(raw)
         except (ValueError, RecursionError):
@@ -257,16 +260,16 @@ class TriggerDevAdapter:
 
     async def _result(self, run: dict[str, Any]) -> RunResult:
         name = str(run["status"])
-        status = STATUS_MAP.get(name, "running")  # an unknown (newer) name: keep following
-        if status == "completed":
+        status = STATUS_MAP.get(name, RunStatus.RUNNING)  # an unknown (newer) name: keep following
+        if status == RunStatus.COMPLETED:
             if "output" in run and run["output"] is not None:
-                return RunResult("completed", output=run["output"], has_output=True)
+                return RunResult(RunStatus.COMPLETED, output=run["output"], has_output=True)
             presigned = run.get("outputPresignedUrl")
             if isinstance(presigned, str) and presigned:
                 return await self._offloaded_output(presigned)
-            return RunResult("completed", output=None, has_output="output" in run)
-        if status == "failed":
-            return RunResult("failed", error=_error_text(run.get("error"), name))
+            return RunResult(RunStatus.COMPLETED, output=None, has_output="output" in run)
+        if status == RunStatus.FAILED:
+            return RunResult(RunStatus.FAILED, error=_error_text(run.get("error"), name))
         return RunResult(status)
 
     async def _offloaded_output(self, url: str) -> RunResult:
@@ -289,12 +292,14 @@ class TriggerDevAdapter:
                 f"Trigger.dev output download failed: {type(exc).__name__}"
             ) from None
         if len(raw) > limit:
-            return RunResult("failed", error=f"TriggerDevResultTooLarge: over {limit} bytes")
+            return RunResult(
+                RunStatus.FAILED, error=f"TriggerDevResultTooLarge: over {limit} bytes"
+            )
         try:
             output = _parse_packet(raw, content_type)
         except (ValueError, RecursionError):
-            return RunResult("failed", error=f"TriggerDevOutputInvalid: {content_type}")
-        return RunResult("completed", output=output, has_output=True)
+            return RunResult(RunStatus.FAILED, error=f"TriggerDevOutputInvalid: {content_type}")
+        return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
 
 
 def _api_url(runtime: Mapping[str, Any]) -> str:

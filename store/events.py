@@ -20,11 +20,12 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 from redis.exceptions import RedisError
 
-from store.models import TERMINAL_STATUSES
+from store.enums import EventType
 
 log = structlog.get_logger(__name__)
 
-EVENT_TYPES = frozenset({"started", "output", "waiting", "completed", "failed", "cancelled"})
+EVENT_TYPES = frozenset(EventType)
+TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 _UNSET: Any = object()
 # How long the first terminal event of a run is remembered in Redis. Afterwards the run row
 # (terminal by then) is what refuses later events.
@@ -38,7 +39,7 @@ class RunEvent:
     """One transition of one run. ``at`` is when it happened at the gateway."""
 
     run_id: int
-    type: str
+    type: EventType
     at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     output_data: Any = _UNSET
     outputs: int | None = None
@@ -54,7 +55,7 @@ class RunEvent:
     @property
     def terminal(self) -> bool:
         """Whether this event ends the run."""
-        return self.type in TERMINAL_STATUSES
+        return self.type in TERMINAL_EVENTS
 
     @property
     def has_output(self) -> bool:
@@ -91,7 +92,7 @@ class RunEvent:
         body = json.loads(raw)
         return cls(
             run_id=int(body["run_id"]),
-            type=body["type"],
+            type=EventType(body["type"]),
             at=dt.datetime.fromisoformat(body["at"]),
             output_data=body.get("output_data", _UNSET),
             outputs=body.get("outputs"),

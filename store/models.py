@@ -7,9 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-# Run states (DESIGN.md, Runs): queued -> running <-> waiting -> completed | failed | cancelled.
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-IN_FLIGHT_STATUSES = frozenset({"queued", "running", "waiting"})
+from store.enums import TERMINAL_STATUSES, AgentStatus, ManagedBy, OutputKind, RunStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +17,10 @@ class Agent:
     id: int
     org_id: uuid.UUID
     name: str
-    managed_by: str
-    status: str
+    managed_by: ManagedBy
+    status: AgentStatus
     allow_external_triggers: bool
-    output_kind: str
+    output_kind: OutputKind
     runtime: dict[str, Any]
     default_input: dict[str, Any]
     input_format: Any
@@ -64,7 +62,7 @@ class Run:
     id: int
     agent_id: int
     org_id: uuid.UUID
-    status: str
+    status: RunStatus
     input: dict[str, Any]
     output_data: Any
     outputs: int | None

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from store.enums import AgentStatus, ManagedBy, OutputKind, RunStatus
 from store.models import Agent, Run
 
 _AGENT_COLUMNS = """id, org_id, name, managed_by, status, allow_external_triggers, output_kind,
@@ -38,11 +39,17 @@ Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 def _agent(row: asyncpg.Record) -> Agent:
-    return Agent(**dict(row))
+    values = dict(row)
+    values["managed_by"] = ManagedBy(values["managed_by"])
+    values["status"] = AgentStatus(values["status"])
+    values["output_kind"] = OutputKind(values["output_kind"])
+    return Agent(**values)
 
 
 def _run(row: asyncpg.Record) -> Run:
-    return Run(**dict(row))
+    values = dict(row)
+    values["status"] = RunStatus(values["status"])
+    return Run(**values)
 
 
 async def create_org(db: Executor, name: str) -> uuid.UUID:

@@ -18,6 +18,7 @@ from marshmallow import (
 
 from gateway.execute.input_format import InputFormatError, parse_input_format
 from gateway.validation import NAME, JsonObject, StorableBody
+from store.enums import AgentStatus, ManagedBy, OutputKind, RuntimeKind
 
 
 class OrgBody(StorableBody):
@@ -44,7 +45,7 @@ class RuntimeConfig(Schema):
     class Meta:
         unknown = RAISE
 
-    kind = fields.String(required=True, validate=validate.OneOf(["n8n", "trigger.dev"]))
+    kind = fields.String(required=True, validate=validate.OneOf([k.value for k in RuntimeKind]))
     webhook_url = fields.String()
     headers = fields.Dict(keys=fields.String(), values=fields.String())
     api_url = fields.String()
@@ -75,7 +76,11 @@ class RuntimeConfig(Schema):
         # Required even in a PATCH: a runtime given is a whole runtime.
         if "kind" not in data:
             raise ValidationError({"kind": ["Missing data for required field."]})
-        needed = ["webhook_url"] if data["kind"] == "n8n" else ["api_url", "task_id", "secret_key"]
+        needed = (
+            ["webhook_url"]
+            if data["kind"] == RuntimeKind.N8N
+            else ["api_url", "task_id", "secret_key"]
+        )
         missing = [n for n in needed if n not in data]
         if missing:
             raise ValidationError({n: ["Missing data for required field."] for n in missing})
@@ -109,10 +114,10 @@ class AgentBody(StorableBody):
         unknown = RAISE
 
     name = NAME
-    managed_by = fields.String(validate=validate.OneOf(["platform", "standalone"]))
-    status = fields.String(validate=validate.OneOf(["active", "paused", "archived"]))
+    managed_by = fields.String(validate=validate.OneOf([kind.value for kind in ManagedBy]))
+    status = fields.String(validate=validate.OneOf([status.value for status in AgentStatus]))
     allow_external_triggers = fields.Boolean(truthy={True}, falsy={False})
-    output_kind = fields.String(validate=validate.OneOf(["json", "file_download", "stream"]))
+    output_kind = fields.String(validate=validate.OneOf([kind.value for kind in OutputKind]))
     runtime = fields.Nested(RuntimeConfig, required=True)
     default_input = JsonObject()
     input_format = fields.Raw(allow_none=True)

@@ -61,13 +61,14 @@ from gateway.runs.waits import RunWaiters
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStoreError
 from store import queries, run_files
+from store.enums import EventType, OutputKind, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.jsonb import jsonb_problem
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
 
-EXECUTE_KINDS = ("json", "stream")
+EXECUTE_KINDS = (OutputKind.JSON, OutputKind.STREAM)
 # The one attribute of a block that is streamed: the text it produces.
 STREAMED_ATTRIBUTE = "content"
 MAX_SELECTED_OUTPUTS = 100
@@ -181,7 +182,7 @@ class Execution:
     @property
     def streams(self) -> bool:
         """Whether the runtime streams the run's output (else it answers once)."""
-        return self.agent.output_kind == "stream" and self.adapter.streams
+        return self.agent.output_kind == OutputKind.STREAM and self.adapter.streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +287,7 @@ class ExecuteService:
         """403/422 unless the agent may be executed from outside; its runtime adapter."""
         self._runs.check_eligible(agent, output_kinds=EXECUTE_KINDS)
         adapter = self._runs.adapter_for(agent)
-        if agent.output_kind == "stream" and not adapter.streams:
+        if agent.output_kind == OutputKind.STREAM and not adapter.streams:
             raise Unprocessable(
                 f"Agent output_kind is 'stream' but its runtime ({adapter.kind}) cannot stream"
             )
@@ -351,7 +352,11 @@ class ExecuteService:
             **{k: self._files.placeholder(v) for k, v in coerced.values.items()},
         }
         run = await self._runs.create_run(
-            agent, input_data=recorded, user_id=None, window_ms=window_ms, trigger_kind="execute"
+            agent,
+            input_data=recorded,
+            user_id=None,
+            window_ms=window_ms,
+            trigger_kind=TriggerKind.EXECUTE,
         )
         # File references become file objects; uploads, once stored, too.
         values = {k: self._files.placeholder(v) for k, v in coerced.values.items()}
@@ -420,7 +425,7 @@ class ExecuteService:
         ended = False
         frames = 0
         try:
-            await self._runs.publish(RunEvent(run.id, "started"))
+            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
             try:
                 stream = await ex.adapter.open_stream(
                     ex.agent.runtime, ex.payload, wait_s=max(0.001, ex.deadline - loop.time())
@@ -510,19 +515,19 @@ class ExecuteService:
         output: Any = collector.output()
         if failure is not None:
             event = RunEvent(
-                run.id, "failed", error=failure[:MAX_ERROR_LEN], duration_ms=duration_ms
+                run.id, EventType.FAILED, error=failure[:MAX_ERROR_LEN], duration_ms=duration_ms
             )
             if output:
                 # What was streamed before the failure is kept with the run.
                 event = dataclasses.replace(event, output_data=output)
-        elif answer is not None and answer.status == "running":
+        elif answer is not None and answer.status == RunStatus.RUNNING:
             # The workflow took the run and reports through callbacks: wait for its end.
             ended = await self._waiters.wait(run.id, deadline=ex.deadline)
             return self._outcome_of(ex, ended or await self._reload(run))
-        elif answer is not None and answer.status == "failed":
+        elif answer is not None and answer.status == RunStatus.FAILED:
             event = RunEvent(
                 run.id,
-                "failed",
+                EventType.FAILED,
                 error=(answer.error or "The runtime reported the run failed")[:MAX_ERROR_LEN],
                 duration_ms=duration_ms,
             )
@@ -531,7 +536,7 @@ class ExecuteService:
                 output = answer.output
             event = RunEvent(
                 run.id,
-                "completed",
+                EventType.COMPLETED,
                 output_data=output,
                 outputs=lift_outputs(output),
                 duration_ms=duration_ms,
@@ -542,7 +547,7 @@ class ExecuteService:
                 run_id=run.id,
                 agent_id=run.agent_id,
                 status=event.type,
-                success=event.type == "completed",
+                success=event.type == EventType.COMPLETED,
                 output=event.stored_output,
                 error=event.error,
                 duration_ms=duration_ms,
@@ -571,15 +576,15 @@ class ExecuteService:
                 timed_out=True,
             )
         error = run.error
-        if run.status == "cancelled" and not error:
+        if run.status == RunStatus.CANCELLED and not error:
             error = "The run was cancelled"
         return Outcome(
             run_id=run.id,
             agent_id=run.agent_id,
             status=run.status,
-            success=run.status == "completed",
+            success=run.status == RunStatus.COMPLETED,
             output=run.output_data,
-            error=None if run.status == "completed" else error,
+            error=None if run.status == RunStatus.COMPLETED else error,
             duration_ms=duration,
         )
 
@@ -594,6 +599,6 @@ class ExecuteService:
         """Record that the caller left: the run is cancelled, with the reason."""
         log.info("execute_caller_left", run_id=run.id, reason=reason)
         self._background.spawn(
-            self._runs.publish(RunEvent(run.id, "cancelled", error=reason)),
+            self._runs.publish(RunEvent(run.id, EventType.CANCELLED, error=reason)),
             name=f"cancel-run-{run.id}",
         )

@@ -10,7 +10,6 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from adapters.base import RuntimeAdapter
 from adapters.n8n import N8nAdapter
 from adapters.trigger_dev import TriggerDevAdapter
 from gateway.admin.service import AdminService
@@ -124,7 +123,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     publisher = EventPublisher(
         app[REDIS], app[DB_POOL], settings.events_stream, observe=metrics.observe_event
     )
-    adapters: dict[str, RuntimeAdapter] = metrics.metered_adapters(
+    adapters = metrics.metered_adapters(
         {
             N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
             TriggerDevAdapter.kind: TriggerDevAdapter(

@@ -15,6 +15,7 @@ from marshmallow import (
 )
 
 from gateway.validation import JsonObject, StorableBody, StrictNumber
+from store.enums import RunStatus
 
 
 class TriggerBody(StorableBody):
@@ -99,9 +100,7 @@ class IngestBody(StorableBody):
     externalRunId = _EXTERNAL_RUN_ID
     status = fields.String(
         required=True,
-        validate=validate.OneOf(
-            ["queued", "running", "waiting", "completed", "failed", "cancelled"]
-        ),
+        validate=validate.OneOf([status.value for status in RunStatus]),
     )
     output = fields.Raw(allow_none=True)
     outputs = fields.Raw(allow_none=True)

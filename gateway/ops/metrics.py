@@ -40,6 +40,7 @@ from adapters.base import (
     RuntimeUnsupported,
     TriggerPayload,
 )
+from store.enums import RuntimeKind
 
 # Requests may be held for the whole wait window (up to the 600 s ceiling).
 LATENCY_BUCKETS = (
@@ -179,7 +180,9 @@ class GatewayMetrics:
         else:
             self.events_failed.labels(event_type, "database").inc()
 
-    def metered_adapters(self, adapters: Mapping[str, RuntimeAdapter]) -> dict[str, RuntimeAdapter]:
+    def metered_adapters(
+        self, adapters: Mapping[RuntimeKind, RuntimeAdapter]
+    ) -> dict[str, RuntimeAdapter]:
         """``adapters`` with every call timed into ``runtime_calls``."""
         return {kind: _metered(adapter, self.runtime_calls) for kind, adapter in adapters.items()}
 
@@ -203,7 +206,7 @@ def _outcome(exc: BaseException | None) -> str:
 class _MeteredAdapter:
     """A runtime adapter whose calls are timed; behaviour is the wrapped adapter's."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[RuntimeKind]
     followed: ClassVar[bool]
     streams: ClassVar[bool]
 

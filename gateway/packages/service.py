@@ -39,6 +39,7 @@ from gateway.runs.filenames import slug
 from gateway.security.signing import SignatureError, SignatureExpired, UrlSigner, url_path
 from gateway.storage.blobs import BlobNotFound, BlobStore
 from store import packages, queries, run_files
+from store.enums import OutputKind
 from store.models import Agent, Run, iso
 from store.run_files import RunFile
 
@@ -389,7 +390,7 @@ def _references(agent: Agent, run: Run) -> list[dict[str, Any]]:
 def _downloaded_file(run: Run) -> dict[str, Any] | None:
     """The manifest line of a trigger-and-download run's file: recorded, never stored."""
     output = run.output_data
-    if not isinstance(output, dict) or output.get("kind") != "file_download":
+    if not isinstance(output, dict) or output.get("kind") != OutputKind.FILE_DOWNLOAD:
         return None
     line = _asset(None, run_files.OUTPUT, output.get("mimeType"), output.get("sizeBytes"), None)
     line |= {"name": output.get("filename"), "stored": False, "note": _NOT_STORED_DOWNLOAD}

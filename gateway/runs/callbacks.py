@@ -16,6 +16,7 @@ from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
 from store import queries
+from store.enums import EventType, RunStatus
 from store.events import RunEvent
 from store.models import Run
 
@@ -23,12 +24,14 @@ log = structlog.get_logger(__name__)
 
 # The status a run moves to for each kind of callback.
 _STATUS_AFTER = {
-    "started": "running",
-    "output": "running",
-    "waiting": "waiting",
-    "completed": "completed",
-    "failed": "failed",
+    EventType.STARTED: RunStatus.RUNNING,
+    EventType.OUTPUT: RunStatus.RUNNING,
+    EventType.WAITING: RunStatus.WAITING,
+    EventType.COMPLETED: RunStatus.COMPLETED,
+    EventType.FAILED: RunStatus.FAILED,
 }
+# What a run can be after a callback (the callback route's 202 names it).
+STATUSES_AFTER = [status.value for status in dict.fromkeys(_STATUS_AFTER.values())]
 
 
 class CallbackService:
@@ -57,17 +60,17 @@ class CallbackService:
         return run
 
 
-def status_after(body: dict[str, Any]) -> str:
+def status_after(body: dict[str, Any]) -> RunStatus:
     """The status a callback moves its run to."""
     return _STATUS_AFTER[_event_type(body)]
 
 
-def _event_type(body: dict[str, Any]) -> str:
+def _event_type(body: dict[str, Any]) -> EventType:
     if body["type"] == "output" and body["complete"]:
-        return "completed"
+        return EventType.COMPLETED
     if body["type"] == "output" and body["failed"]:
-        return "failed"
-    return str(body["type"])
+        return EventType.FAILED
+    return EventType(body["type"])
 
 
 def _event(run_id: int, body: dict[str, Any]) -> RunEvent:
@@ -77,15 +80,15 @@ def _event(run_id: int, body: dict[str, Any]) -> RunEvent:
         extra["output_data"] = body["output"]
     if "outputs" in body:
         extra["outputs"] = json_outputs(body["outputs"])
-    elif kind == "completed":
+    elif kind == EventType.COMPLETED:
         extra["outputs"] = lift_outputs(body.get("output"))
-    if kind == "started":
-        return RunEvent(run_id, "started")
-    if kind == "waiting":
+    if kind == EventType.STARTED:
+        return RunEvent(run_id, EventType.STARTED)
+    if kind == EventType.WAITING:
         waiting_for = {"tokenId": body["tokenId"], "description": body.get("description")}
-        return RunEvent(run_id, "waiting", waiting_for=waiting_for, **extra)
-    if kind == "failed":
-        return RunEvent(run_id, "failed", error=failure_reason(body.get("error")), **extra)
+        return RunEvent(run_id, EventType.WAITING, waiting_for=waiting_for, **extra)
+    if kind == EventType.FAILED:
+        return RunEvent(run_id, EventType.FAILED, error=failure_reason(body.get("error")), **extra)
     return RunEvent(run_id, kind, **extra)
 
 

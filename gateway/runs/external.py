@@ -19,6 +19,7 @@ from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import RunService
 from gateway.security.tokens import CredentialsTokens, IssuedToken
 from store import queries
+from store.enums import AgentStatus, EventType, ManagedBy, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.models import Agent, Run
 
@@ -55,11 +56,11 @@ class ExternalRunService:
         Only for platform-managed, active agents: a standalone agent reports through ingest.
         """
         problems = []
-        if agent.managed_by != "platform":
+        if agent.managed_by != ManagedBy.PLATFORM:
             problems.append(
                 f"managed_by is '{agent.managed_by}', not 'platform' (standalone agents use ingest)"
             )
-        if agent.status != "active":
+        if agent.status != AgentStatus.ACTIVE:
             problems.append(f"status is '{agent.status}', not 'active'")
         if problems:
             raise Unprocessable("Agent cannot register runs: " + "; ".join(problems))
@@ -67,9 +68,9 @@ class ExternalRunService:
             self._pool,
             agent=agent,
             external_run_id=external_run_id,
-            status="running",
+            status=RunStatus.RUNNING,
             deadline=_deadline(agent),
-            trigger_kind="external",
+            trigger_kind=TriggerKind.EXTERNAL,
         )
         token = self._tokens.issue(run.id, at_least_s=run.seconds_to_deadline())
         return Registration(run, created, token)
@@ -80,7 +81,7 @@ class ExternalRunService:
         ``body`` is validated by ``IngestBody``. 422 for an agent that is not standalone; 409
         once the run has ended (the terminal guard: a run never changes after its end).
         """
-        if agent.managed_by != "standalone":
+        if agent.managed_by != ManagedBy.STANDALONE:
             raise Unprocessable(
                 f"Agent is not eligible for ingest: managed_by is '{agent.managed_by}', not "
                 "'standalone' (platform-managed runs report through their callback URL)"
@@ -90,9 +91,9 @@ class ExternalRunService:
             self._pool,
             agent=agent,
             external_run_id=body["externalRunId"],
-            status="queued",
+            status=RunStatus.QUEUED,
             deadline=_deadline(agent),
-            trigger_kind="ingest",
+            trigger_kind=TriggerKind.INGEST,
         )
         event = _event(run.id, body)
         if run.terminal or (event is not None and not await self._runs.publish(event)):
@@ -118,15 +119,15 @@ def _event(run_id: int, body: dict[str, Any]) -> RunEvent | None:
     extra: dict[str, Any] = {}
     if "output" in body:
         extra["output_data"] = body["output"]
-    if status == "queued":
+    if status == RunStatus.QUEUED:
         return None
-    if status == "running":
-        return RunEvent(run_id, "output" if extra else "started", **extra)
-    if status == "completed":
+    if status == RunStatus.RUNNING:
+        return RunEvent(run_id, EventType.OUTPUT if extra else EventType.STARTED, **extra)
+    if status == RunStatus.COMPLETED:
         outputs = (
             json_outputs(body["outputs"]) if "outputs" in body else lift_outputs(body.get("output"))
         )
-        return RunEvent(run_id, "completed", outputs=outputs, **extra)
-    if status == "failed":
-        return RunEvent(run_id, "failed", error=failure_reason(body.get("error")), **extra)
-    return RunEvent(run_id, status, **extra)
+        return RunEvent(run_id, EventType.COMPLETED, outputs=outputs, **extra)
+    if status == RunStatus.FAILED:
+        return RunEvent(run_id, EventType.FAILED, error=failure_reason(body.get("error")), **extra)
+    return RunEvent(run_id, EventType(status), **extra)

@@ -19,6 +19,7 @@ import structlog
 from adapters.base import RuntimeAdapter, RuntimeFailure, RuntimeRefused, RuntimeRetryLater
 from gateway.runs.service import RunService
 from store import queries
+from store.enums import RunStatus
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +119,6 @@ class RunFollower:
             await self._runs.record_result(item.run_id, result)
             await queries.stop_following(self._pool, item.run_id)
             return
-        if result.status != item.status and result.status in {"running", "waiting"}:
+        if result.status != item.status and result.status in {RunStatus.RUNNING, RunStatus.WAITING}:
             await self._runs.record_result(item.run_id, result)
         await queries.schedule_follow(self._pool, item.run_id, in_s=poll_interval_s(item.attempts))

@@ -45,6 +45,7 @@ from gateway.security.apikeys import derive_agent_api_key
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from store import queries
+from store.enums import AgentStatus, EventType, ManagedBy, OutputKind, RunStatus, TriggerKind
 from store.events import EventPublisher, RunEvent
 from store.jsonb import jsonb_problem, storable_text
 from store.models import Agent, Run
@@ -117,12 +118,12 @@ class RunService:
                 "External triggers are disabled for this agent (allow_external_triggers is off)"
             )
         problems = []
-        if agent.managed_by != "platform":
+        if agent.managed_by != ManagedBy.PLATFORM:
             problems.append(f"managed_by is '{agent.managed_by}', not 'platform'")
-        if agent.status != "active":
+        if agent.status != AgentStatus.ACTIVE:
             problems.append(f"status is '{agent.status}', not 'active'")
         if agent.output_kind not in output_kinds:
-            if agent.output_kind == "file_download":
+            if agent.output_kind == OutputKind.FILE_DOWNLOAD:
                 problems.append("output_kind is 'file_download': use trigger-and-download")
             else:
                 allowed = "' or '".join(sorted(output_kinds))
@@ -263,10 +264,10 @@ class RunService:
             input_data=input_data,
             user_id=user_id,
             window_ms=window_ms,
-            trigger_kind="download",
+            trigger_kind=TriggerKind.DOWNLOAD,
         )
         payload = self.trigger_payload(agent, run)
-        await self._publisher.publish(RunEvent(run.id, "started"))
+        await self._publisher.publish(RunEvent(run.id, EventType.STARTED))
         adapter = self._adapter(agent)
         try:
             upstream = await adapter.open_download(
@@ -362,9 +363,9 @@ class RunService:
         await self.publish(
             RunEvent(
                 start.run.id,
-                "completed",
+                EventType.COMPLETED,
                 output_data={
-                    "kind": "file_download",
+                    "kind": OutputKind.FILE_DOWNLOAD.value,
                     "filename": start.filename,
                     "mimeType": start.mime_type,
                     "sizeBytes": size_bytes,
@@ -384,7 +385,7 @@ class RunService:
             log.warning("run_output_refused", run_id=event.run_id, problem=problem)
             event = RunEvent(
                 event.run_id,
-                "failed",
+                EventType.FAILED,
                 at=event.at,
                 error=f"OutputNotStorable: the output {problem}",
                 duration_ms=event.duration_ms,
@@ -396,7 +397,7 @@ class RunService:
         if await self._publisher.claimed_end(run_id) == "cancelled":
             return True
         run = await queries.get_run(self._pool, run_id)
-        return run is not None and run.status == "cancelled"
+        return run is not None and run.status == RunStatus.CANCELLED
 
     async def record_result(self, run_id: int, result: RunResult) -> bool:
         """Record what the runtime says about a run; ``False`` when the run had ended.
@@ -404,29 +405,29 @@ class RunService:
         A run's ``duration_ms`` is from its start to this end, as the store computes it.
         """
         output: dict[str, Any] = {"output_data": result.output} if result.has_output else {}
-        if result.status == "completed":
+        if result.status == RunStatus.COMPLETED:
             event = RunEvent(
                 run_id,
-                "completed",
+                EventType.COMPLETED,
                 outputs=lift_outputs(result.output),
                 **output,
             )
-        elif result.status == "failed":
+        elif result.status == RunStatus.FAILED:
             reason = result.error or "The runtime reported the run failed"
             log.info("run_failed", run_id=run_id, reason=reason[:300])
-            event = RunEvent(run_id, "failed", error=reason[:MAX_ERROR_LEN], **output)
-        elif result.status == "cancelled":
-            event = RunEvent(run_id, "cancelled", **output)
-        elif result.status == "waiting":
-            event = RunEvent(run_id, "waiting", **output)
+            event = RunEvent(run_id, EventType.FAILED, error=reason[:MAX_ERROR_LEN], **output)
+        elif result.status == RunStatus.CANCELLED:
+            event = RunEvent(run_id, EventType.CANCELLED, **output)
+        elif result.status == RunStatus.WAITING:
+            event = RunEvent(run_id, EventType.WAITING, **output)
         else:
-            event = RunEvent(run_id, "started")
+            event = RunEvent(run_id, EventType.STARTED)
         return await self.publish(event)
 
     async def fail(self, run_id: int, reason: str, *, output_data: Any = None) -> bool:
         """Record that a run failed, with ``reason``; ``False`` when it had already ended."""
         result = RunResult(
-            "failed", output=output_data, has_output=output_data is not None, error=reason
+            RunStatus.FAILED, output=output_data, has_output=output_data is not None, error=reason
         )
         return await self.record_result(run_id, result)
 

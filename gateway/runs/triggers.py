@@ -29,6 +29,7 @@ from gateway.runs.follower import FIRST_POLL_S
 from gateway.runs.service import IdempotentReplay, RunService
 from gateway.runs.waits import RunWaiters
 from store import queries
+from store.enums import EventType, TriggerKind
 from store.events import RunEvent
 from store.models import Agent, Run
 
@@ -95,7 +96,7 @@ class TriggerService:
                 input_data=input_data,
                 user_id=user_id,
                 window_ms=0,
-                trigger_kind="trigger",
+                trigger_kind=TriggerKind.TRIGGER,
                 idempotency=idempotency,
             )
         except IdempotentReplay as replay:
@@ -106,7 +107,7 @@ class TriggerService:
     async def _drive(self, agent: Agent, adapter: RuntimeAdapter, run: Run) -> None:
         """Invoke the runtime for a run nobody waits on, and record how it took it."""
         if not adapter.followed:
-            await self._runs.publish(RunEvent(run.id, "started"))
+            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
         payload = self._runs.trigger_payload(agent, run)
         outcome: Invocation | RuntimeFailure
         try:
@@ -173,7 +174,11 @@ class TriggerService:
         window_ms = self._runs.wait_window_ms(agent, timeout_ms)
         deadline = asyncio.get_running_loop().time() + window_ms / 1000
         run = await self._runs.create_run(
-            agent, input_data=input_data, user_id=user_id, window_ms=window_ms, trigger_kind="wait"
+            agent,
+            input_data=input_data,
+            user_id=user_id,
+            window_ms=window_ms,
+            trigger_kind=TriggerKind.WAIT,
         )
         return await self.run_and_wait(agent, adapter, run, deadline=deadline)
 
@@ -196,7 +201,7 @@ class TriggerService:
         """
         loop = asyncio.get_running_loop()
         if not adapter.followed:
-            await self._runs.publish(RunEvent(run.id, "started"))
+            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
         if payload is None:
             payload = self._runs.trigger_payload(agent, run)
         invoke = asyncio.ensure_future(
@@ -247,7 +252,7 @@ class TriggerService:
         if not adapter.followed:
             invoke.cancel()
         await self._runs.publish(
-            RunEvent(run.id, "cancelled", error="Caller disconnected before the run ended")
+            RunEvent(run.id, EventType.CANCELLED, error="Caller disconnected before the run ended")
         )
         if adapter.followed:
             # The trigger call is let finish so the task it created can be cancelled too
@@ -267,7 +272,7 @@ class TriggerService:
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""
         run = await self._runs.get_run(org_id, agent_id, run_id)
-        if run.terminal or not await self._runs.publish(RunEvent(run.id, "cancelled")):
+        if run.terminal or not await self._runs.publish(RunEvent(run.id, EventType.CANCELLED)):
             current = await self._reload(run)
             raise Conflict(
                 f"Run has already ended ({current.status})",

@@ -1,4 +1,4 @@
-"""The layers hold: the import-linter contracts in pyproject.toml, and ``aiohttp.web`` at the edge."""
+"""The layers hold: import-linter's contracts (pyproject.toml), and ``aiohttp.web`` at the edge."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
+from store.enums import AgentStatus, ManagedBy, OutputKind, RuntimeKind
 
 TAG = {
     "name": "admin",
@@ -25,10 +26,10 @@ _NAME = {"type": "string", "minLength": 1, "maxLength": 200}
 _HTTP_URL = {"type": "string", "format": "uri", "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]+)?/"}
 _AGENT_FIELDS: Json = {
     "name": _NAME,
-    "managed_by": {"enum": ["platform", "standalone"]},
-    "status": {"enum": ["active", "paused", "archived"]},
+    "managed_by": {"enum": [kind.value for kind in ManagedBy]},
+    "status": {"enum": [status.value for status in AgentStatus]},
     "allow_external_triggers": {"type": "boolean"},
-    "output_kind": {"enum": ["json", "file_download", "stream"]},
+    "output_kind": {"enum": [kind.value for kind in OutputKind]},
     "runtime": ref("RuntimeConfig"),
     "default_input": {"type": "object"},
     "input_format": {"description": "Any JSON value describing the agent's input."},
@@ -60,7 +61,7 @@ SCHEMAS: dict[str, Json] = {
                 "required": ["kind", "webhook_url"],
                 "additionalProperties": False,
                 "properties": {
-                    "kind": {"const": "n8n"},
+                    "kind": {"const": RuntimeKind.N8N.value},
                     "webhook_url": _HTTP_URL,
                     "headers": {
                         "type": "object",
@@ -75,7 +76,7 @@ SCHEMAS: dict[str, Json] = {
                 "required": ["kind", "api_url", "task_id", "secret_key"],
                 "additionalProperties": False,
                 "properties": {
-                    "kind": {"const": "trigger.dev"},
+                    "kind": {"const": RuntimeKind.TRIGGER_DEV.value},
                     "api_url": _HTTP_URL,
                     "task_id": {"type": "string", "minLength": 1, "maxLength": 512},
                     "secret_key": {

@@ -13,6 +13,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
+from gateway.runs.callbacks import STATUSES_AFTER
 
 TAG = {
     "name": "callbacks",
@@ -91,7 +92,7 @@ PATHS: dict[str, Json] = {
                         "required": ["runId", "status"],
                         "properties": {
                             "runId": {"type": "integer"},
-                            "status": {"enum": ["running", "waiting", "completed", "failed"]},
+                            "status": {"enum": STATUSES_AFTER},
                         },
                     },
                 ),

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from store.enums import RunStatus
+
 Json = dict[str, Any]
 
-RUN_STATUSES = ["queued", "running", "waiting", "completed", "failed", "cancelled"]
+RUN_STATUSES = [status.value for status in RunStatus]
+# A run that is still going (a wait that timed out answers with one of these).
+IN_FLIGHT = [status.value for status in RunStatus if not status.terminal]
 _TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-03-01T12:00:05.250Z"]}
 _NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
 
@@ -253,7 +257,7 @@ SCHEMAS: dict[str, Json] = {
         "properties": {
             "runId": {"type": "integer"},
             "agentId": {"type": "integer"},
-            "status": {"enum": ["queued", "running", "waiting"]},
+            "status": {"enum": IN_FLIGHT},
             "timedOut": {"const": True},
         },
     },

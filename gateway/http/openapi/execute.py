@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.http.openapi.components import (
+    IN_FLIGHT,
     RATE_LIMITED,
     Json,
     error,
@@ -107,7 +108,7 @@ SCHEMAS: dict[str, Json] = {
         "required": ["runId", "status", "timedOut"],
         "properties": {
             "runId": {"type": "integer"},
-            "status": {"enum": ["queued", "running", "waiting"]},
+            "status": {"enum": IN_FLIGHT},
             "timedOut": {"const": True},
         },
     },

@@ -1,0 +1,81 @@
+"""The closed sets the store, the adapters, the schemas and the OpenAPI document share.
+
+``StrEnum`` members are strings, so rows, JSON bodies and comparisons with plain values work
+unchanged; the lists of accepted values are read from here instead of being written out.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    """A run's state: queued -> running <-> waiting -> completed | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether a run in this state has ended (and so will never change again)."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+IN_FLIGHT_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING})
+
+
+class EventType(StrEnum):
+    """One transition of a run, as runtimes report it and the store applies it."""
+
+    STARTED = "started"
+    OUTPUT = "output"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class OutputKind(StrEnum):
+    """What an agent's run gives back: inline JSON, a file streamed through, or a live stream."""
+
+    JSON = "json"
+    FILE_DOWNLOAD = "file_download"
+    STREAM = "stream"
+
+
+class TriggerKind(StrEnum):
+    """How a run was started (``runs.trigger_kind``)."""
+
+    TRIGGER = "trigger"
+    WAIT = "wait"
+    DOWNLOAD = "download"
+    EXECUTE = "execute"
+    EXTERNAL = "external"
+    INGEST = "ingest"
+
+
+class RuntimeKind(StrEnum):
+    """The workflow runtimes an agent can run on (``runtime.kind``)."""
+
+    N8N = "n8n"
+    TRIGGER_DEV = "trigger.dev"
+
+
+class AgentStatus(StrEnum):
+    """Whether an agent takes runs."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+class ManagedBy(StrEnum):
+    """Who manages an agent: the platform, or the caller on its own."""
+
+    PLATFORM = "platform"
+    STANDALONE = "standalone"
