@@ -13,7 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN, SECRET_KEY, Backends, Tenant
+from tests.support.backends import Backends
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN, SECRET_KEY
 
 Client = TestClient[web.Request, web.Application]
 N8N = {

@@ -36,8 +36,10 @@ from gateway.storage.blobs import (
     run_input_key,
     safe_filename,
 )
-from tests.conftest import GatewayFactory, TenantFactory, received
-from tests.gateway.execute_helpers import api_key, execute_url, stream_agent
+from tests.support.execute import api_key, execute_url, stream_agent
+from tests.support.gateways import GatewayFactory
+from tests.support.runtimes import received
+from tests.support.tenants import TenantFactory
 
 MB = 1024 * 1024
 S3_KEY_ID = "testing"

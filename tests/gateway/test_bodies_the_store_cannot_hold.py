@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ADMIN, Tenant, json_agent
+from tests.support.runtimes import json_agent
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN
 
 
 async def test_a_nul_character_in_trigger_input_is_a_400(

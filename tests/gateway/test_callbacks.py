@@ -10,15 +10,10 @@ from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import CALLBACKS_SENT
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    as_agent,
-    first_invoked_run,
-    wait_for_run,
-    webhook,
-)
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_for_run
+from tests.support.runtimes import as_agent, first_invoked_run, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 
 async def callback_agent(tenant: Tenant, runtime: TestServer) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.events import EventPublisher, RunEvent
-from tests.conftest import ConsumerFactory, Tenant, json_agent
+from tests.support.consumers import ConsumerFactory
+from tests.support.runtimes import json_agent
+from tests.support.tenants import Tenant
 
 Client = TestClient[web.Request, web.Application]
 MonitorFactory = Callable[[StoreConsumer], Awaitable[Client]]

@@ -14,17 +14,10 @@ from aiohttp.test_utils import TestServer
 from devkit.fakes.n8n import CALLBACKS_SENT
 from gateway.security.tokens import CredentialsTokens
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    ADMIN,
-    SECRET_KEY,
-    Tenant,
-    TenantFactory,
-    as_agent,
-    json_agent,
-    received,
-    wait_for_run,
-    wait_url,
-)
+from tests.support.runs import wait_for_run, wait_url
+from tests.support.runtimes import as_agent, json_agent, received
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.tokens import ADMIN, SECRET_KEY
 
 SECRET = {"api_key": "sk_live_VERY_SECRET_51", "base_url": "https://crm.example"}
 

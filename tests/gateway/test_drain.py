@@ -17,7 +17,8 @@ from gateway.http.app import create_app
 from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
-from tests.conftest import ADMIN, first_invoked_run, webhook
+from tests.support.runtimes import first_invoked_run, webhook
+from tests.support.tokens import ADMIN
 
 
 async def test_a_held_wait_cut_by_the_drain_fails_its_run_with_the_reason(

@@ -12,16 +12,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    json_agent,
-    received,
-    wait_for_run,
-    webhook,
-)
-from tests.gateway.execute_helpers import (
+from tests.support.execute import (
     AGENT_1,
     AGENT_2,
     api_key,
@@ -30,6 +21,10 @@ from tests.gateway.execute_helpers import (
     read_events,
     stream_agent,
 )
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_for_run
+from tests.support.runtimes import json_agent, received, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 
 async def test_a_streamed_run_arrives_frame_by_frame_then_done_and_the_terminator(

@@ -20,8 +20,10 @@ from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import make_bytes
 from gateway.settings import Settings
-from tests.conftest import GatewayFactory, Tenant, TenantFactory, received
-from tests.gateway.execute_helpers import api_key, execute_url, stream_agent
+from tests.support.execute import api_key, execute_url, stream_agent
+from tests.support.gateways import GatewayFactory
+from tests.support.runtimes import received
+from tests.support.tenants import Tenant, TenantFactory
 
 MB = 1024 * 1024
 FILES_FORMAT = [

@@ -9,8 +9,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ADMIN, Tenant, received
-from tests.gateway.execute_helpers import api_key, execute_url, stream_agent
+from tests.support.execute import api_key, execute_url, stream_agent
+from tests.support.runtimes import received
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN
 
 EVERY_TYPE = [
     {"name": "title", "type": "string"},

@@ -17,15 +17,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import Tenant, received
-from tests.gateway.execute_helpers import (
-    AGENT_1,
-    AGENT_2,
-    Event,
-    data_frames,
-    parse_event,
-    stream_agent,
-)
+from tests.support.execute import AGENT_1, AGENT_2, Event, data_frames, parse_event, stream_agent
+from tests.support.runtimes import received
+from tests.support.tenants import Tenant
 
 # The seed's commands, verbatim but for the host (and -sS -N, so curl prints each event as it
 # arrives and stays quiet otherwise).

@@ -9,7 +9,9 @@ import asyncpg
 import pytest
 
 from store.consumer import StoreConsumer
-from tests.conftest import RUN_KEYS, Tenant, TenantFactory, as_agent, wait_for_run
+from tests.support.runs import RUN_KEYS, wait_for_run
+from tests.support.runtimes import as_agent
+from tests.support.tenants import Tenant, TenantFactory
 
 
 def register_url(agent_id: int | str) -> str:

@@ -7,7 +7,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ADMIN, GatewayFactory, Tenant
+from tests.support.gateways import GatewayFactory
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN
 
 
 def closed_port() -> int:

@@ -19,7 +19,9 @@ from gateway.http.app import create_app
 from gateway.ops.log_config import redact_secrets
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
-from tests.conftest import Tenant, as_agent, first_invoked_run, json_agent, wait_url, webhook
+from tests.support.runs import wait_url
+from tests.support.runtimes import as_agent, first_invoked_run, json_agent, webhook
+from tests.support.tenants import Tenant
 
 Client = TestClient[web.Request, web.Application]
 

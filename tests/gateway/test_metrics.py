@@ -10,7 +10,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from store.consumer import StoreConsumer
-from tests.conftest import ADMIN, GatewayFactory, Tenant, json_agent, wait_url, webhook
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_url
+from tests.support.runtimes import json_agent, webhook
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN
 
 Client = TestClient[web.Request, web.Application]
 

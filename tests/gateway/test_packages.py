@@ -25,17 +25,8 @@ from gateway.storage.blobs import run_output_key
 from store import packages as package_sql
 from store import run_files
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    as_agent,
-    first_invoked_run,
-    json_agent,
-    wait_for_run,
-    webhook,
-)
-from tests.gateway.package_helpers import (
+from tests.support.gateways import GatewayFactory
+from tests.support.packages import (
     bare,
     download_url,
     execute_job,
@@ -45,6 +36,9 @@ from tests.gateway.package_helpers import (
     upload,
     v0_error,
 )
+from tests.support.runs import wait_for_run
+from tests.support.runtimes import as_agent, first_invoked_run, json_agent, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 PDF = b"%PDF-1.4\n" + make_bytes(700_000)
 PNG = b"\x89PNG\r\n\x1a\n" + make_bytes(300_000, offset=5)

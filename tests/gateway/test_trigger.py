@@ -12,18 +12,11 @@ from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
 from store.reaper import REAPED_ERROR
-from tests.conftest import (
-    ConsumerFactory,
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    first_invoked_run,
-    json_agent,
-    received,
-    wait_for_run,
-    wait_url,
-    webhook,
-)
+from tests.support.consumers import ConsumerFactory
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_for_run, wait_url
+from tests.support.runtimes import first_invoked_run, json_agent, received, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 
 def held_wait(tenant: Tenant, agent: dict[str, Any]) -> asyncio.Future[Any]:

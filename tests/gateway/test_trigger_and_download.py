@@ -22,14 +22,10 @@ from aiohttp.test_utils import TestServer
 from devkit.fakes.n8n import make_bytes
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    received,
-    wait_for_run,
-    webhook,
-)
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_for_run
+from tests.support.runtimes import received, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 MB = 1024 * 1024
 

@@ -11,18 +11,10 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    ADMIN,
-    RUN_KEYS,
-    Tenant,
-    as_agent,
-    json_agent,
-    parse_time,
-    received,
-    wait_for_run,
-    wait_url,
-    webhook,
-)
+from tests.support.runs import RUN_KEYS, parse_time, wait_for_run, wait_url
+from tests.support.runtimes import as_agent, json_agent, received, webhook
+from tests.support.tenants import Tenant
+from tests.support.tokens import ADMIN
 
 
 async def test_a_run_that_ends_in_the_window_answers_200_with_the_whole_run(

@@ -20,16 +20,10 @@ from multidict import CIMultiDict
 
 from devkit.fakes.trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    ADMIN,
-    RUN_KEYS,
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    parse_time,
-    wait_for_run,
-    wait_url,
-)
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import RUN_KEYS, parse_time, wait_for_run, wait_url
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.tokens import ADMIN
 
 SECRET = "tr_dev_fake"  # the fake's own key
 IN_FLIGHT = {"queued", "running", "waiting"}

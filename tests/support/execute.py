@@ -1,4 +1,4 @@
-"""Shared pieces of the execute tests: agents on the fake n8n, and reading SSE as a caller does."""
+"""Seed 004 for the tests: agents on the fake n8n, and reading SSE as a caller does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import node_id
-from tests.conftest import Tenant, webhook
+from tests.support.runtimes import webhook
+from tests.support.tenants import Tenant
 
 AGENT_1 = node_id("Agent 1")
 AGENT_2 = node_id("Agent 2")

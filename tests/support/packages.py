@@ -1,4 +1,4 @@
-"""Shared pieces of the package tests: seed 003's request, fetching a signed URL as anyone
+"""Seed 003 for the tests: its request, fetching a signed URL as anyone
 would, and jobs with stored files."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
-from tests.conftest import Tenant, json_agent
-from tests.gateway.execute_helpers import api_key, execute_url
+from tests.support.execute import api_key, execute_url
+from tests.support.runtimes import json_agent
+from tests.support.tenants import Tenant
 
 FILES_FORMAT = [
     {"name": "documents", "type": "files"},

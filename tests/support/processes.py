@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from devkit.embedded import free_port, stop_process
-from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY, Backends
+from tests.support.backends import Backends
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 
 class Processes:
