@@ -1,4 +1,5 @@
-"""The layers hold: the import-linter contracts in pyproject.toml, and ``aiohttp.web`` at the edge."""
+"""The layers hold: the import-linter contracts in pyproject.toml, and ``aiohttp.web`` at the
+edge."""
 
 from __future__ import annotations
 
