@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +21,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from devkit.fakes.n8n import RECEIVED, create_fake_runtime
+from devkit.fakes.n8n import create_fake_runtime
 from devkit.fakes.trigger_dev import create_fake_trigger_dev
 from gateway.http.app import create_app
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
-
-ADMIN_TOKEN = "test-admin-token"
-SECRET_KEY = "test-secret-key"
-
-
-@dataclass(frozen=True)
-class Backends:
-    """Where the session's PostgreSQL and Redis listen."""
-
-    database_url: str
-    redis_url: str
+from tests.support.backends import Backends
+from tests.support.consumers import ConsumerFactory
+from tests.support.gateways import GatewayFactory
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +92,6 @@ async def redis_client(backends: Backends) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-GatewayFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
-
-
 @pytest.fixture
 async def make_gateway(
     settings: Settings,
@@ -149,73 +138,6 @@ async def trigger_dev() -> AsyncIterator[TestServer]:
     await server.close()
 
 
-def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
-    """An n8n runtime config pointing at the fake runtime's ``/webhook/{path}``."""
-    return {
-        "kind": "n8n",
-        "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
-        "headers": {"X-N8N-Auth": "shared-secret"},
-    }
-
-
-# The keys of a run as seed 002's 200 and the poll target show it.
-RUN_KEYS = frozenset(
-    {
-        "runId",
-        "agentId",
-        "status",
-        "output_data",
-        "outputs",
-        "error",
-        "duration_ms",
-        "started_at",
-        "completed_at",
-        "created_at",
-    }
-)
-
-
-def wait_url(agent_id: int | str) -> str:
-    """Seed 002's endpoint for an agent."""
-    return f"/api/agents/{agent_id}/runs/trigger-and-wait"
-
-
-def parse_time(value: str) -> dt.datetime:
-    """A run timestamp as the seeds print it (ISO 8601, UTC, ``Z``)."""
-    assert value.endswith("Z"), value
-    return dt.datetime.fromisoformat(value[:-1] + "+00:00")
-
-
-def as_agent(agent: dict[str, Any]) -> dict[str, str]:
-    """The Authorization header a runtime sends for ``agent`` (its agent API key)."""
-    return {"Authorization": f"Bearer {agent['api_key']}"}
-
-
-async def json_agent(
-    tenant: Tenant, runtime: TestServer, path: str, **fields: Any
-) -> dict[str, Any]:
-    """An eligible JSON agent whose n8n webhook is ``/webhook/{path}`` on the fake runtime."""
-    return await tenant.create_agent(output_kind="json", runtime=webhook(runtime, path), **fields)
-
-
-async def first_invoked_run(runtime: TestServer) -> int:
-    """The run id the fake runtime was first invoked for, once it was (bounded)."""
-    for _ in range(250):
-        if calls := received(runtime):
-            run_id: int = calls[0]["payload"]["runId"]
-            return run_id
-        await asyncio.sleep(0.02)
-    raise AssertionError("the runtime was never invoked")
-
-
-def received(runtime: TestServer) -> list[dict[str, Any]]:
-    """What the fake runtime was sent, in order."""
-    return runtime.app[RECEIVED]
-
-
-ConsumerFactory = Callable[..., Awaitable[StoreConsumer]]
-
-
 @pytest.fixture
 async def make_consumer(settings: Settings, backends: Backends) -> AsyncIterator[ConsumerFactory]:
     """Start store consumers (with any ``StoreConsumer`` option) for the test's event stream."""
@@ -246,59 +168,6 @@ async def consumer(make_consumer: ConsumerFactory) -> StoreConsumer:
     return await make_consumer()
 
 
-@dataclass
-class Tenant:
-    """An organisation with an ingest key, as a caller of the agent API holds it."""
-
-    org_id: str
-    ingest_key: str
-    client: TestClient[web.Request, web.Application]
-
-    @property
-    def auth(self) -> dict[str, str]:
-        """The Authorization header for this tenant."""
-        return {"Authorization": f"Bearer {self.ingest_key}"}
-
-    async def create_agent(self, **fields: Any) -> dict[str, Any]:
-        """Create an agent through the admin API (defaults: an eligible download agent)."""
-        body = {
-            "name": "Report agent",
-            "output_kind": "file_download",
-            "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/none"},
-            **fields,
-        }
-        resp = await self.client.post(f"/admin/orgs/{self.org_id}/agents", json=body, headers=ADMIN)
-        assert resp.status == 201, await resp.text()
-        agent: dict[str, Any] = await resp.json()
-        return agent
-
-    async def create_credential(
-        self, data: dict[str, Any], *, name: str = "CRM", type: str = "api_key"
-    ) -> str:
-        """Store a credential for this organisation through the admin API; return its id."""
-        resp = await self.client.post(
-            f"/admin/orgs/{self.org_id}/credentials",
-            json={"name": name, "type": type, "data": data},
-            headers=ADMIN,
-        )
-        assert resp.status == 201, await resp.text()
-        credential_id: str = (await resp.json())["id"]
-        return credential_id
-
-    async def add_member(self, email: str) -> str:
-        """Add a user to this organisation; return the user id."""
-        resp = await self.client.post(
-            f"/admin/orgs/{self.org_id}/users", json={"email": email}, headers=ADMIN
-        )
-        assert resp.status == 201, await resp.text()
-        user_id: str = (await resp.json())["id"]
-        return user_id
-
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-TenantFactory = Callable[..., Awaitable[Tenant]]
-
-
 @pytest.fixture
 def make_tenant(gateway: TestClient[web.Request, web.Application]) -> TenantFactory:
     """Create organisations with ingest keys through the admin API."""
@@ -318,19 +187,3 @@ def make_tenant(gateway: TestClient[web.Request, web.Application]) -> TenantFact
 async def tenant(make_tenant: TenantFactory) -> Tenant:
     """One organisation with an ingest key."""
     return await make_tenant()
-
-
-async def wait_for_run(
-    tenant: Tenant, agent_id: int, run_id: int, *, timeout: float = 10.0
-) -> dict[str, Any]:
-    """Poll the run until it is terminal, as a caller would (bounded)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        resp = await tenant.client.get(f"/api/agents/{agent_id}/runs/{run_id}", headers=tenant.auth)
-        assert resp.status == 200, await resp.text()
-        run: dict[str, Any] = await resp.json()
-        if run["status"] in {"completed", "failed", "cancelled"}:
-            return run
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s")
-        await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ import yarl
 
 from adapters.base import RuntimeRefused, RuntimeTimeout, RuntimeUnavailable, TriggerPayload
 from adapters.n8n import N8nAdapter
-from tests.adapters.conftest import MockedRuntime
+from tests.support.mocked_runtime import MockedRuntime
 
 URL = "https://n8n.example/webhook/report"
 URL_OBJ = yarl.URL(URL)

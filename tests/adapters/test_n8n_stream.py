@@ -13,7 +13,7 @@ import pytest
 
 from adapters.base import RunResult, RuntimeFailure, RuntimeRefused, StreamChunk, TriggerPayload
 from adapters.n8n import N8nAdapter, N8nChunkStream, _lines, collect_chunks
-from tests.adapters.conftest import MockedRuntime
+from tests.support.mocked_runtime import MockedRuntime
 
 URL = "https://n8n.example/webhook/chat"
 PAYLOAD = TriggerPayload(

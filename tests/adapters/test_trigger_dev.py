@@ -22,7 +22,7 @@ from adapters.base import (
 )
 from adapters.trigger_dev import TriggerDevAdapter
 from devkit.fakes.trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
-from tests.adapters.conftest import MockedRuntime
+from tests.support.mocked_runtime import MockedRuntime
 
 API = "https://trigger.example"
 SECRET = "tr_dev_s3cr3t"

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from devkit.embedded import free_port
 from gateway.http import server
-from tests.e2e.nginx import DEPLOYED_CONF, Nginx, nginx_binary
+from tests.support.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from tests.conftest import Backends
-from tests.e2e.support import Processes, process_env
+from tests.support.backends import Backends
+from tests.support.processes import Processes, process_env
 
 
 @pytest.fixture

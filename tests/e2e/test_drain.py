@@ -16,7 +16,7 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import make_bytes
-from tests.e2e.support import Processes, setup_agent, wait_until_ready
+from tests.support.processes import Processes, setup_agent, wait_until_ready
 
 MB = 1024 * 1024
 PRE_STOP_S = 1.5

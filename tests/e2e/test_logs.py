@@ -12,8 +12,8 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import CALLBACKS_SENT
-from tests.conftest import ADMIN, ADMIN_TOKEN, SECRET_KEY
-from tests.e2e.support import Processes, wait_until_ready
+from tests.support.processes import Processes, wait_until_ready
+from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 N8N_HEADER_SECRET = "n8n-header-value-7f3a"
 TRIGGER_DEV_KEY = "tr_dev_fake"  # what the fake Trigger.dev accepts

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from devkit.embedded import stop_process
 from devkit.fakes.n8n import make_bytes
-from tests.conftest import SECRET_KEY
-from tests.e2e.support import Processes, setup_agent, wait_until_ready
+from tests.support.processes import Processes, setup_agent, wait_until_ready
+from tests.support.tokens import SECRET_KEY
 
 MB = 1024 * 1024
 

@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 
 from devkit.embedded import free_port
 from devkit.fakes.n8n import RECEIVED, make_bytes
-from tests.conftest import Backends
-from tests.e2e.nginx import Nginx, nginx_binary
-from tests.e2e.support import Processes, process_env, setup_agent, wait_until_ready
+from tests.support.backends import Backends
+from tests.support.nginx import Nginx, nginx_binary
+from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
 
 MB = 1024 * 1024
 SYNC_LIMIT = 3

@@ -17,17 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.http.openapi import build_document
 from store.consumer import StoreConsumer
-from tests.conftest import (
-    ADMIN_TOKEN,
-    GatewayFactory,
-    Tenant,
-    TenantFactory,
-    first_invoked_run,
-    json_agent,
-    received,
-    webhook,
-)
-from tests.gateway.execute_helpers import execute_url, stream_agent
+from tests.support.execute import execute_url, stream_agent
+from tests.support.gateways import GatewayFactory
+from tests.support.runtimes import first_invoked_run, json_agent, received, webhook
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.tokens import ADMIN_TOKEN
 
 # Per operation; the whole run stays well under a minute.
 MAX_EXAMPLES = 10

@@ -4,7 +4,6 @@ published is applied exactly once."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,10 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from devkit.embedded import EmbeddedRedis, stop_process
-from tests.conftest import Backends
-from tests.e2e.support import Processes, process_env
-from tests.resilience.conftest import LiveFactory
+from tests.support.backends import Backends
+from tests.support.live_gateways import LiveFactory
+from tests.support.processes import Processes, process_env
+from tests.support.prometheus import metric_sum
 
 RUNS = 200
 
@@ -29,16 +29,6 @@ def processes() -> Iterator[Processes]:
     children = Processes()
     yield children
     children.stop_all()
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 async def _held_by(redis: aioredis.Redis, consumer: str, *, bound_s: float) -> int:

@@ -20,8 +20,8 @@ from devkit.fakes.n8n import RECEIVED
 from gateway.http.keys import REDIS
 from gateway.security.apikeys import hash_key
 from store.consumer import StoreConsumer
-from tests.conftest import ADMIN, ADMIN_TOKEN
-from tests.resilience.conftest import Live, LiveFactory
+from tests.support.live_gateways import Live, LiveFactory
+from tests.support.tokens import ADMIN, ADMIN_TOKEN
 
 MB = 1024 * 1024
 

@@ -20,8 +20,8 @@ from gateway.http.middleware import errors_to_json, request_context
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.pool import create_pool
-from tests.conftest import Backends
-from tests.resilience.conftest import Caller, Live, LiveFactory
+from tests.support.backends import Backends
+from tests.support.live_gateways import Caller, Live, LiveFactory
 
 MB = 1024 * 1024
 FILE_SIZE = 8 * MB

@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestServer
 
 from gateway.security.ratelimit import RateLimiter
 from store.consumer import StoreConsumer
-from tests.conftest import Backends
-from tests.e2e.support import Processes, process_env, wait_until_ready
-from tests.resilience.conftest import LiveFactory
+from tests.support.backends import Backends
+from tests.support.live_gateways import LiveFactory
+from tests.support.processes import Processes, process_env, wait_until_ready
 
 SKEW_S = 3600
 # Python's wall clock, an hour ahead, in every process that imports this (sitecustomize).

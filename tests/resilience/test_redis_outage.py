@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 from devkit.embedded import EmbeddedRedis, free_port
 from devkit.fakes.n8n import CALLBACKS_SENT
 from store.consumer import StoreConsumer
-from tests.resilience.conftest import Caller, Live, LiveFactory
-from tests.resilience.test_consumer_dies import metric_sum
+from tests.support.live_gateways import Caller, Live, LiveFactory
+from tests.support.prometheus import metric_sum
 
 OUTAGE_S = 2.0
 

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from store.consumer import StoreConsumer
-from tests.resilience.conftest import Census, Live, LiveFactory
 from tests.resilience.rogue import TEN_GIB, RogueRuntime
+from tests.support.live_gateways import Census, Live, LiveFactory
 
 MB = 1024 * 1024
 # Short bounds, so that each fault shows within a second or two.

@@ -29,7 +29,9 @@ from sdk import (
     trigger_run_and_wait,
 )
 from store.consumer import StoreConsumer
-from tests.conftest import GatewayFactory, Tenant, TenantFactory, json_agent, webhook
+from tests.support.gateways import GatewayFactory
+from tests.support.runtimes import json_agent, webhook
+from tests.support.tenants import Tenant, TenantFactory
 
 FIFTY_MB = 50 * 1024 * 1024
 

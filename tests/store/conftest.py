@@ -1,8 +1,8 @@
-"""Fixtures shared by the store's tests: an agent to hang runs on, and a way to make runs."""
+"""Fixtures shared by the store's tests: an agent to hang runs on (``new_run`` in
+``tests/support/store_runs.py`` makes the runs)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 import asyncpg
@@ -23,16 +23,3 @@ async def agent(db: asyncpg.Pool) -> Agent:
         uuid.uuid4().bytes,
         {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
     )
-
-
-async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
-    """A queued run of ``agent``; its id."""
-    run = await queries.insert_run(
-        db,
-        agent=agent,
-        input_data={},
-        created_by=None,
-        deadline=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-        trigger_kind="test",
-    )
-    return run.id

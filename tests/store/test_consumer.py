@@ -14,8 +14,8 @@ from store.consumer import StoreConsumer
 from store.events import EventPublisher, RunEvent, apply_event, terminal_channel
 from store.models import Agent
 from store.reaper import REAPED_ERROR, reap_overdue
-from tests.conftest import Backends
-from tests.store.conftest import new_run
+from tests.support.backends import Backends
+from tests.support.store_runs import new_run
 
 
 async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:

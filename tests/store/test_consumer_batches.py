@@ -14,7 +14,7 @@ from store import events as store_events
 from store.consumer import StoreConsumer
 from store.events import RunEvent, apply_event, apply_events
 from store.models import Agent
-from tests.store.conftest import new_run
+from tests.support.store_runs import new_run
 
 
 async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:

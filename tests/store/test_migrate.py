@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from store.migrate import migrate_url, migration_files
-from tests.conftest import Backends
+from tests.support.backends import Backends
 
 
 async def test_migrating_again_applies_nothing(backends: Backends) -> None:

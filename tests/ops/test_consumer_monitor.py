@@ -1,0 +1,134 @@
+"""The store consumer's own /metrics and /healthz: its lag, what it applied, whether it turns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.http.monitor import monitor_app
+from gateway.ops.consumer_monitor import ConsumerMonitor
+from gateway.settings import Settings
+from store.consumer import StoreConsumer
+from store.events import EventPublisher, RunEvent
+from tests.support.consumers import ConsumerFactory
+from tests.support.runtimes import json_agent
+from tests.support.tenants import Tenant
+
+Client = TestClient[web.Request, web.Application]
+MonitorFactory = Callable[[StoreConsumer], Awaitable[Client]]
+
+
+@pytest.fixture
+async def monitor_of(
+    redis_client: aioredis.Redis, db: asyncpg.Pool
+) -> AsyncIterator[MonitorFactory]:
+    clients: list[Client] = []
+
+    async def start(consumer: StoreConsumer) -> Client:
+        client = TestClient(TestServer(monitor_app(ConsumerMonitor(consumer, redis_client, db))))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+async def scrape(client: Client) -> dict[str, float]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return {
+        sample.name + "".join(f"[{v}]" for v in sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(await resp.text())
+        for sample in family.samples
+    }
+
+
+async def test_lag_shows_unapplied_events_and_drops_once_they_are_applied(
+    settings: Settings,
+    tenant: Tenant,
+    runtime: TestServer,
+    redis_client: aioredis.Redis,
+    db: asyncpg.Pool,
+    make_consumer: ConsumerFactory,
+    monitor_of: MonitorFactory,
+) -> None:
+    agent = await json_agent(tenant, runtime, "accepted?report=0")
+    run_ids = []
+    for _ in range(3):
+        resp = await tenant.client.post(
+            f"/api/agents/{agent['id']}/runs/trigger", headers=tenant.auth
+        )
+        run_ids.append((await resp.json())["runId"])
+    publisher = EventPublisher(redis_client, db, settings.events_stream)
+    for run_id in run_ids:
+        await publisher.publish(RunEvent(run_id, "cancelled"))
+    # A consumer that has not started reading yet: the events wait in the stream.
+    idle = StoreConsumer(
+        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="idle"
+    )
+    await idle.ensure_group()
+    before = await scrape(await monitor_of(idle))
+
+    worker = await make_consumer()
+    monitor = await monitor_of(worker)
+    for _ in range(200):
+        after = await scrape(monitor)
+        backlog = (
+            after["agent_gateway_store_consumer_lag_events"]
+            + after["agent_gateway_store_pending_events"]
+        )
+        if backlog == 0:
+            break
+        await asyncio.sleep(0.05)
+
+    # The trigger's own "started" events may be in the stream too.
+    assert before["agent_gateway_store_consumer_lag_events"] >= len(run_ids)
+    assert before["agent_gateway_store_oldest_event_age_seconds"] >= 0
+    assert after["agent_gateway_store_events_total[applied]"] >= len(run_ids)
+    assert after["agent_gateway_store_consumer_lag_events"] == 0
+    assert after["agent_gateway_store_pending_events"] == 0
+    assert after["agent_gateway_store_db_pool_connections[max]"] == 4
+
+
+async def test_healthz_is_ok_while_the_loop_turns_and_503_once_stopping(
+    make_consumer: ConsumerFactory, monitor_of: MonitorFactory
+) -> None:
+    worker = await make_consumer()
+    monitor = await monitor_of(worker)
+
+    live = await monitor.get("/healthz")
+    body = await live.json()
+    worker.stop()
+    stopping = await monitor.get("/healthz")
+
+    assert live.status == 200
+    assert body["status"] == "ok"
+    assert body["consumer"] == worker.name
+    assert stopping.status == 503
+    assert (await stopping.json())["process"] == "stopping"
+
+
+async def test_a_stuck_loop_is_reported_unhealthy(
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    db: asyncpg.Pool,
+    monitor_of: MonitorFactory,
+) -> None:
+    consumer = StoreConsumer(
+        redis_client, db, stream=settings.events_stream, group=settings.events_group
+    )
+    consumer.heartbeat -= 600  # as if its loop had not turned for ten minutes
+
+    resp = await (await monitor_of(consumer)).get("/healthz")
+
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "unavailable"

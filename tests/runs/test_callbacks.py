@@ -1,0 +1,315 @@
+"""Runtime callbacks (seed 001's createAgentClient) and waits answered across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestServer
+
+from devkit.fakes.n8n import CALLBACKS_SENT
+from store.consumer import StoreConsumer
+from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_for_run
+from tests.support.runtimes import as_agent, first_invoked_run, webhook
+from tests.support.tenants import Tenant, TenantFactory
+
+
+async def callback_agent(tenant: Tenant, runtime: TestServer) -> dict[str, Any]:
+    """An agent whose workflow takes runs and never reports: the test plays the workflow."""
+    return await tenant.create_agent(
+        output_kind="json", runtime=webhook(runtime, "accepted?report=0")
+    )
+
+
+async def start_run(tenant: Tenant, agent: dict[str, Any]) -> int:
+    resp = await tenant.client.post(
+        f"/api/agents/{agent['id']}/runs/trigger", headers=tenant.auth, json={}
+    )
+    assert resp.status == 202, await resp.text()
+    run_id: int = (await resp.json())["runId"]
+    return run_id
+
+
+async def report(
+    tenant: Tenant, agent: dict[str, Any], run_id: int, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    resp = await tenant.client.post(
+        f"/api/runs/{run_id}/callback", headers=as_agent(agent), json=body
+    )
+    return resp.status, await resp.json()
+
+
+async def row(db: asyncpg.Pool, run_id: int, *, until: str | None = None) -> dict[str, Any]:
+    """The run row, once it shows status ``until`` (bounded)."""
+    for _ in range(200):
+        record = await db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+        assert record is not None
+        if until is None or record["status"] == until:
+            return dict(record)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"run {run_id} never reached {until}: {dict(record)}")
+
+
+async def test_a_workflow_reporting_through_callbacks_answers_the_waiting_caller(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await tenant.create_agent(output_kind="json", runtime=webhook(runtime, "accepted"))
+
+    resp = await tenant.client.post(
+        f"/api/agents/{agent['id']}/runs/trigger-and-wait",
+        headers=tenant.auth,
+        json={"input": {"result": {"summary": "done", "outputs": 2}}},
+    )
+
+    assert resp.status == 200
+    run = await resp.json()
+    assert (run["status"], run["output_data"], run["outputs"]) == (
+        "completed",
+        {"summary": "done", "outputs": 2},
+        2,
+    )
+    assert [sent["status"] for sent in runtime.app[CALLBACKS_SENT]] == [202, 202, 202]
+
+
+async def test_each_callback_moves_the_run_as_the_sdk_methods_say(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    assert await report(tenant, agent, run_id, {"type": "started"}) == (
+        202,
+        {"runId": run_id, "status": "running"},
+    )
+    await row(db, run_id, until="running")
+
+    status, _ = await report(tenant, agent, run_id, {"type": "output", "output": {"step": 1}})
+    assert status == 202
+    for _ in range(100):
+        if (await row(db, run_id))["output_data"] == {"step": 1}:
+            break
+        await asyncio.sleep(0.02)
+    assert (await row(db, run_id))["status"] == "running"
+
+    status, body = await report(
+        tenant,
+        agent,
+        run_id,
+        {
+            "type": "waiting",
+            "tokenId": "tok_1",
+            "description": "Approve the draft",
+            "output": {"step": 2},
+        },
+    )
+    assert (status, body["status"]) == (202, "waiting")
+    waiting = await row(db, run_id, until="waiting")
+    assert waiting["waiting_for"] == {"tokenId": "tok_1", "description": "Approve the draft"}
+    assert waiting["output_data"] == {"step": 2}
+
+    status, _ = await report(tenant, agent, run_id, {"type": "output", "output": {"step": 3}})
+    assert status == 202
+    resumed = await row(db, run_id, until="running")
+    assert resumed["waiting_for"] is None
+
+    status, body = await report(
+        tenant,
+        agent,
+        run_id,
+        {"type": "output", "complete": True, "output": {"pages": 42}, "outputs": 42},
+    )
+    assert (status, body["status"]) == (202, "completed")
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert (run["status"], run["output_data"], run["outputs"], run["error"]) == (
+        "completed",
+        {"pages": 42},
+        42,
+        None,
+    )
+
+
+async def test_fail_records_the_reason_and_keeps_intermediate_output(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    await report(tenant, agent, run_id, {"type": "output", "output": {"rows": 10}})
+
+    status, _ = await report(
+        tenant,
+        agent,
+        run_id,
+        {
+            "type": "output",
+            "failed": True,
+            "error": {"message": "Quota exceeded", "name": "RateLimitError", "stack": "at x"},
+        },
+    )
+
+    assert status == 202
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert (run["status"], run["error"], run["output_data"]) == (
+        "failed",
+        "RateLimitError: Quota exceeded",
+        {"rows": 10},
+    )
+
+
+async def test_a_callback_for_an_ended_run_is_refused_and_changes_nothing(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    await report(tenant, agent, run_id, {"type": "output", "complete": True, "output": {"v": 1}})
+    ended = await wait_for_run(tenant, agent["id"], run_id)
+
+    for late in [
+        {"type": "output", "failed": True, "error": {"message": "too late"}},
+        {"type": "output", "complete": True, "output": {"v": 2}},
+        {"type": "output", "output": {"v": 3}},
+        {"type": "started"},
+        {"type": "waiting", "tokenId": "t"},
+    ]:
+        status, body = await report(tenant, agent, run_id, late)
+        assert status == 409, late
+        assert body["runId"] == run_id
+        assert body["status"] == "completed"
+
+    await asyncio.sleep(0.2)
+    assert await wait_for_run(tenant, agent["id"], run_id) == ended
+
+
+async def test_a_second_end_reported_at_once_is_refused_before_the_first_is_stored(
+    tenant: Tenant, runtime: TestServer
+) -> None:
+    # No store consumer runs: the first end is still on its way to PostgreSQL.
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    first, _ = await report(
+        tenant, agent, run_id, {"type": "output", "complete": True, "output": 1}
+    )
+    second, _ = await report(
+        tenant, agent, run_id, {"type": "output", "failed": True, "error": "late"}
+    )
+
+    assert (first, second) == (202, 409)
+
+
+async def test_only_the_runs_own_agent_key_may_report(
+    tenant: Tenant, make_tenant: TenantFactory, runtime: TestServer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    sibling = await callback_agent(tenant, runtime)
+    other_tenant = await make_tenant("Other org")
+    stranger = await callback_agent(other_tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    body = {"type": "started"}
+
+    for headers, expected in [
+        ({}, 401),
+        ({"Authorization": "Bearer agk_not-a-key"}, 401),
+        ({"Authorization": f"Bearer {tenant.ingest_key}"}, 401),
+        (as_agent(sibling), 404),
+        (as_agent(stranger), 404),
+    ]:
+        resp = await tenant.client.post(f"/api/runs/{run_id}/callback", headers=headers, json=body)
+        assert resp.status == expected, headers
+        assert "error" in await resp.json()
+    missing = await tenant.client.post(
+        "/api/runs/999999999/callback", headers=as_agent(agent), json=body
+    )
+    assert missing.status == 404
+
+
+async def test_malformed_callbacks_are_400s_naming_the_field(
+    tenant: Tenant, runtime: TestServer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    for body, field in [
+        ({}, "type"),
+        ({"type": "finished"}, "type"),
+        ({"type": "output", "complete": True, "failed": True}, "failed"),
+        ({"type": "started", "complete": True}, "type"),
+        ({"type": "waiting", "description": "no token"}, "tokenId"),
+        ({"type": "output", "complete": "yes"}, "complete"),
+        ({"type": "output", "failed": True, "error": 42}, "error"),
+    ]:
+        status, answer = await report(tenant, agent, run_id, body)
+        assert status == 400, body
+        assert field in answer["details"], (body, answer)
+
+
+async def test_outputs_that_are_not_a_count_are_dropped_not_refused(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    status, _ = await report(
+        tenant,
+        agent,
+        run_id,
+        {"type": "output", "complete": True, "output": {"a": 1}, "outputs": "5"},
+    )
+
+    assert status == 202
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert (run["status"], run["outputs"], run["output_data"]) == ("completed", None, {"a": 1})
+
+
+async def test_an_output_postgresql_cannot_store_fails_the_run_with_the_reason(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    status, _ = await report(
+        tenant, agent, run_id, {"type": "output", "complete": True, "output": {"text": "a\u0000b"}}
+    )
+
+    assert status == 202
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("OutputNotStorable")
+
+
+async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_another(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    consumer: StoreConsumer,
+) -> None:
+    # Replica A re-reads its row only every 60 s: only the cross-replica wake-up can answer.
+    replica_a = await make_gateway(wait_recheck_s=60.0)
+    replica_b = await make_gateway()
+    tenant = await make_tenant()
+    agent = await callback_agent(tenant, runtime)
+    waiting = asyncio.ensure_future(
+        replica_a.post(
+            f"/api/agents/{agent['id']}/runs/trigger-and-wait",
+            headers=tenant.auth,
+            json={"timeoutMs": 30000},
+        )
+    )
+    run_id = await first_invoked_run(runtime)
+
+    done = await replica_b.post(
+        f"/api/runs/{run_id}/callback",
+        headers=as_agent(agent),
+        json={"type": "output", "complete": True, "output": {"answer": 42}},
+    )
+    assert done.status == 202
+
+    resp = await asyncio.wait_for(waiting, 10)
+    assert resp.status == 200
+    run = await resp.json()
+    assert (run["runId"], run["status"], run["output_data"]) == (
+        run_id,
+        "completed",
+        {"answer": 42},
+    )

@@ -1,0 +1,11 @@
+"""Helpers the tests import (never fixtures: those live in the conftest.py files).
+
+One module per subject: ``backends`` (the session's PostgreSQL and Redis), ``tokens`` (the
+admin token and secret key test gateways run with), ``gateways`` and ``consumers`` (the types
+of their factory fixtures), ``tenants`` (an organisation as a caller holds it), ``runtimes``
+(agents on the fake n8n and what it received), ``runs`` (polling and reading runs),
+``execute`` and ``packages`` (seeds 004 and 003), ``processes`` and ``nginx`` (real
+processes for end-to-end and resilience tests), ``live_gateways`` (gateways served as in
+production), ``mocked_runtime`` (aioresponses for adapter tests), ``store_runs`` (runs made
+straight in the store) and ``prometheus`` (reading a /metrics page).
+"""

@@ -1,0 +1,47 @@
+"""Agents on the fake n8n runtime, and what that runtime was sent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from devkit.fakes.n8n import RECEIVED
+from tests.support.tenants import Tenant
+
+
+def webhook(runtime: TestServer, path: str) -> dict[str, Any]:
+    """An n8n runtime config pointing at the fake runtime's ``/webhook/{path}``."""
+    return {
+        "kind": "n8n",
+        "webhook_url": str(runtime.make_url(f"/webhook/{path}")),
+        "headers": {"X-N8N-Auth": "shared-secret"},
+    }
+
+
+def as_agent(agent: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header a runtime sends for ``agent`` (its agent API key)."""
+    return {"Authorization": f"Bearer {agent['api_key']}"}
+
+
+async def json_agent(
+    tenant: Tenant, runtime: TestServer, path: str, **fields: Any
+) -> dict[str, Any]:
+    """An eligible JSON agent whose n8n webhook is ``/webhook/{path}`` on the fake runtime."""
+    return await tenant.create_agent(output_kind="json", runtime=webhook(runtime, path), **fields)
+
+
+async def first_invoked_run(runtime: TestServer) -> int:
+    """The run id the fake runtime was first invoked for, once it was (bounded)."""
+    for _ in range(250):
+        if calls := received(runtime):
+            run_id: int = calls[0]["payload"]["runId"]
+            return run_id
+        await asyncio.sleep(0.02)
+    raise AssertionError("the runtime was never invoked")
+
+
+def received(runtime: TestServer) -> list[dict[str, Any]]:
+    """What the fake runtime was sent, in order."""
+    return runtime.app[RECEIVED]

@@ -1,0 +1,64 @@
+"""An organisation with an ingest key, as a caller of the agent API holds it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.support.tokens import ADMIN
+
+
+@dataclass
+class Tenant:
+    """An organisation with an ingest key, as a caller of the agent API holds it."""
+
+    org_id: str
+    ingest_key: str
+    client: TestClient[web.Request, web.Application]
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header for this tenant."""
+        return {"Authorization": f"Bearer {self.ingest_key}"}
+
+    async def create_agent(self, **fields: Any) -> dict[str, Any]:
+        """Create an agent through the admin API (defaults: an eligible download agent)."""
+        body = {
+            "name": "Report agent",
+            "output_kind": "file_download",
+            "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/none"},
+            **fields,
+        }
+        resp = await self.client.post(f"/admin/orgs/{self.org_id}/agents", json=body, headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        agent: dict[str, Any] = await resp.json()
+        return agent
+
+    async def create_credential(
+        self, data: dict[str, Any], *, name: str = "CRM", type: str = "api_key"
+    ) -> str:
+        """Store a credential for this organisation through the admin API; return its id."""
+        resp = await self.client.post(
+            f"/admin/orgs/{self.org_id}/credentials",
+            json={"name": name, "type": type, "data": data},
+            headers=ADMIN,
+        )
+        assert resp.status == 201, await resp.text()
+        credential_id: str = (await resp.json())["id"]
+        return credential_id
+
+    async def add_member(self, email: str) -> str:
+        """Add a user to this organisation; return the user id."""
+        resp = await self.client.post(
+            f"/admin/orgs/{self.org_id}/users", json={"email": email}, headers=ADMIN
+        )
+        assert resp.status == 201, await resp.text()
+        user_id: str = (await resp.json())["id"]
+        return user_id
+
+
+TenantFactory = Callable[..., Awaitable[Tenant]]
