@@ -4,7 +4,7 @@ Each group module (``agent_runs``, ``callbacks``, ``credentials``, ``execute``, 
 ``admin``, ``ops``) holds a ``TAG``, its
 ``PATHS`` and, optionally, ``SCHEMAS`` of its own; shared pieces live in ``components``. To
 document a new route, add its path to its group's ``PATHS`` (or add a module and list it in
-``ROUTE_GROUPS``). ``tests/gateway/test_openapi.py`` fails for any route the application
+``ROUTE_GROUPS``). ``tests/http/test_openapi.py`` fails for any route the application
 registers that the document does not describe.
 """
 
