@@ -9,6 +9,21 @@ from typing import Any
 
 from store.enums import TERMINAL_STATUSES, AgentStatus, ManagedBy, OutputKind, RunStatus
 
+# The agent's fields an operator sets (the admin API and the console command), in the order the
+# API documents them. The admin body schema and the OpenAPI document are tested against it.
+AGENT_SETTABLE_FIELDS = (
+    "name",
+    "managed_by",
+    "status",
+    "allow_external_triggers",
+    "output_kind",
+    "runtime",
+    "default_input",
+    "input_format",
+    "running_timeout_ms",
+    "blocks",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Agent:

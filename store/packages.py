@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from store.queries import Executor
+from store.pool import Executor
 
 _COLUMNS = "id, run_id, org_id, created_at, last_requested_at"
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# Anything a query can run on: the pool, a connection, or one taken from the pool.
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

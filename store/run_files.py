@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from store.queries import Executor
+from store.pool import Executor
 
 _COLUMNS = """id, run_id, org_id, field, position, name, mime_type, size_bytes, sha256, blob_key,
     created_at, kind"""

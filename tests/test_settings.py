@@ -1,13 +1,17 @@
-"""Settings come from the environment, once, with the names DESIGN.md gives."""
+"""Settings come from the environment, once, each declared with its bounds (docs/settings.md)."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from pathlib import Path
+
 import pytest
 
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Setting, Settings, SettingsError, reference
 
 
-def test_the_design_names_are_read() -> None:
+def test_the_documented_names_are_read() -> None:
     settings = Settings.from_env(
         {
             "DATABASE_URL": "postgresql://db/x",
@@ -80,3 +84,45 @@ def test_drain_and_consumer_settings_are_read_with_the_former_name_still_honoure
 def test_a_bad_drain_setting_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def _numeric_settings() -> list[tuple[str, Setting]]:
+    hints = typing.get_type_hints(Settings)
+    found = []
+    for declared in dataclasses.fields(Settings):
+        spec: Setting = declared.metadata["setting"]
+        if spec.env and hints[declared.name] in (int, float):
+            found.append((spec.env, spec))
+    return found
+
+
+def test_a_negative_request_body_limit_is_refused() -> None:
+    with pytest.raises(SettingsError, match="MAX_REQUEST_BODY must be at least 1, got '-5'"):
+        Settings.from_env({"MAX_REQUEST_BODY": "-5"})
+
+
+@pytest.mark.parametrize(("name", "spec"), _numeric_settings(), ids=lambda value: str(value)[:40])
+def test_every_numeric_setting_refuses_a_value_below_its_bounds(name: str, spec: Setting) -> None:
+    assert spec.minimum is not None, f"{name} declares no lower bound"
+    below = spec.minimum if spec.above_minimum else spec.minimum - 1
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: str(int(below) if below == int(below) else below)})
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: "inf"})
+
+
+def test_every_setting_read_from_the_environment_is_documented_as_generated() -> None:
+    reference_file = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+    assert reference_file.read_text() == reference(), (
+        "docs/settings.md is stale: python -m gateway.settings > docs/settings.md"
+    )
+
+
+def test_each_variable_is_declared_once() -> None:
+    names = [
+        name
+        for declared in dataclasses.fields(Settings)
+        for name in (declared.metadata["setting"].env, *declared.metadata["setting"].aliases)
+        if name
+    ]
+    assert len(names) == len(set(names))

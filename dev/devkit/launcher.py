@@ -32,7 +32,7 @@ from gateway.http.app import create_app
 from gateway.http.server import GatewayServer, wait_for_stop_signal
 from gateway.security.credentials import CredentialService
 from gateway.settings import Settings
-from store import queries
+from store import orgs
 from store.migrate import migrate_url
 from store.pool import create_pool
 
@@ -103,7 +103,7 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     admin = AdminService(pool, settings.secret_key)
     try:
-        if not state or not await queries.org_exists(pool, uuid.UUID(state["org_id"])):
+        if not state or not await orgs.org_exists(pool, uuid.UUID(state["org_id"])):
             org = await admin.create_org({"name": "Demo organisation"})
             key = await admin.create_ingest_key(uuid.UUID(org["id"]))
             user = await admin.create_user(uuid.UUID(org["id"]), {"email": "demo@example.com"})

@@ -14,7 +14,7 @@ from gateway.admin import schemas
 from gateway.errors import NotFound
 from gateway.security import apikeys
 from gateway.validation import load
-from store import queries
+from store import agents, orgs
 
 
 class AdminService:
@@ -25,27 +25,27 @@ class AdminService:
         self._secret_key = secret_key
 
     async def _require_org(self, org_id: uuid.UUID) -> None:
-        if not await queries.org_exists(self._pool, org_id):
+        if not await orgs.org_exists(self._pool, org_id):
             raise NotFound("Organisation not found")
 
     async def create_org(self, body: Any) -> dict[str, Any]:
         """``{name}`` → ``{id, name}``."""
         data = load(schemas.OrgBody(), body)
-        org_id = await queries.create_org(self._pool, data["name"])
+        org_id = await orgs.create_org(self._pool, data["name"])
         return {"id": str(org_id), "name": data["name"]}
 
     async def create_ingest_key(self, org_id: uuid.UUID) -> dict[str, Any]:
         """A new ingest key for the organisation, shown this once."""
         await self._require_org(org_id)
         key, digest = apikeys.new_ingest_key()
-        key_id = await queries.create_ingest_key(self._pool, org_id, digest, key[:8])
+        key_id = await orgs.create_ingest_key(self._pool, org_id, digest, key[:8])
         return {"id": str(key_id), "key": key}
 
     async def create_user(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{email}`` → ``{id}``; the user becomes a member of the organisation."""
         await self._require_org(org_id)
         data = load(schemas.UserBody(), body)
-        user_id = await queries.create_member(self._pool, org_id, data["email"])
+        user_id = await orgs.create_member(self._pool, org_id, data["email"])
         return {"id": str(user_id)}
 
     async def create_agent(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
@@ -54,15 +54,13 @@ class AdminService:
         data = load(schemas.AgentBody(), body)
         salt = apikeys.new_agent_key_salt()
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
-        agent = await queries.create_agent(
-            self._pool, org_id, salt, apikeys.hash_key(api_key), data
-        )
+        agent = await agents.create_agent(self._pool, org_id, salt, apikeys.hash_key(api_key), data)
         return {**agent.public(), "api_key": api_key}
 
     async def update_agent(self, agent_id: int, body: Any) -> dict[str, Any]:
         """Change any of the agent's settings."""
         data = load(schemas.AgentBody(), body, partial=True)
-        agent = await queries.update_agent(self._pool, agent_id, data)
+        agent = await agents.update_agent(self._pool, agent_id, data)
         if agent is None:
             raise NotFound("Agent not found")
         return agent.public()

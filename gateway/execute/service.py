@@ -60,7 +60,7 @@ from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStoreError
-from store import queries, run_files
+from store import run_files, runs
 from store.enums import EventType, OutputKind, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.jsonb import jsonb_problem
@@ -589,7 +589,7 @@ class ExecuteService:
         )
 
     async def _reload(self, run: Run) -> Run:
-        return await queries.get_run(self._pool, run.id) or run
+        return await runs.get_run(self._pool, run.id) or run
 
     @staticmethod
     def _elapsed_ms(ex: Execution) -> int:

@@ -38,7 +38,7 @@ from gateway.packages.archive import ArchiveEntry, Archiver, StreamedArchive
 from gateway.runs.filenames import slug
 from gateway.security.signing import SignatureError, SignatureExpired, UrlSigner, url_path
 from gateway.storage.blobs import BlobNotFound, BlobStore
-from store import packages, queries, run_files
+from store import agents, packages, run_files, runs
 from store.enums import OutputKind
 from store.models import Agent, Run, iso
 from store.run_files import RunFile
@@ -193,7 +193,7 @@ class PackageService:
         403 for a workflow or job the key's organisation cannot see (another organisation's,
         or none at all: the two are never told apart); 400 for a job of another workflow.
         """
-        agent = await queries.get_agent_in_org(self._pool, workflow_id, org_id)
+        agent = await agents.get_agent_in_org(self._pool, workflow_id, org_id)
         if agent is None:
             raise v0_error(
                 Forbidden,
@@ -201,7 +201,7 @@ class PackageService:
                 "forbidden",
                 {"workflow_id": str(workflow_id)},
             )
-        run = await queries.get_run(self._pool, job_id)
+        run = await runs.get_run(self._pool, job_id)
         if run is None or run.org_id != org_id:
             raise v0_error(
                 Forbidden,
@@ -246,11 +246,11 @@ class PackageService:
         package = None
         if _UUID.fullmatch(raw_id):
             package = await packages.get_package(self._pool, uuid.UUID(raw_id))
-        run = None if package is None else await queries.get_run(self._pool, package.run_id)
+        run = None if package is None else await runs.get_run(self._pool, package.run_id)
         agent = (
             None
             if run is None
-            else await queries.get_agent_in_org(self._pool, run.agent_id, run.org_id)
+            else await agents.get_agent_in_org(self._pool, run.agent_id, run.org_id)
         )
         if package is None or run is None or agent is None:
             raise v0_error(NotFound, "Package not found (its job no longer exists)", "not_found")

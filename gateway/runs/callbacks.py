@@ -15,7 +15,7 @@ from gateway.errors import Conflict, NotFound
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
-from store import queries
+from store import runs
 from store.enums import EventType, RunStatus
 from store.events import RunEvent
 from store.models import Run
@@ -46,12 +46,12 @@ class CallbackService:
         was before it. 401 for an unknown key, 404 for a run of another agent, 409 when the
         run has ended."""
         agent = await agent_for_api_key(self._pool, authorization)
-        run = await queries.get_run_of_agent(self._pool, agent.id, run_id)
+        run = await runs.get_run_of_agent(self._pool, agent.id, run_id)
         if run is None:
             raise NotFound("Run not found")
         event = _event(run.id, body)
         if run.terminal or not await self._runs.publish(event):
-            current = await queries.get_run(self._pool, run.id) or run
+            current = await runs.get_run(self._pool, run.id) or run
             log.info("callback_refused", run_id=run.id, type=event.type, status=current.status)
             raise Conflict(
                 f"Run has already ended ({current.status}); the callback changed nothing",

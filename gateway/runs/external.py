@@ -18,7 +18,7 @@ from gateway.runs.callbacks import failure_reason
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import RunService
 from gateway.security.tokens import CredentialsTokens, IssuedToken
-from store import queries
+from store import runs
 from store.enums import AgentStatus, EventType, ManagedBy, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.models import Agent, Run
@@ -64,7 +64,7 @@ class ExternalRunService:
             problems.append(f"status is '{agent.status}', not 'active'")
         if problems:
             raise Unprocessable("Agent cannot register runs: " + "; ".join(problems))
-        run, created = await queries.register_external_run(
+        run, created = await runs.register_external_run(
             self._pool,
             agent=agent,
             external_run_id=external_run_id,
@@ -87,7 +87,7 @@ class ExternalRunService:
                 "'standalone' (platform-managed runs report through their callback URL)"
             )
         status = body["status"]
-        run, created = await queries.register_external_run(
+        run, created = await runs.register_external_run(
             self._pool,
             agent=agent,
             external_run_id=body["externalRunId"],
@@ -97,7 +97,7 @@ class ExternalRunService:
         )
         event = _event(run.id, body)
         if run.terminal or (event is not None and not await self._runs.publish(event)):
-            current = await queries.get_run(self._pool, run.id) or run
+            current = await runs.get_run(self._pool, run.id) or run
             raise Conflict(
                 f"Run has already ended ({current.status}); the report changed nothing",
                 extra={"runId": run.id, "status": current.status},

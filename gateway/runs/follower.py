@@ -18,7 +18,7 @@ import structlog
 
 from adapters.base import RuntimeAdapter, RuntimeFailure, RuntimeRefused, RuntimeRetryLater
 from gateway.runs.service import RunService
-from store import queries
+from store import follows
 from store.enums import RunStatus
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ class RunFollower:
         """Poll until :meth:`stop`; a database outage is waited out."""
         while not self._stopping.is_set():
             try:
-                claimed = await queries.claim_runs_to_follow(
+                claimed = await follows.claim_runs_to_follow(
                     self._pool, lease_s=self._lease_s, limit=self._batch
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -80,10 +80,10 @@ class RunFollower:
         """Hand the runs this replica holds back, due at once, for another replica to take."""
         if self._held:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await queries.release_follows(self._pool, list(self._held))
+                await follows.release_follows(self._pool, list(self._held))
             self._held.clear()
 
-    async def _follow(self, item: queries.FollowedRun) -> None:
+    async def _follow(self, item: follows.FollowedRun) -> None:
         try:
             await self._poll_once(item)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -92,33 +92,33 @@ class RunFollower:
         finally:
             self._held.discard(item.run_id)
 
-    async def _poll_once(self, item: queries.FollowedRun) -> None:
+    async def _poll_once(self, item: follows.FollowedRun) -> None:
         adapter = self._adapters.get(str(item.runtime.get("kind")))
         if adapter is None:
             await self._runs.fail(item.run_id, "The agent's runtime can no longer be followed")
-            await queries.stop_following(self._pool, item.run_id)
+            await follows.stop_following(self._pool, item.run_id)
             return
         try:
             result = await adapter.poll(item.runtime, item.runtime_run_id)
         except RuntimeRetryLater as exc:
             delay = exc.delay_s if exc.delay_s is not None else poll_interval_s(item.attempts)
             log.info("follow_retry_later", run_id=item.run_id, reason=str(exc), delay_s=delay)
-            await queries.schedule_follow(self._pool, item.run_id, in_s=max(delay, FIRST_POLL_S))
+            await follows.schedule_follow(self._pool, item.run_id, in_s=max(delay, FIRST_POLL_S))
             return
         except RuntimeRefused as exc:
             await self._runs.fail(item.run_id, f"RuntimeRefused: {exc}")
-            await queries.stop_following(self._pool, item.run_id)
+            await follows.stop_following(self._pool, item.run_id)
             return
         except RuntimeFailure as exc:
             log.warning("follow_poll_failed", run_id=item.run_id, error=str(exc))
-            await queries.schedule_follow(
+            await follows.schedule_follow(
                 self._pool, item.run_id, in_s=poll_interval_s(item.attempts)
             )
             return
         if result.terminal:
             await self._runs.record_result(item.run_id, result)
-            await queries.stop_following(self._pool, item.run_id)
+            await follows.stop_following(self._pool, item.run_id)
             return
         if result.status != item.status and result.status in {RunStatus.RUNNING, RunStatus.WAITING}:
             await self._runs.record_result(item.run_id, result)
-        await queries.schedule_follow(self._pool, item.run_id, in_s=poll_interval_s(item.attempts))
+        await follows.schedule_follow(self._pool, item.run_id, in_s=poll_interval_s(item.attempts))

@@ -44,7 +44,7 @@ from gateway.runs.outputs import header_outputs, lift_outputs
 from gateway.security.apikeys import derive_agent_api_key
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
-from store import queries
+from store import agents, orgs, runs
 from store.enums import AgentStatus, EventType, ManagedBy, OutputKind, RunStatus, TriggerKind
 from store.events import EventPublisher, RunEvent
 from store.jsonb import jsonb_problem, storable_text
@@ -106,7 +106,7 @@ class RunService:
 
     async def agent_for(self, org_id: uuid.UUID, agent_id: int) -> Agent:
         """The agent, if it belongs to ``org_id``; otherwise 404 (never reveal it exists)."""
-        agent = await queries.get_agent_in_org(self._pool, agent_id, org_id)
+        agent = await agents.get_agent_in_org(self._pool, agent_id, org_id)
         if agent is None:
             raise NotFound("Agent not found")
         return agent
@@ -139,7 +139,7 @@ class RunService:
     async def get_run(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """A run of one of the organisation's agents; 404 otherwise."""
         await self.agent_for(org_id, agent_id)
-        run = await queries.get_run_of_agent(self._pool, agent_id, run_id)
+        run = await runs.get_run_of_agent(self._pool, agent_id, run_id)
         if run is None:
             raise NotFound("Run not found")
         return run
@@ -162,14 +162,14 @@ class RunService:
         """
         merged = {**agent.default_input, **input_data}
         created_by = None
-        if user_id is not None and await queries.is_member(self._pool, agent.org_id, user_id):
+        if user_id is not None and await orgs.is_member(self._pool, agent.org_id, user_id):
             created_by = user_id
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
             milliseconds=window_ms + agent.running_timeout_ms
         )
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                run = await queries.insert_run(
+                run = await runs.insert_run(
                     conn,
                     agent=agent,
                     input_data=merged,
@@ -177,7 +177,7 @@ class RunService:
                     deadline=deadline,
                     trigger_kind=trigger_kind,
                 )
-                if idempotency is not None and not await queries.claim_idempotency_key(
+                if idempotency is not None and not await runs.claim_idempotency_key(
                     conn,
                     agent_id=agent.id,
                     key=idempotency[0],
@@ -204,7 +204,7 @@ class RunService:
 
         The same key sent with a different request is refused (422): it cannot name two runs.
         """
-        found = await queries.find_idempotent_run(self._pool, agent_id=agent.id, key=key)
+        found = await runs.find_idempotent_run(self._pool, agent_id=agent.id, key=key)
         if found is None:
             return None
         run_id, bound_hash = found
@@ -213,7 +213,7 @@ class RunService:
                 "Idempotency-Key was already used with a different request body",
                 extra={"runId": run_id},
             )
-        return await queries.get_run(self._pool, run_id)
+        return await runs.get_run(self._pool, run_id)
 
     def trigger_payload(self, agent: Agent, run: Run) -> TriggerPayload:
         """The body a runtime receives for ``run``."""
@@ -396,7 +396,7 @@ class RunService:
         """Whether the run was cancelled: its end claimed as such, or its row saying so."""
         if await self._publisher.claimed_end(run_id) == "cancelled":
             return True
-        run = await queries.get_run(self._pool, run_id)
+        run = await runs.get_run(self._pool, run_id)
         return run is not None and run.status == RunStatus.CANCELLED
 
     async def record_result(self, run_id: int, result: RunResult) -> bool:

@@ -28,7 +28,7 @@ from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocation
 from gateway.runs.follower import FIRST_POLL_S
 from gateway.runs.service import IdempotentReplay, RunService
 from gateway.runs.waits import RunWaiters
-from store import queries
+from store import follows, runs
 from store.enums import EventType, TriggerKind
 from store.events import RunEvent
 from store.models import Agent, Run
@@ -147,7 +147,7 @@ class TriggerService:
         if outcome.result is not None:
             await self._runs.record_result(run.id, outcome.result)
         elif outcome.runtime_run_id is not None:
-            await queries.start_following(
+            await follows.start_following(
                 self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
             )
             # A cancel that came while the trigger call was on its way could not name the
@@ -281,7 +281,7 @@ class TriggerService:
         # Read after the end is claimed: an id stored later is seen by _record_invocation.
         runtime_run_id = (await self._reload(run)).runtime_run_id
         if runtime_run_id is not None:
-            await queries.stop_following(self._pool, run.id)
+            await follows.stop_following(self._pool, run.id)
             agent = await self._runs.agent_for(org_id, agent_id)
             self._background.spawn(
                 self._cancel_on_runtime(agent, runtime_run_id), name=f"cancel-run-{run.id}"
@@ -290,7 +290,7 @@ class TriggerService:
         return run
 
     async def _reload(self, run: Run) -> Run:
-        current = await queries.get_run(self._pool, run.id)
+        current = await runs.get_run(self._pool, run.id)
         return current if current is not None else run
 
     async def _cancel_on_runtime(self, agent: Agent, runtime_run_id: str) -> None:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from store import queries
+from store import runs
 from store.models import Run
 
 log = structlog.get_logger(__name__)
@@ -55,7 +55,7 @@ class RunWaiters:
         try:
             while True:
                 woken.clear()
-                run = await queries.get_run(self._pool, run_id)
+                run = await runs.get_run(self._pool, run_id)
                 if run is None or run.terminal:
                     return run
                 remaining = deadline - loop.time()

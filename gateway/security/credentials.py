@@ -24,7 +24,7 @@ from gateway.security.cipher import CredentialCipher, CredentialUnreadable
 from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvalid
 from gateway.settings import Settings
 from gateway.validation import NAME, JsonObject, StorableBody, load
-from store import queries
+from store import credentials, orgs, runs
 
 log = structlog.get_logger(__name__)
 
@@ -77,11 +77,11 @@ class CredentialService:
 
     async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
-        if not await queries.org_exists(self._pool, org_id):
+        if not await orgs.org_exists(self._pool, org_id):
             raise NotFound("Organisation not found")
         data = load(CredentialBody(), body)
         credential_id = uuid.uuid4()
-        await queries.create_credential(
+        await credentials.create_credential(
             self._pool,
             credential_id=credential_id,
             org_id=org_id,
@@ -120,7 +120,7 @@ class CredentialService:
                 agent_id=agent.id,
             ) from None
         ids = {"credential": raw_id, "agent_id": agent.id, "run_id": run_id}
-        run = await queries.get_run(self._pool, run_id)
+        run = await runs.get_run(self._pool, run_id)
         if run is None or run.agent_id != agent.id:
             raise _refusal(
                 Forbidden("The credentials token is for a run of another agent"),
@@ -135,7 +135,7 @@ class CredentialService:
             credential_id = uuid.UUID(raw_id)
         except ValueError:
             raise _refusal(NotFound("Credential not found"), "malformed_id", **ids) from None
-        row = await queries.get_credential(self._pool, credential_id)
+        row = await credentials.get_credential(self._pool, credential_id)
         if row is None or row.org_id != agent.org_id:
             # Another organisation's credential is as absent as one that never existed.
             reason = "not_found" if row is None else "other_organisation"

@@ -8,15 +8,15 @@ import uuid
 import asyncpg
 import pytest
 
-from store import queries
+from store import agents, orgs
 from store.models import Agent
 
 
 @pytest.fixture
 async def agent(db: asyncpg.Pool) -> Agent:
     """An agent straight in the store (no gateway needed)."""
-    org_id = await queries.create_org(db, "Store tests")
-    return await queries.create_agent(
+    org_id = await orgs.create_org(db, "Store tests")
+    return await agents.create_agent(
         db,
         org_id,
         b"salt",

@@ -6,13 +6,13 @@ import datetime as dt
 
 import asyncpg
 
-from store import queries
+from store import runs
 from store.models import Agent
 
 
 async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
     """A queued run of ``agent``; its id."""
-    run = await queries.insert_run(
+    run = await runs.insert_run(
         db,
         agent=agent,
         input_data={},

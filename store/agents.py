@@ -1,0 +1,74 @@
+"""Agents: the row an operator configures, and the lookups a run starts from."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import asyncpg
+
+from store.enums import AgentStatus, ManagedBy, OutputKind
+from store.models import AGENT_SETTABLE_FIELDS, Agent
+from store.pool import Executor
+
+_AGENT_COLUMNS = ", ".join(column.name for column in dataclasses.fields(Agent))
+
+
+def _agent(row: asyncpg.Record) -> Agent:
+    values = dict(row)
+    values["managed_by"] = ManagedBy(values["managed_by"])
+    values["status"] = AgentStatus(values["status"])
+    values["output_kind"] = OutputKind(values["output_kind"])
+    return Agent(**values)
+
+
+async def create_agent(
+    db: Executor,
+    org_id: uuid.UUID,
+    api_key_salt: bytes,
+    api_key_hash: bytes,
+    fields: dict[str, Any],
+) -> Agent:
+    """Insert an agent with the given column values (defaults for the rest)."""
+    names = [n for n in AGENT_SETTABLE_FIELDS if n in fields]
+    columns = ", ".join(["org_id", "api_key_salt", "api_key_hash", *names])
+    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 4))
+    row = await db.fetchrow(
+        f"INSERT INTO agents ({columns}) VALUES ({placeholders}) RETURNING {_AGENT_COLUMNS}",
+        org_id,
+        api_key_salt,
+        api_key_hash,
+        *(fields[n] for n in names),
+    )
+    assert row is not None
+    return _agent(row)
+
+
+async def update_agent(db: Executor, agent_id: int, fields: dict[str, Any]) -> Agent | None:
+    """Change the given columns of an agent; ``None`` when it does not exist."""
+    names = [n for n in AGENT_SETTABLE_FIELDS if n in fields]
+    assignments = ", ".join(f"{n} = ${i}" for i, n in enumerate(names, start=2))
+    sets = f"{assignments}, updated_at = now()" if names else "updated_at = now()"
+    row = await db.fetchrow(
+        f"UPDATE agents SET {sets} WHERE id = $1 RETURNING {_AGENT_COLUMNS}",
+        agent_id,
+        *(fields[n] for n in names),
+    )
+    return None if row is None else _agent(row)
+
+
+async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Agent | None:
+    """The agent with ``agent_id`` when it belongs to ``org_id``; ``None`` otherwise."""
+    row = await db.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1 AND org_id = $2", agent_id, org_id
+    )
+    return None if row is None else _agent(row)
+
+
+async def get_agent_by_api_key(db: Executor, api_key_hash: bytes) -> Agent | None:
+    """The agent whose API key hashes to ``api_key_hash``."""
+    row = await db.fetchrow(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE api_key_hash = $1", api_key_hash
+    )
+    return None if row is None else _agent(row)

@@ -1,0 +1,134 @@
+"""Runs: inserting them (triggered, registered, ingested), reading them, idempotency keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import asyncpg
+
+from store.enums import RunStatus
+from store.models import Agent, Run
+from store.pool import Executor
+
+_RUN_COLUMNS = ", ".join(column.name for column in dataclasses.fields(Run))
+
+
+def _run(row: asyncpg.Record) -> Run:
+    values = dict(row)
+    values["status"] = RunStatus(values["status"])
+    return Run(**values)
+
+
+async def insert_run(
+    db: Executor,
+    *,
+    agent: Agent,
+    input_data: dict[str, Any],
+    created_by: uuid.UUID | None,
+    deadline: dt.datetime,
+    trigger_kind: str,
+) -> Run:
+    """Create a run row in ``queued``; its id is needed before anything else happens."""
+    row = await db.fetchrow(
+        f"""INSERT INTO runs (agent_id, org_id, input, created_by, deadline, trigger_kind)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            RETURNING {_RUN_COLUMNS}""",
+        agent.id,
+        agent.org_id,
+        input_data,
+        created_by,
+        deadline,
+        trigger_kind,
+    )
+    assert row is not None
+    return _run(row)
+
+
+async def get_run_of_agent(db: Executor, agent_id: int, run_id: int) -> Run | None:
+    """The run with ``run_id`` when it is a run of ``agent_id``."""
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 AND agent_id = $2", run_id, agent_id
+    )
+    return None if row is None else _run(row)
+
+
+async def get_run(db: Executor, run_id: int) -> Run | None:
+    """The run with ``run_id``, whoever owns it."""
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return None if row is None else _run(row)
+
+
+async def claim_idempotency_key(
+    db: Executor, *, agent_id: int, key: str, request_hash: bytes, run_id: int
+) -> bool:
+    """Bind ``key`` to ``run_id`` unless a binding younger than 24 h exists.
+
+    Run in the transaction that created the run: when this returns ``False`` the caller rolls
+    back, and the run of the existing binding is the answer.
+    """
+    bound = await db.fetchval(
+        """INSERT INTO idempotency_keys (agent_id, key, request_hash, run_id)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (agent_id, key) DO UPDATE
+               SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id,
+                   created_at = now()
+               WHERE idempotency_keys.created_at < now() - interval '24 hours'
+           RETURNING run_id""",
+        agent_id,
+        key,
+        request_hash,
+        run_id,
+    )
+    return bool(bound == run_id)
+
+
+async def find_idempotent_run(db: Executor, *, agent_id: int, key: str) -> tuple[int, bytes] | None:
+    """The run bound to ``key`` in the last 24 h and the hash of its request, if any."""
+    row = await db.fetchrow(
+        """SELECT run_id, request_hash FROM idempotency_keys
+           WHERE agent_id = $1 AND key = $2 AND created_at >= now() - interval '24 hours'""",
+        agent_id,
+        key,
+    )
+    return None if row is None else (row["run_id"], bytes(row["request_hash"]))
+
+
+async def register_external_run(
+    db: Executor,
+    *,
+    agent: Agent,
+    external_run_id: str,
+    status: str,
+    deadline: dt.datetime,
+    trigger_kind: str,
+) -> tuple[Run, bool]:
+    """The agent's run for ``external_run_id``, created in ``status`` if it does not exist yet;
+    with whether this call created it."""
+    row = await db.fetchrow(
+        f"""INSERT INTO runs (agent_id, org_id, status, started_at, deadline, trigger_kind,
+                              external_run_id)
+            VALUES ($1, $2, $3::text,
+                    CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $4, $5, $6)
+            ON CONFLICT (agent_id, external_run_id) WHERE external_run_id IS NOT NULL
+            DO NOTHING
+            RETURNING {_RUN_COLUMNS}""",
+        agent.id,
+        agent.org_id,
+        status,
+        deadline,
+        trigger_kind,
+        external_run_id,
+    )
+    if row is not None:
+        return _run(row), True
+    # Another request made it first (its insert has committed: ours waited for it).
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE agent_id = $1 AND external_run_id = $2",
+        agent.id,
+        external_run_id,
+    )
+    assert row is not None
+    return _run(row), False
