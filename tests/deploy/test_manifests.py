@@ -4,6 +4,7 @@ and with the code (settings names, ports, probe paths, drain timings)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import shlex
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from devkit.embedded import free_port
 from gateway.http import server
+from gateway.settings import Settings
 from tests.support.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +43,12 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 
 def setting_names() -> set[str]:
-    """The environment variables gateway/settings.py reads."""
-    source = (ROOT / "gateway" / "settings.py").read_text()
-    return set(re.findall(r'(?:env, |env\.get\()"([A-Z_]+)"', source))
+    """The environment variables the settings declare (gateway/settings.py)."""
+    names: set[str] = set()
+    for declared in dataclasses.fields(Settings):
+        spec = declared.metadata["setting"]
+        names.update(name for name in (spec.env, *spec.aliases) if name)
+    return names
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
