@@ -6,6 +6,7 @@ Shared by the ``/admin`` HTTP API and the ``agent-gateway admin`` console comman
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,15 @@ from gateway.errors import NotFound
 from gateway.security import apikeys
 from gateway.validation import load
 from store import queries
+from store.models import Agent
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedAgent:
+    """A new agent and its API key, which is known only now (the store keeps a digest)."""
+
+    agent: Agent
+    api_key: str
 
 
 class AdminService:
@@ -48,7 +58,7 @@ class AdminService:
         user_id = await queries.create_member(self._pool, org_id, data["email"])
         return {"id": str(user_id)}
 
-    async def create_agent(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
+    async def create_agent(self, org_id: uuid.UUID, body: Any) -> CreatedAgent:
         """An agent with its API key, shown this once."""
         await self._require_org(org_id)
         data = load(schemas.AgentBody(), body)
@@ -57,12 +67,12 @@ class AdminService:
         agent = await queries.create_agent(
             self._pool, org_id, salt, apikeys.hash_key(api_key), data
         )
-        return {**agent.public(), "api_key": api_key}
+        return CreatedAgent(agent, api_key)
 
-    async def update_agent(self, agent_id: int, body: Any) -> dict[str, Any]:
+    async def update_agent(self, agent_id: int, body: Any) -> Agent:
         """Change any of the agent's settings."""
         data = load(schemas.AgentBody(), body, partial=True)
         agent = await queries.update_agent(self._pool, agent_id, data)
         if agent is None:
             raise NotFound("Agent not found")
-        return agent.public()
+        return agent
