@@ -341,7 +341,7 @@ class Stack:
         async def one(index: int, body: dict[str, Any]) -> None:
             async with gate:
                 agent = await service.create_agent(org_id, body)
-                ids[index] = int(agent["id"])
+                ids[index] = agent.agent.id
 
         try:
             service = AdminService(pool, self.secret_key)

@@ -20,6 +20,7 @@ from gateway.errors import ApiError
 from gateway.http import server
 from gateway.http.app import create_app
 from gateway.http.monitor import serve_monitor
+from gateway.http.views import agent_view, created_agent_view
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging
 from gateway.security.credentials import CredentialService
@@ -133,12 +134,20 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     service = AdminService(pool, settings.secret_key)
     credentials = CredentialService.for_settings(pool, settings)
+
+    # The console prints what the /admin API answers, shaped by the same views.
+    async def create_agent() -> dict[str, Any]:
+        return created_agent_view(await service.create_agent(args.org_id, json.loads(args.json)))
+
+    async def update_agent() -> dict[str, Any]:
+        return agent_view(await service.update_agent(args.agent_id, json.loads(args.json)))
+
     calls: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "create-org": lambda: service.create_org({"name": args.name}),
         "create-key": lambda: service.create_ingest_key(args.org_id),
         "create-user": lambda: service.create_user(args.org_id, {"email": args.email}),
-        "create-agent": lambda: service.create_agent(args.org_id, json.loads(args.json)),
-        "update-agent": lambda: service.update_agent(args.agent_id, json.loads(args.json)),
+        "create-agent": create_agent,
+        "update-agent": update_agent,
         "create-credential": lambda: credentials.create(args.org_id, json.loads(args.json)),
     }
     try:

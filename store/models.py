@@ -46,33 +46,10 @@ class Agent:
     # The workflow's blocks that stream output: [{"id": ..., "name": ...}] (migration 0003).
     blocks: list[dict[str, Any]] = field(default_factory=list)
 
-    def public(self) -> dict[str, Any]:
-        """The agent as the admin API shows it (never the runtime's secrets)."""
-        runtime = {
-            k: ("***" if k in {"secret_key", "headers"} and v else v)
-            for k, v in self.runtime.items()
-        }
-        return {
-            "id": self.id,
-            "org_id": str(self.org_id),
-            "name": self.name,
-            "managed_by": self.managed_by,
-            "status": self.status,
-            "allow_external_triggers": self.allow_external_triggers,
-            "output_kind": self.output_kind,
-            "runtime": runtime,
-            "default_input": self.default_input,
-            "input_format": self.input_format,
-            "running_timeout_ms": self.running_timeout_ms,
-            "blocks": self.blocks,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """A run row, shaped as the seeds' run responses."""
+    """A run row (``gateway.http.views.run_view`` shapes it for the API)."""
 
     id: int
     agent_id: int
@@ -102,21 +79,6 @@ class Run:
         if self.deadline is None:
             return 0.0
         return max(0.0, (self.deadline - dt.datetime.now(dt.UTC)).total_seconds())
-
-    def public(self) -> dict[str, Any]:
-        """The run as seed 002's 200 response shapes it (the poll target answers the same)."""
-        return {
-            "runId": self.id,
-            "agentId": self.agent_id,
-            "status": self.status,
-            "output_data": self.output_data,
-            "outputs": self.outputs,
-            "error": self.error,
-            "duration_ms": self.duration_ms,
-            "started_at": iso(self.started_at),
-            "completed_at": iso(self.completed_at),
-            "created_at": iso(self.created_at),
-        }
 
 
 def iso(value: dt.datetime | None) -> str | None:

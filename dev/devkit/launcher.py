@@ -132,7 +132,7 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
                     **extras,
                 },
             )
-            state["agents"][slug] = {"id": agent["id"], "api_key": agent["api_key"]}
+            state["agents"][slug] = {"id": agent.agent.id, "api_key": agent.api_key}
         await _seed_reporting_demo(settings, pool, state)
         state_file.write_text(json.dumps(state, indent=2))
         state_file.chmod(0o600)
@@ -156,7 +156,7 @@ async def _seed_reporting_demo(
                 "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/unused"},
             },
         )
-        state["agents"]["imports"] = {"id": agent["id"], "api_key": agent["api_key"]}
+        state["agents"]["imports"] = {"id": agent.agent.id, "api_key": agent.api_key}
     if "credential_id" not in state:
         created = await CredentialService.for_settings(pool, settings).create(
             org_id,

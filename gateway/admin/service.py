@@ -6,6 +6,7 @@ Shared by the ``/admin`` HTTP API and the ``agent-gateway admin`` console comman
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,15 @@ from gateway.errors import NotFound
 from gateway.security import apikeys
 from gateway.validation import load
 from store import agents, orgs
+from store.models import Agent
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedAgent:
+    """A new agent and its API key, which is known only now (the store keeps a digest)."""
+
+    agent: Agent
+    api_key: str
 
 
 class AdminService:
@@ -48,19 +58,19 @@ class AdminService:
         user_id = await orgs.create_member(self._pool, org_id, data["email"])
         return {"id": str(user_id)}
 
-    async def create_agent(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
+    async def create_agent(self, org_id: uuid.UUID, body: Any) -> CreatedAgent:
         """An agent with its API key, shown this once."""
         await self._require_org(org_id)
         data = load(schemas.AgentBody(), body)
         salt = apikeys.new_agent_key_salt()
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
         agent = await agents.create_agent(self._pool, org_id, salt, apikeys.hash_key(api_key), data)
-        return {**agent.public(), "api_key": api_key}
+        return CreatedAgent(agent, api_key)
 
-    async def update_agent(self, agent_id: int, body: Any) -> dict[str, Any]:
+    async def update_agent(self, agent_id: int, body: Any) -> Agent:
         """Change any of the agent's settings."""
         data = load(schemas.AgentBody(), body, partial=True)
         agent = await agents.update_agent(self._pool, agent_id, data)
         if agent is None:
             raise NotFound("Agent not found")
-        return agent.public()
+        return agent

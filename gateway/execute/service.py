@@ -195,7 +195,7 @@ class ChunkFrame:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How an execute ended (the last event): seed 004's serialized execution result.
+    """How an execute ended (the last event): what seed 004's execution result reports.
 
     ``timed_out`` when the run was still going at the end of the window (it goes on).
     """
@@ -208,30 +208,6 @@ class Outcome:
     error: str | None
     duration_ms: int
     timed_out: bool = False
-
-    def result(self) -> dict[str, Any]:
-        """``{success, output, error, metadata: {duration}, runId}``."""
-        return {
-            "success": self.success,
-            "output": self.output,
-            "error": self.error,
-            "metadata": {"duration": self.duration_ms},
-            "runId": self.run_id,
-        }
-
-
-def sse_frame(event: ChunkFrame | Outcome) -> dict[str, Any]:
-    """The SSE data of an event, as seed 004 prints it."""
-    if isinstance(event, ChunkFrame):
-        return {"blockId": event.block_id, "chunk": event.chunk}
-    if event.success:
-        return {
-            "event": "done",
-            "success": True,
-            "output": event.output,
-            "metadata": {"duration": event.duration_ms},
-        }
-    return {"event": "error", "error": event.error or f"Run {event.status}"}
 
 
 class _Collector:

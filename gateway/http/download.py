@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway.http import splice
 from gateway.http.keys import LIFECYCLE
 from gateway.http.request_info import note_streamed_bytes
-from gateway.runs.service import DownloadStart, RunService
+from gateway.runs.service import DownloadFile, DownloadStart, RunService
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ async def send_download(
     pass for a whole one, and the run fails.
     """
     upstream = start.upstream
-    response = web.StreamResponse(status=200, headers=start.headers)
+    response = web.StreamResponse(status=200, headers=download_headers(start.run.id, start.file))
     progress = _Progress()
     failure: str | None = None
     try:
@@ -135,6 +135,22 @@ async def send_download(
     return response
 
 
+def download_headers(run_id: int, file: DownloadFile) -> dict[str, str]:
+    """The response headers of a trigger-and-download: the runtime's file described as it
+    described it, never cached on the way (each run is its own file)."""
+    headers = {
+        "Content-Type": file.content_type,
+        "Content-Disposition": file.disposition,
+        "X-Run-Id": str(run_id),
+        "Cache-Control": "no-store",
+    }
+    if file.content_length is not None:
+        headers["Content-Length"] = file.content_length
+    if file.content_encoding is not None:
+        headers["Content-Encoding"] = file.content_encoding
+    return headers
+
+
 async def _copy_chunks(
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
@@ -170,7 +186,8 @@ class _Sockets:
 
 def _spliceable(request: web.Request, start: DownloadStart) -> _Sockets | None:
     """Both sockets, when the rest of this body may move socket to socket; else ``None``."""
-    if not splice.AVAILABLE or "Content-Length" not in start.headers:
+    length = start.file.content_length
+    if not splice.AVAILABLE or length is None:
         return None
     upstream = start.upstream
     connection = upstream.connection
@@ -179,7 +196,7 @@ def _spliceable(request: web.Request, start: DownloadStart) -> _Sockets | None:
     runtime_fd = splice.plain_socket_fd(connection.transport)
     if runtime_fd is None or splice.plain_socket_fd(request.transport) is None:
         return None
-    return _Sockets(runtime_fd, int(start.headers["Content-Length"]))
+    return _Sockets(runtime_fd, int(length))
 
 
 async def _copy_spliced(

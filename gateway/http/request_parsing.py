@@ -1,4 +1,4 @@
-"""Reading what callers send: bounded JSON bodies and numeric ids in paths."""
+"""Reading what callers send: bounded JSON bodies (ids in paths: ``gateway.http.path_ids``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from adapters.base import loads_json
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from gateway.http.keys import SETTINGS
-
-_MAX_ID = 2**63 - 1
 
 
 async def read_json_object(
@@ -45,14 +43,6 @@ async def body_deadline(request: web.Request) -> AsyncIterator[None]:
             yield
     except TimeoutError:
         raise RequestTimeout(f"Request body did not arrive within {timeout_s:g} s") from None
-
-
-def path_id(request: web.Request, name: str, what: str) -> int:
-    """A positive integer id from the path; anything else names nothing (404)."""
-    raw = request.match_info[name]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= _MAX_ID:
-        raise NotFound(f"{what} not found")
-    return int(raw)
 
 
 def parse_json_object(raw: bytes, *, allow_empty: bool) -> dict[str, Any]:

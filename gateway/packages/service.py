@@ -67,22 +67,13 @@ _NOT_STORED_MISSING = "The file is no longer in the blob store."
 
 @dataclass(frozen=True, slots=True)
 class PackageTicket:
-    """Seed 003's 200: the package's id, status and a freshly signed URL."""
+    """A package's id and status and a freshly signed URL (seed 003's 200 shows them)."""
 
     id: uuid.UUID
     status: str
     signed_url: str
     workflow_id: int
     expires_at: dt.datetime
-
-    def public(self) -> dict[str, Any]:
-        """``{id, status, signed_url, workflowId}`` as the seed shows it (all strings)."""
-        return {
-            "id": str(self.id),
-            "status": self.status,
-            "signed_url": self.signed_url,
-            "workflowId": str(self.workflow_id),
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,16 +71,36 @@ class IdempotentReplay(Exception):
         self.run = run
 
 
+@dataclass(frozen=True, slots=True)
+class DownloadFile:
+    """What the caller of trigger-and-download is told about the runtime's file.
+
+    The HTTP layer turns these into response headers; the values the runtime sent are passed on
+    as they came (a length or an encoding is never recomputed: the bytes go through untouched).
+    """
+
+    # The name the run records (the runtime's, made storable, or one derived for it).
+    filename: str
+    # The Content-Disposition to send: the runtime's verbatim, or one naming ``filename``.
+    disposition: str
+    # The runtime's Content-Type (``application/octet-stream`` when it sent none).
+    content_type: str
+    # The bare media type the run records.
+    mime_type: str
+    # The runtime's Content-Length, as sent; ``None`` for a chunked body (no length known).
+    content_length: str | None
+    # The runtime's Content-Encoding (``gzip`` …), when the body is encoded.
+    content_encoding: str | None
+
+
 @dataclass(slots=True)
 class DownloadStart:
-    """A download whose runtime answered with a file: the headers to send and the body to copy."""
+    """A download whose runtime answered with a file: what the file is and the body to copy."""
 
     run: Run
     upstream: aiohttp.ClientResponse
     first_chunk: bytes
-    headers: dict[str, str]
-    filename: str
-    mime_type: str
+    file: DownloadFile
     outputs: int | None
 
 
@@ -298,24 +318,23 @@ class RunService:
             # Passed on to the caller verbatim, but recorded as PostgreSQL can hold it.
             filename = storable_text(filename)
             disposition = raw_disposition or ""
-        headers = {
-            "Content-Type": content_type or "application/octet-stream",
-            "Content-Disposition": disposition,
-            "X-Run-Id": str(run.id),
-            "Cache-Control": "no-store",
-        }
         length = upstream.headers.get("Content-Length")
-        if length is not None and "chunked" not in upstream.headers.get("Transfer-Encoding", ""):
-            headers["Content-Length"] = length
-        if encoding := upstream.headers.get("Content-Encoding"):
-            headers["Content-Encoding"] = encoding
+        if "chunked" in upstream.headers.get("Transfer-Encoding", ""):
+            length = None
+        file = DownloadFile(
+            filename=filename,
+            disposition=disposition,
+            content_type=content_type or "application/octet-stream",
+            mime_type=filenames.media_type(content_type),
+            content_length=length,
+            # An empty Content-Encoding says nothing: it is not passed on.
+            content_encoding=upstream.headers.get("Content-Encoding") or None,
+        )
         return DownloadStart(
             run=run,
             upstream=upstream,
             first_chunk=first,
-            headers=headers,
-            filename=filename,
-            mime_type=filenames.media_type(content_type),
+            file=file,
             outputs=header_outputs(upstream.headers.get("X-Outputs")),
         )
 
@@ -366,8 +385,8 @@ class RunService:
                 EventType.COMPLETED,
                 output_data={
                     "kind": OutputKind.FILE_DOWNLOAD.value,
-                    "filename": start.filename,
-                    "mimeType": start.mime_type,
+                    "filename": start.file.filename,
+                    "mimeType": start.file.mime_type,
                     "sizeBytes": size_bytes,
                 },
                 outputs=start.outputs,

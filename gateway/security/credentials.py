@@ -51,10 +51,6 @@ class ResolvedCredential:
     type: str
     data: Any
 
-    def public(self) -> dict[str, Any]:
-        """The JSON a runtime receives."""
-        return {"id": str(self.id), "name": self.name, "type": self.type, "data": self.data}
-
 
 class CredentialService:
     """Creates credentials (sealed) and resolves them for runs."""

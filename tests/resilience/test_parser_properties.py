@@ -19,7 +19,7 @@ from gateway.errors import BadRequest
 from gateway.execute.input_format import InputField, InputProblems, coerce_input
 from gateway.execute.service import resolve_selected_outputs
 from gateway.http import schemas
-from gateway.http.handlers.execute import _attachment
+from gateway.http.attachments import utf8_disposition
 from gateway.runs import filenames
 from gateway.runs.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs
 from gateway.runs.service import RunService
@@ -300,7 +300,7 @@ def test_a_sanitised_file_name_has_no_path_quote_or_control_character(name: str)
 def test_a_stored_files_disposition_quotes_an_ascii_fallback_and_keeps_the_name(
     name: str,
 ) -> None:
-    header = _attachment(name)
+    header = utf8_disposition(name)
     assert "\r" not in header
     assert "\n" not in header
     fallback = re.fullmatch(r'attachment; filename="([^"\\]*)"; filename\*=UTF-8\'\'(.*)', header)

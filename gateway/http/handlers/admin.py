@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 from aiohttp import web
 
-from gateway.errors import NotFound
+from gateway.http.authentication import require_admin
 from gateway.http.keys import ADMIN_SERVICE, CREDENTIAL_SERVICE, SETTINGS
-from gateway.http.request_parsing import path_id, read_json_object
-from gateway.security.auth import check_admin_token
+from gateway.http.path_ids import path_id, path_uuid
+from gateway.http.request_parsing import read_json_object
+from gateway.http.views import agent_view, created_agent_view
 
 routes = web.RouteTableDef()
-
-
-def _authorize(request: web.Request) -> None:
-    check_admin_token(request.app[SETTINGS].admin_token, request.headers.get("Authorization"))
-
-
-def _org_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["orgId"])
-    except ValueError:
-        raise NotFound("Organisation not found") from None
 
 
 async def _body(request: web.Request) -> dict[str, object]:
@@ -34,7 +22,7 @@ async def _body(request: web.Request) -> dict[str, object]:
 @routes.post("/admin/orgs")
 async def create_org(request: web.Request) -> web.Response:
     """``{name}`` → ``{id, name}``."""
-    _authorize(request)
+    require_admin(request)
     return web.json_response(
         await request.app[ADMIN_SERVICE].create_org(await _body(request)), status=201
     )
@@ -43,8 +31,8 @@ async def create_org(request: web.Request) -> web.Response:
 @routes.post("/admin/orgs/{orgId}/keys")
 async def create_key(request: web.Request) -> web.Response:
     """A new ingest key, shown once."""
-    _authorize(request)
-    org_id = _org_id(request)
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
     await _body(request)
     return web.json_response(await request.app[ADMIN_SERVICE].create_ingest_key(org_id), status=201)
 
@@ -52,8 +40,8 @@ async def create_key(request: web.Request) -> web.Response:
 @routes.post("/admin/orgs/{orgId}/users")
 async def create_user(request: web.Request) -> web.Response:
     """``{email}`` → ``{id}``, a member of the organisation."""
-    _authorize(request)
-    org_id = _org_id(request)
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
     result = await request.app[ADMIN_SERVICE].create_user(org_id, await _body(request))
     return web.json_response(result, status=201)
 
@@ -61,25 +49,25 @@ async def create_user(request: web.Request) -> web.Response:
 @routes.post("/admin/orgs/{orgId}/agents")
 async def create_agent(request: web.Request) -> web.Response:
     """A new agent, with its API key shown once."""
-    _authorize(request)
-    org_id = _org_id(request)
-    result = await request.app[ADMIN_SERVICE].create_agent(org_id, await _body(request))
-    return web.json_response(result, status=201)
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
+    created = await request.app[ADMIN_SERVICE].create_agent(org_id, await _body(request))
+    return web.json_response(created_agent_view(created), status=201)
 
 
 @routes.patch("/admin/agents/{agentId}")
 async def update_agent(request: web.Request) -> web.Response:
     """Change any of an agent's settings."""
-    _authorize(request)
+    require_admin(request)
     agent_id = path_id(request, "agentId", "Agent")
-    result = await request.app[ADMIN_SERVICE].update_agent(agent_id, await _body(request))
-    return web.json_response(result)
+    agent = await request.app[ADMIN_SERVICE].update_agent(agent_id, await _body(request))
+    return web.json_response(agent_view(agent))
 
 
 @routes.post("/admin/orgs/{orgId}/credentials")
 async def create_credential(request: web.Request) -> web.Response:
     """``{name, type, data}`` → ``{id, name, type}``; the data is sealed at rest."""
-    _authorize(request)
-    org_id = _org_id(request)
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
     result = await request.app[CREDENTIAL_SERVICE].create(org_id, await _body(request))
     return web.json_response(result, status=201)

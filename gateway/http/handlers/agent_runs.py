@@ -12,18 +12,14 @@ from marshmallow import Schema
 
 from gateway.errors import BadRequest
 from gateway.http import schemas
+from gateway.http.authentication import ingest_key_org
 from gateway.http.download import send_download
-from gateway.http.keys import (
-    DB_POOL,
-    EXTERNAL_RUN_SERVICE,
-    RATE_LIMITER,
-    RUN_SERVICE,
-    SETTINGS,
-    TRIGGER_SERVICE,
-)
+from gateway.http.keys import EXTERNAL_RUN_SERVICE, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
+from gateway.http.path_ids import path_id
+from gateway.http.rate_limits import RUN_REPORTS, SYNC_RUNS, TRIGGERS, take_token
 from gateway.http.request_info import note_run
-from gateway.http.request_parsing import path_id, read_json_object
-from gateway.security.auth import org_for_ingest_key
+from gateway.http.request_parsing import read_json_object
+from gateway.http.views import run_view
 from gateway.validation import load
 from store.models import Agent
 
@@ -45,7 +41,7 @@ async def _eligible_agent(
     """Authenticate, read the trigger body and find the agent, in the order the seeds list
     their errors: 401, then 400/404, then 403/422."""
     app = request.app
-    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    org_id = await ingest_key_org(request)
     body = load(
         _TRIGGER_BODY,
         await read_json_object(request, limit=app[SETTINGS].max_request_body, allow_empty=True),
@@ -57,22 +53,10 @@ async def _eligible_agent(
     return agent, body
 
 
-async def _take_sync_token(request: web.Request, agent: Agent) -> None:
-    """trigger-and-wait and trigger-and-download share one bucket per agent (seed 000)."""
-    settings = request.app[SETTINGS]
-    await request.app[RATE_LIMITER].enforce(
-        f"agent:{agent.id}:sync",
-        limit=settings.sync_rate_limit,
-        window_s=settings.sync_rate_window_s,
-        what="this agent",
-    )
-
-
 @routes.post("/api/agents/{agentId}/runs/trigger")
 async def trigger(request: web.Request) -> web.Response:
     """Seed 001 ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
     app = request.app
-    settings = app[SETTINGS]
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
@@ -83,12 +67,7 @@ async def trigger(request: web.Request) -> web.Response:
     run = await service.replay(agent, key, request_hash)
     replayed = run is not None
     if run is None:
-        await app[RATE_LIMITER].enforce(
-            f"agent:{agent.id}:trigger",
-            limit=settings.trigger_rate_limit,
-            window_s=settings.trigger_rate_window_s,
-            what="this agent's triggers",
-        )
+        await take_token(request, TRIGGERS, agent.id)
         triggered = await service.trigger(
             agent,
             input_data=body["input"],
@@ -105,7 +84,7 @@ async def trigger(request: web.Request) -> web.Response:
 async def trigger_and_wait(request: web.Request) -> web.Response:
     """Seed 002: 200 with the run when it ends in the window, else 202 ``timedOut``."""
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
-    await _take_sync_token(request, agent)
+    await take_token(request, SYNC_RUNS, agent.id)
     waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
         agent, input_data=body["input"], user_id=body["userId"], timeout_ms=body["timeoutMs"]
     )
@@ -116,14 +95,14 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
             {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
             status=202,
         )
-    return web.json_response(run.public())
+    return web.json_response(run_view(run))
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-download")
 async def trigger_and_download(request: web.Request) -> web.StreamResponse:
     """Seed 000: start a run and stream the runtime's file straight through."""
     agent, body = await _eligible_agent(request, output_kinds=("file_download",))
-    await _take_sync_token(request, agent)
+    await take_token(request, SYNC_RUNS, agent.id)
     runs = request.app[RUN_SERVICE]
     start = await runs.start_download(
         agent,
@@ -148,12 +127,12 @@ async def get_run(request: web.Request) -> web.Response:
     """The run row: the poll target of every trigger endpoint (the same shape as seed 002's
     200). ``?include=input`` adds the input it ran on (an execute's names its files)."""
     app = request.app
-    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    org_id = await ingest_key_org(request)
     run = await app[RUN_SERVICE].get_run(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
     note_run(request, run_id=run.id, agent_id=run.agent_id)
-    body = run.public()
+    body = run_view(run)
     if "input" in request.query.getall("include", []):
         body["input"] = run.input
     return web.json_response(body)
@@ -163,7 +142,7 @@ async def get_run(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     """Mark a run cancelled; a waiter sees ``cancelled``. 409 when it has already ended."""
     app = request.app
-    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
+    org_id = await ingest_key_org(request)
     run = await app[TRIGGER_SERVICE].cancel(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
@@ -173,18 +152,12 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent, dict[str, Any]]:
     """Authenticate, read the body, find the agent and take a token from its report bucket
-    (register and ingest share one, wide enough for a busy runtime)."""
+    (register and ingest share one)."""
     app = request.app
-    settings = app[SETTINGS]
-    org_id = await org_for_ingest_key(app[DB_POOL], request.headers.get("Authorization"))
-    body = load(schema, await read_json_object(request, limit=settings.max_result_body))
+    org_id = await ingest_key_org(request)
+    body = load(schema, await read_json_object(request, limit=app[SETTINGS].max_result_body))
     agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "agentId", "Agent"))
-    await app[RATE_LIMITER].enforce(
-        f"agent:{agent.id}:report",
-        limit=settings.report_rate_limit,
-        window_s=settings.report_rate_window_s,
-        what="this agent's run reports",
-    )
+    await take_token(request, RUN_REPORTS, agent.id)
     return agent, body
 
 

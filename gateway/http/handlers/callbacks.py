@@ -6,8 +6,9 @@ from aiohttp import web
 
 from gateway.http import schemas
 from gateway.http.keys import CALLBACK_SERVICE, SETTINGS
+from gateway.http.path_ids import path_id
 from gateway.http.request_info import note_run
-from gateway.http.request_parsing import path_id, read_json_object
+from gateway.http.request_parsing import read_json_object
 from gateway.runs.callbacks import status_after
 from gateway.validation import load
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.http.keys import CREDENTIAL_SERVICE
+from gateway.http.views import credential_view
 
 routes = web.RouteTableDef()
 
@@ -20,5 +21,5 @@ async def resolve_credential(request: web.Request) -> web.Response:
     )
     # The answer is a secret: no cache on the way may keep it.
     return web.json_response(
-        credential.public(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        credential_view(credential), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
     )

@@ -5,25 +5,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
 from gateway.errors import NotFound
 from gateway.execute.input_files import FILES_PATH
-from gateway.execute.service import ChunkFrame, ExecuteService, Execution, Outcome, sse_frame
+from gateway.execute.service import ChunkFrame, ExecuteService, Execution, Outcome
+from gateway.http.attachments import attachment_response, send_attachment, utf8_disposition
+from gateway.http.authentication import execute_key_org
 from gateway.http.json_body import read_large_json_object
-from gateway.http.keys import (
-    DB_POOL,
-    EXECUTE_SERVICE,
-    FILE_SERVICE,
-    RATE_LIMITER,
-    RUN_SERVICE,
-    SETTINGS,
-)
-from gateway.http.request_parsing import path_id
+from gateway.http.keys import EXECUTE_SERVICE, FILE_SERVICE, RUN_SERVICE, SETTINGS
+from gateway.http.path_ids import path_id
+from gateway.http.rate_limits import EXECUTIONS, take_token
 from gateway.http.sse import send_events
-from gateway.security.auth import org_for_api_key
+from gateway.http.views import execution_event_view, execution_result_view
 
 routes = web.RouteTableDef()
 
@@ -37,9 +32,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
     """
     app = request.app
     settings = app[SETTINGS]
-    org_id = await org_for_api_key(
-        app[DB_POOL], request.headers.get("X-API-Key"), request.headers.get("Authorization")
-    )
+    org_id = await execute_key_org(request)
     try:
         agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
@@ -49,12 +42,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
     body = await read_large_json_object(request, limit=settings.execute_max_request_body)
     checked = service.parse(agent, body)
     del body  # the coerced input holds what is still needed (file data included)
-    await app[RATE_LIMITER].enforce(
-        f"agent:{agent.id}:execute",
-        limit=settings.execute_rate_limit,
-        window_s=settings.execute_rate_window_s,
-        what="this workflow's executions",
-    )
+    await take_token(request, EXECUTIONS, agent.id)
     execution = await service.start(agent, adapter, checked)
     del checked  # its file data is stored now; the execution keeps what it needs
     headers = {"X-Run-Id": str(execution.run.id)}
@@ -72,7 +60,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
             status=202,
             headers=headers,
         )
-    return web.json_response(outcome.result(), headers=headers)
+    return web.json_response(execution_result_view(outcome), headers=headers)
 
 
 async def _frames(service: ExecuteService, execution: Execution) -> AsyncIterator[dict[str, Any]]:
@@ -80,7 +68,7 @@ async def _frames(service: ExecuteService, execution: Execution) -> AsyncIterato
     # drops the runtime's connection and cancels the run), not whenever it is collected.
     async with contextlib.aclosing(service.events(execution)) as events:
         async for event in events:
-            yield sse_frame(event)
+            yield execution_event_view(event)
 
 
 async def _outcome(service: ExecuteService, execution: Execution) -> Outcome:
@@ -100,25 +88,10 @@ async def signed_file(request: web.Request) -> web.StreamResponse:
         request.query.get("signature"),
     )
     record = opened.record
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": record.mime_type,
-            "Content-Disposition": _attachment(record.name),
-            "Cache-Control": "private, no-store",
-            "X-Content-Type-Options": "nosniff",
-        }
+    response = attachment_response(
+        content_type=record.mime_type,
+        disposition=utf8_disposition(record.name),
+        size=record.size_bytes,
     )
-    response.content_length = record.size_bytes
-    async with contextlib.aclosing(opened.chunks) as chunks:
-        await response.prepare(request)
-        if request.method != "HEAD":
-            async for chunk in chunks:
-                await response.write(chunk)
-    await response.write_eof()
+    await send_attachment(request, response, opened.chunks)
     return response
-
-
-def _attachment(name: str) -> str:
-    """``Content-Disposition`` with an ASCII fallback and the UTF-8 name (RFC 6266)."""
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

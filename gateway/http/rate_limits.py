@@ -1,0 +1,52 @@
+"""The per-agent token buckets a handler takes from before it starts work.
+
+Each bucket is named once here, with its settings and the words its 429 uses, so handlers
+say *which* bucket and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.http.keys import RATE_LIMITER, SETTINGS
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class AgentBucket:
+    """One kind of per-agent bucket: its key, what a 429 calls it, and its limit and window."""
+
+    name: str
+    what: str
+    policy: Callable[[Settings], tuple[int, int]]
+
+
+TRIGGERS = AgentBucket(
+    "trigger",
+    "this agent's triggers",
+    lambda s: (s.trigger_rate_limit, s.trigger_rate_window_s),
+)
+# trigger-and-wait and trigger-and-download share one bucket per agent (seed 000).
+SYNC_RUNS = AgentBucket("sync", "this agent", lambda s: (s.sync_rate_limit, s.sync_rate_window_s))
+# register and ingest share one, wide enough for a busy runtime.
+RUN_REPORTS = AgentBucket(
+    "report",
+    "this agent's run reports",
+    lambda s: (s.report_rate_limit, s.report_rate_window_s),
+)
+EXECUTIONS = AgentBucket(
+    "execute",
+    "this workflow's executions",
+    lambda s: (s.execute_rate_limit, s.execute_rate_window_s),
+)
+
+
+async def take_token(request: web.Request, bucket: AgentBucket, agent_id: int) -> None:
+    """Take one token from ``agent_id``'s ``bucket``; 429 (with ``Retry-After``) when empty."""
+    limit, window_s = bucket.policy(request.app[SETTINGS])
+    await request.app[RATE_LIMITER].enforce(
+        f"agent:{agent_id}:{bucket.name}", limit=limit, window_s=window_s, what=bucket.what
+    )

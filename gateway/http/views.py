@@ -1,0 +1,108 @@
+"""The JSON bodies the API answers with, built from what the domain returns.
+
+Domain code hands back records (an :class:`~store.models.Agent`, a
+:class:`~store.models.Run`, a :class:`~gateway.packages.service.PackageTicket` …); how each is
+shown to a caller is decided here, at the HTTP edge, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.admin.service import CreatedAgent
+from gateway.execute.service import ChunkFrame, Outcome
+from gateway.packages.service import PackageTicket
+from gateway.security.credentials import ResolvedCredential
+from store.models import Agent, Run, iso
+
+# Runtime settings that hold secrets: shown masked, so an operator sees that they are set.
+_MASKED_RUNTIME_KEYS = frozenset({"secret_key", "headers"})
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    """The run as seed 002's 200 response shapes it (the poll target answers the same)."""
+    return {
+        "runId": run.id,
+        "agentId": run.agent_id,
+        "status": run.status,
+        "output_data": run.output_data,
+        "outputs": run.outputs,
+        "error": run.error,
+        "duration_ms": run.duration_ms,
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
+        "created_at": iso(run.created_at),
+    }
+
+
+def agent_view(agent: Agent) -> dict[str, Any]:
+    """The agent as the admin API shows it (never the runtime's secrets)."""
+    runtime = {
+        k: ("***" if k in _MASKED_RUNTIME_KEYS and v else v) for k, v in agent.runtime.items()
+    }
+    return {
+        "id": agent.id,
+        "org_id": str(agent.org_id),
+        "name": agent.name,
+        "managed_by": agent.managed_by,
+        "status": agent.status,
+        "allow_external_triggers": agent.allow_external_triggers,
+        "output_kind": agent.output_kind,
+        "runtime": runtime,
+        "default_input": agent.default_input,
+        "input_format": agent.input_format,
+        "running_timeout_ms": agent.running_timeout_ms,
+        "blocks": agent.blocks,
+        "created_at": iso(agent.created_at),
+        "updated_at": iso(agent.updated_at),
+    }
+
+
+def created_agent_view(created: CreatedAgent) -> dict[str, Any]:
+    """A new agent, with the API key it was given (shown this once)."""
+    return {**agent_view(created.agent), "api_key": created.api_key}
+
+
+def package_ticket_view(ticket: PackageTicket) -> dict[str, Any]:
+    """Seed 003's ``{id, status, signed_url, workflowId}`` (all strings)."""
+    return {
+        "id": str(ticket.id),
+        "status": ticket.status,
+        "signed_url": ticket.signed_url,
+        "workflowId": str(ticket.workflow_id),
+    }
+
+
+def credential_view(credential: ResolvedCredential) -> dict[str, Any]:
+    """The credential as a run's code receives it, its data opened."""
+    return {
+        "id": str(credential.id),
+        "name": credential.name,
+        "type": credential.type,
+        "data": credential.data,
+    }
+
+
+def execution_result_view(outcome: Outcome) -> dict[str, Any]:
+    """Seed 004's serialized execution result: ``{success, output, error, metadata, runId}``."""
+    return {
+        "success": outcome.success,
+        "output": outcome.output,
+        "error": outcome.error,
+        "metadata": {"duration": outcome.duration_ms},
+        "runId": outcome.run_id,
+    }
+
+
+def execution_event_view(event: ChunkFrame | Outcome) -> dict[str, Any]:
+    """The SSE data of an execute event, as seed 004 prints it."""
+    if isinstance(event, ChunkFrame):
+        return {"blockId": event.block_id, "chunk": event.chunk}
+    if event.success:
+        return {
+            "event": "done",
+            "success": True,
+            "output": event.output,
+            "metadata": {"duration": event.duration_ms},
+        }
+    return {"event": "error", "error": event.error or f"Run {event.status}"}
