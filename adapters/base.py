@@ -72,7 +72,7 @@ class RuntimeRetryLater(RuntimeFailure):
 
 @dataclass(frozen=True, slots=True)
 class TriggerPayload:
-    """What a runtime receives when a run starts (DESIGN.md, Runs)."""
+    """What a runtime receives when a run starts (docs/architecture.md)."""
 
     run_id: int
     agent_id: int
@@ -83,7 +83,7 @@ class TriggerPayload:
     # Unique to this run even across databases (a fresh dev database reuses run ids), so a
     # runtime that deduplicates triggers never mistakes a new run for an old one.
     idempotency_key: str = ""
-    # Declared input fields, also given at the top level of the payload (seed 004's
+    # Declared input fields, also given at the top level of the payload (workflow execute's
     # <api.fieldName> beside <api.input.fieldName>); the payload's own keys always win.
     fields: Mapping[str, Any] = field(default_factory=dict)
 

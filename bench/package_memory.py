@@ -1,11 +1,11 @@
-"""The gateway's memory while it streams a 200 MB job package (seed 003), as printed figures.
+"""The gateway's memory while it streams a 200 MB job package (the /v0 API), as printed figures.
 
 Figures, never pass/fail; it stops with an error only when a result is wrong (a ZIP whose
 entries differ from what was uploaded). Everything runs on 127.0.0.1:
 
 1. an embedded PostgreSQL and Redis (``devkit.embedded``) in a temp dir, migrated; the store
    consumer (``agent-gateway consume``); the fake n8n runtime in this process;
-2. gateway A (``agent-gateway serve``) takes one workflow execute (seed 004) carrying
+2. gateway A (``agent-gateway serve``) takes one workflow execute carrying
    ``--files`` files of ``--file-mb`` MB each (10 x 20 MB: a 267 MB body), and is stopped;
 3. gateway B, a fresh process on the same database and blob folder, so that what the upload
    cost is not counted: after a warm-up download of a tiny package, its VmRSS is read

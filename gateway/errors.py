@@ -82,7 +82,7 @@ class RateLimited(ApiError):
 
 
 class RuntimeInvocationFailed(ApiError):
-    """The runtime could not be invoked at all (500, as the seeds say)."""
+    """The runtime could not be invoked at all (500, as the contract says)."""
 
     status = 500
 

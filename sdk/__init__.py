@@ -1,4 +1,4 @@
-"""The Python client SDK for the gateway's agent API (seed 001's exports, Pythonic names).
+"""The Python client SDK for the gateway's agent API (the agent SDK's exports, Pythonic names).
 
 >>> from sdk import trigger_run_and_wait
 >>> result = await trigger_run_and_wait(base_url=..., ingest_api_key=..., agent_id=42)

@@ -1,4 +1,4 @@
-"""The seed SDK's exports, Pythonic and async (aiohttp).
+"""The agent SDK's exports, Pythonic and async (aiohttp).
 
 Every function takes the gateway's ``base_url`` and a key, and optionally an
 ``aiohttp.ClientSession`` to reuse connections; without one, each call opens and closes its

@@ -171,7 +171,7 @@ _APPLY: dict[str, _Apply] = {
         (*_OUTPUT, ("waiting_json", "text")),
     ),
     # Without a measured duration, a run lasted from its start (its creation if it never
-    # started) to this event, as seed 002's example shows.
+    # started) to this event, as trigger-and-wait's example shows.
     "end": _apply(
         f"""status = e.status, {_KEEP_OR_SET_OUTPUT},
            error = COALESCE(e.error, r.error),

@@ -82,7 +82,7 @@ class Run:
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    """An ISO 8601 UTC timestamp with milliseconds and ``Z``, as the seeds print them."""
+    """An ISO 8601 UTC timestamp with milliseconds and ``Z``, as the API prints them."""
     if value is None:
         return None
     utc = value.astimezone(dt.UTC)

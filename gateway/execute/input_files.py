@@ -1,6 +1,6 @@
 """Input files of runs: stored in the blob store, handed to runtimes as signed URLs.
 
-A base64 upload becomes seed 004's file object ``{url, name, size, type, uploadedAt,
+A base64 upload becomes workflow execute's file object ``{url, name, size, type, uploadedAt,
 expiresAt}`` whose ``url`` is a signed, expiring URL this gateway serves; a URL reference is
 passed through as ``{url, name, size, type}`` and never fetched.
 
@@ -120,7 +120,7 @@ class FileService:
         return values
 
     def file_object(self, record: RunFile, *, now: float | None = None) -> dict[str, Any]:
-        """Seed 004's file object for a stored file, with a freshly signed URL."""
+        """Workflow execute's file object for a stored file, with a freshly signed URL."""
         signed = self._signer.sign(
             self._base, FILES_PATH + record.blob_key, ttl_s=self._ttl_s, now=now
         )

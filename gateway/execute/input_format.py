@@ -1,9 +1,9 @@
-"""An agent's input format (seed 004): typed fields, and a request coerced against them.
+"""An agent's input format (workflow execute): typed fields, and a request coerced against them.
 
 An agent may declare fields, each ``{"name", "type", "required"?, "description"?, "value"?}``
 with ``type`` one of ``string``, ``number``, ``boolean``, ``json``, ``files``. A request is
 coerced field by field ("3" for a number becomes 3, "true" for a boolean becomes true); a value
-that cannot be coerced is a problem named after its field. ``files`` fields take the seed's two
+that cannot be coerced is a problem named after its field. ``files`` fields take the contract's two
 forms: base64 data URLs (checked here, stored later) and URL references (passed through).
 
 Domain code: no ``aiohttp.web`` here.

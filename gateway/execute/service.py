@@ -1,5 +1,5 @@
-"""Workflow execute (seed 004): one request runs an agent's workflow, answering with its result
-or streaming its output live.
+"""Workflow execute: one request runs an agent's workflow, answering with its result or
+streaming its output live.
 
 The request body is the input (coerced against the agent's input format, files stored) plus
 two controls: ``stream`` and ``selectedOutputs``. An agent whose ``output_kind`` is ``stream``
@@ -195,7 +195,7 @@ class ChunkFrame:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How an execute ended (the last event): what seed 004's execution result reports.
+    """How an execute ended (the last event): what workflow execute's execution result reports.
 
     ``timed_out`` when the run was still going at the end of the window (it goes on).
     """

@@ -191,7 +191,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _execute(app: web.Application) -> AsyncIterator[None]:
-    """The blob store and what workflow execute builds on it (seed 004)."""
+    """The blob store and what workflow execute builds on it."""
     settings = app[SETTINGS]
     async with open_blob_store(settings) as blobs:
         app[BLOB_STORE] = blobs
@@ -216,7 +216,7 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _packages(app: web.Application) -> AsyncIterator[None]:
-    """Job download packages (seed 003): ZIPs streamed from the blob store."""
+    """Job download packages (the /v0 API): ZIPs streamed from the blob store."""
     settings = app[SETTINGS]
     archiver = Archiver(read_timeout_s=settings.stream_idle_timeout_s)
     app[PACKAGE_SERVICE] = PackageService(

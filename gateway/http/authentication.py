@@ -28,7 +28,7 @@ async def ingest_key_org(request: web.Request) -> uuid.UUID:
 
 
 async def execute_key_org(request: web.Request) -> uuid.UUID:
-    """Workflow execute's caller (seed 004): the ingest key in ``X-API-Key``, or else in
+    """Workflow execute's caller: the ingest key in ``X-API-Key``, or else in
     ``Authorization: Bearer``."""
     return await org_for_api_key(
         request.app[DB_POOL], request.headers.get("X-API-Key"), request.headers.get("Authorization")
@@ -36,7 +36,7 @@ async def execute_key_org(request: web.Request) -> uuid.UUID:
 
 
 async def v0_key_org(request: web.Request) -> uuid.UUID:
-    """The ``/v0`` API's caller (seed 003): the ingest key in ``Authorization``, bare or
+    """The ``/v0`` API's caller: the ingest key in ``Authorization``, bare or
     ``Bearer``; the 401 is in the ``/v0`` shape."""
     # config_dict: /v0 is a sub-application, and the pool belongs to the main one.
     return await org_for_v0_key(request.config_dict[DB_POOL], request.headers.get("Authorization"))

@@ -19,7 +19,7 @@ from gateway.http.request_parsing import body_deadline
 from store.jsonb import MAX_DEPTH
 
 # The parser is fed in pieces this large: fewer, larger pieces keep a long string (a base64
-# file) cheap to assemble (it is re-buffered on every piece); see the README's figures.
+# file) cheap to assemble (it is re-buffered on every piece); see bench/README.md for the figures.
 _FEED_SIZE = 4 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
 _OPENS = frozenset({"start_map", "start_array"})

@@ -139,7 +139,7 @@ V0_CODES = {
 
 
 def v0_api_error(exc: ApiError) -> dict[str, Any]:
-    """The ``/v0`` API's error body (seed 003): ``{"error": {"code", "message", "details"}}``.
+    """The ``/v0`` API's error body: ``{"error": {"code", "message", "details"}}``.
 
     ``code`` and ``details`` come from the error's ``extra`` when it names them; otherwise the
     code follows the status, and any other ``extra`` (a request id, a run id) is the details.
@@ -175,7 +175,7 @@ def json_errors(shape: ErrorShape) -> Middleware:
 
 # The agent API (and everything outside /v0) answers errors as {"error": "...", ...}.
 errors_to_json = json_errors(agent_api_error)
-# The /v0 routes (a sub-application) answer errors in seed 003's shape.
+# The /v0 routes (a sub-application) answer errors in the /v0 error shape.
 v0_errors_to_json = json_errors(v0_api_error)
 
 

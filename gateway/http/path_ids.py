@@ -2,7 +2,7 @@
 
 One rule for what a numeric id is (a positive integer that fits PostgreSQL's ``bigint``, in
 ASCII digits); what a bad one answers is the API's: the agent API treats it as naming nothing
-(404), ``/v0`` as a malformed request (400 in seed 003's shape).
+(404), ``/v0`` as a malformed request (400 in the /v0 error shape).
 """
 
 from __future__ import annotations

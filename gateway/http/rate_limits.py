@@ -29,7 +29,7 @@ TRIGGERS = AgentBucket(
     "this agent's triggers",
     lambda s: (s.trigger_rate_limit, s.trigger_rate_window_s),
 )
-# trigger-and-wait and trigger-and-download share one bucket per agent (seed 000).
+# trigger-and-wait and trigger-and-download share one bucket per agent.
 SYNC_RUNS = AgentBucket("sync", "this agent", lambda s: (s.sync_rate_limit, s.sync_rate_window_s))
 # register and ingest share one, wide enough for a busy runtime.
 RUN_REPORTS = AgentBucket(

@@ -19,7 +19,7 @@ from store.enums import RunStatus
 
 
 class TriggerBody(StorableBody):
-    """The body of the trigger endpoints (seeds 000 and 002)."""
+    """The body of the trigger endpoints (trigger-and-download and trigger-and-wait)."""
 
     class Meta:
         unknown = EXCLUDE
@@ -34,7 +34,7 @@ class TriggerBody(StorableBody):
 
 
 class CallbackBody(Schema):
-    """``POST /api/runs/{runId}/callback``: what ``createAgentClient``'s methods send (seed 001).
+    """``POST /api/runs/{runId}/callback``: what the agent SDK's ``createAgentClient`` sends.
 
     ``outputs`` is not validated here: a value that is not a non-negative integer is dropped
     silently, as everywhere else.
@@ -80,7 +80,7 @@ def _check_error(value: Any) -> None:
 
 
 class RegisterBody(StorableBody):
-    """``POST /api/agents/{agentId}/runs/register`` (seed 001 ``registerRun``)."""
+    """``POST /api/agents/{agentId}/runs/register`` (the agent SDK's ``registerRun``)."""
 
     class Meta:
         unknown = EXCLUDE
@@ -89,7 +89,7 @@ class RegisterBody(StorableBody):
 
 
 class IngestBody(StorableBody):
-    """``POST /api/agents/{agentId}/runs/ingest`` (seed 001 ``ingestRun``).
+    """``POST /api/agents/{agentId}/runs/ingest`` (the agent SDK's ``ingestRun``).
 
     ``outputs`` is not validated: anything but a non-negative integer is dropped silently.
     """

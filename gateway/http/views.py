@@ -20,7 +20,7 @@ _MASKED_RUNTIME_KEYS = frozenset({"secret_key", "headers"})
 
 
 def run_view(run: Run) -> dict[str, Any]:
-    """The run as seed 002's 200 response shapes it (the poll target answers the same)."""
+    """The run as trigger-and-wait's 200 response shapes it (the poll target answers the same)."""
     return {
         "runId": run.id,
         "agentId": run.agent_id,
@@ -64,7 +64,7 @@ def created_agent_view(created: CreatedAgent) -> dict[str, Any]:
 
 
 def package_ticket_view(ticket: PackageTicket) -> dict[str, Any]:
-    """Seed 003's ``{id, status, signed_url, workflowId}`` (all strings)."""
+    """The /v0 API's ``{id, status, signed_url, workflowId}`` (all strings)."""
     return {
         "id": str(ticket.id),
         "status": ticket.status,
@@ -84,7 +84,7 @@ def credential_view(credential: ResolvedCredential) -> dict[str, Any]:
 
 
 def execution_result_view(outcome: Outcome) -> dict[str, Any]:
-    """Seed 004's serialized execution result: ``{success, output, error, metadata, runId}``."""
+    """Workflow execute's result: ``{success, output, error, metadata, runId}``."""
     return {
         "success": outcome.success,
         "output": outcome.output,
@@ -95,7 +95,7 @@ def execution_result_view(outcome: Outcome) -> dict[str, Any]:
 
 
 def execution_event_view(event: ChunkFrame | Outcome) -> dict[str, Any]:
-    """The SSE data of an execute event, as seed 004 prints it."""
+    """The SSE data of an execute event, as workflow execute prints it."""
     if isinstance(event, ChunkFrame):
         return {"blockId": event.block_id, "chunk": event.chunk}
     if event.success:

@@ -93,7 +93,7 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
 
 
 class GatewayMetrics:
-    """Everything the gateway counts; see README "Operations" for the list."""
+    """Everything the gateway counts; docs/operations.md lists them."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool | None] = lambda: None) -> None:
         self.registry = new_registry()

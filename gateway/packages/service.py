@@ -1,4 +1,4 @@
-"""Job download packages (seed 003): a job's inputs and outputs as one ZIP behind a signed URL.
+"""Job download packages (the /v0 API): a job's inputs and outputs as one ZIP behind a signed URL.
 
 ``PUT /v0/workflows/{workflow_id}/jobs/{job_id}/download`` (the workflow is an agent, the job
 one of its runs) gives the run a package id, stable per run, and a signed URL for it. Fetching
@@ -67,7 +67,7 @@ _NOT_STORED_MISSING = "The file is no longer in the blob store."
 
 @dataclass(frozen=True, slots=True)
 class PackageTicket:
-    """A package's id and status and a freshly signed URL (seed 003's 200 shows them)."""
+    """A package's id and status and a freshly signed URL (the /v0 package route's 200)."""
 
     id: uuid.UUID
     status: str

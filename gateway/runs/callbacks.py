@@ -1,4 +1,4 @@
-"""Runtime callbacks: what a run's own code reports about it (seed 001, ``createAgentClient``).
+"""Runtime callbacks: what a run's own code reports (the agent SDK's ``createAgentClient``).
 
 A callback is authenticated by the agent API key that the run's trigger payload carried; the
 key must belong to the run's agent. A run that has ended refuses every callback (409).

@@ -1,5 +1,5 @@
 """Runs the gateway did not start: registered by their runtime, or ingested from standalone
-agents (seed 001 ``registerRun`` and ``ingestRun``).
+agents (the agent SDK's ``registerRun`` and ``ingestRun``).
 
 Both find the run by the agent's ``externalRunId`` (unique per agent), so a repeated call
 never makes a second run.

@@ -2,7 +2,7 @@
 
 Domain code: no ``aiohttp.web`` here. How a runtime reports a run's end differs (an n8n
 webhook answers with the result or calls back later, a Trigger.dev task is followed by
-polling); the response shapes and timeout rules are the same for every runtime (seed 002).
+polling); the response shapes and timeout rules are the same for every runtime (trigger-and-wait).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class TriggerService:
         user_id: uuid.UUID | None,
         timeout_ms: float | None,
     ) -> Waited:
-        """Seed 002: start the run and hold on until it ends or the wait window elapses.
+        """Trigger-and-wait: start the run and hold on until it ends or the wait window elapses.
 
         Raises 504 when the runtime did not answer the invocation within the window and 500
         when it could not be invoked at all; in both cases the run is marked failed.

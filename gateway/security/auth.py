@@ -48,7 +48,7 @@ def check_admin_token(expected: str, authorization: str | None) -> None:
 async def org_for_api_key(
     pool: asyncpg.Pool, api_key: str | None, authorization: str | None
 ) -> uuid.UUID:
-    """The organisation of the ingest key in ``X-API-Key`` (seed 004), or else in
+    """The organisation of the ingest key in ``X-API-Key`` (workflow execute), or else in
     ``Authorization: Bearer``; 401 otherwise."""
     token = (api_key or "").strip() or bearer_token(authorization)
     if token is not None and len(token) > MAX_KEY_LENGTH:
@@ -60,7 +60,7 @@ async def org_for_api_key(
 
 
 def bare_or_bearer_token(authorization: str | None) -> str | None:
-    """The key of ``Authorization: <key>`` (seed 003's bare form) or ``Authorization: Bearer
+    """The key of ``Authorization: <key>`` (the /v0 API's bare form) or ``Authorization: Bearer
     <key>``; ``None`` when there is none or the header has another shape."""
     header = (authorization or "").strip()
     if not header:

@@ -65,7 +65,7 @@ def operation(
     if values:
         lines.append(f"parameters = {toml_value(values)}")
     if path.endswith(("trigger-and-wait", "trigger-and-download")):
-        # A caller may ask for a wait window of a few milliseconds; seed 002's answer to a
+        # A caller may ask for a wait window of a few milliseconds; trigger-and-wait's answer to a
         # runtime that is not done by then is a 504, and that is what the gateway must send.
         lines.append("[operations.checks.not_a_server_error]")
         lines.append('expected-statuses = ["2XX", "3XX", "4XX", "504"]')

@@ -1,4 +1,4 @@
-"""Seed 004: POST /api/workflows/{workflowId}/execute, streaming and not."""
+"""Workflow execute: POST /api/workflows/{workflowId}/execute, streaming and not."""
 
 from __future__ import annotations
 

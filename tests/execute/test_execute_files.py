@@ -1,5 +1,5 @@
-"""Seed 004's files: base64 uploads stored and handed on as signed URLs, URL references passed
-through untouched, and the limits around them."""
+"""Workflow execute's files: base64 uploads stored and handed on as signed URLs, URL references
+passed through untouched, and the limits around them."""
 
 from __future__ import annotations
 

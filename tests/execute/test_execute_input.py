@@ -1,4 +1,4 @@
-"""Seed 004's input format: typed fields, coerced or refused by name, at the top level and
+"""Workflow execute's input format: typed fields, coerced or refused by name, at the top level and
 under ``input`` of what the runtime receives."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Seed 004's curl examples, replayed with curl itself against a gateway and a real local
+"""Workflow execute's curl examples, replayed with curl itself against a gateway and a real local
 streaming n8n-like server, frame by frame.
 
-Each command is the seed's, with our host in place of theirs. The timing checks are the point
-of streaming: the caller holds the first frame before the runtime has sent its last chunk.
+Each command is the contract's example, with our host in place of theirs. The timing checks are
+the point of streaming: the caller holds the first frame before the runtime has sent its last chunk.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tests.support.execute import AGENT_1, AGENT_2, Event, data_frames, parse_ev
 from tests.support.runtimes import received
 from tests.support.tenants import Tenant
 
-# The seed's commands, verbatim but for the host (and -sS -N, so curl prints each event as it
-# arrives and stays quiet otherwise).
+# The contract's example commands, verbatim but for the host (and -sS -N, so curl prints each
+# event as it arrives and stays quiet otherwise).
 SEED_PLAIN = """curl -X POST \\
   https://www.ekinox.app/api/workflows/WORKFLOW_ID/execute \\
   -H 'Content-Type: application/json' \\
@@ -59,7 +59,7 @@ INPUT_FORMAT = [
 
 
 def seed_command(seed: str, tenant: Tenant, agent: dict[str, Any]) -> list[str]:
-    """The seed's command with our host, workflow id and key."""
+    """The contract's example command with our host, workflow id and key."""
     base = str(tenant.client.make_url("")).rstrip("/")
     text = (
         seed.replace("https://www.ekinox.app", base)

@@ -46,7 +46,7 @@ async def test_a_failure_after_the_headers_aborts_instead_of_gluing_an_error_on(
 
 
 def app_with_v0(handler: web.Handler) -> web.Application:
-    """The gateway's layout: the agent API's errors outside, seed 003's under /v0."""
+    """The gateway's layout: the agent API's errors outside, the /v0 API's under /v0."""
     app = app_with(handler)
     v0 = web.Application(middlewares=[v0_errors_to_json])
     v0.router.add_get("/thing", handler)

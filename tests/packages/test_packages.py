@@ -1,4 +1,4 @@
-"""Seed 003: PUT /v0/workflows/{workflow_id}/jobs/{job_id}/download, and the ZIP behind its
+"""The /v0 API: PUT /v0/workflows/{workflow_id}/jobs/{job_id}/download, and the ZIP behind its
 signed URL."""
 
 from __future__ import annotations

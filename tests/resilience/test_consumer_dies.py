@@ -161,7 +161,7 @@ async def test_killing_the_consumer_loses_no_event_and_applies_none_twice(
     # by the time the signal landed).
     assert reclaimed > 0
     assert stop_process(second) == 0
-    print(  # the README quotes these figures
+    print(  # docs/reliability.md quotes these figures
         f"\nconsumer killed after {killed_at} of {RUNS} runs: {int(published)} events "
         f"published, {applied} applied, {len(ends)} runs ended once each; the dead consumer "
         f"held {held} unacknowledged, the new one reclaimed {int(reclaimed)} of them, "

@@ -481,7 +481,7 @@ async def test_guessing_keys_is_slowed_per_client_address_across_replicas(
     async with two.http.post(two.url(run_url), headers=_from(attacker, caller.auth)) as resp:
         assert resp.status == 429
         assert (await resp.json())["retryAfterMs"] > 0
-    # The /v0 API refuses it too, in its own error shape (seed 003).
+    # The /v0 API refuses it too, in its own error shape.
     async with two.http.put(
         two.url(f"/v0/workflows/{agent['id']}/jobs/1/download"),
         headers=_from(attacker, {"Authorization": caller.key}),
@@ -798,7 +798,7 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
             {"name": "x", "type": "t", "data": {}},
             {401},
         ),
-        # Seed 003's job download (bare key in Authorization), where the application has it.
+        # The /v0 API's job download (bare key in Authorization), where the application has it.
         Attempt(
             "PUT",
             "/v0/workflows/{workflow_id}/jobs/{job_id}/download",

@@ -152,7 +152,7 @@ async def test_postgresql_going_away_is_a_prompt_503_and_the_pool_recovers(
     slowest = max(seconds for _p, _s, _r, seconds in refused)
     # Prompt: a refused connection, never a wait for a server that is not there.
     assert slowest < 5.0, slowest
-    print(  # the README quotes these figures
+    print(  # docs/reliability.md quotes these figures
         f"\npostgres outage {up_at - down_at:.1f} s: {len(refused)} requests answered 503 "
         f"with Retry-After: 1 (slowest {slowest * 1000:.0f} ms; "
         f"{dict(Counter(p.rsplit('/', 1)[-1] for p, *_ in refused))}); 3 downloads in flight "

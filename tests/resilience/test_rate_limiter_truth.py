@@ -50,7 +50,7 @@ async def test_400_concurrent_requests_on_4_replicas_one_skewed_admit_exactly_5(
     runtime: TestServer,
     tmp_path: Path,
 ) -> None:
-    """Seed 000's 5-a-minute bucket, shared by trigger-and-wait on three replicas in this
+    """The 5-a-minute sync bucket, shared by trigger-and-wait on three replicas in this
     process and a fourth ``serve`` process whose clock is an hour ahead: of 400 requests sent
     at once, exactly 5 are admitted and 395 get a 429 with Retry-After."""
     replicas = [await make_live() for _ in range(3)]
@@ -91,7 +91,7 @@ async def test_400_concurrent_requests_on_4_replicas_one_skewed_admit_exactly_5(
     assert all(retry and int(retry) >= 1 for _r, status, retry in answers if status == 429)
     # Every replica refused: the bucket is one, wherever a request lands.
     assert {replica for replica, status, _retry in answers if status == 429} == {0, 1, 2, 3}
-    print(  # the README quotes this figure
+    print(  # docs/reliability.md quotes this figure
         f"\nrate limit: 400 concurrent on 4 replicas (one {SKEW_S} s ahead): "
         f"{statuses[202]} admitted, {statuses[429]} refused; admitted by replica "
         f"{sorted(Counter(r for r, s, _ in answers if s == 202).items())}"
@@ -135,7 +135,7 @@ async def test_each_refill_admits_exactly_the_capacity_and_nothing_is_double_spe
     finally:
         for client in clients:
             await client.aclose()
-    print(  # the README quotes these figures
+    print(  # docs/reliability.md quotes these figures
         "\nrate limit refills (5 per 2 s, 400 takes from 4 connections): "
         + ", ".join(f"{a} admitted in {ms} ms" for a, ms in figures)
     )

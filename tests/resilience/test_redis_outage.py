@@ -230,7 +230,7 @@ async def test_redis_going_away_under_load_loses_nothing(
         ]
     )
     via_database = metric_sum(metrics, "agent_gateway_run_events_published_total", via="database")
-    print(  # the README quotes these figures
+    print(  # docs/reliability.md quotes these figures
         f"\nredis outage {up_at - down_at:.1f} s: {len(answers)} requests "
         f"({len(during)} during it), statuses {dict(sorted(statuses.items()))}; "
         f"{len(run_ids)} runs all completed; {int(via_database)} events written to PostgreSQL "

@@ -1,4 +1,4 @@
-"""A runtime misbehaves: every fault ends in the seed's status or a clean abort, a failed run
+"""A runtime misbehaves: every fault ends in the contract's status or a clean abort, a failed run
 with its reason, nothing left open in the gateway, and memory that stays bounded."""
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ STREAM_FAULTS = [
 async def test_a_runtime_that_fails_mid_event_stream_ends_it_in_band(
     live: Live, rogue: RogueRuntime, then: str, end: str
 ) -> None:
-    """Seed 004: once frames are out, a failure is one error frame and ``[DONE]``."""
+    """Workflow execute: once frames are out, a failure is one error frame and ``[DONE]``."""
     caller = await live.caller()
     agent = await live.agent(caller, rogue.url("stream", then=then), output_kind="stream")
     before = live.census()

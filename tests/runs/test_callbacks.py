@@ -1,4 +1,4 @@
-"""Runtime callbacks (seed 001's createAgentClient) and waits answered across replicas."""
+"""Runtime callbacks (the agent SDK's createAgentClient) and waits answered across replicas."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 001 ``registerRun`` and ``ingestRun``: runs the gateway did not start itself."""
+"""The agent SDK's ``registerRun`` and ``ingestRun``: runs the gateway did not start itself."""
 
 from __future__ import annotations
 

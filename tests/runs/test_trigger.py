@@ -1,4 +1,4 @@
-"""Seed 001 triggerRun: POST /api/agents/{agentId}/runs/trigger, Idempotency-Key, cancel."""
+"""The agent SDK's triggerRun: POST /api/agents/{agentId}/runs/trigger, Idempotency-Key, cancel."""
 
 from __future__ import annotations
 

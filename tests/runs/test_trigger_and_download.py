@@ -1,4 +1,4 @@
-"""Seed 000: POST /api/agents/{agentId}/runs/trigger-and-download, every row."""
+"""Trigger-and-download: POST /api/agents/{agentId}/runs/trigger-and-download, every row."""
 
 from __future__ import annotations
 

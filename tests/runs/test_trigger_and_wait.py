@@ -1,4 +1,4 @@
-"""Seed 002: POST /api/agents/{agentId}/runs/trigger-and-wait on n8n, every response row."""
+"""Trigger-and-wait: POST /api/agents/{agentId}/runs/trigger-and-wait on n8n, every response row."""
 
 from __future__ import annotations
 

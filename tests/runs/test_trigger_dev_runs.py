@@ -1,6 +1,6 @@
 """Trigger.dev agents: runs triggered as tasks and followed by polling until they end.
 
-Seed 002 (trigger-and-wait), seed 001 (trigger) and cancel, against the fake Trigger.dev API.
+trigger-and-wait, trigger and cancel, against the fake Trigger.dev API.
 """
 
 from __future__ import annotations

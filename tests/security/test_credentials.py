@@ -1,4 +1,4 @@
-"""Credentials: sealed at rest, resolved only for a run that holds a valid token (seed 001)."""
+"""Credentials: sealed at rest, resolved only for a run that holds a valid token (the agent SDK)."""
 
 from __future__ import annotations
 

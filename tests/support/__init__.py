@@ -4,7 +4,7 @@ One module per subject: ``backends`` (the session's PostgreSQL and Redis), ``tok
 admin token and secret key test gateways run with), ``gateways`` and ``consumers`` (the types
 of their factory fixtures), ``tenants`` (an organisation as a caller holds it), ``runtimes``
 (agents on the fake n8n and what it received), ``runs`` (polling and reading runs),
-``execute`` and ``packages`` (seeds 004 and 003), ``processes`` and ``nginx`` (real
+``execute`` and ``packages`` (workflow execute and the /v0 API), ``processes`` and ``nginx`` (real
 processes for end-to-end and resilience tests), ``live_gateways`` (gateways served as in
 production), ``mocked_runtime`` (aioresponses for adapter tests), ``store_runs`` (runs made
 straight in the store) and ``prometheus`` (reading a /metrics page).

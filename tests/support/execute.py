@@ -1,4 +1,4 @@
-"""Seed 004 for the tests: agents on the fake n8n, and reading SSE as a caller does."""
+"""Workflow execute for the tests: agents on the fake n8n, and reading SSE as a caller does."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ AGENT_2 = node_id("Agent 2")
 
 
 def execute_url(agent_id: int | str) -> str:
-    """Seed 004's endpoint for an agent (the workflow id is the agent id)."""
+    """Workflow execute's endpoint for an agent (the workflow id is the agent id)."""
     return f"/api/workflows/{agent_id}/execute"
 
 
 def api_key(tenant: Tenant) -> dict[str, str]:
-    """Seed 004's auth header."""
+    """Workflow execute's auth header."""
     return {"X-API-Key": tenant.ingest_key}
 
 

@@ -1,4 +1,4 @@
-"""Seed 003 for the tests: its request, fetching a signed URL as anyone
+"""The /v0 API for the tests: its request, fetching a signed URL as anyone
 would, and jobs with stored files."""
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ FILES_FORMAT = [
 
 
 def download_url(workflow_id: int | str, job_id: int | str) -> str:
-    """Seed 003's endpoint (the workflow is an agent, the job one of its runs)."""
+    """The /v0 API's endpoint (the workflow is an agent, the job one of its runs)."""
     return f"/v0/workflows/{workflow_id}/jobs/{job_id}/download"
 
 
 def bare(tenant: Tenant) -> dict[str, str]:
-    """Seed 003's auth header: the key itself, no scheme."""
+    """The /v0 API's auth header: the key itself, no scheme."""
     return {"Authorization": tenant.ingest_key}
 
 
@@ -72,7 +72,7 @@ def data_url(content: bytes, mime: str) -> str:
 
 
 def upload(name: str, content: bytes, mime: str) -> dict[str, str]:
-    """Seed 004's base64 file object."""
+    """Workflow execute's base64 file object."""
     return {"type": "file", "data": data_url(content, mime), "name": name, "mime": mime}
 
 
@@ -84,7 +84,7 @@ async def files_agent(tenant: Tenant, runtime: TestServer, **fields: Any) -> dic
 
 
 async def execute_job(tenant: Tenant, agent: dict[str, Any], body: dict[str, Any]) -> int:
-    """Run a job through workflow execute (seed 004) and return its id once it has ended."""
+    """Run a job through workflow execute and return its id once it has ended."""
     resp = await tenant.client.post(
         execute_url(agent["id"]),
         headers={**api_key(tenant), "Content-Type": "application/json"},
@@ -98,7 +98,7 @@ async def execute_job(tenant: Tenant, agent: dict[str, Any], body: dict[str, Any
 
 
 def v0_error(body: dict[str, Any], code: str) -> dict[str, Any]:
-    """Check seed 003's error shape exactly and return its fields."""
+    """Check the /v0 error shape exactly and return its fields."""
     assert set(body) == {"error"}, body
     error: dict[str, Any] = body["error"]
     assert set(error) == {"code", "message", "details"}, body

@@ -1,4 +1,4 @@
-"""Runs as a caller sees them: seed 002's endpoint, their keys and timestamps, and polling."""
+"""Runs as a caller sees them: trigger-and-wait's endpoint, run keys and timestamps, polling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.support.tenants import Tenant
 
-# The keys of a run as seed 002's 200 and the poll target show it.
+# The keys of a run as trigger-and-wait's 200 and the poll target show it.
 RUN_KEYS = frozenset(
     {
         "runId",
@@ -26,12 +26,12 @@ RUN_KEYS = frozenset(
 
 
 def wait_url(agent_id: int | str) -> str:
-    """Seed 002's endpoint for an agent."""
+    """Trigger-and-wait's endpoint for an agent."""
     return f"/api/agents/{agent_id}/runs/trigger-and-wait"
 
 
 def parse_time(value: str) -> dt.datetime:
-    """A run timestamp as the seeds print it (ISO 8601, UTC, ``Z``)."""
+    """A run timestamp as the API prints it (ISO 8601, UTC, ``Z``)."""
     assert value.endswith("Z"), value
     return dt.datetime.fromisoformat(value[:-1] + "+00:00")
 

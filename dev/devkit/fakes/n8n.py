@@ -20,7 +20,7 @@ JSON results, as a workflow ending in "Respond to Webhook" returns them (trigger
                                   ``input.result`` (or ``fail`` when ``input.fail`` is set),
                                   ``report_delay_ms`` apart (``report=0``: never reports)
 
-A streaming webhook (a Webhook node in "Streaming" response mode), seed 004's runtime side:
+A streaming webhook (a Webhook node in "Streaming" response mode), workflow execute's runtime side:
 
 ``POST /webhook/stream``  ``200 application/json; charset=utf-8``, chunked, one n8n
                           ``StructuredChunk`` per line (``begin``, ``item``s, ``end``) for each

@@ -21,6 +21,7 @@ from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
 from gateway.http.views import run_view
 from gateway.validation import load
+from store.enums import OutputKind
 from store.models import Agent
 
 routes = web.RouteTableDef()
@@ -31,14 +32,14 @@ _REGISTER_BODY = schemas.RegisterBody()
 _INGEST_BODY = schemas.IngestBody()
 
 # Runs that hand back JSON; a file agent is served by trigger-and-download only.
-_JSON_KINDS = ("json", "stream")
+_JSON_KINDS = (OutputKind.JSON, OutputKind.STREAM)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 async def _eligible_agent(
     request: web.Request, *, output_kinds: tuple[str, ...]
 ) -> tuple[Agent, dict[str, Any]]:
-    """Authenticate, read the trigger body and find the agent, in the order the seeds list
+    """Authenticate, read the trigger body and find the agent, in the order the contract lists
     their errors: 401, then 400/404, then 403/422."""
     app = request.app
     org_id = await ingest_key_org(request)
@@ -55,7 +56,7 @@ async def _eligible_agent(
 
 @routes.post("/api/agents/{agentId}/runs/trigger")
 async def trigger(request: web.Request) -> web.Response:
-    """Seed 001 ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
+    """The agent SDK's ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
     app = request.app
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
     key = request.headers.get("Idempotency-Key")
@@ -82,7 +83,7 @@ async def trigger(request: web.Request) -> web.Response:
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-wait")
 async def trigger_and_wait(request: web.Request) -> web.Response:
-    """Seed 002: 200 with the run when it ends in the window, else 202 ``timedOut``."""
+    """Trigger-and-wait: 200 with the run when it ends in the window, else 202 ``timedOut``."""
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
     await take_token(request, SYNC_RUNS, agent.id)
     waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
@@ -100,8 +101,8 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-download")
 async def trigger_and_download(request: web.Request) -> web.StreamResponse:
-    """Seed 000: start a run and stream the runtime's file straight through."""
-    agent, body = await _eligible_agent(request, output_kinds=("file_download",))
+    """Trigger-and-download: start a run and stream the runtime's file straight through."""
+    agent, body = await _eligible_agent(request, output_kinds=(OutputKind.FILE_DOWNLOAD,))
     await take_token(request, SYNC_RUNS, agent.id)
     runs = request.app[RUN_SERVICE]
     start = await runs.start_download(
@@ -124,7 +125,7 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/agents/{agentId}/runs/{runId}")
 async def get_run(request: web.Request) -> web.Response:
-    """The run row: the poll target of every trigger endpoint (the same shape as seed 002's
+    """The run row: the poll target of every trigger endpoint (the same shape as trigger-and-wait's
     200). ``?include=input`` adds the input it ran on (an execute's names its files)."""
     app = request.app
     org_id = await ingest_key_org(request)
@@ -163,7 +164,8 @@ async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent,
 
 @routes.post("/api/agents/{agentId}/runs/register")
 async def register_run(request: web.Request) -> web.Response:
-    """Seed 001 ``registerRun``: a run the runtime started on its own, and a credentials token.
+    """The agent SDK's ``registerRun``: a run the runtime started on its own, and a credentials
+    token.
 
     201 the first time an ``externalRunId`` is seen; 200 with the same run (and a fresh token)
     after that.
@@ -183,7 +185,7 @@ async def register_run(request: web.Request) -> web.Response:
 
 @routes.post("/api/agents/{agentId}/runs/ingest")
 async def ingest_run(request: web.Request) -> web.Response:
-    """Seed 001 ``ingestRun``: a standalone agent reports a run's status (upsert by
+    """The agent SDK's ``ingestRun``: a standalone agent reports a run's status (upsert by
     ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
     agent, body = await _reporting_agent(request, _INGEST_BODY)
     ingested = await request.app[EXTERNAL_RUN_SERVICE].ingest(agent, body)

@@ -1,4 +1,4 @@
-"""``POST /api/runs/{runId}/callback``: a run's runtime reports on it (seed 001)."""
+"""``POST /api/runs/{runId}/callback``: a run's runtime reports on it (the agent SDK)."""
 
 from __future__ import annotations
 

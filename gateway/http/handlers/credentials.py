@@ -1,4 +1,4 @@
-"""``GET /api/credentials/{id}/resolve``: a run's code reads a credential (seed 001)."""
+"""``GET /api/credentials/{id}/resolve``: a run's code reads a credential (the agent SDK)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 004: ``POST /api/workflows/{workflowId}/execute``, and the signed URLs of input files."""
+"""``POST /api/workflows/{workflowId}/execute``, and the signed URLs of its input files."""
 
 from __future__ import annotations
 

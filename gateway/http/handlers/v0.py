@@ -1,7 +1,7 @@
-"""The ``/v0`` API (seed 003): job download packages and their signed URLs.
+"""The ``/v0`` API: job download packages and their signed URLs.
 
 It is its own sub-application so that every failure under ``/v0`` (the handlers' own, and
-aiohttp's 404, 405 and 413) answers in seed 003's shape, ``{"error": {"code", "message",
+aiohttp's 404, 405 and 413) answers in the /v0 error shape, ``{"error": {"code", "message",
 "details"}}``, while the rest of the gateway keeps the agent API's.
 """
 
@@ -33,7 +33,7 @@ def create_v0_app() -> web.Application:
 
 @routes.put("/workflows/{workflow_id}/jobs/{job_id}/download")
 async def create_download(request: web.Request) -> web.Response:
-    """Seed 003: the job's download package, ``{id, status, signed_url, workflowId}``."""
+    """The /v0 API: the job's download package, ``{id, status, signed_url, workflowId}``."""
     org_id = await v0_key_org(request)
     workflow_id = v0_path_id(request, "workflow_id")
     job_id = v0_path_id(request, "job_id")

@@ -1,4 +1,4 @@
-"""``POST /api/workflows/{workflowId}/execute``: seed 004's workflow execute, JSON or SSE."""
+"""``POST /api/workflows/{workflowId}/execute``: workflow execute, JSON or SSE."""
 
 from __future__ import annotations
 

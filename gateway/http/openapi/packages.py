@@ -1,4 +1,4 @@
-"""``/v0``: job download packages (seed 003), errors as ``{"error": {"code", "message",
+"""``/v0``: job download packages (the /v0 API), errors as ``{"error": {"code", "message",
 "details"}}``."""
 
 from __future__ import annotations
