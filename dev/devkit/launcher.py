@@ -237,11 +237,11 @@ Register a run your runtime started on its own (a credentials token comes back):
 A standalone agent reports a run it ran by itself:
   curl -sS -X POST {agents}/{ids["imports"]}/runs/ingest {auth} {json_type} \
     -d '{ingesting}'
-Execute a workflow, its output streamed live as Server-Sent Events (workflow execute):
+Execute a workflow, its output streamed live as Server-Sent Events (seed 004):
   curl -sS -N -X POST {execute} {api_key} -d '{stream_body}'
 The same, answered once, with a file sent along (base64):
   curl -sS -X POST {execute} {api_key} -d '{file_body}'
-A job's inputs and outputs as one ZIP (the /v0 API; the job is a runId, e.g. the one above),
+A job's inputs and outputs as one ZIP (seed 003; the job is a runId, e.g. the one above),
 then the ZIP itself from the signed_url it answers:
   curl -sS -X PUT {package} -H 'Authorization: {key}'
   curl -sS -OJ '<signed_url>'
