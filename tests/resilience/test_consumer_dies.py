@@ -100,12 +100,21 @@ async def test_killing_the_consumer_loses_no_event_and_applies_none_twice(
     try:
         while len(run_ids) < RUNS // 3:
             await asyncio.sleep(0.01)
-        # Kill it mid-batch: frozen while a backlog builds, then let go and killed as soon as
-        # it holds events it has read and not yet acknowledged.
+        # Kill it mid-batch: frozen while a backlog builds, let go, and frozen again the moment
+        # it holds events it has read and not acknowledged. Frozen, it cannot acknowledge them,
+        # so the count read then is what the SIGKILL leaves behind, whatever the timing.
         first.send_signal(signal.SIGSTOP)
         await asyncio.sleep(0.5)
-        first.send_signal(signal.SIGCONT)
-        held = await _held_by(watch, "first", bound_s=3.0)
+        held = 0
+        for _attempt in range(50):
+            first.send_signal(signal.SIGCONT)
+            if not await _held_by(watch, "first", bound_s=3.0):
+                continue
+            first.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(0.05)  # the stop is delivered; nothing more is acknowledged
+            held = await _held_by(watch, "first", bound_s=0.01)
+            if held:
+                break
         first.send_signal(signal.SIGKILL)
     finally:
         await watch.aclose()
