@@ -187,3 +187,19 @@ def make_tenant(gateway: TestClient[web.Request, web.Application]) -> TenantFact
 async def tenant(make_tenant: TenantFactory) -> Tenant:
     """One organisation with an ingest key."""
     return await make_tenant()
+
+
+# In CI every test must run: a test that cannot run there (nginx missing, say) fails the run
+# instead of skipping. Elsewhere a skip names what is missing and how to get it.
+_IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``CI=true`` a skipped test is reported as a failure, with its skip reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if _IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true (every test must run in CI): {reason}"

@@ -18,7 +18,7 @@ from gateway.security.auth import agent_for_api_key
 from store import runs
 from store.enums import EventType, RunStatus
 from store.events import RunEvent
-from store.models import Run
+from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +41,14 @@ class CallbackService:
         self._pool = pool
         self._runs = runs
 
-    async def report(self, run_id: int, authorization: str | None, body: dict[str, Any]) -> Run:
+    async def authenticate(self, authorization: str | None) -> Agent:
+        """The agent whose API key the callback carries; 401 otherwise (before its body is
+        looked at)."""
+        return await agent_for_api_key(self._pool, authorization)
+
+    async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it
-        was before it. 401 for an unknown key, 404 for a run of another agent, 409 when the
-        run has ended."""
-        agent = await agent_for_api_key(self._pool, authorization)
+        was before it. 404 for a run of another agent, 409 when the run has ended."""
         run = await runs.get_run_of_agent(self._pool, agent.id, run_id)
         if run is None:
             raise NotFound("Run not found")

@@ -224,6 +224,27 @@ async def test_only_the_runs_own_agent_key_may_report(
     assert missing.status == 404
 
 
+async def test_a_callback_without_valid_credentials_is_401_whatever_its_body(
+    tenant: Tenant, runtime: TestServer
+) -> None:
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+
+    for headers in ({}, {"Authorization": "Bearer agk_not-a-key"}):
+        for body in ({}, {"type": "finished"}, [1, 2]):
+            resp = await tenant.client.post(
+                f"/api/runs/{run_id}/callback", headers=headers, json=body
+            )
+            assert resp.status == 401, (headers, body)
+            assert "error" in await resp.json()
+        garbage = await tenant.client.post(
+            f"/api/runs/{run_id}/callback",
+            headers={**headers, "Content-Type": "application/json"},
+            data=b"{not json",
+        )
+        assert garbage.status == 401, headers
+
+
 async def test_malformed_callbacks_are_400s_naming_the_field(
     tenant: Tenant, runtime: TestServer
 ) -> None:

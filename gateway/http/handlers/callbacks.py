@@ -23,11 +23,11 @@ async def callback(request: web.Request) -> web.Response:
 
     202 once the event is recorded; 409 when the run has already ended.
     """
+    service = request.app[CALLBACK_SERVICE]
     run_id = path_id(request, "runId", "Run")
+    agent = await service.authenticate(request.headers.get("Authorization"))
     raw = await read_json_object(request, limit=request.app[SETTINGS].max_result_body)
     body = load(_CALLBACK_BODY, raw)
-    run = await request.app[CALLBACK_SERVICE].report(
-        run_id, request.headers.get("Authorization"), body
-    )
+    run = await service.report(agent, run_id, body)
     note_run(request, run_id=run.id, agent_id=run.agent_id)
     return web.json_response({"runId": run.id, "status": status_after(body)}, status=202)
