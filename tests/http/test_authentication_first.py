@@ -1,4 +1,4 @@
-"""Every route authenticates before it validates: no 400 or 422 reaches a caller without credentials.
+"""Every route authenticates before it validates: no 400 or 422 reaches a caller without a key.
 
 The routes come from the OpenAPI document, so a route added there is walked too.
 """
