@@ -124,7 +124,8 @@ async def test_slowloris_bodies_get_a_408_and_the_connection_closes(
     routes = (
         (f"/api/agents/{agent['id']}/runs/trigger", {"Authorization": f"Bearer {caller.key}"}),
         (f"/api/workflows/{agent['id']}/execute", {"X-API-Key": caller.key}),
-        ("/api/runs/1/callback", {"Authorization": "Bearer agk_whatever"}),
+        # A real agent key: a callback is authenticated before its body is read.
+        ("/api/runs/1/callback", {"Authorization": f"Bearer {agent['api_key']}"}),
     )
 
     # A byte every 0.25 s: never idle long, never done.
@@ -147,6 +148,23 @@ async def test_slowloris_bodies_get_a_408_and_the_connection_closes(
         # Closed after a short linger (REQUEST_BODY_TIMEOUT_S + 2 s), not held open.
         assert answer.closed
         assert answer.elapsed < 5.0
+    # Without a valid key the slow body is not waited for: 401 as soon as the headers are in.
+    refused = await _raw(
+        live,
+        _request(
+            "POST",
+            "/api/runs/1/callback",
+            live,
+            Content_Length="200",
+            Authorization="Bearer agk_whatever",
+        )
+        + "\r\n",
+        [b"{"] + [b" "] * 40,
+        pause_s=0.25,
+        read_for_s=10,
+    )
+    assert refused.status == 401, refused.head
+    assert refused.elapsed < 5.0
     after = await live.settled(before)
     assert after.caller_connections == 0
     assert after.tasks <= before.tasks, (before, after)
