@@ -141,7 +141,14 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
             package = re.search(r"^  (curl -sS -X PUT \S+/download .+)$", banner, re.M)
             assert package is not None, banner
             line = package.group(1).replace("<runId>", str(result["runId"]))
+            # The package is "pending" until the store has recorded the run's end (the consumer
+            # applies it just after the answer); a caller asks again, as one typing would.
             ticket = json.loads(await run_shell(line))
+            for _attempt in range(100):
+                if ticket["status"] != "pending":
+                    break
+                await asyncio.sleep(0.1)
+                ticket = json.loads(await run_shell(line))
             assert ticket["status"] == "ready", ticket
             async with aiohttp.ClientSession() as http, http.get(ticket["signed_url"]) as resp:
                 archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
