@@ -40,6 +40,10 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
 
 
+# The transitions that end a run (the statuses of the same names).
+TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
+
+
 class OutputKind(StrEnum):
     """What an agent's run gives back: inline JSON, a file streamed through, or a live stream."""
 

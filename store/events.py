@@ -20,12 +20,11 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 from redis.exceptions import RedisError
 
-from store.enums import EventType
+from store.enums import TERMINAL_EVENTS, EventType
 
 log = structlog.get_logger(__name__)
 
 EVENT_TYPES = frozenset(EventType)
-TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 _UNSET: Any = object()
 # How long the first terminal event of a run is remembered in Redis. Afterwards the run row
 # (terminal by then) is what refuses later events.

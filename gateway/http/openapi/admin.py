@@ -15,6 +15,7 @@ from gateway.http.openapi.components import (
     ref,
 )
 from store.enums import AgentStatus, ManagedBy, OutputKind, RuntimeKind
+from store.models import AGENT_SETTABLE_FIELDS
 
 TAG = {
     "name": "admin",
@@ -103,22 +104,7 @@ SCHEMAS: dict[str, Json] = {
     },
     "Agent": {
         "type": "object",
-        "required": [
-            "id",
-            "org_id",
-            "name",
-            "managed_by",
-            "status",
-            "allow_external_triggers",
-            "output_kind",
-            "runtime",
-            "default_input",
-            "input_format",
-            "running_timeout_ms",
-            "blocks",
-            "created_at",
-            "updated_at",
-        ],
+        "required": ["id", "org_id", *AGENT_SETTABLE_FIELDS, "created_at", "updated_at"],
         "properties": {
             "id": {"type": "integer"},
             "org_id": {"type": "string", "format": "uuid"},
@@ -127,7 +113,7 @@ SCHEMAS: dict[str, Json] = {
                 "type": "object",
                 "required": ["kind"],
                 "description": "As configured, with `secret_key` and `headers` shown as `***`.",
-                "properties": {"kind": {"enum": ["n8n", "trigger.dev"]}},
+                "properties": {"kind": {"enum": [kind.value for kind in RuntimeKind]}},
             },
             "input_format": {},
             "created_at": {"type": "string", "format": "date-time"},
