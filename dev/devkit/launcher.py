@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +25,13 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+from devkit.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    die_with_parent,
+    free_port,
+    stop_process,
+)
 from devkit.fakes.n8n import create_fake_runtime, node_id
 from devkit.fakes.trigger_dev import create_fake_trigger_dev
 from gateway.admin.service import AdminService
@@ -279,9 +286,12 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         # The consumer's /metrics and /healthz, on a port nothing else holds.
         "CONSUMER_PORT": os.environ.get("CONSUMER_PORT") or str(free_port()),
     }
-    # A long-lived child, as in production: the consumer is its own process.
+    # A long-lived child, as in production: the consumer is its own process. It drains and
+    # exits if this launcher is killed, instead of holding the database open.
     consumer = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "gateway.cli", "consume"], env=env
+        [sys.executable, "-m", "gateway.cli", "consume"],
+        env=env,
+        preexec_fn=die_with_parent(signal.SIGTERM),
     )
 
     gateway = GatewayServer(create_app(settings), settings)

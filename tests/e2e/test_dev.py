@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from devkit.embedded import free_port, stop_process
 
@@ -158,3 +159,72 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
     # The second start reused the first one's database: same demo organisation and key.
     assert keys[0] == keys[1]
     assert (data_dir / "postgres" / "PG_VERSION").exists()
+
+
+def children_of(pid: int) -> set[int]:
+    """The pids whose parent is ``pid``, from ``/proc``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive_after(pids: set[int], seconds: float) -> set[int]:
+    """The pids still running (zombies aside) after waiting up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = {pid for pid in pids if (Path(f"/proc/{pid}/stat").exists() and not _zombie(pid))}
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads children from /proc")
+async def test_a_dev_killed_with_sigkill_leaves_nothing_behind_and_starts_again(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    first = start_dev(data_dir, free_port(), tmp_path / "dev-0.log")
+    try:
+        wait_for_banner(first, tmp_path / "dev-0.log")
+        # PostgreSQL, Redis and the store consumer.
+        servers = children_of(first.pid)
+    finally:
+        # As a closed terminal or the OOM killer would: no chance to clean up.
+        first.kill()
+        first.wait()
+    assert len(servers) >= 3, servers
+    assert alive_after(servers, 30) == set()
+
+    port = free_port()
+    second = start_dev(data_dir, port, tmp_path / "dev-1.log")
+    try:
+        banner = wait_for_banner(second, tmp_path / "dev-1.log")
+        key = re.search(r"ingest key\s+(\S+)", banner)
+        wait = re.search(r"curl -sS -X POST (\S+/trigger-and-wait) ", banner)
+        assert key is not None, banner
+        assert wait is not None, banner
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                wait.group(1),
+                headers={"Authorization": f"Bearer {key.group(1)}"},
+                json={"input": {"topic": "after a kill"}},
+            ) as resp,
+        ):
+            run = await resp.json()
+            assert (resp.status, run["status"]) == (200, "completed"), run
+    finally:
+        assert stop_process(second, sig=signal.SIGINT, timeout=30) == 0
