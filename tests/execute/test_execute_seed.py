@@ -49,7 +49,9 @@ SEED_TWO_BLOCKS = """curl -X POST \\
     "selectedOutputs": ["agent1.content", "agent2.content"]
   }'"""
 
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command")
+pytestmark = pytest.mark.skipif(
+    shutil.which("curl") is None, reason="needs the curl command (e.g. `apt-get install curl`)"
+)
 
 INPUT_FORMAT = [
     {"name": "userId", "type": "string"},
