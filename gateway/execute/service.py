@@ -40,8 +40,8 @@ from gateway.background import BackgroundTasks
 from gateway.errors import (
     ApiError,
     BadRequest,
-    NotFound,
     GatewayTimeout,
+    NotFound,
     PayloadTooLarge,
     RuntimeInvocationFailed,
     ServiceUnavailable,
