@@ -72,3 +72,11 @@ async def get_agent_by_api_key(db: Executor, api_key_hash: bytes) -> Agent | Non
         f"SELECT {_AGENT_COLUMNS} FROM agents WHERE api_key_hash = $1", api_key_hash
     )
     return None if row is None else _agent(row)
+
+
+async def agent_ids_in_org(db: Executor, org_id: uuid.UUID, *, limit: int) -> list[int]:
+    """The ids of ``org_id``'s agents, oldest first, at most ``limit`` of them."""
+    rows = await db.fetch(
+        "SELECT id FROM agents WHERE org_id = $1 ORDER BY id LIMIT $2", org_id, limit
+    )
+    return [int(row["id"]) for row in rows]

@@ -83,3 +83,28 @@ class ManagedBy(StrEnum):
 
     PLATFORM = "platform"
     STANDALONE = "standalone"
+
+
+class JobStatus(StrEnum):
+    """An async execute's task as ``GET /api/jobs/{taskId}`` names its state (Sim's names)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def of(cls, status: RunStatus) -> JobStatus:
+        """The task state of a run in ``status``."""
+        return _JOB_STATUS_OF_RUN[status]
+
+
+_JOB_STATUS_OF_RUN = {
+    RunStatus.QUEUED: JobStatus.QUEUED,
+    RunStatus.RUNNING: JobStatus.PROCESSING,
+    RunStatus.WAITING: JobStatus.PROCESSING,
+    RunStatus.COMPLETED: JobStatus.COMPLETED,
+    RunStatus.FAILED: JobStatus.FAILED,
+    RunStatus.CANCELLED: JobStatus.CANCELLED,
+}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,10 @@ from adapters.base import (
 )
 from gateway.background import BackgroundTasks
 from gateway.errors import (
+    ApiError,
     BadRequest,
     GatewayTimeout,
+    NotFound,
     PayloadTooLarge,
     RuntimeInvocationFailed,
     ServiceUnavailable,
@@ -60,7 +63,7 @@ from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStoreError
-from store import run_files, runs
+from store import agents, run_files, runs
 from store.enums import EventType, OutputKind, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.jsonb import jsonb_problem
@@ -72,6 +75,8 @@ EXECUTE_KINDS = (OutputKind.JSON, OutputKind.STREAM)
 # The one attribute of a block that is streamed: the text it produces.
 STREAMED_ATTRIBUTE = "content"
 MAX_SELECTED_OUTPUTS = 100
+# A usage report shows the buckets of at most this many of an organisation's workflows.
+MAX_REPORTED_WORKFLOWS = 100
 
 
 def block_key(name: str) -> str:
@@ -268,6 +273,48 @@ class ExecuteService:
                 f"Agent output_kind is 'stream' but its runtime ({adapter.kind}) cannot stream"
             )
         return adapter
+
+    def is_deployed(self, agent: Agent) -> bool:
+        """Whether the agent can be executed now (what a workflow's ``isDeployed`` reports)."""
+        try:
+            self.check_eligible(agent)
+        except ApiError:
+            return False
+        return True
+
+    def check_detachable(self, agent: Agent) -> None:
+        """422 when an async execute cannot run the agent: a streamed run needs its caller."""
+        if agent.output_kind == OutputKind.STREAM:
+            raise Unprocessable(
+                "Async execution is not available for an agent whose output_kind is 'stream'"
+            )
+
+    async def task(self, org_id: uuid.UUID, task_id: int) -> Run:
+        """The run an async execute answered with, for its organisation only (404 otherwise)."""
+        run = await runs.get_run(self._pool, task_id)
+        if run is None or run.org_id != org_id:
+            raise NotFound("Task not found")
+        return run
+
+    async def org_agent_ids(self, org_id: uuid.UUID) -> list[int]:
+        """The organisation's agents (those whose buckets a usage report shows)."""
+        return await agents.agent_ids_in_org(self._pool, org_id, limit=MAX_REPORTED_WORKFLOWS)
+
+    def detach(self, execution: Execution) -> None:
+        """Let an execute go on with nobody waiting (async mode): it runs as a trigger does,
+        and its end is recorded on the run."""
+        self._background.spawn(
+            self._run_detached(execution), name=f"execute-async-{execution.run.id}"
+        )
+
+    async def _run_detached(self, ex: Execution) -> None:
+        try:
+            await self._triggers.run_and_wait(
+                ex.agent, ex.adapter, ex.run, deadline=ex.deadline, payload=ex.payload
+            )
+        except ApiError as exc:
+            # The run is failed already, with this reason; there is no caller to tell.
+            log.info("execute_async_failed", run_id=ex.run.id, error=exc.message)
 
     def parse(self, agent: Agent, body: Mapping[str, Any]) -> ExecuteRequest:
         """The request's controls and its input coerced against the agent's input format.

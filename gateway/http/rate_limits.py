@@ -6,12 +6,15 @@ say *which* bucket and nothing else.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.http.keys import RATE_LIMITER, SETTINGS
+from gateway.security.ratelimit import Decision
 from gateway.settings import Settings
 
 
@@ -44,9 +47,44 @@ EXECUTIONS = AgentBucket(
 )
 
 
-async def take_token(request: web.Request, bucket: AgentBucket, agent_id: int) -> None:
+async def take_token(request: web.Request, bucket: AgentBucket, agent_id: int) -> Decision:
     """Take one token from ``agent_id``'s ``bucket``; 429 (with ``Retry-After``) when empty."""
     limit, window_s = bucket.policy(request.app[SETTINGS])
-    await request.app[RATE_LIMITER].enforce(
+    return await request.app[RATE_LIMITER].enforce(
         f"agent:{agent_id}:{bucket.name}", limit=limit, window_s=window_s, what=bucket.what
     )
+
+
+async def look_at_bucket(request: web.Request, bucket: AgentBucket, agent_id: int) -> Decision:
+    """What ``agent_id``'s ``bucket`` holds now, taking nothing."""
+    limit, window_s = bucket.policy(request.app[SETTINGS])
+    return await request.app[RATE_LIMITER].take(
+        f"agent:{agent_id}:{bucket.name}", limit=limit, window_s=window_s, cost=0
+    )
+
+
+def bucket_window_s(request: web.Request, bucket: AgentBucket) -> int:
+    """The bucket's window, in seconds."""
+    return bucket.policy(request.app[SETTINGS])[1]
+
+
+def reset_s(decision: Decision) -> int:
+    """Seconds until the bucket answers again: the next token when empty, else a full bucket."""
+    wait_ms = decision.retry_after_ms if decision.remaining < 1 else decision.reset_ms
+    return max(0, math.ceil(wait_ms / 1000))
+
+
+def rate_limit_headers(decision: Decision, window_s: int) -> dict[str, str]:
+    """The bucket as the IETF headers and the ``x-ratelimit-*`` headers Sim's SDKs read.
+
+    ``x-ratelimit-reset`` is a Unix time in whole seconds: both SDKs parse it as an integer.
+    """
+    reset = reset_s(decision)
+    remaining = max(0, decision.remaining)
+    return {
+        "RateLimit-Policy": f"{decision.limit};w={window_s}",
+        "RateLimit": f"limit={decision.limit}, remaining={remaining}, reset={reset}",
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(math.ceil(time.time()) + reset),
+    }

@@ -13,6 +13,7 @@ from gateway.admin.service import CreatedAgent
 from gateway.execute.service import ChunkFrame, Outcome
 from gateway.packages.service import PackageTicket
 from gateway.security.credentials import ResolvedCredential
+from store.enums import JobStatus
 from store.models import Agent, Run, iso
 
 # Runtime settings that hold secrets: shown masked, so an operator sees that they are set.
@@ -106,3 +107,47 @@ def execution_event_view(event: ChunkFrame | Outcome) -> dict[str, Any]:
             "metadata": {"duration": event.duration_ms},
         }
     return {"event": "error", "error": event.error or f"Run {event.status}"}
+
+
+def async_execution_view(run: Run) -> dict[str, Any]:
+    """An async execute's 202: ``{success, taskId, status, createdAt, links.status}``."""
+    return {
+        "success": True,
+        "taskId": str(run.id),
+        "status": JobStatus.QUEUED,
+        "createdAt": iso(run.created_at),
+        "links": {"status": f"/api/jobs/{run.id}"},
+    }
+
+
+def job_status_view(run: Run) -> dict[str, Any]:
+    """``GET /api/jobs/{taskId}``: the task's state, and its ``output`` or ``error`` once ended."""
+    status = JobStatus.of(run.status)
+    metadata: dict[str, Any] = {
+        "workflowId": str(run.agent_id),
+        "runId": run.id,
+        "startedAt": iso(run.started_at),
+    }
+    view: dict[str, Any] = {
+        "success": True,
+        "taskId": str(run.id),
+        "status": status,
+        "metadata": metadata,
+    }
+    if run.terminal:
+        metadata["completedAt"] = iso(run.completed_at)
+        metadata["duration"] = run.duration_ms
+        if status == JobStatus.COMPLETED:
+            view["output"] = run.output_data
+        else:
+            view["error"] = run.error or f"The run was {run.status}"
+    return view
+
+
+def workflow_status_view(agent: Agent, *, deployed: bool) -> dict[str, Any]:
+    """``GET /api/workflows/{id}/status``: whether the agent can be executed now."""
+    return {
+        "isDeployed": deployed,
+        "deployedAt": iso(agent.updated_at) if deployed else None,
+        "needsRedeployment": False,
+    }

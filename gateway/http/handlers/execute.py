@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import NotFound
+from gateway.errors import ApiError, NotFound
 from gateway.execute.input_files import FILES_PATH
 from gateway.execute.service import ChunkFrame, ExecuteService, Execution, Outcome
 from gateway.http.attachments import attachment_response, send_attachment, utf8_disposition
@@ -16,9 +17,28 @@ from gateway.http.authentication import execute_key_org
 from gateway.http.json_body import read_large_json_object
 from gateway.http.keys import EXECUTE_SERVICE, FILE_SERVICE, RUN_SERVICE, SETTINGS
 from gateway.http.path_ids import path_id
-from gateway.http.rate_limits import EXECUTIONS, take_token
+from gateway.http.rate_limits import (
+    EXECUTIONS,
+    bucket_window_s,
+    look_at_bucket,
+    rate_limit_headers,
+    reset_s,
+    take_token,
+)
 from gateway.http.sse import send_events
-from gateway.http.views import execution_event_view, execution_result_view
+from gateway.http.views import (
+    async_execution_view,
+    execution_event_view,
+    execution_result_view,
+    job_status_view,
+    workflow_status_view,
+)
+from gateway.security.ratelimit import Decision
+from store.models import Agent, iso
+
+# Sim's header for an execute that answers at once with a task id.
+EXECUTION_MODE_HEADER = "X-Execution-Mode"
+ASYNC_MODE = "async"
 
 routes = web.RouteTableDef()
 
@@ -37,15 +57,30 @@ async def execute(request: web.Request) -> web.StreamResponse:
         agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
         raise NotFound("Workflow not found") from None
-    service = app[EXECUTE_SERVICE]
-    adapter = service.check_eligible(agent)
-    body = await read_large_json_object(request, limit=settings.execute_max_request_body)
-    checked = service.parse(agent, body)
-    del body  # the coerced input holds what is still needed (file data included)
-    await take_token(request, EXECUTIONS, agent.id)
-    execution = await service.start(agent, adapter, checked)
-    del checked  # its file data is stored now; the execution keeps what it needs
-    headers = {"X-Run-Id": str(execution.run.id)}
+    # From here on every answer, errors and 429 included, tells the agent's execute bucket.
+    decision: Decision | None = None
+    try:
+        service = app[EXECUTE_SERVICE]
+        adapter = service.check_eligible(agent)
+        detached = request.headers.get(EXECUTION_MODE_HEADER, "").strip().lower() == ASYNC_MODE
+        if detached:
+            service.check_detachable(agent)
+        body = await read_large_json_object(request, limit=settings.execute_max_request_body)
+        checked = service.parse(agent, body)
+        del body  # the coerced input holds what is still needed (file data included)
+        decision = await take_token(request, EXECUTIONS, agent.id)
+        execution = await service.start(agent, adapter, checked)
+        del checked  # its file data is stored now; the execution keeps what it needs
+    except ApiError as exc:
+        await _add_bucket_headers(request, agent, exc, decision)
+        raise
+    headers = {
+        "X-Run-Id": str(execution.run.id),
+        **rate_limit_headers(decision, bucket_window_s(request, EXECUTIONS)),
+    }
+    if detached:
+        service.detach(execution)
+        return web.json_response(async_execution_view(execution.run), status=202, headers=headers)
     if execution.request.stream:
         return await send_events(
             request,
@@ -53,7 +88,11 @@ async def execute(request: web.Request) -> web.StreamResponse:
             ping_interval_s=settings.sse_ping_interval_s,
             headers=headers,
         )
-    outcome = await _outcome(service, execution)
+    try:
+        outcome = await _outcome(service, execution)
+    except ApiError as exc:
+        exc.headers = {**headers, **exc.headers}
+        raise
     if outcome.timed_out:
         return web.json_response(
             {"runId": outcome.run_id, "status": outcome.status, "timedOut": True},
@@ -61,6 +100,88 @@ async def execute(request: web.Request) -> web.StreamResponse:
             headers=headers,
         )
     return web.json_response(execution_result_view(outcome), headers=headers)
+
+
+async def _add_bucket_headers(
+    request: web.Request, agent: Agent, exc: ApiError, decision: Decision | None
+) -> None:
+    """Add the bucket's headers to an error answer; a 429's own headers are kept as they are."""
+    if decision is None:
+        try:
+            decision = await look_at_bucket(request, EXECUTIONS, agent.id)
+        except ApiError:
+            return  # the bucket cannot be read: the error is answered without its headers
+    exc.headers = {
+        **rate_limit_headers(decision, bucket_window_s(request, EXECUTIONS)),
+        **exc.headers,
+    }
+
+
+@routes.get("/api/workflows/{workflowId}/status")
+async def workflow_status(request: web.Request) -> web.Response:
+    """Sim's workflow status: ``isDeployed`` when the agent can be executed now."""
+    app = request.app
+    org_id = await execute_key_org(request)
+    try:
+        agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
+    except NotFound:
+        raise NotFound("Workflow not found") from None
+    deployed = app[EXECUTE_SERVICE].is_deployed(agent)
+    return web.json_response(workflow_status_view(agent, deployed=deployed))
+
+
+@routes.get("/api/jobs/{taskId}")
+async def job_status(request: web.Request) -> web.Response:
+    """Sim's job status: an async execute's task, for its organisation only."""
+    org_id = await execute_key_org(request)
+    run = await request.app[EXECUTE_SERVICE].task(org_id, path_id(request, "taskId", "Task"))
+    return web.json_response(job_status_view(run))
+
+
+@routes.get("/api/users/me/usage-limits")
+async def usage_limits(request: web.Request) -> web.Response:
+    """Sim's usage limits: what the key's organisation may still execute, bucket by bucket.
+
+    Sync and async executes take from the same per-workflow bucket, so ``rateLimit.sync`` and
+    ``rateLimit.async`` are the same figures: the fewest tokens left in any of the
+    organisation's workflows (each one's own in ``rateLimit.workflows``).
+    """
+    org_id = await execute_key_org(request)
+    agent_ids = await request.app[EXECUTE_SERVICE].org_agent_ids(org_id)
+    limit, window_s = EXECUTIONS.policy(request.app[SETTINGS])
+    workflows = {
+        str(agent_id): _bucket_view(await look_at_bucket(request, EXECUTIONS, agent_id), window_s)
+        for agent_id in agent_ids
+    }
+    if workflows:
+        overall = min(workflows.values(), key=lambda view: (view["remaining"], view["resetAt"]))
+    else:
+        overall = _bucket_view(Decision(True, limit, limit, 0, 0), window_s)
+    return web.json_response(
+        {
+            "success": True,
+            "rateLimit": {
+                "sync": overall,
+                "async": overall,
+                "authType": "api",
+                "workflows": workflows,
+            },
+            # The gateway meters no cost: nothing is spent, and no spending limit applies.
+            "usage": {"currentPeriodCost": 0, "limit": None, "plan": "gateway"},
+        }
+    )
+
+
+def _bucket_view(decision: Decision, window_s: int) -> dict[str, Any]:
+    remaining = max(0, decision.remaining)
+    reset_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=reset_s(decision))
+    return {
+        "isLimited": remaining < 1,
+        "limit": decision.limit,
+        "remaining": remaining,
+        "windowSeconds": window_s,
+        "resetAt": iso(reset_at),
+    }
 
 
 async def _frames(service: ExecuteService, execution: Execution) -> AsyncIterator[dict[str, Any]]:

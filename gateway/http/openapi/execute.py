@@ -13,6 +13,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
+from store.enums import JobStatus
 
 TAG = {
     "name": "workflow execute",
@@ -20,6 +21,10 @@ TAG = {
     "as Server-Sent Events. `X-API-Key: <ingest key>` (`Authorization: Bearer <ingest key>` "
     "works too).",
 }
+
+JOB_STATUSES = [status.value for status in JobStatus]
+_TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-03-01T12:00:05.250Z"]}
+_NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
 
 _DURATION = {
     "type": "object",
@@ -112,6 +117,124 @@ SCHEMAS: dict[str, Json] = {
             "timedOut": {"const": True},
         },
     },
+    "ExecuteAccepted": {
+        "type": "object",
+        "description": "`X-Execution-Mode: async`: the run goes on as a `trigger` does; follow "
+        "it with `GET /api/jobs/{taskId}` (Sim's async execution shape).",
+        "required": ["success", "taskId", "status", "createdAt", "links"],
+        "properties": {
+            "success": {"const": True},
+            "taskId": {"type": "string", "description": "The run's id, as a string."},
+            "status": {"const": "queued"},
+            "createdAt": _TIMESTAMP,
+            "links": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string", "examples": ["/api/jobs/42"]},
+                },
+            },
+        },
+    },
+    "JobStatus": {
+        "type": "object",
+        "description": "An async execute's task (Sim's job status shape). `output` once "
+        "`completed`; `error` once `failed` or `cancelled`.",
+        "required": ["success", "taskId", "status", "metadata"],
+        "properties": {
+            "success": {"const": True},
+            "taskId": {"type": "string"},
+            "status": {
+                "enum": JOB_STATUSES,
+                "description": "The run's status in Sim's words: `queued`; `processing` "
+                "(running or waiting); `completed`, `failed`, `cancelled`.",
+            },
+            "metadata": {
+                "type": "object",
+                "required": ["workflowId", "runId", "startedAt"],
+                "properties": {
+                    "workflowId": {"type": "string"},
+                    "runId": {"type": "integer"},
+                    "startedAt": _NULLABLE_TIMESTAMP,
+                    "completedAt": {
+                        **_NULLABLE_TIMESTAMP,
+                        "description": "Once the task has ended.",
+                    },
+                    "duration": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "ms, once the task has ended.",
+                    },
+                },
+            },
+            "output": {"description": "The run's result, as in `ExecuteResult`."},
+            "error": {"type": "string"},
+        },
+    },
+    "WorkflowStatus": {
+        "type": "object",
+        "description": "Sim's workflow status. `isDeployed`: the agent can be executed now "
+        "(the execute eligibility rules hold); `deployedAt`: the agent's last change then.",
+        "required": ["isDeployed", "deployedAt", "needsRedeployment"],
+        "properties": {
+            "isDeployed": {"type": "boolean"},
+            "deployedAt": _NULLABLE_TIMESTAMP,
+            "needsRedeployment": {
+                "const": False,
+                "description": "An agent's configuration takes effect at once.",
+            },
+        },
+    },
+    "UsageLimits": {
+        "type": "object",
+        "description": "Sim's usage limits: what the key's organisation may still execute. "
+        "Sync and async executes take from the same per-workflow bucket "
+        "(`EXECUTE_RATE_LIMIT` per `EXECUTE_RATE_WINDOW_S`): `sync` and `async` are the same "
+        "figures, the workflow with the fewest executions left; `workflows` has each one's "
+        "(the first 100 of the organisation's workflows).",
+        "required": ["success", "rateLimit", "usage"],
+        "properties": {
+            "success": {"const": True},
+            "rateLimit": {
+                "type": "object",
+                "required": ["sync", "async", "authType", "workflows"],
+                "properties": {
+                    "sync": ref("UsageBucket"),
+                    "async": ref("UsageBucket"),
+                    "authType": {"const": "api"},
+                    "workflows": {
+                        "type": "object",
+                        "description": "By workflow id.",
+                        "additionalProperties": ref("UsageBucket"),
+                    },
+                },
+            },
+            "usage": {
+                "type": "object",
+                "description": "The gateway meters no cost.",
+                "required": ["currentPeriodCost", "limit", "plan"],
+                "properties": {
+                    "currentPeriodCost": {"const": 0},
+                    "limit": {"type": "null"},
+                    "plan": {"const": "gateway"},
+                },
+            },
+        },
+    },
+    "UsageBucket": {
+        "type": "object",
+        "required": ["isLimited", "limit", "remaining", "windowSeconds", "resetAt"],
+        "properties": {
+            "isLimited": {"type": "boolean", "description": "No execution is left."},
+            "limit": {"type": "integer", "minimum": 1},
+            "remaining": {"type": "integer", "minimum": 0},
+            "windowSeconds": {"type": "integer", "minimum": 1},
+            "resetAt": {
+                **_TIMESTAMP,
+                "description": "When the bucket is full again (the next token, when empty).",
+            },
+        },
+    },
     "ExecuteChunkFrame": {
         "type": "object",
         "description": "Event stream: a piece of a selected block's output, as it came.",
@@ -194,22 +317,60 @@ _RUN_HEADERS = {
         "description": "The event stream only: nginx passes each event on at once.",
     },
 }
+# Every execute answer once the workflow is found (429 included) tells its bucket, in the
+# IETF headers and in the x-ratelimit-* headers Sim's SDKs read.
+_BUCKET_HEADERS: Json = {
+    "RateLimit-Policy": {
+        "description": "The workflow's execute bucket: `<limit>;w=<window seconds>`.",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": "`limit=<n>, remaining=<n>, reset=<seconds>`: seconds until the "
+        "next token when empty, else until the bucket is full.",
+        "schema": {"type": "string"},
+    },
+    "X-RateLimit-Limit": {"description": "The bucket's limit.", "schema": {"type": "string"}},
+    "X-RateLimit-Remaining": {
+        "description": "Executions left in the bucket.",
+        "schema": {"type": "string"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "When `RateLimit`'s `reset` comes, as a Unix time in seconds.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _with_bucket(response: Json) -> Json:
+    """``response`` with the bucket's headers (a 429's own keep their required flag)."""
+    return {**response, "headers": {**_BUCKET_HEADERS, **response.get("headers", {})}}
+
+
 _WITH_RUN = "(`runId`; the run is failed). With `stream`, only while no header is out; later, "
 _WITH_RUN += "an `ExecuteErrorFrame`."
 
+_WORKFLOW_ID = {
+    "name": "workflowId",
+    "in": "path",
+    "required": True,
+    "description": "The agent's id. Anything but a positive integer names no workflow (404).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+_UNAUTHORIZED = error(
+    "No key in `X-API-Key` (or `Authorization: Bearer`), or one that names no organisation."
+)
+_EXECUTION_MODE = {
+    "name": "X-Execution-Mode",
+    "in": "header",
+    "required": False,
+    "description": "`async` (Sim's SDKs send it for `async` executions): answer 202 with a "
+    "task id at once; the run goes on as a `trigger` does. Any other value: as if absent.",
+    "schema": {"type": "string", "examples": ["async"]},
+}
+
 PATHS: dict[str, Json] = {
     "/api/workflows/{workflowId}/execute": {
-        "parameters": [
-            {
-                "name": "workflowId",
-                "in": "path",
-                "required": True,
-                "description": "The agent's id. Anything but a positive integer names no "
-                "workflow (404).",
-                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-            },
-            param("X-Request-Id"),
-        ],
+        "parameters": [_WORKFLOW_ID, param("X-Request-Id"), _EXECUTION_MODE],
         "post": {
             "tags": [TAG["name"]],
             "operationId": "executeWorkflow",
@@ -219,64 +380,141 @@ PATHS: dict[str, Json] = {
             "with `GET /api/agents/{agentId}/runs/{runId}?include=input`). The window is "
             "`min(running_timeout_ms, HARD_CEILING_MS)`. The body is parsed as it arrives, "
             "never held whole. Errors come in this order: 401, 404, 403/422, 413/400, 429. "
-            "The agent's own bucket: `EXECUTE_RATE_LIMIT` per `EXECUTE_RATE_WINDOW_S`.",
+            "The agent's own bucket: `EXECUTE_RATE_LIMIT` per `EXECUTE_RATE_WINDOW_S`; every "
+            "answer once the workflow is found tells it (`RateLimit`, `RateLimit-Policy`, "
+            "`X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`).",
             "security": [{"apiKey": []}, {"ingestKey": []}],
             "requestBody": json_body(ref("ExecuteBody"), required=False),
             "responses": {
-                "200": {
-                    "description": "The run ended in the window: the result (`success: "
-                    "false` with `error` when it failed or was cancelled). With `stream: "
-                    "true`: " + _STREAM,
-                    "headers": _RUN_HEADERS,
-                    "content": {
-                        "application/json": {"schema": ref("ExecuteResult")},
-                        "text/event-stream": {"schema": ref("ExecuteEvent")},
-                    },
-                },
-                "202": json_response(
-                    "Without `stream`: the window elapsed first; the run goes on, poll it "
-                    "with `GET /api/agents/{agentId}/runs/{runId}`.",
-                    ref("ExecuteTimedOut"),
-                    "X-Run-Id",
+                "200": _with_bucket(
+                    {
+                        "description": "The run ended in the window: the result (`success: "
+                        "false` with `error` when it failed or was cancelled). With `stream: "
+                        "true`: " + _STREAM,
+                        "headers": _RUN_HEADERS,
+                        "content": {
+                            "application/json": {"schema": ref("ExecuteResult")},
+                            "text/event-stream": {"schema": ref("ExecuteEvent")},
+                        },
+                    }
                 ),
-                "400": error(
-                    "The body is not a JSON object (or not valid JSON; a number must fit a "
-                    "64-bit integer or a double); `stream` is not a boolean; "
-                    "`selectedOutputs` is not a list of at most 100 `<block>.content` strings, "
-                    "or names an unknown block (`knownBlocks` lists the declared ones); a "
-                    "value cannot be coerced to its field's type, or a `required` field is "
-                    "missing; a file is malformed; a value PostgreSQL cannot store (a "
-                    "`\\u0000`, nesting deeper than 200 levels) (`details` names each field)."
+                "202": _with_bucket(
+                    json_response(
+                        "`X-Execution-Mode: async`: the task, at once (`ExecuteAccepted`; "
+                        "`stream` is ignored). Otherwise, without `stream`: the window elapsed "
+                        "first; the run goes on, poll it with "
+                        "`GET /api/agents/{agentId}/runs/{runId}` (`ExecuteTimedOut`).",
+                        {"oneOf": [ref("ExecuteAccepted"), ref("ExecuteTimedOut")]},
+                        "X-Run-Id",
+                    )
                 ),
-                "401": error(
-                    "No key in `X-API-Key` (or `Authorization: Bearer`), or one that names "
-                    "no organisation."
+                "400": _with_bucket(
+                    error(
+                        "The body is not a JSON object (or not valid JSON; a number must fit "
+                        "a 64-bit integer or a double); `stream` is not a boolean; "
+                        "`selectedOutputs` is not a list of at most 100 `<block>.content` "
+                        "strings, or names an unknown block (`knownBlocks` lists the declared "
+                        "ones); a value cannot be coerced to its field's type, or a "
+                        "`required` field is missing; a file is malformed; a value PostgreSQL "
+                        "cannot store (a `\\u0000`, nesting deeper than 200 levels) "
+                        "(`details` names each field)."
+                    )
                 ),
-                "403": error("`allow_external_triggers` is off for this agent."),
+                "401": _UNAUTHORIZED,
+                "403": _with_bucket(error("`allow_external_triggers` is off for this agent.")),
                 "404": error("No such workflow for this key (another organisation's included)."),
-                "413": error(
-                    "The body is over `EXECUTE_MAX_REQUEST_BODY` (refused before it is read "
-                    "whole), or a file is over `MAX_FILE_BYTES` decoded (`files` and "
-                    "`maxFileBytes`; the message names each file and its size)."
+                "413": _with_bucket(
+                    error(
+                        "The body is over `EXECUTE_MAX_REQUEST_BODY` (refused before it is "
+                        "read whole), or a file is over `MAX_FILE_BYTES` decoded (`files` and "
+                        "`maxFileBytes`; the message names each file and its size)."
+                    )
                 ),
-                "422": error(
-                    "The agent is not `managed_by: platform`, not `active`, or its "
-                    "`output_kind` is not `json` or `stream` (the message lists which); a "
-                    "`stream` agent's runtime cannot stream; or the agent's `input_format` is "
-                    "invalid."
+                "422": _with_bucket(
+                    error(
+                        "The agent is not `managed_by: platform`, not `active`, or its "
+                        "`output_kind` is not `json` or `stream` (the message lists which); a "
+                        "`stream` agent's runtime cannot stream; an async execute of a "
+                        "`stream` agent; or the agent's `input_format` is invalid."
+                    )
                 ),
-                "429": {
-                    **RATE_LIMITED,
-                    "description": "The agent's execute bucket is empty (across every "
-                    "replica). `retryAfterMs` in the body.",
-                },
-                "500": error("The runtime could not be invoked " + _WITH_RUN),
-                "503": error(
-                    "PostgreSQL or Redis cannot be reached, or the input files could not be "
-                    "stored (`runId`; the run is failed); retry shortly.",
-                    "Retry-After",
+                "429": _with_bucket(
+                    {
+                        **RATE_LIMITED,
+                        "description": "The agent's execute bucket is empty (across every "
+                        "replica). `retryAfterMs` in the body; Sim's SDKs read `Retry-After`.",
+                    }
                 ),
-                "504": error("The runtime sent no answer within the window " + _WITH_RUN),
+                "500": _with_bucket(error("The runtime could not be invoked " + _WITH_RUN)),
+                "503": _with_bucket(
+                    error(
+                        "PostgreSQL or Redis cannot be reached, or the input files could not "
+                        "be stored (`runId`; the run is failed); retry shortly.",
+                        "Retry-After",
+                    )
+                ),
+                "504": _with_bucket(
+                    error("The runtime sent no answer within the window " + _WITH_RUN)
+                ),
+            },
+        },
+    },
+    "/api/workflows/{workflowId}/status": {
+        "parameters": [_WORKFLOW_ID, param("X-Request-Id")],
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "getWorkflowStatus",
+            "summary": "Whether a workflow can be executed now",
+            "description": "Sim's workflow status (its SDKs' `getWorkflowStatus` and "
+            "`validateWorkflow`), with execute's auth and tenancy.",
+            "security": [{"apiKey": []}, {"ingestKey": []}],
+            "responses": {
+                "200": json_response("The workflow's status.", ref("WorkflowStatus")),
+                "401": _UNAUTHORIZED,
+                "404": error("No such workflow for this key (another organisation's included)."),
+            },
+        },
+    },
+    "/api/jobs/{taskId}": {
+        "parameters": [
+            {
+                "name": "taskId",
+                "in": "path",
+                "required": True,
+                "description": "An async execute's `taskId`. Anything but a positive integer "
+                "names no task (404).",
+                "schema": {"type": "string"},
+            },
+            param("X-Request-Id"),
+        ],
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "getJobStatus",
+            "summary": "An async execute's task: its status, then its output or error",
+            "description": "Sim's job status (its SDKs' `getJobStatus`). The task is the "
+            "run; its organisation's keys only.",
+            "security": [{"apiKey": []}, {"ingestKey": []}],
+            "responses": {
+                "200": json_response("The task.", ref("JobStatus")),
+                "401": _UNAUTHORIZED,
+                "404": error(
+                    "`Task not found`: no such task for this key (another organisation's included)."
+                ),
+            },
+        },
+    },
+    "/api/users/me/usage-limits": {
+        "parameters": [param("X-Request-Id")],
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "getUsageLimits",
+            "summary": "What the key's organisation may still execute",
+            "description": "Sim's usage limits (its SDKs' `getUsageLimits`): the execute "
+            "buckets of the organisation's workflows, read without taking from them.",
+            "security": [{"apiKey": []}, {"ingestKey": []}],
+            "responses": {
+                "200": json_response("The organisation's limits.", ref("UsageLimits")),
+                "401": _UNAUTHORIZED,
             },
         },
     },
