@@ -775,6 +775,32 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
             {"message": "hi"},
             {404},
         ),
+        Attempt(
+            "GET",
+            "/api/workflows/{workflowId}/status",
+            f"/api/workflows/{a_json['id']}/status",
+            {"X-API-Key": intruder.key},
+            None,
+            {404},
+        ),
+        Attempt(
+            "GET",
+            "/api/jobs/{taskId}",
+            f"/api/jobs/{a_run}",
+            {"X-API-Key": intruder.key},
+            None,
+            {404},
+        ),
+        # A report of the key's own organisation's limits: B's key sees B's buckets only, and
+        # the snapshot below proves it took nothing of A's.
+        Attempt(
+            "GET",
+            "/api/users/me/usage-limits",
+            "/api/users/me/usage-limits",
+            {"X-API-Key": intruder.key},
+            None,
+            {200},
+        ),
         Attempt("POST", "/admin/orgs", "/admin/orgs", b_ingest, {"name": "x"}, {401}),
         Attempt(
             "POST",
