@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from store.consumer import StoreConsumer
 from tests.support.gateways import GatewayFactory
 from tests.support.live_stack import STRICT
+from tests.support.openapi_agreement import SentRequest, disagreements
 from tests.support.sdk_cases import CASES, Stage, agent_body, call_once, result_fields
 from tests.support.tenants import Tenant, TenantFactory
 
@@ -34,9 +37,31 @@ async def stage(
     )
 
 
+@pytest.fixture
+def sent_to_the_api(monkeypatch: pytest.MonkeyPatch) -> list[SentRequest]:
+    """Every request to an ``/api/`` route made through aiohttp during the test, as sent."""
+    sent: list[SentRequest] = []
+    request = aiohttp.ClientSession._request
+
+    async def recording(
+        self: aiohttp.ClientSession, method: str, url: Any, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        path = URL(str(url)).path
+        if path.startswith("/api/"):
+            sent.append(SentRequest(method, path, kwargs.get("json")))
+        return await request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", recording)
+    return sent
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 async def test_the_python_sdk_meets_the_case(
-    case: dict[str, Any], stage: Stage, tenant: Tenant, consumer: StoreConsumer
+    case: dict[str, Any],
+    stage: Stage,
+    tenant: Tenant,
+    consumer: StoreConsumer,
+    sent_to_the_api: list[SentRequest],
 ) -> None:
     agent = await tenant.create_agent(**agent_body(case["agent"], stage.runtime_url))
     if case.get("args", {}).get("connectionId") == "own":
@@ -58,3 +83,6 @@ async def test_the_python_sdk_meets_the_case(
         assert (error.run_id is not None) == expect["runId"], error.body
         if expect["status"] == 429:
             assert error.retry_after_s > 0
+    # Every request the SDK made is a route of the OpenAPI document, with documented fields.
+    assert sent_to_the_api
+    assert disagreements(sent_to_the_api) == []

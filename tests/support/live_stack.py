@@ -5,7 +5,8 @@
 gateway, a strict gateway (one call per agent per hour on every rate-limited route, for the 429
 rows), the store consumer and the fake n8n runtime. It creates two organisations with ingest
 keys through the admin API, prints one JSON line (``baseUrl``, ``strictBaseUrl``,
-``runtimeUrl``, ``adminToken``, ``orgId``, ``ingestKey``, ``strangerIngestKey``) and runs
+``runtimeUrl``, ``adminToken``, ``orgId``, ``ingestKey``, ``strangerIngestKey``, and
+``bytesSha256``: size -> digest of the fake runtime's ``bytes`` path) and runs
 until its standard input closes; then everything stops, the databases last.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +29,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from devkit.fakes.n8n import create_fake_runtime
+from devkit.fakes.n8n import create_fake_runtime, make_bytes
 from gateway.http.app import create_app
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
@@ -84,6 +86,21 @@ def _settings(database_url: str, redis_url: str, blobs: Path, port: int) -> Sett
     )
 
 
+# The sizes of the fake runtime's ``bytes`` path whose digests the JSON line carries, so a
+# suite in another language can check a download byte for byte.
+DIGEST_SIZES = (100 * 1024 * 1024,)
+
+
+def _bytes_digests() -> dict[str, str]:
+    digests = {}
+    for size in DIGEST_SIZES:
+        digest = hashlib.sha256()
+        for offset in range(0, size, 4 * 1024 * 1024):
+            digest.update(make_bytes(min(4 * 1024 * 1024, size - offset), offset))
+        digests[str(size)] = digest.hexdigest()
+    return digests
+
+
 async def _until_stdin_closes() -> None:
     loop = asyncio.get_running_loop()
     while await loop.run_in_executor(None, sys.stdin.buffer.read, 65536):
@@ -125,7 +142,7 @@ async def serve(database_url: str, redis_url: str, root: Path) -> None:
                 "ingestKey": key,
                 "strangerIngestKey": stranger_key,
             }
-            print(json.dumps(line), flush=True)
+            print(json.dumps({**line, "bytesSha256": _bytes_digests()}), flush=True)
             await _until_stdin_closes()
     finally:
         consumer.stop()

@@ -118,6 +118,12 @@ async def _client_call(
         method = case["call"].split(".", 1)[1]
         if method == "started":
             return await client.started()
+        if method == "output":
+            return await client.output(args["output"], outputs=args.get("outputs"))
+        if method == "waiting":
+            return await client.waiting(
+                token_id=args["token_id"], description=args.get("description")
+            )
         if method == "complete":
             return await client.complete(args["output"], outputs=args.get("outputs"))
         if method == "fail":
