@@ -18,7 +18,6 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 COPY gateway ./gateway
 COPY adapters ./adapters
 COPY store ./store
-COPY sdk ./sdk
 # --no-deps: dependencies are already in; `pip check` fails the build if the two lists drift.
 # `--help` imports the whole CLI, proving the runtime needs no extra.
 RUN /opt/venv/bin/pip wheel --no-deps -w /wheels . \

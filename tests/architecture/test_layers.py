@@ -10,7 +10,7 @@ from importlinter import configuration
 from importlinter.application.use_cases import lint_imports
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = ("gateway", "adapters", "store", "sdk")
+PRODUCTION = ("gateway", "adapters", "store", "sdk/python/agent_gateway_sdk")
 # The one production package that may serve HTTP.
 HTTP_LAYER = ROOT / "gateway" / "http"
 

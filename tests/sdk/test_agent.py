@@ -13,8 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from devkit.fakes.n8n import CALLBACKS_SENT, make_bytes
-from sdk import (
+from agent_gateway_sdk import (
     UNSET,
     GatewayError,
     RateLimited,
@@ -28,6 +27,7 @@ from sdk import (
     trigger_run_and_download,
     trigger_run_and_wait,
 )
+from devkit.fakes.n8n import CALLBACKS_SENT, make_bytes
 from store.consumer import StoreConsumer
 from tests.support.gateways import GatewayFactory
 from tests.support.runtimes import json_agent, webhook

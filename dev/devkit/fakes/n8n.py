@@ -55,7 +55,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from sdk import CallbackAccepted, GatewayError, create_agent_client
+from agent_gateway_sdk import CallbackAccepted, GatewayError, create_agent_client
 
 RECEIVED = web.AppKey("received", list[dict[str, Any]])
 # What the "accepted" workflow reported through callbacks, with the gateway's answer.

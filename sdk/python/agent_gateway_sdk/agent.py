@@ -2,8 +2,8 @@
 
 Every function takes the gateway's ``base_url`` and a key, and optionally an
 ``aiohttp.ClientSession`` to reuse connections; without one, each call opens and closes its
-own. HTTP errors raise :class:`~sdk.errors.GatewayError` (:class:`~sdk.errors.RateLimited` for
-429, with ``retry_after_s``).
+own. HTTP errors raise :class:`~agent_gateway_sdk.errors.GatewayError`
+(:class:`~agent_gateway_sdk.errors.RateLimited` for 429, with ``retry_after_s``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from sdk.errors import GatewayError, RateLimited
-from sdk.models import (
+from agent_gateway_sdk.errors import GatewayError, RateLimited
+from agent_gateway_sdk.models import (
     CallbackAccepted,
     Credential,
     IngestedRun,

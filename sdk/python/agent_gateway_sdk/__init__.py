@@ -1,10 +1,10 @@
-"""The Python client SDK for the gateway's agent API (the agent SDK's exports, Pythonic names).
+"""The Python client of the gateway's agent API (the agent SDK's exports, Pythonic names).
 
->>> from sdk import trigger_run_and_wait
+>>> from agent_gateway_sdk import trigger_run_and_wait
 >>> result = await trigger_run_and_wait(base_url=..., ingest_api_key=..., agent_id=42)
 """
 
-from sdk.agent import (
+from agent_gateway_sdk.agent import (
     UNSET,
     AgentClient,
     Download,
@@ -16,8 +16,8 @@ from sdk.agent import (
     trigger_run_and_download,
     trigger_run_and_wait,
 )
-from sdk.errors import GatewayError, RateLimited
-from sdk.models import (
+from agent_gateway_sdk.errors import GatewayError, RateLimited
+from agent_gateway_sdk.models import (
     CallbackAccepted,
     Credential,
     IngestedRun,

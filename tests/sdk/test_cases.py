@@ -1,0 +1,88 @@
+"""Every row of the case table both SDKs follow (``sdk/cases.json``), with the Python SDK.
+
+The Node suite (``sdk/typescript/test/cases.test.js``) plays the same rows with the TypeScript
+SDK, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from store.consumer import StoreConsumer
+from tests.support.gateways import GatewayFactory
+from tests.support.live_stack import STRICT
+from tests.support.openapi_agreement import SentRequest, disagreements
+from tests.support.sdk_cases import CASES, Stage, agent_body, call_once, result_fields
+from tests.support.tenants import Tenant, TenantFactory
+
+
+@pytest.fixture
+async def stage(
+    tenant: Tenant, make_tenant: TenantFactory, make_gateway: GatewayFactory, runtime: TestServer
+) -> Stage:
+    """The main gateway (the tenant's), a strict one on the same stores, the fake runtime."""
+    strict = await make_gateway(**STRICT)
+    stranger = await make_tenant("Globex")
+    return Stage(
+        base_url=str(tenant.client.make_url("")).rstrip("/"),
+        strict_base_url=str(strict.make_url("")).rstrip("/"),
+        runtime_url=str(runtime.make_url("")).rstrip("/"),
+        ingest_key=tenant.ingest_key,
+        stranger_key=stranger.ingest_key,
+    )
+
+
+@pytest.fixture
+def sent_to_the_api(monkeypatch: pytest.MonkeyPatch) -> list[SentRequest]:
+    """Every request to an ``/api/`` route made through aiohttp during the test, as sent."""
+    sent: list[SentRequest] = []
+    request = aiohttp.ClientSession._request
+
+    async def recording(
+        self: aiohttp.ClientSession, method: str, url: Any, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        path = URL(str(url)).path
+        if path.startswith("/api/"):
+            sent.append(SentRequest(method, path, kwargs.get("json")))
+        return await request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", recording)
+    return sent
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+async def test_the_python_sdk_meets_the_case(
+    case: dict[str, Any],
+    stage: Stage,
+    tenant: Tenant,
+    consumer: StoreConsumer,
+    sent_to_the_api: list[SentRequest],
+) -> None:
+    agent = await tenant.create_agent(**agent_body(case["agent"], stage.runtime_url))
+    if case.get("args", {}).get("connectionId") == "own":
+        stage.credential_id = await tenant.create_credential({"token": "t0p"})
+    for _ in range(case.get("repeat", 0)):
+        _, error = await call_once(case, stage, agent)
+        assert error is None, f"the call before the checked one failed: {error}"
+
+    result, error = await call_once(case, stage, agent)
+
+    expect = case["expect"]
+    if "ok" in expect:
+        assert error is None, f"expected success, got {error!r}: {error and error.body}"
+        assert result_fields(result, expect["ok"]) == expect["ok"]
+    else:
+        assert error is not None, f"expected HTTP {expect['status']}, got {result!r}"
+        assert error.status == expect["status"], error.body
+        assert expect.get("error", "") in error.message
+        assert (error.run_id is not None) == expect["runId"], error.body
+        if expect["status"] == 429:
+            assert error.retry_after_s > 0
+    # Every request the SDK made is a route of the OpenAPI document, with documented fields.
+    assert sent_to_the_api
+    assert disagreements(sent_to_the_api) == []
