@@ -1,10 +1,19 @@
 """n8n: runs are webhook calls, answered by a "Respond to Webhook" node or through callbacks.
 
-How a webhook's answer is read (``invoke``):
+How a webhook's answer is read (``invoke``) depends first on the agent's
+``runtime.result_delivery`` (:class:`~store.enums.ResultDelivery`):
 
-- ``2xx`` with a JSON body: the workflow's result; the body is the run's ``output_data``.
-- ``202``, ``204`` or an empty body: the workflow took the run and reports through the
-  callback URL in its payload (``started``, ``output``, ``complete``, ``failed``, ``waiting``).
+- ``callback``: any ``2xx`` only acknowledges the run, whatever its body; the workflow reports
+  through the callback URL in its payload (``started``, ``output``, ``complete``, ``failed``,
+  ``waiting``).
+- ``response`` (the default): a ``2xx`` with a JSON body is the workflow's result; the body is
+  the run's ``output_data``. An acknowledgement is still one: ``202``, ``204``, an empty body,
+  or n8n's own answer of a Webhook node in "Respond: Immediately" mode (``onReceived``),
+  exactly ``200 {"message": "Workflow was started"}`` (n8n's
+  ``webhook-on-received-response-extractor``, when no response code or body is configured).
+
+Either way:
+
 - ``5xx``: the workflow failed (n8n answers ``500 {"message": "Error in workflow"}``).
 - ``4xx``: the webhook refused the call (unknown path, wrong method, failed header auth); the
   run could not be started.
@@ -14,7 +23,8 @@ application/json; charset=utf-8``, chunked, and writes each chunk a node sends a
 JSON (n8n's ``StructuredChunk``: ``{"type": "begin"|"item"|"end"|"error", "content"?: string,
 "metadata": {"nodeId", "nodeName", "itemIndex", "runIndex", "timestamp"}}``), then ends the body
 when the workflow ends. Lines are handed on as they arrive. A body whose first line is not such
-a chunk is read as a plain answer instead, by the rules above.
+a chunk is read as a plain answer instead, by the rules above; a ``callback`` agent's chunks are
+passed on, and its run then waits for its callbacks.
 """
 
 from __future__ import annotations
@@ -40,11 +50,27 @@ from adapters.base import (
     loads_json,
     read_bounded,
 )
-from store.enums import RunStatus, RuntimeKind
+from store.enums import ResultDelivery, RunStatus, RuntimeKind
 
 # An error body is read only this far, for its message.
 _MAX_ERROR_BODY = 64 * 1024
 _ACCEPTED_STATUSES = frozenset({202, 204})
+# What n8n answers for a Webhook node in "Respond: Immediately" mode, before the workflow runs.
+N8N_STARTED_BODY: dict[str, Any] = {"message": "Workflow was started"}
+
+
+def result_delivery(runtime: Mapping[str, Any]) -> ResultDelivery:
+    """How the agent's workflow delivers its result (``response`` when not configured)."""
+    try:
+        return ResultDelivery(runtime.get("result_delivery", ResultDelivery.RESPONSE))
+    except ValueError:
+        return ResultDelivery.RESPONSE
+
+
+def is_acknowledgement(status: int, body: Any) -> bool:
+    """Whether a 2xx answer only says the workflow took the run (whatever the agent's setting):
+    ``202``, ``204``, or n8n's "Workflow was started". ``body`` is the parsed JSON."""
+    return status in _ACCEPTED_STATUSES or (status == 200 and body == N8N_STARTED_BODY)
 
 
 class N8nAdapter:
@@ -105,7 +131,9 @@ class N8nAdapter:
                 response.close()
             reason = f"HTTP {response.status}: {_message(raw) or response.reason or ''}"
             raise RuntimeRefused(f"Webhook refused the run: {reason.rstrip(': ')}")
-        return N8nChunkStream(response, max_result_bytes=self._max_result_bytes)
+        return N8nChunkStream(
+            response, max_result_bytes=self._max_result_bytes, delivery=result_delivery(runtime)
+        )
 
     async def invoke(
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
@@ -116,7 +144,7 @@ class N8nAdapter:
                 async with self._session.post(
                     runtime["webhook_url"], json=payload.to_json(), headers=_headers(runtime)
                 ) as response:
-                    return await self._read_answer(response)
+                    return await self._read_answer(response, result_delivery(runtime))
         except TimeoutError:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
@@ -135,7 +163,11 @@ class N8nAdapter:
     async def cancel(self, runtime: Mapping[str, Any], runtime_run_id: str) -> None:
         """Nothing to ask: a webhook execution has no cancel endpoint."""
 
-    async def _read_answer(self, response: aiohttp.ClientResponse) -> Invocation:
+    async def _read_answer(
+        self, response: aiohttp.ClientResponse, delivery: ResultDelivery
+    ) -> Invocation:
+        """The one decision of this adapter: is the answer the run's result, or does it only
+        acknowledge the run (which then waits for its callbacks and its deadline)?"""
         status = response.status
         if status >= 400:
             raw = await read_bounded(response.content, _MAX_ERROR_BODY)
@@ -143,7 +175,7 @@ class N8nAdapter:
             if status < 500:
                 raise RuntimeRefused(f"Webhook refused the run: {reason}")
             return Invocation(result=RunResult(RunStatus.FAILED, error=f"WorkflowFailed: {reason}"))
-        if status in _ACCEPTED_STATUSES:
+        if delivery == ResultDelivery.CALLBACK or status in _ACCEPTED_STATUSES:
             return Invocation()
         raw = await read_bounded(response.content, self._max_result_bytes + 1)
         if len(raw) > self._max_result_bytes:
@@ -169,6 +201,8 @@ class N8nAdapter:
                     error=f"WorkflowReturnedInvalidJson: HTTP {status}, {content_type}",
                 )
             )
+        if is_acknowledgement(status, output):
+            return Invocation()
         return Invocation(result=RunResult(RunStatus.COMPLETED, output=output, has_output=True))
 
 
@@ -176,12 +210,20 @@ class N8nChunkStream:
     """An n8n webhook's streamed answer, read line by line as the bytes arrive.
 
     ``max_result_bytes`` bounds one line (a chunk) and a plain answer; memory per stream is one
-    line plus aiohttp's read buffer, however long the stream runs.
+    line plus aiohttp's read buffer, however long the stream runs. With ``delivery`` ``callback``
+    the answer never ends the run: chunks are passed on, and the stream ends with ``running``.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, *, max_result_bytes: int) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        max_result_bytes: int,
+        delivery: ResultDelivery = ResultDelivery.RESPONSE,
+    ) -> None:
         self._response = response
         self._max = max_result_bytes
+        self._callback = delivery == ResultDelivery.CALLBACK
 
     @property
     def status(self) -> int:
@@ -218,8 +260,12 @@ class N8nChunkStream:
                     + line[:200].decode("utf-8", "replace")
                 )
             # Not a streaming webhook: the whole body is one plain answer.
-            yield await self._plain_answer(line)
+            answer = await self._plain_answer(line)
+            yield RunResult(RunStatus.RUNNING) if self._callback else answer
             return
+        if first or self._callback:
+            # An empty body acknowledges the run; a callback agent's run ends by its callbacks.
+            yield RunResult(RunStatus.RUNNING)
 
     async def _plain_answer(self, first_line: bytes) -> RunResult:
         body = bytearray(first_line)
@@ -237,6 +283,8 @@ class N8nChunkStream:
                 RunStatus.FAILED,
                 error=f"WorkflowReturnedInvalidJson: HTTP {self._response.status}, {content_type}",
             )
+        if is_acknowledgement(self._response.status, output):
+            return RunResult(RunStatus.RUNNING)
         return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
 
 

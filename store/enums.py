@@ -70,6 +70,18 @@ class RuntimeKind(StrEnum):
     TRIGGER_DEV = "trigger.dev"
 
 
+class ResultDelivery(StrEnum):
+    """How an agent's workflow delivers a run's result (``runtime.result_delivery``).
+
+    ``response``: in the webhook's answer (a "Respond to Webhook" node, or "When Last Node
+    Finishes"). ``callback``: through the run's callback URL; any 2xx answer to the webhook call
+    only acknowledges the run, which then waits for its callbacks (and its deadline).
+    """
+
+    RESPONSE = "response"
+    CALLBACK = "callback"
+
+
 class AgentStatus(StrEnum):
     """Whether an agent takes runs."""
 

@@ -40,6 +40,7 @@ from gateway.http.server import GatewayServer, wait_for_stop_signal
 from gateway.security.credentials import CredentialService
 from gateway.settings import Settings
 from store import orgs
+from store.enums import ResultDelivery
 from store.migrate import migrate_url
 from store.pool import create_pool
 
@@ -51,6 +52,12 @@ DEMO_AGENTS = {
     "failing": ("Demo failing report", "file_download", "json-error"),
     "summary": ("Demo summary (answers at once)", "json", "json"),
     "callback": ("Demo workflow that reports back", "json", "accepted?report_delay_ms=500"),
+    # n8n's default Webhook node ("Respond: Immediately") and an HTTP Request node calling back.
+    "immediate": (
+        "Demo n8n workflow that answers at once and calls back",
+        "json",
+        "immediate?report_delay_ms=500",
+    ),
     "task": ("Demo Trigger.dev task", "json", "trigger.dev"),
     "assistant": (
         "Demo streaming assistant",
@@ -89,7 +96,10 @@ class DemoRuntimes:
                 "task_id": "summarise",
                 "secret_key": DEMO_TRIGGER_DEV_KEY,
             }
-        return {"kind": "n8n", "webhook_url": f"{self.n8n_url}/webhook/{where}"}
+        runtime: dict[str, Any] = {"kind": "n8n", "webhook_url": f"{self.n8n_url}/webhook/{where}"}
+        if where.startswith(("accepted", "immediate")):
+            runtime["result_delivery"] = ResultDelivery.CALLBACK.value
+        return runtime
 
 
 def _persistent_secret(data_dir: Path, name: str) -> str:
@@ -236,6 +246,9 @@ The same on a Trigger.dev task, followed by polling:
 Trigger without waiting (a workflow that reports back through callbacks), then poll the run:
   curl -sS -X POST {base}/api/agents/{ids["callback"]}/runs/trigger {auth} {once} {body}
   curl -sS {base}/api/agents/{ids["callback"]}/runs/<runId> {auth}
+An n8n workflow that answers at once ("Workflow was started") and reports through an HTTP
+Request node to its callbackUrl (docs/examples/n8n/):
+  curl -sS -X POST {base}/api/agents/{ids["immediate"]}/runs/trigger-and-wait {auth} {body}
 A workflow that resolves the demo credential with its run's credentials token:
   curl -sS -X POST {agents}/{ids["callback"]}/runs/trigger-and-wait {auth} {json_type} \
     -d '{resolving}'

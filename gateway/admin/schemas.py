@@ -18,7 +18,7 @@ from marshmallow import (
 
 from gateway.execute.input_format import InputFormatError, parse_input_format
 from gateway.validation import NAME, JsonObject, StorableBody
-from store.enums import AgentStatus, ManagedBy, OutputKind, RuntimeKind
+from store.enums import AgentStatus, ManagedBy, OutputKind, ResultDelivery, RuntimeKind
 
 
 class OrgBody(StorableBody):
@@ -40,7 +40,12 @@ class UserBody(StorableBody):
 
 
 class RuntimeConfig(Schema):
-    """An agent's runtime: ``n8n`` (a webhook) or ``trigger.dev`` (a task)."""
+    """An agent's runtime: ``n8n`` (a webhook) or ``trigger.dev`` (a task).
+
+    ``result_delivery`` (n8n only, :class:`~store.enums.ResultDelivery`, ``response`` when
+    omitted) says whether the webhook's answer is the run's result or only acknowledges a run
+    that reports through its callbacks.
+    """
 
     class Meta:
         unknown = RAISE
@@ -48,6 +53,7 @@ class RuntimeConfig(Schema):
     kind = fields.String(required=True, validate=validate.OneOf([k.value for k in RuntimeKind]))
     webhook_url = fields.String()
     headers = fields.Dict(keys=fields.String(), values=fields.String())
+    result_delivery = fields.String(validate=validate.OneOf([d.value for d in ResultDelivery]))
     api_url = fields.String()
     task_id = fields.String(validate=validate.Length(min=1, max=512))
     secret_key = fields.String(validate=validate.Length(min=1, max=1024))
@@ -84,6 +90,9 @@ class RuntimeConfig(Schema):
         missing = [n for n in needed if n not in data]
         if missing:
             raise ValidationError({n: ["Missing data for required field."] for n in missing})
+        if "result_delivery" in data and data["kind"] != RuntimeKind.N8N:
+            # A Trigger.dev task's result is its return value, read from Trigger.dev itself.
+            raise ValidationError({"result_delivery": ["Only an n8n runtime takes this field."]})
 
 
 # RFC 9110: a field name is a token; a value is visible characters, spaces and tabs.

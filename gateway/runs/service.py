@@ -28,6 +28,7 @@ from adapters.base import (
     TriggerPayload,
     read_bounded,
 )
+from adapters.n8n import is_acknowledgement, result_delivery
 from gateway.background import BackgroundTasks
 from gateway.errors import (
     ApiError,
@@ -45,7 +46,15 @@ from gateway.security.apikeys import derive_agent_api_key
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from store import agents, orgs, runs
-from store.enums import AgentStatus, EventType, ManagedBy, OutputKind, RunStatus, TriggerKind
+from store.enums import (
+    AgentStatus,
+    EventType,
+    ManagedBy,
+    OutputKind,
+    ResultDelivery,
+    RunStatus,
+    TriggerKind,
+)
 from store.events import EventPublisher, RunEvent
 from store.jsonb import jsonb_problem, storable_text
 from store.models import Agent, Run
@@ -65,6 +74,16 @@ class _KeyTaken(Exception):
 
 class IdempotentReplay(Exception):
     """The Idempotency-Key already names a run: that run is the answer."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.id)
+        self.run = run
+
+
+class DownloadAcknowledged(Exception):
+    """The runtime took a download's run without a file: it reports through callbacks (an n8n
+    "Workflow was started", a 202/204, or any 2xx of an agent whose ``result_delivery`` is
+    ``callback``). The run goes on, driven by its callbacks and in the end its deadline."""
 
     def __init__(self, run: Run) -> None:
         super().__init__(run.id)
@@ -303,7 +322,9 @@ class RunService:
             self.fail_detached(run, "Caller disconnected before the runtime answered")
             raise
         try:
-            first = await self._first_bytes(run, upstream, started, window_ms / 1000)
+            first = await self._first_bytes(
+                run, upstream, started, window_ms / 1000, result_delivery(agent.runtime)
+            )
         except BaseException:
             upstream.close()
             raise
@@ -339,13 +360,24 @@ class RunService:
         )
 
     async def _first_bytes(
-        self, run: Run, upstream: aiohttp.ClientResponse, started: float, wait_s: float
+        self,
+        run: Run,
+        upstream: aiohttp.ClientResponse,
+        started: float,
+        wait_s: float,
+        delivery: ResultDelivery,
     ) -> bytes:
-        """The first chunk of a file answer; anything else fails the run and raises.
+        """The first chunk of a file answer; anything else fails the run and raises, but an
+        acknowledgement, which leaves the run to its callbacks (:class:`DownloadAcknowledged`).
 
         The first bytes are read before any header goes to the caller, while the status can
         still change: a JSON answer, an error status or an empty body is no file.
         """
+        acknowledged = DownloadAcknowledged(dataclasses.replace(run, status=RunStatus.RUNNING))
+        if upstream.status < 300 and (
+            delivery == ResultDelivery.CALLBACK or is_acknowledgement(upstream.status, None)
+        ):
+            raise acknowledged
         # The rest of the window, but at least the idle bound: the runtime has answered.
         bound_s = max(wait_s - (time.monotonic() - started), self._settings.stream_idle_timeout_s)
         output_data: Any = None
@@ -355,6 +387,8 @@ class RunService:
                     upstream.headers.get("Content-Type")
                 ):
                     message, output_data = await _describe_non_file(upstream)
+                    if is_acknowledgement(upstream.status, output_data):
+                        raise acknowledged
                     failure: ApiError = BadGateway(message, extra={"runId": run.id})
                 elif first := await upstream.content.readany():
                     return first

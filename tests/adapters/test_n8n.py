@@ -11,7 +11,13 @@ import aiohttp
 import pytest
 import yarl
 
-from adapters.base import RuntimeRefused, RuntimeTimeout, RuntimeUnavailable, TriggerPayload
+from adapters.base import (
+    Invocation,
+    RuntimeRefused,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    TriggerPayload,
+)
 from adapters.n8n import N8nAdapter
 from tests.support.mocked_runtime import MockedRuntime
 
@@ -132,6 +138,86 @@ async def test_a_webhook_answer_becomes_the_result_a_failure_or_an_acceptance(
     if expected[0] == "completed":
         assert invocation.result.has_output
         assert invocation.result.output == json.loads(body)
+
+
+@pytest.mark.parametrize("delivery", [None, "response", "callback"])
+async def test_n8ns_workflow_was_started_answer_acknowledges_the_run_whatever_the_setting(
+    adapter: N8nAdapter, mocked: MockedRuntime, delivery: str | None
+) -> None:
+    # A Webhook node in n8n's default "Respond: Immediately" mode answers before the workflow
+    # runs; its result comes later, through the callback URL.
+    mocked.post(URL, status=200, payload={"message": "Workflow was started"})
+    runtime = {"webhook_url": URL} | ({} if delivery is None else {"result_delivery": delivery})
+
+    invocation = await adapter.invoke(runtime, PAYLOAD, wait_s=5)
+
+    assert invocation == Invocation()
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, b'{"message": "Workflow was started", "extra": 1}'),
+        (201, b'{"message": "Workflow was started"}'),
+    ],
+    ids=["more-fields", "201"],
+)
+async def test_a_response_agents_answer_that_only_looks_like_the_acknowledgement_is_the_result(
+    adapter: N8nAdapter, mocked: MockedRuntime, status: int, body: bytes
+) -> None:
+    mocked.post(URL, status=status, body=body, content_type="application/json")
+
+    invocation = await adapter.invoke({"webhook_url": URL}, PAYLOAD, wait_s=5)
+
+    assert invocation.result is not None
+    assert invocation.result.status == "completed"
+    assert invocation.result.output == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (200, b'{"queued": true, "outputs": 3}', "application/json"),
+        (201, b"[1, 2]", "application/json"),
+        (200, b"success", "text/html"),
+        (200, b"not json", "application/json"),
+        (200, b'{"x": "' + b"a" * 5000 + b'"}', "application/json"),
+    ],
+    ids=["json-object", "json-array", "custom-text", "invalid-json", "over-the-limit"],
+)
+async def test_any_2xx_answer_only_acknowledges_a_callback_agents_run(
+    mocked: MockedRuntime, status: int, body: bytes, content_type: str
+) -> None:
+    mocked.post(URL, status=status, body=body, headers={"Content-Type": content_type})
+    async with aiohttp.ClientSession() as session:
+        adapter = N8nAdapter(session, max_result_bytes=1000)
+        invocation = await adapter.invoke(
+            {"webhook_url": URL, "result_delivery": "callback"}, PAYLOAD, wait_s=5
+        )
+
+    assert invocation == Invocation()
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (500, "WorkflowFailed: HTTP 500: Error in workflow"),
+        (404, None),
+    ],
+)
+async def test_a_callback_agents_webhook_still_fails_or_refuses_with_an_error_status(
+    adapter: N8nAdapter, mocked: MockedRuntime, status: int, expected: str | None
+) -> None:
+    mocked.post(URL, status=status, payload={"message": "Error in workflow"})
+    runtime = {"webhook_url": URL, "result_delivery": "callback"}
+
+    if expected is None:
+        with pytest.raises(RuntimeRefused):
+            await adapter.invoke(runtime, PAYLOAD, wait_s=5)
+        return
+    invocation = await adapter.invoke(runtime, PAYLOAD, wait_s=5)
+    assert invocation.result is not None
+    assert (invocation.result.status, invocation.result.error) == ("failed", expected)
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 405])

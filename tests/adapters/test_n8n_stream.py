@@ -100,7 +100,10 @@ async def test_a_plain_json_answer_is_one_completed_result(
             b"<html>",
             RunResult("failed", error="WorkflowReturnedInvalidJson: HTTP 200, application/json"),
         ),
-        (200, b"", None),
+        # An empty body, or n8n's "Respond: Immediately" answer, acknowledges the run: the
+        # workflow reports through callbacks.
+        (200, b"", RunResult("running")),
+        (200, b'{"message":"Workflow was started"}', RunResult("running")),
     ],
 )
 async def test_other_answers_say_what_became_of_the_run(
@@ -108,13 +111,39 @@ async def test_other_answers_say_what_became_of_the_run(
     mocked: MockedRuntime,
     status: int,
     body: bytes,
-    expected: RunResult | None,
+    expected: RunResult,
 ) -> None:
     mocked.post(URL, status=status, body=body, content_type="application/json")
 
     items = await collect(await adapter.open_stream({"webhook_url": URL}, PAYLOAD, wait_s=5))
 
-    assert items == ([] if expected is None else [expected])
+    assert items == [expected]
+
+
+async def test_a_callback_agents_stream_passes_its_chunks_on_and_then_waits_for_callbacks(
+    adapter: N8nAdapter, mocked: MockedRuntime
+) -> None:
+    body = chunk("begin") + chunk("item", "Working") + chunk("end")
+    mocked.post(URL, body=body, content_type="application/json")
+    runtime = {"webhook_url": URL, "result_delivery": "callback"}
+
+    items = await collect(await adapter.open_stream(runtime, PAYLOAD, wait_s=5))
+
+    assert [i.content for i in items if isinstance(i, StreamChunk) and i.kind == "item"] == [
+        "Working"
+    ]
+    assert items[-1] == RunResult("running")
+
+
+async def test_a_callback_agents_plain_json_answer_only_acknowledges_the_run(
+    adapter: N8nAdapter, mocked: MockedRuntime
+) -> None:
+    mocked.post(URL, body=b'{"queued": true}', content_type="application/json")
+    runtime = {"webhook_url": URL, "result_delivery": "callback"}
+
+    items = await collect(await adapter.open_stream(runtime, PAYLOAD, wait_s=5))
+
+    assert items == [RunResult("running")]
 
 
 async def test_a_4xx_is_refused_before_any_stream(

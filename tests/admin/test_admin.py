@@ -115,6 +115,20 @@ async def test_an_ingest_key_is_not_an_admin_token(tenant: Tenant) -> None:
         ({"name": "a", "runtime": N8N, "default_input": [1]}, "default_input"),
         ({"name": "a", "runtime": N8N, "colour": "red"}, "colour"),
         ({"runtime": N8N}, "name"),
+        ({"name": "a", "runtime": {**N8N, "result_delivery": "poll"}}, "result_delivery"),
+        (
+            {
+                "name": "a",
+                "runtime": {
+                    "kind": "trigger.dev",
+                    "api_url": "https://t.dev",
+                    "task_id": "t",
+                    "secret_key": "tr_x",
+                    "result_delivery": "callback",
+                },
+            },
+            "result_delivery",
+        ),
     ],
 )
 async def test_a_bad_agent_is_a_400_naming_the_field(
@@ -125,6 +139,24 @@ async def test_a_bad_agent_is_a_400_naming_the_field(
     error = await resp.json()
     assert error["error"] == "Invalid request body"
     assert field in json.dumps(error["details"])
+
+
+async def test_an_operator_says_whether_the_workflow_answers_or_calls_back(
+    tenant: Tenant,
+) -> None:
+    created = await tenant.create_agent(
+        output_kind="json", runtime={**N8N, "result_delivery": "callback"}
+    )
+    assert created["runtime"]["result_delivery"] == "callback"
+
+    resp = await tenant.client.patch(
+        f"/admin/agents/{created['id']}",
+        json={"runtime": {**N8N, "result_delivery": "response"}},
+        headers=ADMIN,
+    )
+
+    assert resp.status == 200
+    assert (await resp.json())["runtime"]["result_delivery"] == "response"
 
 
 async def test_unknown_orgs_and_agents_are_404(gateway: Client) -> None:

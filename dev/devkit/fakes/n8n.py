@@ -1,4 +1,5 @@
-"""A small HTTP runtime that answers like an n8n webhook ending in "Respond to Webhook".
+"""A small HTTP runtime that answers like an n8n webhook: ending in "Respond to Webhook", or
+answering at once ("Respond: Immediately") and reporting through callbacks.
 
 Used by the ``dev`` command as the demo runtime and by the tests as a real server over a
 socket. Behaviour is chosen per agent through the webhook URL's path and query string:
@@ -19,6 +20,16 @@ JSON results, as a workflow ending in "Respond to Webhook" returns them (trigger
                                   intermediate ``output``, then ``complete`` with
                                   ``input.result`` (or ``fail`` when ``input.fail`` is set),
                                   ``report_delay_ms`` apart (``report=0``: never reports)
+``POST /webhook/immediate``       a Webhook node in n8n's default "Respond: Immediately" mode
+                                  (``onReceived``): ``200 {"message": "Workflow was started"}``
+                                  before the workflow runs (``response_code=<code>``,
+                                  ``response_data=<text>`` and ``no_data=1`` as the node's
+                                  options set them), then, ``report_delay_ms`` later, what an
+                                  HTTP Request node posting to the payload's ``callbackUrl``
+                                  with ``Authorization: Bearer <agentApiKey>`` sends:
+                                  ``{"type": "output", "complete": true, "output":
+                                  input.result (default {"echo": input}), "outputs":
+                                  input.outputs (default 2)}`` (``report=0``: never calls back)
 
 A streaming webhook (a Webhook node in "Streaming" response mode), workflow execute's runtime side:
 
@@ -166,6 +177,8 @@ async def _answer(request: web.Request, payload: dict[str, Any]) -> web.StreamRe
     if name == "json":
         result = data.get("result", {"echo": data})
         return web.json_response(result, status=int(q.get("status", "200")))
+    if name == "immediate":
+        return _respond_immediately(request, payload, q)
     if name == "accepted":
         if q.get("report", "1") == "1":
             task = asyncio.create_task(_report_back(request.app, payload, q))
@@ -328,6 +341,49 @@ async def _stream(
         sent_at.append(time.monotonic())
     await response.write_eof()
     return response
+
+
+def _respond_immediately(request: web.Request, payload: dict[str, Any], query: Any) -> web.Response:
+    """n8n's answer for a Webhook node in "Respond: Immediately" mode: sent before the workflow
+    runs (n8n's ``extractWebhookOnReceivedResponse``: no data, the node's custom response
+    data, else ``{"message": "Workflow was started"}``); the workflow then calls back."""
+    if query.get("report", "1") == "1":
+        task = asyncio.create_task(_http_request_node(request.app, payload, query))
+        request.app[REPORTERS].add(task)
+        task.add_done_callback(request.app[REPORTERS].discard)
+    status = int(query.get("response_code", "200"))
+    if query.get("no_data") == "1":
+        return web.Response(status=status)
+    if "response_data" in query:
+        text = query["response_data"]
+        try:
+            json.loads(text)
+        except ValueError:
+            return web.Response(status=status, text=text)
+        return web.Response(status=status, text=text, content_type="application/json")
+    return web.json_response({"message": "Workflow was started"}, status=status)
+
+
+async def _http_request_node(app: web.Application, payload: dict[str, Any], query: Any) -> None:
+    """What the workflow's HTTP Request node sends once the work is done: a POST to the
+    payload's ``callbackUrl`` with the agent API key, the result and its outputs count."""
+    data = payload.get("input") or {}
+    await asyncio.sleep(int(query.get("report_delay_ms", "50")) / 1000)
+    body = {
+        "type": "output",
+        "complete": True,
+        "output": data.get("result", {"echo": data}),
+        "outputs": data.get("outputs", 2),
+    }
+    headers = {"Authorization": f"Bearer {payload['agentApiKey']}"}
+    try:
+        async with app[CALLBACK_CLIENT].post(
+            payload["callbackUrl"], json=body, headers=headers
+        ) as response:
+            status = response.status
+    except aiohttp.ClientError:
+        status = 0
+    app[CALLBACKS_SENT].append({"step": "complete", "status": status})
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

@@ -20,6 +20,7 @@ from gateway.http.rate_limits import RUN_REPORTS, SYNC_RUNS, TRIGGERS, take_toke
 from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
 from gateway.http.views import run_view
+from gateway.runs.service import DownloadAcknowledged
 from gateway.validation import load
 from store.enums import OutputKind
 from store.models import Agent
@@ -105,13 +106,21 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
     agent, body = await _eligible_agent(request, output_kinds=(OutputKind.FILE_DOWNLOAD,))
     await take_token(request, SYNC_RUNS, agent.id)
     runs = request.app[RUN_SERVICE]
-    start = await runs.start_download(
-        agent,
-        input_data=body["input"],
-        user_id=body["userId"],
-        timeout_ms=body["timeoutMs"],
-        accept_encoding=request.headers.get("Accept-Encoding"),
-    )
+    try:
+        start = await runs.start_download(
+            agent,
+            input_data=body["input"],
+            user_id=body["userId"],
+            timeout_ms=body["timeoutMs"],
+            accept_encoding=request.headers.get("Accept-Encoding"),
+        )
+    except DownloadAcknowledged as acknowledged:
+        # No file comes in this answer: the run reports through callbacks; poll it.
+        run = acknowledged.run
+        note_run(request, run_id=run.id)
+        return web.json_response(
+            {"runId": run.id, "agentId": run.agent_id, "status": run.status}, status=202
+        )
     settings = request.app[SETTINGS]
     note_run(request, run_id=start.run.id)
     return await send_download(

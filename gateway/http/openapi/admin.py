@@ -14,7 +14,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
-from store.enums import AgentStatus, ManagedBy, OutputKind, RuntimeKind
+from store.enums import AgentStatus, ManagedBy, OutputKind, ResultDelivery, RuntimeKind
 from store.models import AGENT_SETTABLE_FIELDS
 
 TAG = {
@@ -68,6 +68,15 @@ SCHEMAS: dict[str, Json] = {
                         "type": "object",
                         "additionalProperties": {"type": "string"},
                         "description": "Sent with every call (e.g. header auth); never shown back.",
+                    },
+                    "result_delivery": {
+                        "enum": [delivery.value for delivery in ResultDelivery],
+                        "default": ResultDelivery.RESPONSE.value,
+                        "description": "How the workflow delivers a run's result: `response`, "
+                        "in the webhook's answer (a Respond to Webhook node); `callback`, "
+                        "through the payload's `callbackUrl`, when any 2xx answer only "
+                        "acknowledges the run. Either way 202, 204, an empty body and n8n's "
+                        '`200 {"message": "Workflow was started"}` acknowledge the run.',
                     },
                 },
             },

@@ -246,6 +246,22 @@ PATHS: dict[str, Json] = {
                     },
                     "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
+                "202": json_response(
+                    'No file: the runtime only acknowledged the run (n8n\'s `200 {"message": '
+                    '"Workflow was started"}`, a 202 or 204, or any 2xx when the agent\'s '
+                    "`runtime.result_delivery` is `callback`). The run goes on, reported "
+                    "through callbacks (and failed at its deadline otherwise); poll "
+                    "`GET .../runs/{runId}`.",
+                    {
+                        "type": "object",
+                        "required": ["runId", "agentId", "status"],
+                        "properties": {
+                            "runId": {"type": "integer"},
+                            "agentId": {"type": "integer"},
+                            "status": {"const": "running"},
+                        },
+                    },
+                ),
                 **_COMMON,
                 "422": _NOT_ELIGIBLE,
                 "429": RATE_LIMITED,
