@@ -111,11 +111,12 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
                 assert resp.status == 200
                 assert resp.headers["Content-Disposition"] == 'attachment; filename="report.csv"'
                 assert b"Q3 financial summary" in await resp.read()
-            # The trigger-and-wait lines: an n8n-like workflow and a Trigger.dev-like task.
+            # The trigger-and-wait lines: an n8n-like workflow, a Trigger.dev-like task and an
+            # n8n workflow that answers at once and calls back.
             waits = re.findall(r"curl -sS -X POST (\S+/trigger-and-wait) ", banner)
-            assert len(waits) == 3, banner
+            assert len(waits) == 4, banner
             async with aiohttp.ClientSession() as http:
-                for url in waits[:2]:
+                for url in waits[:3]:
                     async with http.post(
                         url,
                         headers={"Authorization": f"Bearer {key.group(1)}"},
