@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench import download_throughput, events, limiter, memory, small_requests, sse
+from bench import download_throughput, events, limiter, memory, rolling, small_requests, sse
 from bench.processes import REPO_DIR, BenchError
 from bench.report import Section, render, write_json
 from bench.stack import Stack, find_nginx
 
-SECTIONS = ("download", "memory", "small", "sse", "events")
+SECTIONS = ("download", "memory", "small", "sse", "events", "rolling")
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Plan:
     sse: sse.SseConfig = field(default_factory=sse.SseConfig)
     limiter: limiter.LimiterConfig = field(default_factory=limiter.LimiterConfig)
     events: events.EventsConfig = field(default_factory=events.EventsConfig)
+    rolling: rolling.RollingConfig = field(default_factory=rolling.RollingConfig)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -85,6 +86,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.sse = sse.SseConfig(frames=2000, paced_frames=1000, runs=1)
         plan.limiter = limiter.LimiterConfig(count=5000)
         plan.events = events.EventsConfig(backlog=10_000, seconds=2.0)
+        plan.rolling = rolling.config_for(quick=True)
     else:
         plan.memory.large_mb = size_mb
     return plan
@@ -126,6 +128,7 @@ RUNNERS: dict[str, Callable[[Stack, Plan], Section]] = {
     "small": lambda stack, plan: small_requests.measure(stack, plan.small),
     "sse": lambda stack, plan: sse.measure(stack, plan.sse),
     "events": _events,
+    "rolling": lambda stack, plan: rolling.measure(stack, plan.rolling),
 }
 TITLES = {
     "download": "1. Download",
@@ -133,6 +136,7 @@ TITLES = {
     "small": "3. Small requests",
     "sse": "4. SSE",
     "events": "5. Rate limiter and events",
+    "rolling": "6. Rolling restarts behind nginx",
 }
 
 

@@ -273,12 +273,13 @@ class Stack:
         gateways = []
         for name, settings in variants:
             self._gateway_no += 1
-            port = free_port()
+            # A given GATEWAY_PORT is kept: a replacement replica takes its predecessor's address.
+            port = int(settings.get("GATEWAY_PORT") or free_port())
             child = self._spawn(
                 f"gateway {name}",
                 [*self._gateway_argv, "serve"],
                 f"gateway-{self._gateway_no}.log",
-                self.env(GATEWAY_PORT=str(port), **{**settings, **self._gateway_env}),
+                self.env(**{**settings, **self._gateway_env, "GATEWAY_PORT": str(port)}),
             )
             gateways.append(Gateway(name, child, f"http://127.0.0.1:{port}", dict(settings)))
         for gateway in gateways:

@@ -372,6 +372,16 @@ class Settings:
         aliases=("SHUTDOWN_GRACE_S",),
         **_POSITIVE,
     )
+    # Above the load balancer's own idle timeout for upstream connections (deploy/nginx.conf:
+    # keepalive_timeout 4s), so that it, not the gateway, closes every idle connection it holds.
+    drain_idle_close_s: float = setting(
+        5.0,
+        "DRAIN_IDLE_CLOSE_S",
+        Group.DRAIN,
+        "Seconds idle keep-alive connections stay open after the last request in flight ends "
+        "(longer than the load balancer's upstream keepalive_timeout).",
+        minimum=0,
+    )
 
     # Store consumer
     consumer_host: str = setting(

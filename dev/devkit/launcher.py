@@ -342,6 +342,9 @@ def run_dev(settings: Settings, data_dir_arg: str) -> None:
             blob_dir=os.environ.get("BLOB_DIR") or str(data_dir / "blobs"),
             # Ctrl-C stops a dev server at once unless a pre-stop delay was asked for.
             drain_pre_stop_s=settings.drain_pre_stop_s if "DRAIN_PRE_STOP_S" in os.environ else 0,
+            drain_idle_close_s=(
+                settings.drain_idle_close_s if "DRAIN_IDLE_CLOSE_S" in os.environ else 0
+            ),
             database_url=database_url,
             redis_url=redis_url,
             secret_key=settings.secret_key or _persistent_secret(data_dir, "secret_key"),

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from adapters.n8n import N8nAdapter
 from adapters.trigger_dev import TriggerDevAdapter
@@ -231,6 +231,20 @@ async def _packages(app: web.Application) -> AsyncIterator[None]:
     archiver.close()
 
 
+async def _close_after_answer_while_draining(
+    request: web.Request, response: web.StreamResponse
+) -> None:
+    # A draining replica tells the load balancer, on every answer, not to reuse the connection:
+    # it closes it after the answer, never under a request the balancer is about to send.
+    # config_dict: the /v0 sub-application's requests see the main application's lifecycle.
+    if request.config_dict[LIFECYCLE].draining:
+        response.force_close()
+        # aiohttp has already chosen the headers when this signal runs: without this line the
+        # connection would close after the answer without saying so, and the balancer would
+        # send its next request into the closing socket.
+        response.headers[hdrs.CONNECTION] = "close"
+
+
 async def _start_draining(app: web.Application) -> None:
     app[LIFECYCLE].draining = True
     app[METRICS].draining.set(1)
@@ -249,6 +263,7 @@ def create_app(settings: Settings) -> web.Application:
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
     app.on_response_prepare.append(on_prepare)
+    app.on_response_prepare.append(_close_after_answer_while_draining)
     app.router.add_routes(health.routes)
     app.router.add_routes(agent_runs.routes)
     app.router.add_routes(callbacks.routes)

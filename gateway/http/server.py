@@ -3,13 +3,20 @@
 The drain, in order:
 
 1. ``/readyz`` answers 503 (``process: draining``) at once, so load balancers and
-   orchestrators stop sending new work;
+   orchestrators stop sending new work, and every answer from now on carries
+   ``Connection: close``: a connection the load balancer reuses is closed after its answer,
+   by the gateway's choice and in the open, never under a request;
 2. new connections are still accepted for ``DRAIN_PRE_STOP_S`` (while they notice), then
-   the listening socket is closed and idle keep-alive connections are closed;
+   the listening socket is closed: a new connection is refused, which a load balancer retries
+   on another replica (nothing was sent);
 3. requests in flight (downloads, held waits) get up to ``DRAIN_TIMEOUT_S`` to finish;
 4. whatever is still running is then cancelled; a cancelled download marks its run failed
    with the reason ("Gateway shut down mid-stream ...");
-5. background work is flushed, pools and clients are closed, and the process exits 0.
+5. idle keep-alive connections stay open ``DRAIN_IDLE_CLOSE_S`` more, longer than the load
+   balancer keeps an idle upstream connection (nginx's upstream ``keepalive_timeout``), so it
+   is the balancer that closes each of them: closing one the balancer may be about to reuse is
+   what would turn into a failed request (a POST that may have been sent is never retried);
+6. background work is flushed, pools and clients are closed, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -88,14 +95,19 @@ class GatewayServer:
         if self._site is not None:
             await self._site.stop()
             self._site = None
-        server = self._runner.server
-        if server is not None:
-            # Idle keep-alive connections close now; busy ones after their current response.
-            server.pre_shutdown()
         log.info("drain_stopped_listening", in_flight=lifecycle.in_flight)
         if not await lifecycle.wait_idle(settings.drain_timeout_s):
             lifecycle.cancelling = True
             log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
+        server = self._runner.server
+        if server is not None and server.connections and settings.drain_idle_close_s > 0:
+            # Connections that answered before the drain began may sit in the balancer's pool.
+            log.info("drain_idle_close_wait", connections=len(server.connections))
+            await asyncio.sleep(settings.drain_idle_close_s)
+            # A request that came in on such a connection meanwhile finishes too (bounded).
+            if not await lifecycle.wait_idle(settings.drain_timeout_s):
+                lifecycle.cancelling = True
+                log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
         await self.close()
         log.info("drain_finished")
 

@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from devkit.embedded import free_port
+from devkit.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 from gateway.http import server
 from gateway.settings import Settings
-from tests.support.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -95,6 +95,7 @@ def test_the_gateway_probes_drain_and_resources_match_the_code() -> None:
         float(pre_stop[1])
         + float(config["DRAIN_PRE_STOP_S"])
         + float(config["DRAIN_TIMEOUT_S"])
+        + float(config["DRAIN_IDLE_CLOSE_S"])
         + AFTER_DRAIN_S
     )
     assert pod["terminationGracePeriodSeconds"] >= needed
@@ -166,8 +167,9 @@ def test_compose_runs_two_gateways_a_consumer_and_nginx_with_room_to_drain() -> 
     assert gateway["command"] == ["serve"]
     assert gateway["deploy"]["replicas"] == 2
     assert "ports" not in gateway  # only nginx is published
-    drain = float(gateway["environment"]["DRAIN_PRE_STOP_S"]) + float(
-        gateway["environment"]["DRAIN_TIMEOUT_S"]
+    drain = sum(
+        float(gateway["environment"][name])
+        for name in ("DRAIN_PRE_STOP_S", "DRAIN_TIMEOUT_S", "DRAIN_IDLE_CLOSE_S")
     )
     assert int(gateway["stop_grace_period"].removesuffix("s")) >= drain + AFTER_DRAIN_S
     assert consumer["command"] == ["consume"]

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from devkit.embedded import free_port
 from devkit.fakes.n8n import RECEIVED, make_bytes
+from devkit.nginx import Nginx, nginx_binary
 from tests.support.backends import Backends
-from tests.support.nginx import Nginx, nginx_binary
 from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
 
 MB = 1024 * 1024

@@ -51,6 +51,7 @@ def process_env(backends: Backends, **extra: str) -> dict[str, str]:
         "CONSUMER_PORT": str(free_port()),
         "DRAIN_PRE_STOP_S": "0",
         "DRAIN_TIMEOUT_S": "20",
+        "DRAIN_IDLE_CLOSE_S": "0",
         # Refused keys from 127.0.0.1 must not add up to a lock-out across tests.
         "AUTH_FAILURE_LIMIT": "1000000",
         **extra,

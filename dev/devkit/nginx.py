@@ -13,6 +13,7 @@ from pathlib import Path
 
 from devkit.embedded import stop_process
 
+# The repository's own file: the dev kit is installed editable from the checkout.
 DEPLOYED_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 
 
@@ -26,7 +27,7 @@ def nginx_binary() -> str | None:
 
 def render(conf: str, *, workdir: Path, port: int, upstreams: list[str]) -> str:
     """``conf`` listening on ``127.0.0.1:port`` in front of ``upstreams`` (host:port)."""
-    servers = "\n".join(f"        server {upstream};" for upstream in upstreams)
+    servers = "\n".join(f"        server {upstream} max_fails=0;" for upstream in upstreams)
     temp_paths = "\n".join(
         f"    {name}_temp_path {workdir / name};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -38,7 +39,7 @@ def render(conf: str, *, workdir: Path, port: int, upstreams: list[str]) -> str:
         ("error_log /dev/stderr warn;", f"error_log {workdir / 'error.log'} info;"),
         ("pid /tmp/nginx.pid;", f"pid {workdir / 'nginx.pid'};"),
         ("access_log /dev/stdout gateway;", f"access_log {workdir / 'access.log'} gateway;"),
-        ("        server gateway:8080;", servers),
+        ("        server gateway:8080 max_fails=0;", servers),
         ("        listen 80;", f"        listen 127.0.0.1:{port};"),
         ("http {\n", "http {\n" + temp_paths + "\n"),
     ]
