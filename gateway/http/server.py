@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 
 import structlog
 from aiohttp import web
@@ -62,13 +63,20 @@ class GatewayServer:
             keepalive_timeout=settings.keepalive_timeout_s,
             lingering_time=LINGER_S,
         )
-        self._site: web.TCPSite | None = None
+        self._site: web.SockSite | None = None
+        # A second descriptor of the listening socket: it keeps the kernel's accept queue
+        # alive after the site stops, so that what is queued there is served, not reset.
+        self._listener: socket.socket | None = None
         self._closed = False
 
     async def start(self) -> None:
         """Open the pools (the application's startup) and start listening."""
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        host, port = self._settings.host, self._settings.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family, backlog=1024)
+        self._listener = listening.dup()
+        self._site = web.SockSite(self._runner, listening)
         await self._site.start()
         log.info("gateway_listening", host=self._settings.host, port=self._settings.port)
 
@@ -76,6 +84,9 @@ class GatewayServer:
         """Close at once, without the drain (a failed start); a no-op after :meth:`drain`."""
         if not self._closed:
             self._closed = True
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
             await self._runner.cleanup()
 
     async def drain(self) -> None:
@@ -92,24 +103,50 @@ class GatewayServer:
         )
         if settings.drain_pre_stop_s > 0:
             await asyncio.sleep(settings.drain_pre_stop_s)
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        await self._stop_listening()
         log.info("drain_stopped_listening", in_flight=lifecycle.in_flight)
-        if not await lifecycle.wait_idle(settings.drain_timeout_s):
-            lifecycle.cancelling = True
-            log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
+        await self._finish_in_flight()
         server = self._runner.server
         if server is not None and server.connections and settings.drain_idle_close_s > 0:
             # Connections that answered before the drain began may sit in the balancer's pool.
             log.info("drain_idle_close_wait", connections=len(server.connections))
             await asyncio.sleep(settings.drain_idle_close_s)
             # A request that came in on such a connection meanwhile finishes too (bounded).
-            if not await lifecycle.wait_idle(settings.drain_timeout_s):
-                lifecycle.cancelling = True
-                log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
+            await self._finish_in_flight()
         await self.close()
         log.info("drain_finished")
+
+    async def _stop_listening(self) -> None:
+        """Stop accepting, and serve the connections the kernel had already queued.
+
+        Closing a listening socket resets every connection still in its accept queue, and
+        the load balancer may have sent a request on one: a POST it never retries. So the
+        site stops first (asyncio no longer accepts, the queue lives on through our second
+        descriptor), what is queued is accepted and served, and only then is it closed.
+        """
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        listener, self._listener = self._listener, None
+        server = self._runner.server
+        if listener is None or server is None:
+            return
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        with listener:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                await loop.connect_accepted_socket(server, connection)
+
+    async def _finish_in_flight(self) -> None:
+        """Let requests in flight end within the drain timeout; past it, they are cancelled."""
+        lifecycle = self.app[LIFECYCLE]
+        if not await lifecycle.wait_idle(self._settings.drain_timeout_s):
+            lifecycle.cancelling = True
+            log.warning("drain_timeout_cancelling", in_flight=lifecycle.in_flight)
 
 
 async def wait_for_stop_signal() -> None:
