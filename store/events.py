@@ -7,6 +7,7 @@ terminal run never changes), so at-least-once delivery never applies anything tw
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -21,6 +22,8 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.exceptions import RedisError
 
 from store.enums import TERMINAL_EVENTS, EventType
+from store.models import Run
+from store.runs import QUALIFIED_RUN_COLUMNS, RUN_COLUMNS, run_from_row
 
 log = structlog.get_logger(__name__)
 
@@ -133,20 +136,31 @@ def _column(event: RunEvent, name: str) -> Any:
 _ALIAS = {"output_json": "output_data", "waiting_json": "waiting_for", "type": "status"}
 
 
-def _apply(set_clause: str, guard: str, columns: tuple[tuple[str, str], ...]) -> _Apply:
+def _apply(
+    set_clause: str, guard: str, columns: tuple[tuple[str, str], ...], returning: str = "r.id"
+) -> _Apply:
     params = ", ".join(f"${i}::{kind}[]" for i, (_name, kind) in enumerate(columns, start=1))
     aliases = ", ".join(_ALIAS.get(name, name) for name, _kind in columns)
     return _Apply(
         f"""UPDATE runs AS r SET {set_clause}
             FROM unnest({params}) AS e({aliases})
             WHERE r.id = e.run_id AND {guard}
-            RETURNING r.id""",
+            RETURNING {returning}""",
         columns,
     )
 
 
 _BASE = (("run_id", "bigint"), ("at", "timestamptz"))
 _OUTPUT = (*_BASE, ("has_output", "boolean"), ("output_json", "text"), ("outputs", "bigint"))
+# Without a measured duration, a run lasted from its start (its creation if it never
+# started) to this event, as trigger-and-wait's example shows.
+_END_SET = f"""status = e.status, {_KEEP_OR_SET_OUTPUT},
+           error = COALESCE(e.error, r.error),
+           duration_ms = COALESCE(e.duration_ms, GREATEST(0,
+               (EXTRACT(EPOCH FROM (e.at - COALESCE(r.started_at, r.created_at))) * 1000)::bigint)),
+           started_at = COALESCE(r.started_at, e.at),
+           completed_at = e.at, follow_at = NULL, updated_at = now()"""
+_END = (*_OUTPUT, ("type", "text"), ("error", "text"), ("duration_ms", "bigint"))
 # One statement per kind of transition. started/output move a queued run to running and resume
 # a waiting one (running <-> waiting); an end is final. ``r`` is the row as it was before the
 # statement, ``e`` the event.
@@ -169,19 +183,30 @@ _APPLY: dict[str, _Apply] = {
         _NOT_TERMINAL,
         (*_OUTPUT, ("waiting_json", "text")),
     ),
-    # Without a measured duration, a run lasted from its start (its creation if it never
-    # started) to this event, as trigger-and-wait's example shows.
-    "end": _apply(
-        f"""status = e.status, {_KEEP_OR_SET_OUTPUT},
-           error = COALESCE(e.error, r.error),
-           duration_ms = COALESCE(e.duration_ms, GREATEST(0,
-               (EXTRACT(EPOCH FROM (e.at - COALESCE(r.started_at, r.created_at))) * 1000)::bigint)),
-           started_at = COALESCE(r.started_at, e.at),
-           completed_at = e.at, follow_at = NULL, updated_at = now()""",
-        _NOT_TERMINAL,
-        (*_OUTPUT, ("type", "text"), ("error", "text"), ("duration_ms", "bigint")),
-    ),
+    "end": _apply(_END_SET, _NOT_TERMINAL, _END),
 }
+
+
+# The end of a run applied by the replica that recorded it, in one statement: the row changes
+# and the event is marked applied together (the store consumer then finds it applied and
+# skips it). The UPDATE runs first (the INSERT reads its rows), so the run's row lock is
+# taken before the applied_events key, in the order apply_events takes them: never a deadlock.
+_END_AND_MARK_APPLIED = f"""
+WITH ended AS ({_apply(_END_SET, _NOT_TERMINAL, _END, QUALIFIED_RUN_COLUMNS).sql}),
+marked AS (
+  INSERT INTO applied_events (event_id, run_id, type, changed)
+  SELECT ${len(_END) + 1}::uuid, id, ${len(_END) + 2}::text, true FROM ended
+  ON CONFLICT (event_id) DO NOTHING)
+SELECT {RUN_COLUMNS} FROM ended"""
+
+
+async def apply_end_returning(db: Connection | asyncpg.Pool, event: RunEvent) -> Run | None:
+    """Apply a terminal ``event`` in one round trip; the run's terminal row, or ``None`` when
+    the run had already ended (then the event changes nothing, and the store consumer records
+    it as refused when it reads it from the stream)."""
+    args = _APPLY["end"].args([event])
+    row = await db.fetchrow(_END_AND_MARK_APPLIED, *args, event.event_id, str(event.type))
+    return None if row is None else run_from_row(row)
 
 
 def _statement_kind(event: RunEvent) -> str:
@@ -286,14 +311,32 @@ async def announce_terminal(redis: aioredis.Redis, stream: str, run_ids: list[in
 
 # Only the first terminal event of a run enters the stream: whichever replica records a run's
 # end first wins, atomically, and every later one is told so at once (a late callback gets its
-# 409 without waiting for the store consumer).
+# 409 without waiting for the store consumer). The reply says whether events of the run before
+# its end went through the stream (the marker _ADD_OPEN sets): 2 then, 1 when none did.
 _CLAIM_AND_ADD = """
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    return 2
+  end
   return 1
 end
 return 0
 """
+# A transition before a run's end, and the marker that says the run has one in the stream.
+_ADD_OPEN = """
+redis.call('XADD', KEYS[1], '*', 'event', ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"""
+# The claim's reply when the end may be applied by the replica that claimed it: no event of
+# the run before it can still be on its way through the stream (applied after the end, it
+# would be refused, and what it carried lost).
+_CLAIMED_ALONE = 1
+
+
+def _open_key(stream: str, run_id: int) -> str:
+    return f"{stream}:open:{run_id}"
 
 
 class EventPublisher:
@@ -306,11 +349,19 @@ class EventPublisher:
         stream: str,
         *,
         observe: Callable[[str, str], None] | None = None,
+        on_end: Callable[[int, Run | None], None] | None = None,
     ) -> None:
+        """With ``on_end``, a run's end this publisher claims is also applied to PostgreSQL at
+        once (see :meth:`_apply_end`) and ``on_end`` is told at once: with the terminal row, or
+        with ``None`` when the row must be read (it was written another way). Without it, the
+        store consumer alone applies ends."""
         self._redis = redis
+        self._on_end = on_end
         self._pool = pool
         self._stream = stream
         self._claim_and_add = redis.register_script(_CLAIM_AND_ADD)
+        self._add_open = redis.register_script(_ADD_OPEN)
+        self._announcing: set[asyncio.Task[None]] = set()
         # Told (event type, outcome) for every event: "stream", "database" (written straight
         # to PostgreSQL), "refused" (a late end), "redis_failed" (then the database is tried)
         # or "failed" (not recorded at all).
@@ -339,20 +390,30 @@ class EventPublisher:
         fields = event.encode()
         try:
             if not event.terminal:
-                await self._redis.xadd(self._stream, fields)  # type: ignore[arg-type]
+                await self._add_open(
+                    keys=[self._stream, _open_key(self._stream, event.run_id)],
+                    args=[fields["event"], _TERMINAL_CLAIM_MS],
+                )
                 self._observe(event.type, "stream")
                 return True
             added = await self._claim_and_add(
-                keys=[self._stream, _terminal_claim_key(self._stream, event.run_id)],
+                keys=[
+                    self._stream,
+                    _terminal_claim_key(self._stream, event.run_id),
+                    _open_key(self._stream, event.run_id),
+                ],
                 args=[fields["event"], event.type, _TERMINAL_CLAIM_MS],
             )
             self._observe(event.type, "stream" if added else "refused")
-            return bool(added)
         except (RedisError, OSError) as exc:
             self._observe(event.type, "redis_failed")
             log.warning(
                 "event_publish_fallback", run_id=event.run_id, type=event.type, error=str(exc)
             )
+        else:
+            if added == _CLAIMED_ALONE and self._on_end is not None:
+                await self._apply_end(event, self._on_end)
+            return bool(added)
         try:
             async with self._pool.acquire() as conn:
                 outcome = await apply_event(conn, event)
@@ -361,5 +422,32 @@ class EventPublisher:
             raise
         self._observe(event.type, "refused" if outcome is False else "database")
         if outcome and event.terminal:
+            if self._on_end is not None:
+                self._on_end(event.run_id, None)
             await announce_terminal(self._redis, self._stream, [event.run_id])
         return outcome is not False
+
+    async def flush(self) -> None:
+        """Wait for the announcements still on their way (before the Redis client closes)."""
+        if self._announcing:
+            await asyncio.wait(set(self._announcing))
+
+    async def _apply_end(self, event: RunEvent, on_end: Callable[[int, Run | None], None]) -> None:
+        """Apply an end this process has just put in the stream, so that its waiters (told at
+        once) and a read on any replica see it without waiting for the store consumer.
+
+        Best effort: the event is durably in the stream, and the consumer applies it (again,
+        idempotently: it finds it applied) whatever happens here.
+        """
+        try:
+            run = await apply_end_returning(self._pool, event)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("run_end_apply_deferred", run_id=event.run_id, error=str(exc))
+            return
+        if run is None:
+            return
+        on_end(run.id, run)
+        # Other replicas' waiters; nobody's answer waits for it.
+        task = asyncio.create_task(announce_terminal(self._redis, self._stream, [run.id]))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)

@@ -13,10 +13,13 @@ from store.enums import RunStatus
 from store.models import Agent, Run
 from store.pool import Executor
 
-_RUN_COLUMNS = ", ".join(column.name for column in dataclasses.fields(Run))
+RUN_COLUMNS = ", ".join(column.name for column in dataclasses.fields(Run))
+# The same, named through the alias ``r`` (a statement whose other relations share names).
+QUALIFIED_RUN_COLUMNS = ", ".join(f"r.{column.name}" for column in dataclasses.fields(Run))
 
 
-def _run(row: asyncpg.Record) -> Run:
+def run_from_row(row: asyncpg.Record) -> Run:
+    """A :class:`Run` from a row of :data:`RUN_COLUMNS`."""
     values = dict(row)
     values["status"] = RunStatus(values["status"])
     return Run(**values)
@@ -30,35 +33,52 @@ async def insert_run(
     created_by: uuid.UUID | None,
     deadline: dt.datetime,
     trigger_kind: str,
+    started: bool = False,
 ) -> Run:
-    """Create a run row in ``queued``; its id is needed before anything else happens."""
+    """Create a run row in ``queued``, or already ``running`` (started now) when ``started``:
+    a run the gateway invokes at once needs no separate started event."""
     row = await db.fetchrow(
-        f"""INSERT INTO runs (agent_id, org_id, input, created_by, deadline, trigger_kind)
-            VALUES ($1, $2, $3, $4, $5, $6)
-            RETURNING {_RUN_COLUMNS}""",
+        f"""INSERT INTO runs (agent_id, org_id, input, created_by, deadline, trigger_kind,
+                              status, started_at)
+            VALUES ($1, $2, $3, $4, $5, $6,
+                    CASE WHEN $7::boolean THEN 'running' ELSE 'queued' END,
+                    CASE WHEN $7::boolean THEN now() END)
+            RETURNING {RUN_COLUMNS}""",
         agent.id,
         agent.org_id,
         input_data,
         created_by,
         deadline,
         trigger_kind,
+        started,
     )
     assert row is not None
-    return _run(row)
+    return run_from_row(row)
 
 
 async def get_run_of_agent(db: Executor, agent_id: int, run_id: int) -> Run | None:
     """The run with ``run_id`` when it is a run of ``agent_id``."""
     row = await db.fetchrow(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 AND agent_id = $2", run_id, agent_id
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND agent_id = $2", run_id, agent_id
     )
-    return None if row is None else _run(row)
+    return None if row is None else run_from_row(row)
 
 
 async def get_run(db: Executor, run_id: int) -> Run | None:
     """The run with ``run_id``, whoever owns it."""
-    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
-    return None if row is None else _run(row)
+    row = await db.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return None if row is None else run_from_row(row)
+
+
+async def ended_runs(db: Executor, run_ids: list[int]) -> list[Run]:
+    """Those of ``run_ids`` that have ended (or no longer exist: then they are absent), in one
+    statement whatever their number."""
+    rows = await db.fetch(
+        f"""SELECT {RUN_COLUMNS} FROM runs
+            WHERE id = ANY($1::bigint[]) AND status IN ('completed', 'failed', 'cancelled')""",
+        run_ids,
+    )
+    return [run_from_row(row) for row in rows]
 
 
 async def claim_idempotency_key(
@@ -114,7 +134,7 @@ async def register_external_run(
                     CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $4, $5, $6)
             ON CONFLICT (agent_id, external_run_id) WHERE external_run_id IS NOT NULL
             DO NOTHING
-            RETURNING {_RUN_COLUMNS}""",
+            RETURNING {RUN_COLUMNS}""",
         agent.id,
         agent.org_id,
         status,
@@ -123,12 +143,12 @@ async def register_external_run(
         external_run_id,
     )
     if row is not None:
-        return _run(row), True
+        return run_from_row(row), True
     # Another request made it first (its insert has committed: ours waited for it).
     row = await db.fetchrow(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE agent_id = $1 AND external_run_id = $2",
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE agent_id = $1 AND external_run_id = $2",
         agent.id,
         external_run_id,
     )
     assert row is not None
-    return _run(row), False
+    return run_from_row(row), False

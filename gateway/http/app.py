@@ -120,8 +120,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     session = app[HTTP_SESSION]
     metrics = app[METRICS]
     background = BackgroundTasks()
+    waiters = RunWaiters(
+        app[REDIS],
+        app[DB_POOL],
+        channel=terminal_channel(settings.events_stream),
+        recheck_s=settings.wait_recheck_s,
+    )
     publisher = EventPublisher(
-        app[REDIS], app[DB_POOL], settings.events_stream, observe=metrics.observe_event
+        app[REDIS],
+        app[DB_POOL],
+        settings.events_stream,
+        observe=metrics.observe_event,
+        # An end this process records is applied at once and answers its own waiters.
+        on_end=waiters.ended,
     )
     adapters = metrics.metered_adapters(
         {
@@ -139,12 +150,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         adapters=adapters,
         background=background,
         tokens=tokens,
-    )
-    waiters = RunWaiters(
-        app[REDIS],
-        app[DB_POOL],
-        channel=terminal_channel(settings.events_stream),
-        recheck_s=settings.wait_recheck_s,
     )
     follower = RunFollower(
         app[DB_POOL],
@@ -185,6 +190,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # Failures recorded on behalf of callers who left must reach the store before pools close;
     # each is one XADD, so a short bound suffices after the in-flight grace period.
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(publisher.flush(), _BACKGROUND_DRAIN_S)
     # Nobody waits any more once requests and background work are done.
     listening.cancel()
     await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)

@@ -192,8 +192,10 @@ class RunService:
         window_ms: int,
         trigger_kind: str,
         idempotency: tuple[str, bytes] | None = None,
+        started: bool = False,
     ) -> Run:
-        """Insert the run row; the caller's input is merged over the agent's default input.
+        """Insert the run row (already ``running`` when ``started``: the caller invokes the
+        runtime at once); the caller's input is merged over the agent's default input.
 
         With ``idempotency`` (a key and the hash of the request), a key already bound to a run
         in the last 24 h raises :class:`IdempotentReplay` with that run, and nothing is created;
@@ -206,6 +208,17 @@ class RunService:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
             milliseconds=window_ms + agent.running_timeout_ms
         )
+        if idempotency is None:
+            # One statement: no transaction to open and commit around it.
+            return await runs.insert_run(
+                self._pool,
+                agent=agent,
+                input_data=merged,
+                created_by=created_by,
+                deadline=deadline,
+                trigger_kind=trigger_kind,
+                started=started,
+            )
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 run = await runs.insert_run(
@@ -215,8 +228,9 @@ class RunService:
                     created_by=created_by,
                     deadline=deadline,
                     trigger_kind=trigger_kind,
+                    started=started,
                 )
-                if idempotency is not None and not await runs.claim_idempotency_key(
+                if not await runs.claim_idempotency_key(
                     conn,
                     agent_id=agent.id,
                     key=idempotency[0],
@@ -304,9 +318,9 @@ class RunService:
             user_id=user_id,
             window_ms=window_ms,
             trigger_kind=TriggerKind.DOWNLOAD,
+            started=True,
         )
         payload = self.trigger_payload(agent, run)
-        await self._publisher.publish(RunEvent(run.id, EventType.STARTED))
         adapter = self._adapter(agent)
         try:
             upstream = await adapter.open_download(

@@ -27,9 +27,9 @@ from gateway.background import BackgroundTasks
 from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
 from gateway.runs.follower import FIRST_POLL_S
 from gateway.runs.service import IdempotentReplay, RunService
-from gateway.runs.waits import RunWaiters
+from gateway.runs.waits import RunWaiters, Watch
 from store import follows, runs
-from store.enums import EventType, TriggerKind
+from store.enums import EventType, RunStatus, TriggerKind
 from store.events import RunEvent
 from store.models import Agent, Run
 
@@ -179,6 +179,8 @@ class TriggerService:
             user_id=user_id,
             window_ms=window_ms,
             trigger_kind=TriggerKind.WAIT,
+            # A followed runtime says when the run starts; a webhook starts it with this call.
+            started=not adapter.followed,
         )
         return await self.run_and_wait(agent, adapter, run, deadline=deadline)
 
@@ -199,8 +201,30 @@ class TriggerService:
         on by default; with ``cancel_on_leave`` it is cancelled, and a webhook call still in
         flight is dropped at once.
         """
+        with self._waiters.watch(run.id) as watch:
+            return await self._run_and_wait(
+                agent,
+                adapter,
+                run,
+                watch,
+                deadline=deadline,
+                payload=payload,
+                cancel_on_leave=cancel_on_leave,
+            )
+
+    async def _run_and_wait(
+        self,
+        agent: Agent,
+        adapter: RuntimeAdapter,
+        run: Run,
+        watch: Watch,
+        *,
+        deadline: float,
+        payload: TriggerPayload | None,
+        cancel_on_leave: bool,
+    ) -> Waited:
         loop = asyncio.get_running_loop()
-        if not adapter.followed:
+        if not adapter.followed and run.status == RunStatus.QUEUED:
             await self._runs.publish(RunEvent(run.id, EventType.STARTED))
         if payload is None:
             payload = self._runs.trigger_payload(agent, run)
@@ -209,8 +233,8 @@ class TriggerService:
         )
         invoke.add_done_callback(_retrieve)
         try:
-            ended = await self._waiters.wait(run.id, deadline=deadline, interrupt=invoke)
-            if ended is None:
+            ended = await watch.wait(deadline=deadline, interrupt=invoke)
+            if ended is None and not watch.ended:
                 outcome = _outcome(invoke)
                 error = await self._record_invocation(
                     agent, run, outcome, timeout_reason=WINDOW_ELAPSED
@@ -219,7 +243,7 @@ class TriggerService:
                     raise error
                 # A refused failure means the run ended another way: give the store a moment.
                 settle = deadline if isinstance(outcome, Invocation) else loop.time() + _SETTLE_S
-                ended = await self._waiters.wait(run.id, deadline=settle)
+                ended = await watch.wait(deadline=settle)
         except asyncio.CancelledError:
             if cancel_on_leave:
                 self._background.spawn(
