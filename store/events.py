@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from redis.exceptions import RedisError
 
 from store.enums import TERMINAL_EVENTS, EventType
+from store.group_commit import GroupCommit
 from store.models import Run
 from store.runs import QUALIFIED_RUN_COLUMNS, RUN_COLUMNS, run_from_row
 
@@ -161,6 +162,7 @@ _END_SET = f"""status = e.status, {_KEEP_OR_SET_OUTPUT},
            started_at = COALESCE(r.started_at, e.at),
            completed_at = e.at, follow_at = NULL, updated_at = now()"""
 _END = (*_OUTPUT, ("type", "text"), ("error", "text"), ("duration_ms", "bigint"))
+_RETURNING_ENDED = f"{QUALIFIED_RUN_COLUMNS}, e.event_id AS ended_event_id"
 # One statement per kind of transition. started/output move a queued run to running and resume
 # a waiting one (running <-> waiting); an end is final. ``r`` is the row as it was before the
 # statement, ``e`` the event.
@@ -187,26 +189,30 @@ _APPLY: dict[str, _Apply] = {
 }
 
 
-# The end of a run applied by the replica that recorded it, in one statement: the row changes
-# and the event is marked applied together (the store consumer then finds it applied and
-# skips it). The UPDATE runs first (the INSERT reads its rows), so the run's row lock is
-# taken before the applied_events key, in the order apply_events takes them: never a deadlock.
+# The ends of runs applied by the replica that recorded them, in one statement: the rows change
+# and the events are marked applied together (the store consumer then finds them applied and
+# skips them). The UPDATE runs first (the INSERT reads its rows), so each run's row lock is
+# taken before its applied_events key, in the order apply_events takes them.
+_END_WITH_ID = (*_END, ("event_id", "uuid"))
 _END_AND_MARK_APPLIED = f"""
-WITH ended AS ({_apply(_END_SET, _NOT_TERMINAL, _END, QUALIFIED_RUN_COLUMNS).sql}),
+WITH ended AS ({_apply(_END_SET, _NOT_TERMINAL, _END_WITH_ID, _RETURNING_ENDED).sql}),
 marked AS (
   INSERT INTO applied_events (event_id, run_id, type, changed)
-  SELECT ${len(_END) + 1}::uuid, id, ${len(_END) + 2}::text, true FROM ended
+  SELECT ended_event_id, id, status, true FROM ended
   ON CONFLICT (event_id) DO NOTHING)
 SELECT {RUN_COLUMNS} FROM ended"""
 
 
-async def apply_end_returning(db: Connection | asyncpg.Pool, event: RunEvent) -> Run | None:
-    """Apply a terminal ``event`` in one round trip; the run's terminal row, or ``None`` when
-    the run had already ended (then the event changes nothing, and the store consumer records
-    it as refused when it reads it from the stream)."""
-    args = _APPLY["end"].args([event])
-    row = await db.fetchrow(_END_AND_MARK_APPLIED, *args, event.event_id, str(event.type))
-    return None if row is None else run_from_row(row)
+async def apply_ends_returning(
+    db: Connection | asyncpg.Pool, events: Sequence[RunEvent]
+) -> list[Run]:
+    """Apply terminal ``events`` (at most one per run) in one round trip; the terminal rows of
+    the runs they ended (a run that had already ended is absent: its event changes nothing,
+    and the store consumer records it as refused when it reads it from the stream)."""
+    ordered = sorted(events, key=lambda event: event.run_id)
+    columns = [[_column(event, name) for event in ordered] for name, _kind in _END_WITH_ID]
+    rows = await db.fetch(_END_AND_MARK_APPLIED, *columns)
+    return [run_from_row(row) for row in rows]
 
 
 def _statement_kind(event: RunEvent) -> str:
@@ -362,6 +368,7 @@ class EventPublisher:
         self._claim_and_add = redis.register_script(_CLAIM_AND_ADD)
         self._add_open = redis.register_script(_ADD_OPEN)
         self._announcing: set[asyncio.Task[None]] = set()
+        self._ends = None if on_end is None else GroupCommit(self._record_ends)
         # Told (event type, outcome) for every event: "stream", "database" (written straight
         # to PostgreSQL), "refused" (a late end), "redis_failed" (then the database is tried)
         # or "failed" (not recorded at all).
@@ -387,6 +394,8 @@ class EventPublisher:
         Returns ``False`` when a terminal event comes too late: the run already has its end
         (recorded or on its way), so this one will change nothing.
         """
+        if event.terminal and self._ends is not None:
+            return await self._ends.submit(event)
         fields = event.encode()
         try:
             if not event.terminal:
@@ -397,23 +406,30 @@ class EventPublisher:
                 self._observe(event.type, "stream")
                 return True
             added = await self._claim_and_add(
-                keys=[
-                    self._stream,
-                    _terminal_claim_key(self._stream, event.run_id),
-                    _open_key(self._stream, event.run_id),
-                ],
-                args=[fields["event"], event.type, _TERMINAL_CLAIM_MS],
+                keys=self._claim_keys(event), args=self._claim_args(event, fields)
             )
             self._observe(event.type, "stream" if added else "refused")
-        except (RedisError, OSError) as exc:
-            self._observe(event.type, "redis_failed")
-            log.warning(
-                "event_publish_fallback", run_id=event.run_id, type=event.type, error=str(exc)
-            )
-        else:
-            if added == _CLAIMED_ALONE and self._on_end is not None:
-                await self._apply_end(event, self._on_end)
             return bool(added)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(event, exc)
+        return await self._publish_to_database(event)
+
+    def _claim_keys(self, event: RunEvent) -> list[str]:
+        return [
+            self._stream,
+            _terminal_claim_key(self._stream, event.run_id),
+            _open_key(self._stream, event.run_id),
+        ]
+
+    def _claim_args(self, event: RunEvent, fields: dict[str, str]) -> list[str | int]:
+        return [fields["event"], event.type, _TERMINAL_CLAIM_MS]
+
+    def _redis_failed(self, event: RunEvent, exc: Exception) -> None:
+        self._observe(event.type, "redis_failed")
+        log.warning("event_publish_fallback", run_id=event.run_id, type=event.type, error=str(exc))
+
+    async def _publish_to_database(self, event: RunEvent) -> bool:
+        """Redis failed: apply ``event`` straight to PostgreSQL (the store is the truth)."""
         try:
             async with self._pool.acquire() as conn:
                 outcome = await apply_event(conn, event)
@@ -427,27 +443,69 @@ class EventPublisher:
             await announce_terminal(self._redis, self._stream, [event.run_id])
         return outcome is not False
 
+    async def _record_ends(self, events: Sequence[RunEvent]) -> list[bool]:
+        """Claim the ends of ``events`` (submitted together) in one Redis round trip, then
+        apply those that may be applied here in one PostgreSQL statement and tell ``on_end``.
+
+        The runs' rows say the end once this returns (unless PostgreSQL failed: then the
+        store consumer applies them from the stream and announces them)."""
+        try:
+            replies = await self._claim_all(events)
+        except (RedisError, OSError) as exc:
+            for event in events:
+                self._redis_failed(event, exc)
+            return [await self._publish_to_database(event) for event in events]
+        alone = []
+        for event, reply in zip(events, replies, strict=True):
+            self._observe(event.type, "stream" if reply else "refused")
+            if reply == _CLAIMED_ALONE:
+                alone.append(event)
+        if alone:
+            await self._apply_ends(alone)
+        return [bool(reply) for reply in replies]
+
+    async def _claim_all(self, events: Sequence[RunEvent]) -> list[int]:
+        if len(events) == 1:
+            event = events[0]
+            reply = await self._claim_and_add(
+                keys=self._claim_keys(event), args=self._claim_args(event, event.encode())
+            )
+            return [int(reply)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self._claim_and_add(
+                    keys=self._claim_keys(event),
+                    args=self._claim_args(event, event.encode()),
+                    client=pipe,
+                )
+            return [int(reply) for reply in await pipe.execute()]
+
+    async def _apply_ends(self, events: list[RunEvent]) -> None:
+        """Apply ends this process has just put in the stream, so that its waiters (told at
+        once) and a read on any replica see them without waiting for the store consumer.
+
+        Best effort: the events are durably in the stream, and the consumer applies them
+        (again, idempotently: it finds them applied) whatever happens here.
+        """
+        assert self._on_end is not None
+        try:
+            ended = await apply_ends_returning(self._pool, events)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning(
+                "run_end_apply_deferred", run_ids=[e.run_id for e in events], error=str(exc)
+            )
+            return
+        for run in ended:
+            self._on_end(run.id, run)
+        if ended:
+            # Other replicas' waiters; nobody's answer waits for it.
+            task = asyncio.create_task(
+                announce_terminal(self._redis, self._stream, [run.id for run in ended])
+            )
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
+
     async def flush(self) -> None:
         """Wait for the announcements still on their way (before the Redis client closes)."""
         if self._announcing:
             await asyncio.wait(set(self._announcing))
-
-    async def _apply_end(self, event: RunEvent, on_end: Callable[[int, Run | None], None]) -> None:
-        """Apply an end this process has just put in the stream, so that its waiters (told at
-        once) and a read on any replica see it without waiting for the store consumer.
-
-        Best effort: the event is durably in the stream, and the consumer applies it (again,
-        idempotently: it finds it applied) whatever happens here.
-        """
-        try:
-            run = await apply_end_returning(self._pool, event)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("run_end_apply_deferred", run_id=event.run_id, error=str(exc))
-            return
-        if run is None:
-            return
-        on_end(run.id, run)
-        # Other replicas' waiters; nobody's answer waits for it.
-        task = asyncio.create_task(announce_terminal(self._redis, self._stream, [run.id]))
-        self._announcing.add(task)
-        task.add_done_callback(self._announcing.discard)
