@@ -130,7 +130,7 @@ async def run_subscriber(args: argparse.Namespace, seen: dict[int, int]) -> dict
             with contextlib.suppress(TypeError, ValueError):
                 seen.setdefault(int(message["data"]), now)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await redis.aclose()
     return {"announced": len(seen)}
 

@@ -225,7 +225,7 @@ async def test_applying_an_end_is_announced_to_waiters_on_every_replica(
             if (message := await pubsub.get_message(timeout=0.1)) is not None:
                 messages.append(message["data"])
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
     assert messages == [str(run_id).encode()]  # the end only, once
     assert (await run_row(db, run_id))["status"] == "cancelled"
