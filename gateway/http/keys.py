@@ -49,5 +49,8 @@ PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.
 PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
+# The client address whose key-guard look waits for the handler's token take, which makes it in
+# the same Redis call (``gateway.http.rate_limits.take_token``); gone once the guard was looked at.
+KEY_GUARD_PENDING = web.RequestKey("key_guard_pending", str)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", GatewayMetrics)

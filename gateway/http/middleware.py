@@ -17,7 +17,15 @@ from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.errors import ApiError, ServiceUnavailable, Unauthorized
-from gateway.http.keys import KEY_GUARD, LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
+from gateway.http.keys import (
+    KEY_GUARD,
+    KEY_GUARD_PENDING,
+    LIFECYCLE,
+    METRICS,
+    PREPARED_RESPONSE,
+    REQUEST_ID,
+)
+from gateway.http.rate_limits import guard_waits_for_token
 from gateway.http.request_info import (
     REQUEST_INFO,
     RequestInfo,
@@ -25,6 +33,7 @@ from gateway.http.request_info import (
     note_run,
     route_template,
 )
+from gateway.security.key_guard import KeyGuard
 
 log = structlog.get_logger(__name__)
 
@@ -231,7 +240,10 @@ async def guard_keys(request: web.Request, handler: Handler) -> web.StreamRespon
     """Brute-force protection (``gateway.security.key_guard``).
 
     A request that presents a key from an address with too many failed attempts is refused (429)
-    before its key is looked at; each refused key (401) counts against its address."""
+    before its key is looked at; each refused key (401) counts against its address. On the routes
+    whose token take looks at the guard in the same Redis call, the look waits for that take (a
+    key lookup and other reads come first, nothing is changed before it); an answer given
+    without a take is held until the guard was looked at."""
     if not (request.headers.get("Authorization") or request.headers.get("X-API-Key")):
         return await handler(request)
     if request.app is not request.match_info.apps[-1]:
@@ -240,12 +252,34 @@ async def guard_keys(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     guard = request.config_dict[KEY_GUARD]
     address = guard.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
-    await guard.check(address)
+    if guard_waits_for_token(request.match_info.handler):
+        request[KEY_GUARD_PENDING] = address
+    else:
+        await guard.check(address)
     try:
         response = await handler(request)
     except Unauthorized:
-        await guard.failed(address)
+        await _count_refused_key(request, guard, address)
+        raise
+    except Exception:
+        await _look_if_pending(request, guard)
         raise
     if response.status == 401:
-        await guard.failed(address)
+        await _count_refused_key(request, guard, address)
+    elif not response.prepared:
+        await _look_if_pending(request, guard)
     return response
+
+
+async def _count_refused_key(request: web.Request, guard: KeyGuard, address: str) -> None:
+    decision = await guard.failed(address)
+    # Its look still pending, the address had no attempt left before this one: 429, as if
+    # it had been looked at first.
+    if request.pop(KEY_GUARD_PENDING, None) is not None and not decision.allowed:
+        raise guard.refusal(decision)
+
+
+async def _look_if_pending(request: web.Request, guard: KeyGuard) -> None:
+    address = request.pop(KEY_GUARD_PENDING, None)
+    if address is not None:
+        await guard.check(address)

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable
 
 from gateway.errors import RateLimited
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import Decision, RateLimiter, Take
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -61,23 +61,33 @@ class KeyGuard:
                 return _counted_as(hop)
         return _counted_as(peer)
 
+    def look(self, address: str) -> Take:
+        """The look at ``address``'s bucket that :meth:`check` makes, to combine with a take."""
+        return Take(_bucket(address), self._limit, self._window_s, cost=0)
+
     async def check(self, address: str) -> None:
         """Raise 429 when ``address`` has no failed attempt left in its window."""
         decision = await self._limiter.take(
             _bucket(address), limit=self._limit, window_s=self._window_s, cost=0
         )
-        if decision.allowed:
-            return
+        if not decision.allowed:
+            raise self.refusal(decision)
+
+    @staticmethod
+    def refusal(decision: Decision) -> RateLimited:
+        """The 429 for an address that has spent its failed attempts."""
         retry_s = max(1, math.ceil(decision.retry_after_ms / 1000))
-        raise RateLimited(
+        return RateLimited(
             "Too many failed authentication attempts from this address; try again later",
             extra={"retryAfterMs": decision.retry_after_ms},
             headers={"Retry-After": str(retry_s)},
         )
 
-    async def failed(self, address: str) -> None:
-        """Count one refused key from ``address``."""
-        await self._limiter.take(_bucket(address), limit=self._limit, window_s=self._window_s)
+    async def failed(self, address: str) -> Decision:
+        """Count one refused key from ``address``; refused when it had no attempt left."""
+        return await self._limiter.take(
+            _bucket(address), limit=self._limit, window_s=self._window_s
+        )
 
     def _is_trusted(self, address: str) -> bool:
         try:

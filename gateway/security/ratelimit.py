@@ -18,51 +18,63 @@ from gateway.errors import RateLimited
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1] bucket; ARGV[1] capacity; ARGV[2] milliseconds per token; ARGV[3] tokens to take
-# (0: only look, changing nothing). Returns {allowed, tokens_left, retry_after_ms, ms_until_full}.
-_TOKEN_BUCKET = """
-local capacity = tonumber(ARGV[1])
-local per_token = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3] or '1')
+# KEYS: buckets, taken in order; ARGV: for each, its capacity, milliseconds per token and tokens
+# to take (0: only look, changing nothing). The first bucket that refuses stops the rest (they are
+# left untouched). Returns, for each bucket looked at, {allowed, tokens_left, retry_after_ms,
+# ms_until_full}: one call can check the key guard and take an agent's token.
+_TOKEN_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  if cost == 0 then
-    return {1, capacity, 0, 0}
+local function take(key, capacity, per_token, cost)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1])
+  local ts = tonumber(state[2])
+  if tokens == nil or ts == nil then
+    if cost == 0 then
+      return {1, capacity, 0, 0}
+    end
+    tokens = capacity
+    ts = now
   end
-  tokens = capacity
-  ts = now
+  -- A bucket filled under a larger limit holds no more than the limit now in force.
+  tokens = math.min(tokens, capacity)
+  if now > ts then
+    local earned = math.floor((now - ts) / per_token)
+    if earned > 0 then
+      tokens = math.min(capacity, tokens + earned)
+      ts = ts + earned * per_token
+    end
+  end
+  if tokens >= capacity then
+    ts = now
+  end
+  local allowed = 0
+  local retry = 0
+  if tokens >= 1 then
+    tokens = tokens - cost
+    allowed = 1
+  else
+    retry = per_token - (now - ts)
+  end
+  if cost > 0 then
+    redis.call('HSET', key, 'tokens', tokens, 'ts', ts)
+    redis.call('PEXPIRE', key, capacity * per_token + 1000)
+  end
+  local full = (capacity - tokens) * per_token - (now - ts)
+  if full < 0 then full = 0 end
+  return {allowed, tokens, retry, full}
 end
--- A bucket filled under a larger limit holds no more than the limit now in force.
-tokens = math.min(tokens, capacity)
-if now > ts then
-  local earned = math.floor((now - ts) / per_token)
-  if earned > 0 then
-    tokens = math.min(capacity, tokens + earned)
-    ts = ts + earned * per_token
+local decisions = {}
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  local decision = take(key, tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]),
+    tonumber(ARGV[base + 3]))
+  decisions[i] = decision
+  if decision[1] == 0 then
+    break
   end
 end
-if tokens >= capacity then
-  ts = now
-end
-local allowed = 0
-local retry = 0
-if tokens >= 1 then
-  tokens = tokens - cost
-  allowed = 1
-else
-  retry = per_token - (now - ts)
-end
-if cost > 0 then
-  redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', ts)
-  redis.call('PEXPIRE', KEYS[1], capacity * per_token + 1000)
-end
-local full = (capacity - tokens) * per_token - (now - ts)
-if full < 0 then full = 0 end
-return {allowed, tokens, retry, full}
+return decisions
 """  # noqa: S105 - a Lua script, not a secret
 
 
@@ -77,6 +89,38 @@ class Decision:
     reset_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Take:
+    """One bucket to take from: ``limit`` tokens per ``window_s`` seconds, ``cost`` of them.
+
+    With ``cost=0`` nothing is taken: the decision says whether a token is there.
+    """
+
+    bucket: str
+    limit: int
+    window_s: int
+    cost: int = 1
+
+    @property
+    def per_token_ms(self) -> int:
+        """Milliseconds it takes the bucket to earn one token back."""
+        return max(1, self.window_s * 1000 // self.limit)
+
+
+def refusal(take: Take, decision: Decision, what: str) -> RateLimited:
+    """The 429 (with its ``Retry-After`` and rate-limit headers) for an empty bucket."""
+    retry_s = max(1, math.ceil(decision.retry_after_ms / 1000))
+    return RateLimited(
+        f"Rate limit exceeded: {take.limit} requests per {take.window_s} s for {what}",
+        extra={"retryAfterMs": decision.retry_after_ms},
+        headers={
+            "Retry-After": str(retry_s),
+            "RateLimit-Policy": f"{take.limit};w={take.window_s}",
+            "RateLimit": f"limit={take.limit}, remaining=0, reset={retry_s}",
+        },
+    )
+
+
 class RateLimiter:
     """Takes tokens from per-agent buckets; raises :class:`RateLimited` when one is empty."""
 
@@ -88,50 +132,60 @@ class RateLimiter:
         observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._redis = redis
-        self._script = redis.register_script(_TOKEN_BUCKET)
+        self._script = redis.register_script(_TOKEN_BUCKETS)
         self._fail_open = fail_open
         # Told (bucket, decision) for every decision, for metrics.
         self._observe = observe or (lambda bucket, decision: None)
 
     async def take(self, bucket: str, *, limit: int, window_s: int, cost: int = 1) -> Decision:
-        """Take one token from ``bucket`` (``limit`` tokens per ``window_s`` seconds).
+        """Take ``cost`` tokens from ``bucket`` (``limit`` tokens per ``window_s`` seconds).
 
         With ``cost=0`` nothing is taken: the decision says whether a token is there.
         """
-        per_token_ms = max(1, window_s * 1000 // limit)
+        (decision,) = await self.take_in_order(Take(bucket, limit, window_s, cost))
+        return decision
+
+    async def take_in_order(self, *takes: Take) -> list[Decision]:
+        """Take from each bucket in turn, in one Redis call, stopping at the first refusal.
+
+        The decisions are those of the buckets looked at: fewer than ``takes`` when one refused.
+        """
         try:
-            raw = await self._script(keys=[f"ratelimit:{bucket}"], args=[limit, per_token_ms, cost])
+            raw = await self._script(
+                keys=[f"ratelimit:{take.bucket}" for take in takes],
+                args=[v for take in takes for v in (take.limit, take.per_token_ms, take.cost)],
+            )
         except (RedisError, OSError) as exc:
             log.warning(
-                "rate_limit_unavailable", bucket=bucket, fail_open=self._fail_open, error=str(exc)
+                "rate_limit_unavailable",
+                bucket=takes[-1].bucket,
+                fail_open=self._fail_open,
+                error=str(exc),
             )
             if self._fail_open:
-                self._observe(bucket, "unavailable_allowed")
-                return Decision(True, limit, limit, 0, 0)
-            self._observe(bucket, "unavailable_refused")
+                self._observe(takes[-1].bucket, "unavailable_allowed")
+                return [Decision(True, take.limit, take.limit, 0, 0) for take in takes]
+            self._observe(takes[-1].bucket, "unavailable_refused")
             raise RateLimited(
                 "Rate limiter unavailable; try again shortly",
                 extra={"retryAfterMs": 1000},
                 headers={"Retry-After": "1"},
             ) from exc
-        allowed, remaining, retry_ms, reset_ms = (int(v) for v in raw)
-        if cost or not allowed:
-            # A look that finds a token decided nothing worth counting.
-            self._observe(bucket, "allowed" if allowed else "limited")
-        return Decision(bool(allowed), limit, remaining, max(0, retry_ms), max(0, reset_ms))
+        decisions = []
+        for take, values in zip(takes, raw, strict=False):
+            allowed, remaining, retry_ms, reset_ms = (int(v) for v in values)
+            if take.cost or not allowed:
+                # A look that finds a token decided nothing worth counting.
+                self._observe(take.bucket, "allowed" if allowed else "limited")
+            decisions.append(
+                Decision(bool(allowed), take.limit, remaining, max(0, retry_ms), max(0, reset_ms))
+            )
+        return decisions
 
     async def enforce(self, bucket: str, *, limit: int, window_s: int, what: str) -> Decision:
         """Like :meth:`take`, but raise :class:`RateLimited` with the 429 headers when empty."""
-        decision = await self.take(bucket, limit=limit, window_s=window_s)
+        take = Take(bucket, limit, window_s)
+        (decision,) = await self.take_in_order(take)
         if decision.allowed:
             return decision
-        retry_s = max(1, math.ceil(decision.retry_after_ms / 1000))
-        raise RateLimited(
-            f"Rate limit exceeded: {limit} requests per {window_s} s for {what}",
-            extra={"retryAfterMs": decision.retry_after_ms},
-            headers={
-                "Retry-After": str(retry_s),
-                "RateLimit-Policy": f"{limit};w={window_s}",
-                "RateLimit": f"limit={limit}, remaining=0, reset={retry_s}",
-            },
-        )
+        raise refusal(take, decision, what)

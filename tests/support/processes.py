@@ -59,8 +59,8 @@ def process_env(backends: Backends, **extra: str) -> dict[str, str]:
 
 
 async def wait_until_ready(http: aiohttp.ClientSession, base: str) -> None:
-    """Poll ``/readyz`` until the replica is ready (bounded)."""
-    for _ in range(200):
+    """Poll ``/readyz`` until the replica is ready (bounded: a loaded machine starts slowly)."""
+    for _ in range(600):
         try:
             async with http.get(f"{base}/readyz") as resp:
                 if resp.status == 200:

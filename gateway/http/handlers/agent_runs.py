@@ -16,7 +16,13 @@ from gateway.http.authentication import ingest_key_org
 from gateway.http.download import send_download
 from gateway.http.keys import EXTERNAL_RUN_SERVICE, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
 from gateway.http.path_ids import path_id
-from gateway.http.rate_limits import RUN_REPORTS, SYNC_RUNS, TRIGGERS, take_token
+from gateway.http.rate_limits import (
+    RUN_REPORTS,
+    SYNC_RUNS,
+    TRIGGERS,
+    checks_key_guard_with_its_token,
+    take_token,
+)
 from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
 from gateway.http.views import run_view
@@ -56,6 +62,7 @@ async def _eligible_agent(
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger")
+@checks_key_guard_with_its_token
 async def trigger(request: web.Request) -> web.Response:
     """The agent SDK's ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
     app = request.app
@@ -83,6 +90,7 @@ async def trigger(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-wait")
+@checks_key_guard_with_its_token
 async def trigger_and_wait(request: web.Request) -> web.Response:
     """Trigger-and-wait: 200 with the run when it ends in the window, else 202 ``timedOut``."""
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
@@ -101,6 +109,7 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-download")
+@checks_key_guard_with_its_token
 async def trigger_and_download(request: web.Request) -> web.StreamResponse:
     """Trigger-and-download: start a run and stream the runtime's file straight through."""
     agent, body = await _eligible_agent(request, output_kinds=(OutputKind.FILE_DOWNLOAD,))
@@ -172,6 +181,7 @@ async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent,
 
 
 @routes.post("/api/agents/{agentId}/runs/register")
+@checks_key_guard_with_its_token
 async def register_run(request: web.Request) -> web.Response:
     """The agent SDK's ``registerRun``: a run the runtime started on its own, and a credentials
     token.
@@ -193,6 +203,7 @@ async def register_run(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/agents/{agentId}/runs/ingest")
+@checks_key_guard_with_its_token
 async def ingest_run(request: web.Request) -> web.Response:
     """The agent SDK's ``ingestRun``: a standalone agent reports a run's status (upsert by
     ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
