@@ -31,6 +31,7 @@ from store.pool import create_pool
 from tests.support.backends import Backends
 from tests.support.consumers import ConsumerFactory
 from tests.support.gateways import GatewayFactory
+from tests.support.processes import Processes
 from tests.support.tenants import Tenant, TenantFactory
 from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
@@ -74,6 +75,14 @@ def settings(backends: Backends, tmp_path: Path) -> Settings:
         # tests (tests/resilience/ tries the guard with its own addresses and limits).
         auth_failure_limit=1_000_000,
     )
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Children of the test (``serve``, ``consume``…), killed by their PIDs at the end."""
+    children = Processes()
+    yield children
+    children.stop_all()
 
 
 @pytest.fixture

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from tests.support.backends import Backends
-from tests.support.processes import Processes, process_env
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Start children; each is killed by PID at the end of the test if still running."""
-    procs = Processes()
-    yield procs
-    procs.stop_all()
+from tests.support.processes import process_env
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ import email.utils
 import math
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
@@ -32,14 +30,6 @@ _time, _time_ns = time.time, time.time_ns
 time.time = lambda: _time() + {SKEW_S}
 time.time_ns = lambda: _time_ns() + {SKEW_S} * 1_000_000_000
 """
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Children of the test, killed by their PIDs at the end."""
-    children = Processes()
-    yield children
-    children.stop_all()
 
 
 async def test_400_concurrent_requests_on_4_replicas_one_skewed_admit_exactly_5(

@@ -1,0 +1,144 @@
+"""The gateway dies after it recorded a run's end and before it answered the caller: the end
+is not lost, and every replica shows the run ended with the runtime's output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
+
+from devkit.embedded import EmbeddedRedis
+from store.events import RunEvent
+from tests.support.backends import Backends
+from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
+
+
+async def _first_run_of(db: asyncpg.Pool, agent_id: int, *, bound_s: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while loop.time() < deadline:
+        run_id = await db.fetchval("SELECT id FROM runs WHERE agent_id = $1", agent_id)
+        if run_id is not None:
+            return int(run_id)
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"agent {agent_id} has no run after {bound_s} s")
+
+
+async def _end_in_stream(
+    redis: aioredis.Redis, stream: str, run_id: int, *, bound_s: float
+) -> RunEvent:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while loop.time() < deadline:
+        for _, fields in await redis.xrange(stream):
+            event = RunEvent.decode(fields)
+            if event.run_id == run_id and event.terminal:
+                return event
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no end of run {run_id} reached {stream} in {bound_s} s")
+
+
+async def _run_on(
+    http: aiohttp.ClientSession, base: str, agent: dict[str, object], run_id: int
+) -> dict[str, object]:
+    url = f"{base}/api/agents/{agent['id']}/runs/{run_id}"
+    async with http.get(url, headers=agent["auth"]) as resp:  # type: ignore[arg-type]
+        assert resp.status == 200
+        body: dict[str, object] = await resp.json()
+        return body
+
+
+async def test_a_gateway_killed_between_recording_an_end_and_answering_loses_nothing(
+    processes: Processes,
+    backends: Backends,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    dedicated_redis: EmbeddedRedis,
+    tmp_path: Path,
+) -> None:
+    """Replica one has the runtime's answer and has written the run's end to the event stream,
+    but its write of the run row is held (the row is locked on purpose), so its caller is not
+    answered yet: then it is killed with SIGKILL. The caller's connection drops; once the lock
+    is gone, replica two shows the run completed with the runtime's output, applied once."""
+    redis = aioredis.Redis.from_url(dedicated_redis.url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _kill_one_mid_answer(
+                processes, backends, runtime, db, dedicated_redis.url, redis, http, tmp_path
+            )
+    finally:
+        await redis.aclose()
+
+
+async def _kill_one_mid_answer(
+    processes: Processes,
+    backends: Backends,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    redis_url: str,
+    redis: aioredis.Redis,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    # A Redis of the test's own: the stream holds this test's events only.
+    stream = "runs:events"
+    env_one = process_env(backends, REDIS_URL=redis_url)
+    env_two = process_env(backends, REDIS_URL=redis_url)
+    one = processes.start("serve", env=env_one, log=tmp_path / "one.log")
+    processes.start("serve", env=env_two, log=tmp_path / "two.log")
+    processes.start("consume", env=env_one, log=tmp_path / "consume.log")
+    base_one = f"http://127.0.0.1:{env_one['GATEWAY_PORT']}"
+    base_two = f"http://127.0.0.1:{env_two['GATEWAY_PORT']}"
+    await wait_until_ready(http, base_one)
+    await wait_until_ready(http, base_two)
+    # The runtime answers after a pause: time to lock the run row before its end is written.
+    webhook = str(runtime.make_url("/webhook/json").with_query(delay_ms="1500"))
+    agent = await setup_agent(http, base_one, webhook, output_kind="json")
+
+    async def call() -> int:
+        async with http.post(
+            f"{base_one}/api/agents/{agent['id']}/runs/trigger-and-wait",
+            json={"input": {"result": {"answer": 42}}},
+            headers=agent["auth"],
+        ) as resp:
+            return resp.status
+
+    caller = asyncio.create_task(call())
+    run_id = await _first_run_of(db, int(agent["id"]), bound_s=10)
+    async with db.acquire() as conn:
+        lock = conn.transaction()
+        await lock.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run_id)
+        try:
+            end = await _end_in_stream(redis, stream, run_id, bound_s=15)
+            assert end.type == "completed"
+            # Its end is recorded and its caller not answered (the row write waits on the lock).
+            assert not caller.done()
+            os.kill(one.pid, signal.SIGKILL)
+            one.wait(timeout=10)
+            with pytest.raises(aiohttp.ClientError):
+                await caller
+        finally:
+            await lock.rollback()
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    run = await _run_on(http, base_two, agent, run_id)
+    while run["status"] != "completed" and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        run = await _run_on(http, base_two, agent, run_id)
+    assert run["status"] == "completed"
+    assert run["output_data"] == {"answer": 42}
+    applied = await db.fetchval("SELECT count(*) FROM applied_events WHERE run_id = $1", run_id)
+    ends = await db.fetchval(
+        "SELECT count(*) FROM runs WHERE id = $1 AND completed_at IS NOT NULL", run_id
+    )
+    assert ends == 1
+    assert applied >= 1
