@@ -125,7 +125,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[DB_POOL],
         channel=terminal_channel(settings.events_stream),
         recheck_s=settings.wait_recheck_s,
+        observe_read=metrics.observe_wait_read,
     )
+    metrics.run_waits.set_function(lambda: len(waiters))
     publisher = EventPublisher(
         app[REDIS],
         app[DB_POOL],

@@ -163,11 +163,34 @@ class GatewayMetrics:
         self.draining = Gauge(
             "agent_gateway_draining", "1 while the process drains after SIGTERM", registry=r
         )
+        self.run_waits = Gauge(
+            "agent_gateway_run_waits_in_flight",
+            "Requests of this process waiting for a run to end (trigger-and-wait, job waits)",
+            registry=r,
+        )
+        self.run_wait_reads = Counter(
+            "agent_gateway_run_wait_reads",
+            "Statements reading which waited runs have ended, by reason: interval (all of "
+            "them, once per WAIT_RECHECK_S) or announced (runs another process ended)",
+            ["reason"],
+            registry=r,
+        )
+        self.run_wait_runs_read = Counter(
+            "agent_gateway_run_wait_runs_read",
+            "Runs named by those statements, by reason",
+            ["reason"],
+            registry=r,
+        )
         r.register(PoolCollector("agent_gateway", pool))
 
     def observe_rate_limit(self, bucket: str, decision: str) -> None:
         """Count one decision; ``bucket`` is a bucket key whose last part is its class."""
         self.rate_limit_decisions.labels(bucket.rsplit(":", 1)[-1], decision).inc()
+
+    def observe_wait_read(self, reason: str, runs: int) -> None:
+        """Count one statement that read ``runs`` waited runs' ends."""
+        self.run_wait_reads.labels(reason).inc()
+        self.run_wait_runs_read.labels(reason).inc(runs)
 
     def observe_event(self, event_type: str, outcome: str) -> None:
         """Count what became of one run event (see the ``EVENT_*`` outcomes)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 # How many run ids one recheck statement names at most.
 _RECHECK_CHUNK = 10_000
+# Why rows of waited runs were read: a full recheck once per interval, or runs announced ended.
+READ_EVERY_INTERVAL = "interval"
+READ_ANNOUNCED = "announced"
 
 
 class Watch:
@@ -73,12 +76,20 @@ class RunWaiters:
     """Lets requests wait for a run to become terminal, woken by whichever replica saw it."""
 
     def __init__(
-        self, redis: aioredis.Redis, pool: asyncpg.Pool, *, channel: str, recheck_s: float
+        self,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        *,
+        channel: str,
+        recheck_s: float,
+        observe_read: Callable[[str, int], None] | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
         self._channel = channel
         self._recheck_s = recheck_s
+        # Told (why, how many runs) for every statement that reads waited runs, for metrics.
+        self._observe_read = observe_read or (lambda why, runs: None)
         self._waiting: dict[int, set[Watch]] = {}
         # Runs announced since the last read of their rows; read together.
         self._announced: set[int] = set()
@@ -142,8 +153,10 @@ class RunWaiters:
         """Read which of ``run_ids`` (by default every run waited on) have ended, in one
         statement per chunk, and answer their waiters."""
         pending = sorted(self._waiting if run_ids is None else set(run_ids) & set(self._waiting))
+        why = READ_EVERY_INTERVAL if run_ids is None else READ_ANNOUNCED
         for start in range(0, len(pending), _RECHECK_CHUNK):
             chunk = pending[start : start + _RECHECK_CHUNK]
+            self._observe_read(why, len(chunk))
             for run in await runs.ended_runs(self._pool, chunk):
                 self.deliver(run)
 

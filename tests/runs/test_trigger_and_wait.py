@@ -11,9 +11,11 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
+from tests.support.gateways import GatewayFactory
+from tests.support.prometheus import metric_sum
 from tests.support.runs import RUN_KEYS, parse_time, wait_for_run, wait_url
 from tests.support.runtimes import as_agent, json_agent, received, webhook
-from tests.support.tenants import Tenant
+from tests.support.tenants import Tenant, TenantFactory
 from tests.support.tokens import ADMIN
 
 
@@ -335,3 +337,83 @@ async def test_a_caller_who_leaves_does_not_lose_the_runs_result(
     run = await wait_for_run(tenant, agent["id"], run_id)
     assert run["status"] == "completed"
     assert run["output_data"] == {"kept": True}
+
+
+async def test_the_replica_with_the_runtimes_answer_answers_without_the_store_consumer(
+    tenant: Tenant, runtime: TestServer, make_gateway: GatewayFactory
+) -> None:
+    """No store consumer runs: the replica that got the runtime's answer has applied the end
+    itself, so its caller gets the 200 and a GET on another replica, right after, shows the
+    same terminal row (read-your-writes on any replica)."""
+    other = await make_gateway()
+    agent = await json_agent(tenant, runtime, "json")
+
+    resp = await tenant.client.post(
+        wait_url(agent["id"]),
+        headers=tenant.auth,
+        json={"input": {"result": {"answer": 42}}, "timeoutMs": 10000},
+    )
+
+    assert resp.status == 200, await resp.text()
+    run = await resp.json()
+    assert (run["status"], run["output_data"]) == ("completed", {"answer": 42})
+    polled = await other.get(f"/api/agents/{agent['id']}/runs/{run['runId']}", headers=tenant.auth)
+    assert await polled.json() == run
+
+
+async def test_held_waits_are_read_again_in_one_statement_per_interval_however_many_wait(
+    make_gateway: GatewayFactory, make_tenant: TenantFactory, runtime: TestServer
+) -> None:
+    """Fifty callers wait on runs whose workflow has not reported: once per WAIT_RECHECK_S
+    one statement reads all fifty rows (as the metrics show), and each is still answered by its
+    run's callback."""
+    held = 50
+    replica = await make_gateway(wait_recheck_s=0.2, sync_rate_limit=1000)
+    tenant = await make_tenant()
+    tenant = Tenant(tenant.org_id, tenant.ingest_key, replica)
+    agent = await tenant.create_agent(
+        output_kind="json", runtime=webhook(runtime, "accepted?report=0")
+    )
+    calls = [
+        asyncio.ensure_future(
+            replica.post(wait_url(agent["id"]), headers=tenant.auth, json={"timeoutMs": 60000})
+        )
+        for _ in range(held)
+    ]
+
+    async def scrape() -> str:
+        resp = await replica.get("/metrics")
+        return await resp.text()
+
+    for _ in range(500):
+        page = await scrape()
+        if metric_sum(page, "agent_gateway_run_waits_in_flight") == held:
+            break
+        await asyncio.sleep(0.02)
+    assert metric_sum(page, "agent_gateway_run_waits_in_flight") == held
+    reads = metric_sum(page, "agent_gateway_run_wait_reads_total", reason="interval")
+    named = metric_sum(page, "agent_gateway_run_wait_runs_read_total", reason="interval")
+    for _ in range(500):
+        page = await scrape()
+        if metric_sum(page, "agent_gateway_run_wait_reads_total", reason="interval") >= reads + 3:
+            break
+        await asyncio.sleep(0.02)
+    more_reads = metric_sum(page, "agent_gateway_run_wait_reads_total", reason="interval") - reads
+    more_named = (
+        metric_sum(page, "agent_gateway_run_wait_runs_read_total", reason="interval") - named
+    )
+    assert more_reads >= 3
+    assert more_named == held * more_reads  # every statement named every run waited on
+
+    run_ids = [call["payload"]["runId"] for call in received(runtime)]
+    assert len(run_ids) == held
+    for run_id in run_ids:
+        done = await replica.post(
+            f"/api/runs/{run_id}/callback",
+            headers=as_agent(agent),
+            json={"type": "output", "complete": True, "output": {"run": run_id}},
+        )
+        assert done.status == 202
+    answers = [await (await call).json() for call in calls]
+    assert sorted(a["runId"] for a in answers) == sorted(run_ids)
+    assert all(a["output_data"] == {"run": a["runId"]} for a in answers)
