@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -47,9 +48,14 @@ _SECRET_TEXT = re.compile(
     r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
 )
 REDACTED = "[redacted]"
+_WHITESPACE = re.compile(r"\s")
 
 
 def _scrub_text(text: str) -> str:
+    # Every pattern needs a "_", a "://" or whitespace: most fields (paths, ids, addresses)
+    # have none, and skip the costlier search.
+    if "_" not in text and "://" not in text and _WHITESPACE.search(text) is None:
+        return text
     def replace(match: re.Match[str]) -> str:
         if match.group("bearer"):
             return match.group("bearer") + REDACTED
@@ -74,6 +80,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_field(name: object) -> bool:
     return isinstance(name, str) and name.lower().replace("-", "").replace("_", "") in (
         _SECRET_FIELDS
