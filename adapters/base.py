@@ -197,6 +197,11 @@ class RuntimeAdapter(Protocol):
         """
         ...
 
+    def acknowledges(self, runtime: Mapping[str, Any], status: int, body: Any) -> bool:
+        """Whether the runtime's answer ``status`` (with ``body``, its parsed JSON, or ``None``
+        before it is read) only says it took the run, whose result comes through callbacks."""
+        ...
+
     async def open_download(
         self,
         runtime: Mapping[str, Any],

@@ -87,6 +87,13 @@ class N8nAdapter:
         self._session = session
         self._max_result_bytes = max_result_bytes
 
+    def acknowledges(self, runtime: Mapping[str, Any], status: int, body: Any) -> bool:
+        """A 2xx of a callback agent, or n8n's own acknowledgement (:func:`is_acknowledgement`)
+        whatever the setting."""
+        return status < 300 and (
+            result_delivery(runtime) == ResultDelivery.CALLBACK or is_acknowledgement(status, body)
+        )
+
     async def open_download(
         self,
         runtime: Mapping[str, Any],

@@ -109,6 +109,10 @@ class TriggerDevAdapter:
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
 
+    def acknowledges(self, runtime: Mapping[str, Any], status: int, body: Any) -> bool:
+        """Never: a task's trigger answer names the run, which is then followed."""
+        return False
+
     async def open_stream(
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
     ) -> ChunkStream:

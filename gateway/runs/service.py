@@ -28,7 +28,6 @@ from adapters.base import (
     TriggerPayload,
     read_bounded,
 )
-from adapters.n8n import is_acknowledgement, result_delivery
 from gateway.background import BackgroundTasks
 from gateway.errors import (
     ApiError,
@@ -51,7 +50,6 @@ from store.enums import (
     EventType,
     ManagedBy,
     OutputKind,
-    ResultDelivery,
     RunStatus,
     TriggerKind,
 )
@@ -337,7 +335,7 @@ class RunService:
             raise
         try:
             first = await self._first_bytes(
-                run, upstream, started, window_ms / 1000, result_delivery(agent.runtime)
+                run, upstream, started, window_ms / 1000, adapter, agent.runtime
             )
         except BaseException:
             upstream.close()
@@ -379,7 +377,8 @@ class RunService:
         upstream: aiohttp.ClientResponse,
         started: float,
         wait_s: float,
-        delivery: ResultDelivery,
+        adapter: RuntimeAdapter,
+        runtime: Mapping[str, Any],
     ) -> bytes:
         """The first chunk of a file answer; anything else fails the run and raises, but an
         acknowledgement, which leaves the run to its callbacks (:class:`DownloadAcknowledged`).
@@ -388,9 +387,7 @@ class RunService:
         still change: a JSON answer, an error status or an empty body is no file.
         """
         acknowledged = DownloadAcknowledged(dataclasses.replace(run, status=RunStatus.RUNNING))
-        if upstream.status < 300 and (
-            delivery == ResultDelivery.CALLBACK or is_acknowledgement(upstream.status, None)
-        ):
+        if adapter.acknowledges(runtime, upstream.status, None):
             raise acknowledged
         # The rest of the window, but at least the idle bound: the runtime has answered.
         bound_s = max(wait_s - (time.monotonic() - started), self._settings.stream_idle_timeout_s)
@@ -401,7 +398,7 @@ class RunService:
                     upstream.headers.get("Content-Type")
                 ):
                     message, output_data = await _describe_non_file(upstream)
-                    if is_acknowledgement(upstream.status, output_data):
+                    if adapter.acknowledges(runtime, upstream.status, output_data):
                         raise acknowledged
                     failure: ApiError = BadGateway(message, extra={"runId": run.id})
                 elif first := await upstream.content.readany():
