@@ -157,7 +157,7 @@ class Feed:
     rows: dict[str, dict[str, str | None]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     down: bool = False
-    held: set[web.Request] = field(default_factory=set)
+    held: dict[int, web.Request] = field(default_factory=dict)  # id(request) → request
 
     def record(self, run_id: str, row: dict[str, str | None]) -> None:
         """Store the run's new row and log what changed; wake the held requests."""
@@ -233,7 +233,7 @@ def break_realtime(app: web.Application) -> None:
     """Cut the realtime connections held open and refuse new ones (``503``) until restored."""
     feed = app[FEED]
     feed.down = True
-    for request in list(feed.held):
+    for request in list(feed.held.values()):
         if request.transport is not None:
             request.transport.close()
     feed.wake()
@@ -558,7 +558,7 @@ async def _shape_response(request: web.Request, feed: Feed, matches: Any) -> web
         return _must_refetch_answer(request, feed)
     messages = _since(feed, seq, matches)
     if not messages and live:
-        feed.held.add(request)
+        feed.held[id(request)] = request
         try:
             deadline = asyncio.get_running_loop().time() + request.app[OPTIONS].live_timeout_s
             while not messages:
@@ -576,7 +576,7 @@ async def _shape_response(request: web.Request, feed: Feed, matches: Any) -> web
                     return _must_refetch_answer(request, feed)
                 messages = _since(feed, seq, matches)
         finally:
-            feed.held.discard(request)
+            feed.held.pop(id(request), None)
     return _answer(request, feed, messages, len(feed.changes))
 
 
@@ -651,7 +651,7 @@ async def _must_refetch(request: web.Request) -> web.Response:
 
 async def _close_held(app: web.Application) -> None:
     feed = app[FEED]
-    for request in list(feed.held):
+    for request in list(feed.held.values()):
         if request.transport is not None:
             request.transport.close()
     feed.wake()
