@@ -240,5 +240,5 @@ async def test_a_wrong_key_is_refused_for_good_and_a_broken_stream_is_retried_la
 def test_a_tag_trigger_dev_would_refuse_is_refused_at_once() -> None:
     session: Any = object()
     for tag in ("", "a,b", 'say "hi"', "x" * 129):
-        with pytest.raises(ValueError, match="cannot be a Trigger.dev run tag"):
+        with pytest.raises(ValueError, match=r"cannot be a Trigger\.dev run tag"):
             TriggerDevAdapter(session, run_tag=tag)
