@@ -7,9 +7,9 @@ releases what it holds; one that dies only delays its runs by the lease. So a ru
 followed after the request that started it, or the replica it started on, is gone.
 
 Where the runtime has a real-time feed up on this replica (:mod:`gateway.runs.realtime`), its
-runs are not polled on their first claim: their ``follow_at`` moves a fallback interval ahead
-and the feed reports their end; a run still in flight after that interval is polled once per
-interval, in case the feed missed it. Both paths record through :func:`record_followed`.
+runs are not polled: their ``follow_at`` moves a fallback interval ahead and the feed reports
+their end. A run the feed does not carry after that interval (not tagged, say) is polled once
+per interval. Both paths record through :func:`record_followed`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class RealtimeCoverage(Protocol):
 
     def covers(self, runtime: Mapping[str, Any]) -> bool:
         """Whether a feed is up on this replica for ``runtime``'s environment."""
+        ...
+
+    def carries(self, runtime_run_id: str) -> bool:
+        """Whether that feed carries the run (and so reports its changes)."""
         ...
 
     def seen_end(self, runtime_run_id: str) -> RunResult | None:
@@ -150,7 +154,9 @@ class RunFollower:
                 # The feed saw the end before the run's id was stored: no poll needed.
                 await record_followed(self._pool, self._runs, item, seen)
                 return
-            if item.attempts <= 1:
+            if item.attempts <= 1 or self._realtime.carries(item.runtime_run_id):
+                # The feed reports this run's changes; a run it does not carry (not tagged,
+                # say) is polled once per fallback interval.
                 await follows.schedule_follow(self._pool, item.run_id, in_s=self._fallback_s)
                 return
         try:

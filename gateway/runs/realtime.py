@@ -47,6 +47,8 @@ class _Environment:
     runtime: Mapping[str, Any]
     agent_ids: set[int] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    # The runs in flight the feed carries (it will report their changes): never polled.
+    carried: set[str] = field(default_factory=set)
 
 
 class RealtimeFollower:
@@ -77,6 +79,11 @@ class RealtimeFollower:
         """Whether this replica's feed for ``runtime``'s environment is up (answered a
         snapshot and has not failed since)."""
         return self._adapter.environment(runtime) in self._up
+
+    def carries(self, runtime_run_id: str) -> bool:
+        """Whether a feed that is up carries this run (it reports the run's changes, so the
+        run needs no poll at all)."""
+        return any(runtime_run_id in e.carried for e in self._environments.values())
 
     def seen_end(self, runtime_run_id: str) -> RunResult | None:
         """The end a feed reported for a run that was not yet known to be followed."""
@@ -142,7 +149,7 @@ class RealtimeFollower:
                         self._up.add(key)
                         log.info("realtime_feed_up", environment=key)
                     delay = _FIRST_RETRY_S
-                    await self._apply(batch)
+                    await self._apply(batch, environment)
             except RuntimeFailure as exc:
                 log.warning("realtime_feed_down", environment=key, error=str(exc))
             except _DB_ERRORS as exc:
@@ -150,6 +157,7 @@ class RealtimeFollower:
             except Exception:
                 log.exception("realtime_feed_failed", environment=key)
             finally:
+                environment.carried.clear()
                 if key in self._up:
                     self._up.discard(key)
                     if not self._stopping.is_set():
@@ -162,8 +170,15 @@ class RealtimeFollower:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_S)
 
-    async def _apply(self, batch: FeedBatch) -> None:
+    async def _apply(self, batch: FeedBatch, environment: _Environment) -> None:
         """Record what a feed answer says of the runs this gateway follows."""
+        if batch.snapshot:
+            environment.carried.clear()
+        for change in batch.changes:
+            if change.result.terminal:
+                environment.carried.discard(change.runtime_run_id)
+            else:
+                environment.carried.add(change.runtime_run_id)
         if not batch.changes:
             return
         by_id = {change.runtime_run_id: change for change in batch.changes}
