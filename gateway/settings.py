@@ -246,8 +246,8 @@ class Settings:
         30.0,
         "TRIGGER_DEV_REALTIME_FALLBACK_S",
         Group.WAITS,
-        "While a realtime feed is up, each of its runs is still polled this often (a change the "
-        "feed missed costs at most this).",
+        "While a realtime feed is up, a run it does not carry (one triggered without the tag) "
+        "is polled this often; the runs it carries are not polled.",
         **_POSITIVE,
     )
 
