@@ -214,6 +214,8 @@ async def test_every_request_carries_the_key_and_the_versions_trigger_dev_expect
         assert headers["Authorization"] == f"Bearer {SECRET}"
         assert headers["x-trigger-electric-version"] == "1.0.0-beta.1"
         assert headers["x-trigger-api-version"] == "2025-07-16"
+        # The payload (possibly large) is never fetched: the feed needs the state and output.
+        assert "payload" in request["query"]["skipColumns"].split(",")
     await batches.aclose()
 
 

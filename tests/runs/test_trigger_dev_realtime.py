@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Handler
 
 from devkit.fakes.trigger_dev import (
     POLLS,
@@ -275,3 +276,45 @@ async def test_two_replicas_both_see_the_end_and_it_is_recorded_once(
     snapshots = [r for r in fake(trigger_dev)[REALTIME_REQUESTS] if r["query"]["offset"] == "-1"]
     assert len(snapshots) >= 2
     assert app_of(a)[REALTIME_FOLLOWER].feeds_up == app_of(b)[REALTIME_FOLLOWER].feeds_up == 1
+
+
+@pytest.fixture
+async def slow_trigger_dev() -> AsyncIterator[TestServer]:
+    """The fake Trigger.dev, whose tasks end 10 ms after they start but whose trigger answer
+    takes half a second: the feed reports the end before the gateway knows the run's id."""
+    app = create_fake_trigger_dev(advance="time", step_s=0.01, live_timeout_s=1.0)
+
+    @web.middleware
+    async def slow_answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if request.path.endswith("/trigger"):
+            await asyncio.sleep(0.5)
+        return response
+
+    app.middlewares.append(slow_answer)
+    server = TestServer(app)
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def test_an_end_the_feed_reports_before_the_trigger_answer_arrives_is_not_lost(
+    make_gateway: GatewayFactory,
+    slow_trigger_dev: TestServer,
+    consumer: StoreConsumer,
+    db: asyncpg.Pool,
+) -> None:
+    client = await realtime_gateway(make_gateway)
+    tenant = await tenant_on(client)
+    runtime = task_runtime(slow_trigger_dev)
+    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
+    await feed_up(client, runtime)
+    task = {"statuses": ["EXECUTING", "COMPLETED"], "output": {"summary": "quick"}}
+
+    status, run = await trigger_and_wait(tenant, agent, task, timeout_ms=20_000)
+
+    assert status == 200, run
+    assert run["output_data"] == {"summary": "quick"}
+    task_run = await task_run_of(db, run["runId"])
+    assert polls_of(slow_trigger_dev, task_run) == 0
+    assert await ends_recorded(db, run["runId"]) == 1

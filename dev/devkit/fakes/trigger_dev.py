@@ -27,7 +27,8 @@ The realtime feed speaks Electric's HTTP shape protocol as Trigger.dev's webapp 
 ``apps/webapp/app/services/realtime/electricStreamProtocol.server.ts``):
 
 - ``GET /realtime/v1/runs?tags=a,b`` (runs carrying all the tags; ``createdAt`` is accepted) and
-  ``GET /realtime/v1/runs/{runId}`` (one run, by its friendly id);
+  ``GET /realtime/v1/runs/{runId}`` (one run, by its friendly id); ``skipColumns=a,b`` leaves
+  columns out (never ``id``, ``taskIdentifier``, ``friendlyId``, ``status``, ``createdAt``);
 - ``offset=-1`` answers the current rows as ``insert`` messages then
   ``{"headers": {"control": "up-to-date"}}``; later requests send ``offset`` and ``handle`` (the
   ``electric-offset`` / ``electric-handle`` headers) and ``live=true`` once up to date; a live
@@ -134,6 +135,7 @@ COLUMNS: dict[str, dict[str, Any]] = {
     "error": {"type": "jsonb"},
     "realtimeStreams": {"type": "text", "dims": 1},
 }
+_RESERVED_COLUMNS = frozenset({"id", "taskIdentifier", "friendlyId", "status", "createdAt"})
 _MAX_TAGS = 10
 _MAX_TAG_LENGTH = 128
 
@@ -614,7 +616,9 @@ def _headers(request: web.Request, feed: Feed, seq: int) -> dict[str, str]:
         names[0]: feed.handle,
         names[1]: _offset(seq),
         "electric-cursor": str(seq),
-        "electric-schema": json.dumps(COLUMNS),
+        "electric-schema": json.dumps(
+            {name: t for name, t in COLUMNS.items() if name not in _skipped(request)}
+        ),
         "electric-up-to-date": "",
         "access-control-expose-headers": "*",
         "cache-control": "no-store",
@@ -624,8 +628,21 @@ def _headers(request: web.Request, feed: Feed, seq: int) -> dict[str, str]:
 def _answer(
     request: web.Request, feed: Feed, messages: list[dict[str, Any]], seq: int
 ) -> web.Response:
+    skipped = _skipped(request)
+    if skipped:
+        messages = [
+            {**m, "value": {k: v for k, v in m["value"].items() if k not in skipped}}
+            for m in messages
+        ]
     body = [*messages, {"headers": {"control": "up-to-date"}}]
     return web.json_response(body, headers=_headers(request, feed, seq))
+
+
+def _skipped(request: web.Request) -> set[str]:
+    """The ``skipColumns`` asked for, less the columns that are always sent
+    (RESERVED_COLUMNS in realtimeClient.server.ts)."""
+    raw = request.query.get("skipColumns", "")
+    return {c.strip() for c in raw.split(",") if c.strip()} - _RESERVED_COLUMNS
 
 
 def _must_refetch_answer(request: web.Request, feed: Feed) -> web.Response:
