@@ -168,6 +168,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             discover_s=settings.trigger_dev_discover_s,
         )
         app[REALTIME_FOLLOWER] = realtime
+        metrics.trigger_dev_feeds_up.set_function(lambda: realtime.feeds_up if realtime else 0)
     follower = RunFollower(
         app[DB_POOL],
         runs,

@@ -163,6 +163,11 @@ class GatewayMetrics:
         self.draining = Gauge(
             "agent_gateway_draining", "1 while the process drains after SIGTERM", registry=r
         )
+        self.trigger_dev_feeds_up = Gauge(
+            "agent_gateway_trigger_dev_feeds_up",
+            "Trigger.dev realtime feeds up on this replica (one per environment)",
+            registry=r,
+        )
         r.register(PoolCollector("agent_gateway", pool))
 
     def observe_rate_limit(self, bucket: str, decision: str) -> None:

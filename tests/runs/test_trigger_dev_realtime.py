@@ -275,7 +275,9 @@ async def test_two_replicas_both_see_the_end_and_it_is_recorded_once(
     # Each replica held its own subscription.
     snapshots = [r for r in fake(trigger_dev)[REALTIME_REQUESTS] if r["query"]["offset"] == "-1"]
     assert len(snapshots) >= 2
-    assert app_of(a)[REALTIME_FOLLOWER].feeds_up == app_of(b)[REALTIME_FOLLOWER].feeds_up == 1
+    for replica in (a, b):
+        metrics = await (await replica.get("/metrics")).text()
+        assert "\nagent_gateway_trigger_dev_feeds_up 1.0\n" in metrics
 
 
 @pytest.fixture
