@@ -172,6 +172,53 @@ class ChunkStream(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """What a runtime's real-time feed said about one of its runs.
+
+    ``result`` is the run's state as the feed carries it; ``complete`` is False when the feed
+    only points at the output (stored elsewhere by the runtime): a poll reads it then.
+    """
+
+    runtime_run_id: str
+    result: RunResult
+    complete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FeedBatch:
+    """One answer of a real-time feed: the runs it changed, and whether it was a snapshot
+    (every run the feed carries, as it is now) rather than the changes since the last answer."""
+
+    changes: tuple[RunChange, ...]
+    snapshot: bool
+
+
+class RunFeed(Protocol):
+    """A real-time subscription to the runs of one runtime environment."""
+
+    def batches(self) -> AsyncIterator[FeedBatch]:
+        """The feed's answers, a snapshot first, for as long as it stays connected.
+
+        Ends by raising :class:`RuntimeRetryLater` (the connection failed or the runtime asked
+        to be left alone) or :class:`RuntimeRefused` (it refuses this subscription for good).
+        """
+        ...
+
+
+class FollowsInRealTime(Protocol):
+    """An optional capability of a runtime adapter: following runs through one real-time
+    subscription per runtime environment instead of polling each run."""
+
+    def environment(self, runtime: Mapping[str, Any]) -> str:
+        """A key naming the environment an agent's runtime config belongs to (one feed each)."""
+        ...
+
+    def feed(self, runtime: Mapping[str, Any]) -> RunFeed:
+        """A subscription to the runs this adapter triggered in ``runtime``'s environment."""
+        ...
+
+
 class RuntimeAdapter(Protocol):
     """A workflow runtime the gateway can start runs on.
 

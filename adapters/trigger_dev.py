@@ -14,6 +14,10 @@ The REST calls (Trigger.dev v3/v4, read from its source):
   parsed by its ``Content-Type`` (``application/super+json``, ``application/json``,
   ``text/plain``).
 - ``cancel``: ``POST {api_url}/api/v2/runs/{id}/cancel``.
+- ``feed``: the runs it triggered carry a tag (``options.tags``; Trigger.dev takes at most 10
+  tags of at most 128 characters, ``packages/core/src/v3/schemas/api.ts``), and
+  ``GET {api_url}/realtime/v1/runs?tags=<tag>`` follows all of them in one subscription (see
+  :class:`TriggerDevRunFeed`).
 
 The secret key never appears in an error message.
 """
@@ -21,9 +25,11 @@ The secret key never appears in an error message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -31,7 +37,9 @@ import aiohttp
 
 from adapters.base import (
     ChunkStream,
+    FeedBatch,
     Invocation,
+    RunChange,
     RunResult,
     RuntimeRefused,
     RuntimeRetryLater,
@@ -44,6 +52,13 @@ from adapters.base import (
 from store.enums import RunStatus, RuntimeKind
 
 API_VERSION = "2025-07-16"
+# What Trigger.dev's SDK sends on realtime requests (packages/core/src/v3/apiClient/stream.ts);
+# without it the webapp renames Electric's headers and expects ``shape_id`` for ``handle``.
+ELECTRIC_VERSION = "1.0.0-beta.1"
+MAX_TAG_LENGTH = 128
+# Characters Trigger.dev refuses in a realtime tag filter (UNSAFE_REALTIME_TAG_CHARS in
+# apps/webapp/app/v3/electricShape.server.ts); a comma would split the ``tags=`` filter.
+UNSAFE_TAG_CHARS = re.compile(r'[\x00-\x1f\x7f\\",]')
 
 # Trigger.dev's run status names (current and older API versions) → the gateway's states.
 STATUS_MAP: Mapping[str, RunStatus] = {
@@ -65,6 +80,32 @@ STATUS_MAP: Mapping[str, RunStatus] = {
     "TIMED_OUT": RunStatus.FAILED,
     "INTERRUPTED": RunStatus.FAILED,
 }
+
+# The TaskRun table's status names, as the realtime rows carry them → the gateway's states
+# (apiStatusFromRunStatus in packages/core/src/v3/apiClient/runStream.ts names them all).
+ROW_STATUS_MAP: Mapping[str, RunStatus] = {
+    "PENDING": RunStatus.QUEUED,
+    "PENDING_VERSION": RunStatus.QUEUED,
+    "WAITING_FOR_DEPLOY": RunStatus.QUEUED,
+    "DELAYED": RunStatus.QUEUED,
+    "DEQUEUED": RunStatus.RUNNING,
+    "EXECUTING": RunStatus.RUNNING,
+    "RETRYING_AFTER_FAILURE": RunStatus.RUNNING,
+    "WAITING_TO_RESUME": RunStatus.WAITING,
+    "PAUSED": RunStatus.WAITING,
+    "COMPLETED_SUCCESSFULLY": RunStatus.COMPLETED,
+    "CANCELED": RunStatus.CANCELLED,
+    "COMPLETED_WITH_ERRORS": RunStatus.FAILED,
+    "INTERRUPTED": RunStatus.FAILED,
+    "CRASHED": RunStatus.FAILED,
+    "SYSTEM_FAILURE": RunStatus.FAILED,
+    "EXPIRED": RunStatus.FAILED,
+    "TIMED_OUT": RunStatus.FAILED,
+}
+# Columns the feed does not need (the payload can be large); Trigger.dev's ``skipColumns``.
+_SKIPPED_COLUMNS = "payload,payloadType,metadata,metadataType,realtimeStreams"
+# Columns kept of a row between answers: an update carries only the ones that changed.
+_KEPT_COLUMNS = ("friendlyId", "status", "output", "outputType", "error", "completedAt")
 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_ERROR_TEXT = 2000
@@ -102,8 +143,16 @@ class TriggerDevAdapter:
         request_timeout_s: float = 10.0,
         max_attempts: int = 4,
         backoff_s: float = 0.25,
+        run_tag: str | None = None,
+        feed_timeout_s: float = 30.0,
     ) -> None:
+        if run_tag is not None and (
+            not run_tag or len(run_tag) > MAX_TAG_LENGTH or UNSAFE_TAG_CHARS.search(run_tag)
+        ):
+            raise ValueError(f"{run_tag!r} cannot be a Trigger.dev run tag")
         self._session = session
+        self._run_tag = run_tag
+        self._feed_timeout_s = feed_timeout_s
         self._max_result_bytes = max_result_bytes
         self._request_timeout_s = request_timeout_s
         self._max_attempts = max_attempts
@@ -140,10 +189,11 @@ class TriggerDevAdapter:
         kept failing until the retries or ``wait_s`` ran out.
         """
         url = f"{_api_url(runtime)}/api/v1/tasks/{quote(str(runtime['task_id']), safe='')}/trigger"
-        body = {
-            "payload": payload.to_json(),
-            "options": {"idempotencyKey": payload.idempotency_key or str(payload.run_id)},
-        }
+        options: dict[str, Any] = {"idempotencyKey": payload.idempotency_key or str(payload.run_id)}
+        if self._run_tag is not None:
+            # What the environment's realtime feed follows (one subscription for all runs).
+            options["tags"] = [self._run_tag]
+        body = {"payload": payload.to_json(), "options": options}
         headers = _auth(runtime)
         secret = str(runtime.get("secret_key", ""))
         loop = asyncio.get_running_loop()
@@ -238,6 +288,27 @@ class TriggerDevAdapter:
             )
         raise RuntimeRefused(f"Trigger.dev refused the cancel: {reason}")
 
+    def environment(self, runtime: Mapping[str, Any]) -> str:
+        """The Trigger.dev environment of an agent's runtime: its API URL and secret key (each
+        key belongs to one environment). The key is hashed: this names logs and metrics."""
+        digest = hashlib.sha256(str(runtime.get("secret_key", "")).encode()).hexdigest()[:16]
+        return f"{_api_url(runtime)}#{digest}"
+
+    def feed(self, runtime: Mapping[str, Any]) -> TriggerDevRunFeed:
+        """The realtime feed of the runs this adapter tagged in ``runtime``'s environment.
+
+        Raises ``ValueError`` when the adapter tags no runs (there would be nothing to follow).
+        """
+        if self._run_tag is None:
+            raise ValueError("runs are not tagged: there is no feed to follow")
+        return TriggerDevRunFeed(
+            self._session,
+            runtime,
+            tag=self._run_tag,
+            timeout_s=self._feed_timeout_s,
+            max_result_bytes=self._max_result_bytes,
+        )
+
     async def _trigger_once(
         self, url: str, body: dict[str, Any], headers: dict[str, str], secret: str
     ) -> Invocation:
@@ -304,6 +375,209 @@ class TriggerDevAdapter:
         except (ValueError, RecursionError):
             return RunResult(RunStatus.FAILED, error=f"TriggerDevOutputInvalid: {content_type}")
         return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
+
+
+class TriggerDevRunFeed:
+    """Every run carrying a tag in one Trigger.dev environment, followed in real time.
+
+    Trigger.dev serves run changes over Electric's HTTP shape protocol (the webapp's
+    ``apps/webapp/app/routes/realtime.v1.runs.ts`` and
+    ``apps/webapp/app/services/realtimeClient.server.ts``; the SDK's client is
+    ``packages/core/src/v3/apiClient/stream.ts`` over Electric's ``ShapeStream``):
+
+    - the first request has ``offset=-1``: the current rows, then an ``up-to-date`` control
+      message; each answer's ``electric-offset``, ``electric-handle`` and ``electric-cursor``
+      headers are sent back as ``offset``, ``handle`` and ``cursor``, with ``live=true`` once up
+      to date: the server holds a live request (about 20 s) until a row changes;
+    - a ``409`` (or a ``must-refetch`` control message) means the shape was rotated: the rows
+      known are dropped and the feed starts again from ``offset=-1`` (a new snapshot);
+    - messages are ``{"key", "value", "headers": {"operation"}}``; values are PostgreSQL text;
+      an ``update`` carries only the changed columns, so rows are merged by ``key``;
+    - rows carry the TaskRun table's status names (:data:`ROW_STATUS_MAP`); ``output`` is a
+      serialised packet typed by ``outputType`` (``application/store`` when it is offloaded:
+      the run's retrieve gives its URL, so such a change is marked incomplete);
+    - ``tags=<tag>`` selects the runs carrying the tag, created within the last 24 hours.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        runtime: Mapping[str, Any],
+        *,
+        tag: str,
+        timeout_s: float,
+        max_result_bytes: int,
+    ) -> None:
+        self._session = session
+        self._url = f"{_api_url(runtime)}/realtime/v1/runs"
+        self._secret = str(runtime.get("secret_key", ""))
+        self._headers = {
+            **_auth(runtime),
+            "x-trigger-api-version": API_VERSION,
+            "x-trigger-electric-version": ELECTRIC_VERSION,
+        }
+        self._tag = tag
+        self._timeout_s = timeout_s
+        self._max_result_bytes = max_result_bytes
+        # A snapshot carries every tagged run's output: allow it room over one output.
+        self._body_limit = max(4 * max_result_bytes, 64 * 1024 * 1024)
+
+    async def batches(self) -> AsyncIterator[FeedBatch]:
+        """The feed's answers, a snapshot first, until the connection fails.
+
+        Raises :class:`RuntimeRetryLater` when Trigger.dev cannot be reached, answers a
+        transient error or something unreadable, and :class:`RuntimeRefused` when it refuses
+        the subscription (bad key).
+        """
+        rows: dict[str, dict[str, str | None]] = {}
+        offset, handle, cursor, live = "-1", "", "", False
+        while True:
+            params = {"tags": self._tag, "offset": offset, "skipColumns": _SKIPPED_COLUMNS}
+            if handle:
+                params["handle"] = handle
+            if live:
+                params["live"] = "true"
+                if cursor:
+                    params["cursor"] = cursor
+            snapshot = offset == "-1"
+            status, headers, raw = await self._request(params)
+            if status == 409:
+                # A rotated shape: start again with its new handle, from a new snapshot.
+                rows.clear()
+                offset, handle, cursor, live = "-1", headers.get("electric-handle", ""), "", False
+                continue
+            try:
+                messages = loads_json(raw)
+            except (ValueError, RecursionError):
+                raise RuntimeRetryLater("Trigger.dev realtime answered no JSON") from None
+            if not isinstance(messages, list):
+                raise RuntimeRetryLater("Trigger.dev realtime answered something else than a list")
+            changed: dict[str, None] = {}
+            up_to_date = refetch = False
+            for message in messages:
+                if not isinstance(message, dict):
+                    continue
+                control = (message.get("headers") or {}).get("control")
+                if control == "up-to-date":
+                    up_to_date = True
+                elif control == "must-refetch":
+                    refetch = True
+                    break
+                elif isinstance(message.get("key"), str):
+                    _merge(rows, message)
+                    changed[message["key"]] = None
+            if refetch:
+                rows.clear()
+                offset, handle, cursor, live = "-1", "", "", False
+                continue
+            changes = tuple(
+                change for key in changed if (change := self._change(rows, key)) is not None
+            )
+            yield FeedBatch(changes, snapshot=snapshot)
+            offset = headers.get("electric-offset", offset)
+            handle = headers.get("electric-handle", handle)
+            cursor = headers.get("electric-cursor", "")
+            live = live or up_to_date
+
+    async def _request(self, params: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.get(
+                    self._url, params=params, headers=self._headers
+                ) as response:
+                    if response.status == 409:
+                        return 409, response.headers, b""
+                    if response.status >= 300:
+                        raw = await read_bounded(response.content, _MAX_ERROR_BODY)
+                        reason = _redact(_reason(response.status, raw), self._secret)
+                        if _is_transient(response) or response.status == 400:
+                            # 400: a handle or offset the server no longer takes; start again.
+                            raise RuntimeRetryLater(
+                                f"Trigger.dev realtime failed: {reason}",
+                                delay_s=_reset_delay_s(response),
+                            )
+                        raise RuntimeRefused(f"Trigger.dev refused the realtime feed: {reason}")
+                    raw = await read_bounded(response.content, self._body_limit + 1)
+                    headers = response.headers
+        except TimeoutError:
+            raise RuntimeRetryLater("Trigger.dev realtime did not answer in time") from None
+        except aiohttp.InvalidURL as exc:
+            raise RuntimeRefused(f"Trigger.dev URL is invalid: {exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            message = _redact(
+                f"Trigger.dev realtime failed: {type(exc).__name__}: {exc}", self._secret
+            )
+            raise RuntimeRetryLater(message) from None
+        if len(raw) > self._body_limit:
+            raise RuntimeRetryLater(f"Trigger.dev realtime answer over {self._body_limit} bytes")
+        return response.status, headers, raw
+
+    def _change(self, rows: dict[str, dict[str, str | None]], key: str) -> RunChange | None:
+        row = rows.get(key)
+        if row is None or not row.get("friendlyId") or not row.get("status"):
+            return None
+        run_id = str(row["friendlyId"])
+        name = str(row["status"])
+        status = ROW_STATUS_MAP.get(name, RunStatus.RUNNING)  # a newer name: keep following
+        if status == RunStatus.FAILED:
+            result = RunResult(status, error=_error_text(_json_or_text(row.get("error")), name))
+        elif status == RunStatus.COMPLETED:
+            if row.get("outputType") == "application/store":
+                result, complete = RunResult(status), False
+                _forget_output(row)
+                return RunChange(run_id, result, complete=complete)
+            result = self._output(row)
+        else:
+            result = RunResult(status)
+        if result.terminal:
+            _forget_output(row)  # an ended run never changes again: keep only its name
+        return RunChange(run_id, result)
+
+    def _output(self, row: dict[str, str | None]) -> RunResult:
+        raw = row.get("output")
+        if raw is None:
+            return RunResult(RunStatus.COMPLETED)
+        if len(raw.encode()) > self._max_result_bytes:
+            return RunResult(
+                RunStatus.FAILED,
+                error=f"TriggerDevResultTooLarge: over {self._max_result_bytes} bytes",
+            )
+        content_type = row.get("outputType") or "application/json"
+        try:
+            output = _parse_packet(raw.encode(), content_type)
+        except (ValueError, RecursionError):
+            return RunResult(RunStatus.FAILED, error=f"TriggerDevOutputInvalid: {content_type}")
+        return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
+
+
+def _merge(rows: dict[str, dict[str, str | None]], message: dict[str, Any]) -> None:
+    """Apply one change message to the rows known, by key (an update carries changed columns)."""
+    key = message["key"]
+    operation = (message.get("headers") or {}).get("operation")
+    raw = message.get("value")
+    value: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    if operation == "delete":
+        rows.pop(key, None)
+        return
+    kept = {name: value[name] for name in _KEPT_COLUMNS if name in value}
+    if operation == "insert" or key not in rows:
+        rows[key] = kept
+    else:
+        rows[key].update(kept)
+
+
+def _forget_output(row: dict[str, str | None]) -> None:
+    for name in ("output", "error"):
+        row.pop(name, None)
+
+
+def _json_or_text(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return loads_json(raw)
+    except (ValueError, RecursionError):
+        return raw
 
 
 def _api_url(runtime: Mapping[str, Any]) -> str:

@@ -13,6 +13,8 @@ Measurements (each against its reference, measured in the same run; see bench/RE
 4. ``sse``       10,000 n8n chunks through execute vs read directly; per-frame delay.
 5. ``events``    the rate limiter's decisions/s and p99; the store consumer's apply rate and
    publish→applied lag.
+7. ``trigger``   Trigger.dev runs: from the run's end to the trigger-and-wait answer, polling
+   vs the realtime feed, and polls per run.
 
 Everything it starts (PostgreSQL, Redis, the store consumer, the bench runtime, nginx, the
 gateways, the pass-through, the client processes) is stopped by PID when it ends, on an error,
@@ -36,12 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench import download_throughput, events, limiter, memory, rolling, small_requests, sse
+from bench import (
+    download_throughput,
+    events,
+    limiter,
+    memory,
+    rolling,
+    small_requests,
+    sse,
+    trigger_follow,
+)
 from bench.processes import REPO_DIR, BenchError
 from bench.report import Section, render, write_json
 from bench.stack import Stack, find_nginx
 
-SECTIONS = ("download", "memory", "small", "sse", "events", "rolling")
+SECTIONS = ("download", "memory", "small", "sse", "events", "rolling", "trigger")
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Plan:
     limiter: limiter.LimiterConfig = field(default_factory=limiter.LimiterConfig)
     events: events.EventsConfig = field(default_factory=events.EventsConfig)
     rolling: rolling.RollingConfig = field(default_factory=rolling.RollingConfig)
+    trigger: trigger_follow.TriggerConfig = field(default_factory=trigger_follow.TriggerConfig)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -87,6 +99,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.limiter = limiter.LimiterConfig(count=5000)
         plan.events = events.EventsConfig(backlog=10_000, seconds=2.0)
         plan.rolling = rolling.config_for(quick=True)
+        plan.trigger = trigger_follow.config_for(quick=True)
     else:
         plan.memory.large_mb = size_mb
     return plan
@@ -129,6 +142,7 @@ RUNNERS: dict[str, Callable[[Stack, Plan], Section]] = {
     "sse": lambda stack, plan: sse.measure(stack, plan.sse),
     "events": _events,
     "rolling": lambda stack, plan: rolling.measure(stack, plan.rolling),
+    "trigger": lambda stack, plan: trigger_follow.measure(stack, plan.trigger),
 }
 TITLES = {
     "download": "1. Download",
@@ -137,6 +151,7 @@ TITLES = {
     "sse": "4. SSE",
     "events": "5. Rate limiter and events",
     "rolling": "6. Rolling restarts behind nginx",
+    "trigger": "7. Trigger.dev run following",
 }
 
 

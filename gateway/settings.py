@@ -104,6 +104,16 @@ def _networks(name: str, raw: str) -> tuple[str, ...]:
     return items
 
 
+def _run_tag(name: str, raw: str) -> str:
+    """A Trigger.dev run tag: what its trigger and its realtime tag filter accept."""
+    tag = raw.strip()
+    if not tag or len(tag) > 128 or any(c in tag for c in ',"\\') or not tag.isprintable():
+        raise SettingsError(
+            f"{name} must be 1 to 128 printable characters without comma, quote or backslash"
+        )
+    return tag
+
+
 _POSITIVE: dict[str, Any] = {"minimum": 0, "above_minimum": True}
 _AT_LEAST_ONE: dict[str, Any] = {"minimum": 1}
 _PORT: dict[str, Any] = {"minimum": 0, "maximum": 65535}
@@ -207,6 +217,37 @@ class Settings:
         "FOLLOW_LEASE_S",
         Group.WAITS,
         "How long a replica holds a claimed poll of a Trigger.dev run before another may take it.",
+        **_POSITIVE,
+    )
+    trigger_dev_realtime: bool = setting(
+        True,
+        "TRIGGER_DEV_REALTIME",
+        Group.WAITS,
+        "Follow Trigger.dev runs through its realtime feed (one per environment and replica); "
+        "off: poll every run.",
+    )
+    trigger_dev_run_tag: str = setting(
+        "agent-gateway",
+        "TRIGGER_DEV_RUN_TAG",
+        Group.WAITS,
+        "Tag put on every Trigger.dev run the gateway triggers; the realtime feed follows it "
+        "(at most 128 characters, no comma, quote or backslash).",
+        parse=_run_tag,
+    )
+    trigger_dev_realtime_timeout_s: float = setting(
+        60.0,
+        "TRIGGER_DEV_REALTIME_TIMEOUT_S",
+        Group.WAITS,
+        "How long one realtime request may go unanswered (Trigger.dev holds it about 20 s) "
+        "before the feed is reopened.",
+        minimum=1,
+    )
+    trigger_dev_realtime_fallback_s: float = setting(
+        30.0,
+        "TRIGGER_DEV_REALTIME_FALLBACK_S",
+        Group.WAITS,
+        "While a realtime feed is up, a run it does not carry (one triggered without the tag) "
+        "is polled this often; the runs it carries are not polled.",
         **_POSITIVE,
     )
 
@@ -444,6 +485,12 @@ class Settings:
     # Internal: fixed in production, replaced by tests and benchmarks.
     follow_tick_s: float = setting(
         0.25, None, Group.INTERNAL, "How often each replica looks for due Trigger.dev polls."
+    )
+    trigger_dev_discover_s: float = setting(
+        5.0,
+        None,
+        Group.INTERNAL,
+        "How often each replica looks for Trigger.dev environments to open a realtime feed for.",
     )
     events_stream: str = setting("runs:events", None, Group.INTERNAL, "Redis stream of run events.")
     events_group: str = setting("store", None, Group.INTERNAL, "Consumer group of the store.")

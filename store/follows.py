@@ -93,3 +93,43 @@ async def release_follows(db: Executor, run_ids: list[int]) -> None:
     await db.execute(
         "UPDATE runs SET follow_at = now() WHERE id = ANY($1) AND follow_at IS NOT NULL", run_ids
     )
+
+
+async def agents_of_runtime_kind(db: Executor, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every agent whose runtime is of ``kind``, with its runtime config (archived ones too:
+    their runs in flight are still followed)."""
+    rows = await db.fetch("SELECT id, runtime FROM agents WHERE runtime->>'kind' = $1", kind)
+    return [(row["id"], row["runtime"]) for row in rows]
+
+
+async def followed_by_runtime_ids(db: Executor, runtime_run_ids: list[str]) -> list[FollowedRun]:
+    """The runs still followed among those the runtime names ``runtime_run_ids`` (not claimed:
+    a feed that reports them changes nothing of their polls)."""
+    rows = await db.fetch(
+        """SELECT r.id, r.agent_id, r.status, a.runtime, r.runtime_run_id, r.follow_attempts
+           FROM runs AS r JOIN agents AS a ON a.id = r.agent_id
+           WHERE r.runtime_run_id = ANY($1) AND r.follow_at IS NOT NULL
+             AND r.status IN ('queued', 'running', 'waiting')""",
+        runtime_run_ids,
+    )
+    return [
+        FollowedRun(
+            run_id=row["id"],
+            agent_id=row["agent_id"],
+            status=row["status"],
+            runtime=row["runtime"],
+            runtime_run_id=row["runtime_run_id"],
+            attempts=row["follow_attempts"],
+        )
+        for row in rows
+    ]
+
+
+async def follow_agents_now(db: Executor, agent_ids: list[int]) -> None:
+    """Make every followed run of these agents due now (their real-time feed went down: the
+    polls take over at once)."""
+    await db.execute(
+        """UPDATE runs SET follow_at = now()
+           WHERE agent_id = ANY($1) AND follow_at IS NOT NULL AND follow_at > now()""",
+        agent_ids,
+    )

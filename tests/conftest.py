@@ -74,6 +74,9 @@ def settings(backends: Backends, tmp_path: Path) -> Settings:
         # Every test calls from 127.0.0.1: refused keys must not add up to a lock-out across
         # tests (tests/resilience/ tries the guard with its own addresses and limits).
         auth_failure_limit=1_000_000,
+        # Trigger.dev runs are polled here; tests of the realtime feed turn it on
+        # (tests/runs/test_trigger_dev_realtime.py).
+        trigger_dev_realtime=False,
     )
 
 

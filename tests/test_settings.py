@@ -126,3 +126,12 @@ def test_each_variable_is_declared_once() -> None:
         if name
     ]
     assert len(names) == len(set(names))
+
+
+def test_the_trigger_dev_run_tag_must_be_one_trigger_dev_accepts_and_can_filter_on() -> None:
+    settings = Settings.from_env({"TRIGGER_DEV_RUN_TAG": "gw-prod", "TRIGGER_DEV_REALTIME": "off"})
+    assert (settings.trigger_dev_run_tag, settings.trigger_dev_realtime) == ("gw-prod", False)
+    assert Settings.from_env({}).trigger_dev_run_tag == "agent-gateway"
+    for bad in ("a,b", 'say "hi"', "back\\slash", "x" * 129, "tab\there"):
+        with pytest.raises(SettingsError, match="TRIGGER_DEV_RUN_TAG"):
+            Settings.from_env({"TRIGGER_DEV_RUN_TAG": bad})

@@ -277,7 +277,9 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
     runtime_port = free_port()
     await web.TCPSite(runtime_runner, "127.0.0.1", runtime_port).start()
     trigger_dev_runner = web.AppRunner(
-        create_fake_trigger_dev(DEMO_TRIGGER_DEV_KEY), access_log=None
+        # Its tasks run on their own clock, as real ones do: the realtime feed sees them end.
+        create_fake_trigger_dev(DEMO_TRIGGER_DEV_KEY, advance="time", step_s=0.5),
+        access_log=None,
     )
     await trigger_dev_runner.setup()
     trigger_dev_port = free_port()

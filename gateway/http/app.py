@@ -35,6 +35,7 @@ from gateway.http.keys import (
     PACKAGE_SERVICE,
     PUBLISHER,
     RATE_LIMITER,
+    REALTIME_FOLLOWER,
     REDIS,
     RUN_SERVICE,
     RUN_WAITERS,
@@ -55,6 +56,7 @@ from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
 from gateway.runs.external import ExternalRunService
 from gateway.runs.follower import RunFollower
+from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.service import RunService
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
@@ -136,12 +138,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # An end this process records is applied at once and answers its own waiters.
         on_end=waiters.ended,
     )
+    trigger_dev = TriggerDevAdapter(
+        session,
+        max_result_bytes=settings.max_result_body,
+        run_tag=settings.trigger_dev_run_tag,
+        feed_timeout_s=settings.trigger_dev_realtime_timeout_s,
+    )
     adapters = metrics.metered_adapters(
         {
             N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
-            TriggerDevAdapter.kind: TriggerDevAdapter(
-                session, max_result_bytes=settings.max_result_body
-            ),
+            TriggerDevAdapter.kind: trigger_dev,
         }
     )
     tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
@@ -153,12 +159,26 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         background=background,
         tokens=tokens,
     )
+    realtime: RealtimeFollower | None = None
+    if settings.trigger_dev_realtime:
+        realtime = RealtimeFollower(
+            app[DB_POOL],
+            runs,
+            trigger_dev,
+            adapters,
+            kind=TriggerDevAdapter.kind,
+            discover_s=settings.trigger_dev_discover_s,
+        )
+        app[REALTIME_FOLLOWER] = realtime
+        metrics.trigger_dev_feeds_up.set_function(lambda: realtime.feeds_up if realtime else 0)
     follower = RunFollower(
         app[DB_POOL],
         runs,
         adapters,
         tick_s=settings.follow_tick_s,
         lease_s=settings.follow_lease_s,
+        realtime=realtime,
+        fallback_s=settings.trigger_dev_realtime_fallback_s,
     )
     app[BACKGROUND] = background
     app[PUBLISHER] = publisher
@@ -183,7 +203,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
+    feeds = asyncio.create_task(realtime.run(), name="realtime-feeds") if realtime else None
     yield
+    if realtime is not None and feeds is not None:
+        # Cancels the held long-polls; the poller and other replicas' feeds cover the runs.
+        realtime.stop()
+        await asyncio.wait([feeds], timeout=_FOLLOWER_STOP_S)
     follower.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(following), _FOLLOWER_STOP_S)

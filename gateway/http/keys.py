@@ -16,6 +16,7 @@ from gateway.ops.metrics import GatewayMetrics
 from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
 from gateway.runs.external import ExternalRunService
+from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.service import RunService
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
@@ -40,6 +41,8 @@ CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
 EXTERNAL_RUN_SERVICE = web.AppKey("external_run_service", ExternalRunService)
 CREDENTIAL_SERVICE = web.AppKey("credential_service", CredentialService)
 RUN_WAITERS = web.AppKey("run_waiters", RunWaiters)
+REALTIME_FOLLOWER = web.AppKey("realtime_follower", RealtimeFollower)
+"""Only set when Trigger.dev runs are followed in real time (TRIGGER_DEV_REALTIME)."""
 BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)

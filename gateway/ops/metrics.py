@@ -181,6 +181,11 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.trigger_dev_feeds_up = Gauge(
+            "agent_gateway_trigger_dev_feeds_up",
+            "Trigger.dev realtime feeds up on this replica (one per environment)",
+            registry=r,
+        )
         r.register(PoolCollector("agent_gateway", pool))
 
     def observe_rate_limit(self, bucket: str, decision: str) -> None:

@@ -5,6 +5,11 @@ Nothing of it lives in process memory: a followed run carries its next poll time
 ``follow_at`` ahead by a lease), polls, and writes the next due time back. A replica that stops
 releases what it holds; one that dies only delays its runs by the lease. So a run keeps being
 followed after the request that started it, or the replica it started on, is gone.
+
+Where the runtime has a real-time feed up on this replica (:mod:`gateway.runs.realtime`), its
+runs are not polled: their ``follow_at`` moves a fallback interval ahead and the feed reports
+their end. A run the feed does not carry after that interval (not tagged, say) is polled once
+per interval. Both paths record through :func:`record_followed`.
 """
 
 from __future__ import annotations
@@ -12,11 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
 
-from adapters.base import RuntimeAdapter, RuntimeFailure, RuntimeRefused, RuntimeRetryLater
+from adapters.base import (
+    RunResult,
+    RuntimeAdapter,
+    RuntimeFailure,
+    RuntimeRefused,
+    RuntimeRetryLater,
+)
 from gateway.runs.service import RunService
 from store import follows
 from store.enums import RunStatus
@@ -33,6 +45,40 @@ def poll_interval_s(attempts: int) -> float:
     return float(min(FIRST_POLL_S * _BACKOFF ** max(0, attempts - 1), _MAX_POLL_INTERVAL_S))
 
 
+class RealtimeCoverage(Protocol):
+    """What the poller asks of the real-time follower."""
+
+    def covers(self, runtime: Mapping[str, Any]) -> bool:
+        """Whether a feed is up on this replica for ``runtime``'s environment."""
+        ...
+
+    def carries(self, runtime_run_id: str) -> bool:
+        """Whether that feed carries the run (and so reports its changes)."""
+        ...
+
+    def seen_end(self, runtime_run_id: str) -> RunResult | None:
+        """The end a feed reported for a run before the run was known to be followed."""
+        ...
+
+
+async def record_followed(
+    pool: asyncpg.Pool, runs: RunService, item: follows.FollowedRun, result: RunResult
+) -> bool:
+    """Record what the runtime says of a followed run: its end (then it is no longer followed)
+    or its move to running or waiting. ``True`` when the run has ended.
+
+    The poller and the real-time feeds of every replica may report the same end: the end claim
+    in :meth:`RunService.record_result` lets exactly one of them record it.
+    """
+    if result.terminal:
+        await runs.record_result(item.run_id, result)
+        await follows.stop_following(pool, item.run_id)
+        return True
+    if result.status != item.status and result.status in {RunStatus.RUNNING, RunStatus.WAITING}:
+        await runs.record_result(item.run_id, result)
+    return False
+
+
 class RunFollower:
     """Polls due followed runs and records what their runtime says."""
 
@@ -45,6 +91,8 @@ class RunFollower:
         tick_s: float,
         lease_s: float,
         batch: int = 50,
+        realtime: RealtimeCoverage | None = None,
+        fallback_s: float = 30.0,
     ) -> None:
         self._pool = pool
         self._runs = runs
@@ -52,6 +100,8 @@ class RunFollower:
         self._tick_s = tick_s
         self._lease_s = lease_s
         self._batch = batch
+        self._realtime = realtime
+        self._fallback_s = fallback_s
         self._held: set[int] = set()
         self._stopping = asyncio.Event()
 
@@ -98,6 +148,17 @@ class RunFollower:
             await self._runs.fail(item.run_id, "The agent's runtime can no longer be followed")
             await follows.stop_following(self._pool, item.run_id)
             return
+        if self._realtime is not None and self._realtime.covers(item.runtime):
+            seen = self._realtime.seen_end(item.runtime_run_id)
+            if seen is not None:
+                # The feed saw the end before the run's id was stored: no poll needed.
+                await record_followed(self._pool, self._runs, item, seen)
+                return
+            if item.attempts <= 1 or self._realtime.carries(item.runtime_run_id):
+                # The feed reports this run's changes; a run it does not carry (not tagged,
+                # say) is polled once per fallback interval.
+                await follows.schedule_follow(self._pool, item.run_id, in_s=self._fallback_s)
+                return
         try:
             result = await adapter.poll(item.runtime, item.runtime_run_id)
         except RuntimeRetryLater as exc:
@@ -115,10 +176,9 @@ class RunFollower:
                 self._pool, item.run_id, in_s=poll_interval_s(item.attempts)
             )
             return
-        if result.terminal:
-            await self._runs.record_result(item.run_id, result)
-            await follows.stop_following(self._pool, item.run_id)
+        if await record_followed(self._pool, self._runs, item, result):
             return
-        if result.status != item.status and result.status in {RunStatus.RUNNING, RunStatus.WAITING}:
-            await self._runs.record_result(item.run_id, result)
-        await follows.schedule_follow(self._pool, item.run_id, in_s=poll_interval_s(item.attempts))
+        interval = poll_interval_s(item.attempts)
+        if self._realtime is not None and self._realtime.covers(item.runtime):
+            interval = self._fallback_s
+        await follows.schedule_follow(self._pool, item.run_id, in_s=interval)
