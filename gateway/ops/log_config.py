@@ -56,6 +56,7 @@ def _scrub_text(text: str) -> str:
     # have none, and skip the costlier search.
     if "_" not in text and "://" not in text and _WHITESPACE.search(text) is None:
         return text
+
     def replace(match: re.Match[str]) -> str:
         if match.group("bearer"):
             return match.group("bearer") + REDACTED
