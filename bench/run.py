@@ -13,6 +13,9 @@ Measurements (each against its reference, measured in the same run; see bench/RE
 4. ``sse``       10,000 n8n chunks through execute vs read directly; per-frame delay.
 5. ``events``    the rate limiter's decisions/s and p99; the store consumer's apply rate and
    publish→applied lag.
+6. ``rolling``   rolling restarts of two replicas behind nginx under load: failed calls.
+7. ``waits``     5,000 trigger-and-wait calls held at once (and 1,000) against a runtime that
+   answers after 20 s: answers, gateway memory, PostgreSQL load, fan-in.
 
 Everything it starts (PostgreSQL, Redis, the store consumer, the bench runtime, nginx, the
 gateways, the pass-through, the client processes) is stopped by PID when it ends, on an error,
@@ -36,12 +39,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench import download_throughput, events, limiter, memory, rolling, small_requests, sse
+from bench import (
+    download_throughput,
+    events,
+    held_waits,
+    limiter,
+    memory,
+    rolling,
+    small_requests,
+    sse,
+)
 from bench.processes import REPO_DIR, BenchError
 from bench.report import Section, render, write_json
 from bench.stack import Stack, find_nginx
 
-SECTIONS = ("download", "memory", "small", "sse", "events", "rolling")
+SECTIONS = ("download", "memory", "small", "sse", "events", "rolling", "waits")
 
 
 @dataclass
@@ -55,6 +67,7 @@ class Plan:
     limiter: limiter.LimiterConfig = field(default_factory=limiter.LimiterConfig)
     events: events.EventsConfig = field(default_factory=events.EventsConfig)
     rolling: rolling.RollingConfig = field(default_factory=rolling.RollingConfig)
+    waits: held_waits.WaitsConfig = field(default_factory=held_waits.WaitsConfig)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -87,6 +100,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.limiter = limiter.LimiterConfig(count=5000)
         plan.events = events.EventsConfig(backlog=10_000, seconds=2.0)
         plan.rolling = rolling.config_for(quick=True)
+        plan.waits = held_waits.WaitsConfig(held=1000)
     else:
         plan.memory.large_mb = size_mb
     return plan
@@ -129,6 +143,7 @@ RUNNERS: dict[str, Callable[[Stack, Plan], Section]] = {
     "sse": lambda stack, plan: sse.measure(stack, plan.sse),
     "events": _events,
     "rolling": lambda stack, plan: rolling.measure(stack, plan.rolling),
+    "waits": lambda stack, plan: held_waits.measure(stack, plan.waits),
 }
 TITLES = {
     "download": "1. Download",
@@ -137,6 +152,7 @@ TITLES = {
     "sse": "4. SSE",
     "events": "5. Rate limiter and events",
     "rolling": "6. Rolling restarts behind nginx",
+    "waits": "7. Held waits",
 }
 
 
