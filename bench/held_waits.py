@@ -1,25 +1,26 @@
 """Held waits: thousands of trigger-and-wait calls held at once on one gateway.
 
-The bench runtime's slow route (``bench/origin_server.py``, ``/webhook/slow``) answers every
-call ``delay_s`` seconds (20) after it arrived, with an echo of the call's own ``runId`` and
-``input``. ``bench/loadgen.py hold`` opens ``held`` calls at once (5,000; quick 1,000), each with
-a wait window well over the delay, spread over enough agents that the default 5-a-minute bucket
-never refuses one, and waits for every answer. The same is done again with ``held / divisor``
-calls (a fresh gateway each time), so that the PostgreSQL load of the two holds can be
-compared: the waiters are rechecked in one statement per ``WAIT_RECHECK_S`` for all of them, so
-that load should not depend on how many there are.
+The bench runtime's slow route (``bench/origin_server.py``, ``/webhook/slow``) holds every call
+and answers them all at once, ``delay_s`` seconds (20) after the last one arrived, each with an
+echo of its own ``runId`` and ``input``: every call is held for at least 20 s, all of them at
+the same time, however long they took to get in. ``bench/loadgen.py hold`` opens ``held``
+calls at once (5,000; quick 1,000), each with a wait window well over that, spread over enough
+agents that the default 5-a-minute bucket never refuses one, and waits for every answer. The
+same is done again with ``held / divisor`` calls (a fresh gateway each time), so that the
+PostgreSQL load of the two holds can be compared: the waiters are rechecked in one statement
+per ``WAIT_RECHECK_S`` for all of them, so that load should not depend on how many there are.
 
 Figures, per hold:
 
 - answered correctly: 200, ``completed``, with the run's own echo as ``output_data``;
 - the gateway's VmRSS idle before (fresh, warmed up), its peak during the hold (VmHWM reset
   before it, and VmRSS sampled every 50 ms), and a few seconds after the last answer;
-- PostgreSQL's transactions per second (``pg_stat_database.xact_commit``; every statement of
-  the gateway outside a transaction is one) while every call is held: from a moment after the
-  last call reached the runtime to a second before the first answer is due, against the same
-  gateway idle just before; rows read (``tup_returned``, ``tup_fetched``) and buffer hits
-  beside them;
-- fan-in: the client's last answer minus the runtime's last answer (one CLOCK_MONOTONIC).
+- PostgreSQL's statements per second while every call is held, from a moment after the last
+  call reached the runtime to a second before the answers are due, against the same gateway
+  idle just before: from PostgreSQL's statement log (``log_statement = all`` for those windows
+  only) and, beside it, ``pg_stat_database`` (which reports late: see :class:`StatementLog`);
+- fan-in: the client's last answer minus the runtime's last answer (one CLOCK_MONOTONIC);
+- the kernel's count of connections dropped because a listening socket's queue was full.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ class WaitsConfig:
     held: int = 5000
     # The second hold has held // divisor calls.
     divisor: int = 5
+    # The runtime answers every call at once, delay_s after the last one arrived (or gather_s
+    # after the first, if some never come).
     delay_s: float = 20.0
-    # The calls' timeoutMs: the wait window, well over the runtime's delay.
+    gather_s: float = 60.0
+    # The calls' timeoutMs: the wait window, well over gather_s + delay_s.
     wait_ms: int = 120_000
     # The idle gateway's PostgreSQL load is read over this long before each hold.
     idle_s: float = 5.0
@@ -91,6 +95,8 @@ class Hold:
     cpu_run: dict[str, float | None]
     cpu_hold: dict[str, float | None]
     gateway_nofile: str
+    gateway_backlog: int | None
+    tcp: dict[str, int]
     rss_samples: list[float] = field(default_factory=list)
 
     @property
@@ -208,6 +214,22 @@ class StatementLog:
         return Statements(end_wall - start_wall, sum(kinds.values()), kinds)
 
 
+# Kernel counters of refused connections (the whole machine, loopback included): SYNs and
+# handshakes dropped because a listening socket's accept queue was full, and SYN cookies sent
+# because its SYN queue was.
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The ``TCP_COUNTERS`` of ``/proc/net/netstat`` now."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            found = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return {name: found.get(name, 0) for name in TCP_COUNTERS}
+    return dict.fromkeys(TCP_COUNTERS, 0)
+
+
 def _gateway_nofile(pid: int) -> str:
     """The gateway's open-file limits, as ``/proc/<pid>/limits`` gives them (soft / hard)."""
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
@@ -215,6 +237,24 @@ def _gateway_nofile(pid: int) -> str:
             soft, hard = line.split()[3:5]
             return f"{soft} / {hard}"
     return "?"
+
+
+def listen_backlog(port: int) -> int | None:
+    """The accept queue's length of the socket listening on 127.0.0.1:``port``, as the kernel
+    has it (``ss -ltn``: Send-Q of a listening socket), whatever the program asked for."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "LISTEN":
+            return int(fields[2])
+    return None
 
 
 def _warm_up(gateway: Gateway, stack: Stack, agent_id: int, calls: int = 3) -> None:
@@ -295,6 +335,7 @@ class _HoldRun:
                 "redis": self.stack.redis_pid,
             }
             reset = reset_peak(pid)
+            tcp_before = tcp_counters()
             with Sampler(pid) as sampler:
                 cpu_run = CpuWatch(watched)
                 process = await asyncio.create_subprocess_exec(
@@ -308,8 +349,8 @@ class _HoldRun:
                 await statements.start()
                 hold_from = await _pg_counters(conn)
                 cpu_hold = CpuWatch(watched)
-                # A second before the first answer is due: every call is held throughout.
-                due = float(stats["first_received"]) + self.cfg.delay_s - 1.0
+                # A second before the answers are due: every call is held throughout.
+                due = float(stats["answer_due"] or time.monotonic()) - 1.0
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 hold_to = await _pg_counters(conn)
                 cpu_hold_shares = cpu_hold.done()
@@ -317,6 +358,7 @@ class _HoldRun:
                 timeout = self.cfg.delay_s + self.cfg.wait_ms / 1000 + 300
                 stdout, stderr = await asyncio.wait_for(client_done, timeout)
                 cpu_run_shares = cpu_run.done()
+            tcp_after = tcp_counters()
             if process.returncode != 0:
                 raise BenchError(f"loadgen hold failed: {stderr.decode()[-2000:]}")
             client: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
@@ -353,6 +395,8 @@ class _HoldRun:
             cpu_run=cpu_run_shares,
             cpu_hold=cpu_hold_shares,
             gateway_nofile=_gateway_nofile(pid),
+            gateway_backlog=listen_backlog(int(self.gateway.base.rsplit(":", 1)[1])),
+            tcp={name: tcp_after[name] - tcp_before[name] for name in TCP_COUNTERS},
             rss_samples=sampler.rss[:: max(1, len(sampler.rss) // 400)],
         )
 
@@ -362,17 +406,12 @@ class _HoldRun:
             return stats
 
     async def _until_all_in(self, session: Any, client_done: asyncio.Future[Any]) -> dict[str, Any]:
-        """Until every call reached the runtime (or the first answer is near, or the client
-        ended): the runtime's counts then."""
+        """Until the runtime has scheduled its answers (every call arrived, or it stopped
+        waiting for more), or the client ended: the runtime's counts then."""
         while True:
             stats = await self._stats(session)
-            first = float(stats["first_received"])
-            if (
-                stats["received"] >= self.count
-                or client_done.done()
-                or (first and time.monotonic() >= first + self.cfg.delay_s - 2 * self.cfg.quiet_s)
-            ):
-                if not first:
+            if stats["released"] or client_done.done():
+                if not stats["first_received"]:
                     raise BenchError("no call reached the runtime")
                 return stats
             await asyncio.sleep(0.1)
@@ -381,7 +420,10 @@ class _HoldRun:
 def hold(stack: Stack, cfg: WaitsConfig, count: int) -> Hold:
     """Hold ``count`` calls at once on a fresh gateway."""
     origin = stack.origin_base
-    slow = f"{origin}/webhook/slow?delay_s={cfg.delay_s:g}&tag=hold-{count}"
+    slow = (
+        f"{origin}/webhook/slow?delay_s={cfg.delay_s:g}&together={count}"
+        f"&gather_s={cfg.gather_s:g}&tag=hold-{count}"
+    )
     print(f"waits: {count} calls, creating {math.ceil(count / BUCKET)} agents ...", flush=True)
     ids = stack.clone_agents(agent_body(f"waits {count}", slow, "json"), math.ceil(count / BUCKET))
     (warm,) = stack.create_agents(
@@ -510,8 +552,9 @@ def details(holds: list[Hold]) -> str:
     lines = [
         "| held | reached the runtime in | client p50 / max | statements/s idle / held "
         "| pg_stat_database xact/s idle / held | rows returned + fetched/s idle / held "
-        "| window | gateway open files (soft / hard) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| window | gateway open files (soft / hard) | gateway listen backlog "
+        "| accept-queue overflows / SYN cookies |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for h in holds:
         lat = h.client["latency_s"]
@@ -523,7 +566,8 @@ def details(holds: list[Hold]) -> str:
             f"| {idle['xact_commit']:.1f} / {hold['xact_commit']:.1f} "
             f"| {idle['tup_returned'] + idle['tup_fetched']:.0f} / "
             f"{hold['tup_returned'] + hold['tup_fetched']:.0f} "
-            f"| {h.hold_window_s:.1f} s | {h.gateway_nofile} |"
+            f"| {h.hold_window_s:.1f} s | {h.gateway_nofile} | {h.gateway_backlog} "
+            f"| {h.tcp['ListenOverflows']} / {h.tcp['SyncookiesSent']} |"
         )
     lines += ["", "| held | window | statements (count x start of its text) |", "|---|---|---|"]
     for h in holds:
@@ -561,12 +605,14 @@ def measure(stack: Stack, cfg: WaitsConfig) -> Section:
             f"samples {json.dumps(h.client['samples'])[:600]}"
         )
     section.notes.append(
-        f"The runtime answered each call {cfg.delay_s:g} s after it arrived; the calls asked for "
+        f"The runtime answered every call of a hold at once, {cfg.delay_s:g} s after the last one "
+        f"arrived (so each was held at least {cfg.delay_s:g} s, all at the same time); the calls "
+        "asked for "
         f"a {cfg.wait_ms / 1000:g} s window. PostgreSQL's statements/s come from its own "
         "statement log (log_statement = all while a window lasts; every backend: the gateway, "
         "the store consumer and its reaper, not this bench's own reads), from "
-        f"{cfg.quiet_s:g} s after the last call reached the runtime to 1 s before the first "
-        f"answer was due, against the same gateway idle for {cfg.idle_s:g} s before its hold. "
+        f"{cfg.quiet_s:g} s after the last call reached the runtime to 1 s before the answers "
+        f"were due, against the same gateway idle for {cfg.idle_s:g} s before its hold. "
         "pg_stat_database's xact_commit over the same window is in the details: a backend "
         "reports its counts at most once a second and, when it reported less than a second "
         "before, up to 10 s later, so the calls' own transactions just before a window land "
@@ -596,6 +642,8 @@ def measure(stack: Stack, cfg: WaitsConfig) -> Section:
                 "cpu_run": h.cpu_run,
                 "cpu_hold": h.cpu_hold,
                 "gateway_nofile": h.gateway_nofile,
+                "gateway_backlog": h.gateway_backlog,
+                "tcp": h.tcp,
                 "rss_samples_mib": h.rss_samples,
             }
             for h in holds

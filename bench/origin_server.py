@@ -12,7 +12,7 @@ Routes:
 ``GET  /sent?tag=T``                               bytes written so far for downloads tagged T
 ``POST /webhook/json``                             an instant, small JSON answer (trigger-and-wait)
 ``POST /webhook/ndjson?frames=N&interval_us=U&pad=P``  an n8n "Streaming" webhook answer
-``POST /webhook/slow?delay_s=S&tag=T``             JSON after ``S`` seconds (default 20)
+``POST /webhook/slow?delay_s=S&tag=T&together=N`` JSON after ``S`` seconds (default 20)
 ``GET  /stats?tag=T``                              what the slow route did for calls tagged T
 
 Bytes: ``chunked=0`` (the default) sends ``Content-Length``, ``chunked=1`` sends
@@ -31,9 +31,12 @@ are paced (item ``i`` is due at ``start + i * interval``), otherwise written bac
 
 Slow: a webhook whose workflow takes ``delay_s`` seconds, for held waits. The answer echoes the
 trigger payload's ``runId`` and ``input`` (``{"ok": true, "runId", "input"}``), so a caller can
-tell that it got its own run's result. For every ``tag`` the origin counts the calls received
-and answered and keeps the ``time.monotonic()`` (CLOCK_MONOTONIC, shared by every process on the
-machine) and wall time of the first and last of each, read back with ``GET /stats?tag=T``.
+tell that it got its own run's result. With ``together=N`` the calls tagged ``T`` are answered
+all at once, ``delay_s`` after the ``N``-th arrived (or ``gather_s``, default 60, after the
+first, if fewer come): every call is then held for at least ``delay_s``, all of them at the same
+time. For every ``tag`` the origin counts the calls received and answered and keeps the
+``time.monotonic()`` (CLOCK_MONOTONIC, shared by every process on the machine) and wall time of
+the first and last of each, read back with ``GET /stats?tag=T``.
 """
 
 from __future__ import annotations
@@ -64,9 +67,14 @@ class SlowStats:
     first_answer: float = 0.0
     last_answer: float = 0.0
     last_answer_wall: float = 0.0
+    # With together=N: when the answers were scheduled (the N-th arrival), and for when.
+    released: float = 0.0
+    answer_due: float = 0.0
 
 
 SLOW = web.AppKey("slow", dict[str, SlowStats])
+# With together=N: per tag, resolved with the monotonic time at which every call is answered.
+RELEASES = web.AppKey("releases", dict[str, asyncio.Future[float]])
 JSON_ANSWER = b'{"ok":true,"result":{"text":"instant answer from the bench runtime"}}'
 NODE = {"nodeId": "bench-node-1", "nodeName": "Bench Agent"}
 
@@ -146,7 +154,12 @@ async def serve_slow(request: web.Request) -> web.Response:
         payload = {}
     if not isinstance(payload, dict):
         payload = {}
-    await asyncio.sleep(delay)
+    together = _query_int(request, "together", 0)
+    if together:
+        due = await _release(request, stats, together, delay)
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+    else:
+        await asyncio.sleep(delay)
     answer = web.json_response(
         {"ok": True, "runId": payload.get("runId"), "input": payload.get("input")}
     )
@@ -156,6 +169,31 @@ async def serve_slow(request: web.Request) -> web.Response:
     stats.last_answer = now
     stats.last_answer_wall = time.time()
     return answer
+
+
+async def _release(request: web.Request, stats: SlowStats, together: int, delay: float) -> float:
+    """When the calls of this tag are answered: ``delay`` after the ``together``-th arrived,
+    or after ``gather_s`` (default 60) from the first if fewer arrive."""
+    tag = request.query.get("tag", "")
+    loop = asyncio.get_running_loop()
+    release = request.app[RELEASES].get(tag)
+    if release is None or (release.done() and stats.received == 1):
+        release = request.app[RELEASES][tag] = loop.create_future()
+
+        def gathered() -> None:
+            if not release.done():
+                _schedule(release, stats, delay)
+
+        loop.call_later(float(request.query.get("gather_s", "60")), gathered)
+    if stats.received >= together and not release.done():
+        _schedule(release, stats, delay)
+    return await asyncio.shield(release)
+
+
+def _schedule(release: asyncio.Future[float], stats: SlowStats, delay: float) -> None:
+    stats.released = time.monotonic()
+    stats.answer_due = stats.released + delay
+    release.set_result(stats.answer_due)
 
 
 async def slow_stats(request: web.Request) -> web.Response:
@@ -212,6 +250,7 @@ def create_origin(chunk_bytes: int) -> web.Application:
     app[BLOCK] = random.Random(20261123).randbytes(chunk_bytes)
     app[SENT] = {}
     app[SLOW] = {}
+    app[RELEASES] = {}
     app.router.add_get("/bytes", serve_bytes)
     app.router.add_post("/bytes", serve_bytes)
     app.router.add_post("/webhook/bytes", serve_bytes)
