@@ -94,6 +94,8 @@ class Hold:
     hold_window_s: float
     cpu_run: dict[str, float | None]
     cpu_hold: dict[str, float | None]
+    cpu_answer: dict[str, float | None]
+    answering_s: float
     gateway_nofile: str
     gateway_backlog: int | None
     tcp: dict[str, int]
@@ -105,6 +107,12 @@ class Hold:
         if not self.client.get("last_answer") or not self.origin.get("last_answer"):
             return None
         return float(self.client["last_answer"]) - float(self.origin["last_answer"])
+
+    @property
+    def client_answering_share(self) -> float:
+        """The client's CPU share of one core from its first answer to its last."""
+        span = float(self.client["last_answer"]) - float(self.client["first_answer"])
+        return float(self.client.get("answering_cpu_s", 0.0)) / span if span > 0 else 0.0
 
     @property
     def arrival_s(self) -> float:
@@ -355,8 +363,19 @@ class _HoldRun:
                 hold_to = await _pg_counters(conn)
                 cpu_hold_shares = cpu_hold.done()
                 await statements.stop()
+                await asyncio.sleep(max(0.0, due + 1.0 - time.monotonic()))
+                # From the runtime's answers to the last caller's: who is busy meanwhile.
+                answering_from = time.monotonic()
+                cpu_answer = CpuWatch(
+                    {
+                        **watched,
+                        "runtime": self.stack.origin.pid if self.stack.origin else None,
+                    }
+                )
                 timeout = self.cfg.delay_s + self.cfg.wait_ms / 1000 + 300
                 stdout, stderr = await asyncio.wait_for(client_done, timeout)
+                answering_s = time.monotonic() - answering_from
+                cpu_answer_shares = cpu_answer.done()
                 cpu_run_shares = cpu_run.done()
             tcp_after = tcp_counters()
             if process.returncode != 0:
@@ -394,6 +413,8 @@ class _HoldRun:
             hold_window_s=window,
             cpu_run=cpu_run_shares,
             cpu_hold=cpu_hold_shares,
+            cpu_answer=cpu_answer_shares,
+            answering_s=answering_s,
             gateway_nofile=_gateway_nofile(pid),
             gateway_backlog=listen_backlog(int(self.gateway.base.rsplit(":", 1)[1])),
             tcp={name: tcp_after[name] - tcp_before[name] for name in TCP_COUNTERS},
@@ -583,6 +604,12 @@ def details(holds: list[Hold]) -> str:
         "",
         "CPU share of one core while every call was held (the PostgreSQL window): "
         + "; ".join(f"{h.count} held: {_cpu(h.cpu_hold)}" for h in holds)
+        + ". While answering (from the runtime's answers to the client's end): "
+        + "; ".join(
+            f"{h.count} held, {h.answering_s:.1f} s: {_cpu(h.cpu_answer)}, client "
+            f"{h.client_answering_share * 100:.0f} % (from its first answer to its last)"
+            for h in holds
+        )
         + ". Over the whole hold (first call to last answer): "
         + "; ".join(f"{h.count} held: {_cpu(h.cpu_run)}" for h in holds)
         + ".",
@@ -641,6 +668,8 @@ def measure(stack: Stack, cfg: WaitsConfig) -> Section:
                 "arrival_s": h.arrival_s,
                 "cpu_run": h.cpu_run,
                 "cpu_hold": h.cpu_hold,
+                "cpu_answer": h.cpu_answer,
+                "answering_s": h.answering_s,
                 "gateway_nofile": h.gateway_nofile,
                 "gateway_backlog": h.gateway_backlog,
                 "tcp": h.tcp,

@@ -246,6 +246,7 @@ async def run_hold(args: argparse.Namespace) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     samples: dict[str, str] = {}
     answered = array("d")
+    cpu_at = array("d")
     latencies = array("d")
     correct = 0
 
@@ -262,6 +263,8 @@ async def run_hold(args: argparse.Namespace) -> dict[str, Any]:
             samples.setdefault(type(exc).__name__, str(exc)[:300])
             return
         answered.append(time.monotonic())
+        # This process's CPU from its first answer to its last: its share of the fan-in.
+        cpu_at.append(time.process_time())
         latencies.append(time.perf_counter() - t0)
         statuses[str(status)] += 1
         try:
@@ -286,6 +289,7 @@ async def run_hold(args: argparse.Namespace) -> dict[str, Any]:
         "started": started,
         "first_answer": min(answered, default=0.0),
         "last_answer": max(answered, default=0.0),
+        "answering_cpu_s": cpu_at[-1] - cpu_at[0] if cpu_at else 0.0,
         "latency_s": latency_summary(latencies),
         "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
