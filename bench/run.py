@@ -1,6 +1,6 @@
 """All the benchmarks in one command: start everything on loopback, measure, print, stop.
 
-    .venv/bin/python -m bench.run                     # the full run (about 6 minutes)
+    .venv/bin/python -m bench.run                     # the full run (about 10 minutes)
     .venv/bin/python -m bench.run --quick             # smaller and shorter, to try it out
     .venv/bin/python -m bench.run --only small,events --json /tmp/bench.json
 
