@@ -7,6 +7,10 @@ Each mode prints one JSON line on stdout with what it measured.
 ``downloads``  ``--count`` downloads at once, each body discarded and its size checked.
 ``slow``       one download read at ``--rate`` bytes/s for ``--seconds``, then left; before
                leaving, asks the origin how many bytes it has written (``--sent-url``).
+``hold``       ``--count`` trigger-and-wait calls opened at once, each with its own input
+               (``{"input": {"seq": i}, "timeoutMs": --wait-ms}``), all waited for: how many
+               answered 200 ``completed`` with their own run's echo from the bench runtime's
+               slow route, and the ``time.monotonic()`` of the first and last answer.
 ``stream``     one streamed answer (``--kind sse`` from the gateway's execute, ``ndjson`` from
                the runtime directly); for every frame, the delay from the runtime writing it
                (the ``<seq>:<monotonic ns>:`` its content starts with) to this process reading it.
@@ -25,6 +29,7 @@ import contextlib
 import itertools
 import json
 import math
+import resource
 import time
 from array import array
 from collections import Counter
@@ -220,6 +225,76 @@ async def run_slow(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _correct(answer: Any, seq: int) -> bool:
+    """A completed run whose output is the slow route's echo of this call's own run."""
+    if not isinstance(answer, dict) or answer.get("status") != "completed":
+        return False
+    output = answer.get("output_data")
+    return (
+        isinstance(output, dict)
+        and output.get("ok") is True
+        and output.get("runId") == answer.get("runId")
+        and output.get("input") == {"seq": seq}
+    )
+
+
+async def run_hold(args: argparse.Namespace) -> dict[str, Any]:
+    """``--count`` calls at once, every one held until its run ends; each answer checked."""
+    targets = Targets(args.url, _ids(args.ids))
+    headers = _headers(args.header)
+    statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    samples: dict[str, str] = {}
+    answered = array("d")
+    cpu_at = array("d")
+    latencies = array("d")
+    correct = 0
+
+    async def one(session: aiohttp.ClientSession, url: str, seq: int) -> None:
+        nonlocal correct
+        body = json.dumps({"input": {"seq": seq}, "timeoutMs": args.wait_ms}).encode()
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            errors[type(exc).__name__] += 1
+            samples.setdefault(type(exc).__name__, str(exc)[:300])
+            return
+        answered.append(time.monotonic())
+        # This process's CPU from its first answer to its last: its share of the fan-in.
+        cpu_at.append(time.process_time())
+        latencies.append(time.perf_counter() - t0)
+        statuses[str(status)] += 1
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if status == 200 and _correct(answer, seq):
+            correct += 1
+        else:
+            samples.setdefault(f"HTTP {status}", raw[:300].decode("utf-8", "replace"))
+
+    started = time.monotonic()
+    async with _session(0, args.timeout) as session:
+        await asyncio.gather(*(one(session, targets.next(), seq) for seq in range(args.count)))
+    return {
+        "mode": "hold",
+        "count": args.count,
+        "correct": correct,
+        "statuses": dict(statuses),
+        "errors": dict(errors),
+        "samples": samples,
+        "started": started,
+        "first_answer": min(answered, default=0.0),
+        "last_answer": max(answered, default=0.0),
+        "answering_cpu_s": cpu_at[-1] - cpu_at[0] if cpu_at else 0.0,
+        "latency_s": latency_summary(latencies),
+        "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+    }
+
+
 def _frame_content(line: bytes, kind: str) -> str | None:
     """The text of an item frame (its content / chunk), or None for any other line."""
     if kind == "sse":
@@ -315,6 +390,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     slow.add_argument("--read-size", type=int, default=16 * 1024)
     slow.add_argument("--sent-url", help="the origin's /sent?tag=... for this download")
 
+    hold = sub.add_parser("hold", parents=[common], help="trigger-and-wait calls held at once")
+    hold.add_argument("--count", type=int, required=True)
+    hold.add_argument("--wait-ms", type=int, default=120_000, help="the calls' timeoutMs")
+
     stream = sub.add_parser("stream", parents=[common], help="one streamed answer")
     stream.add_argument("--kind", choices=("sse", "ndjson"), required=True)
     return parser.parse_args(argv)
@@ -323,6 +402,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one mode and print its JSON line."""
     args = parse_args(argv)
+    # One socket per call held open: thousands at once need more than a default soft limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -332,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "downloads": run_downloads,
         "slow": run_slow,
         "stream": run_stream,
+        "hold": run_hold,
     }
     result = asyncio.run(modes[args.mode](args))
     print(json.dumps(result))

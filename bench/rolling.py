@@ -132,6 +132,10 @@ def measure(stack: Stack, config: RollingConfig) -> Section:
         )
     finally:
         nginx.stop()
+        # The replicas (the last replacements: the list is updated in place) would otherwise
+        # run on until the end, polling PostgreSQL under the measurements that follow.
+        for gateway in gateways:
+            gateway.child.stop()
     for name, tally in (
         ("no restart (reference)", reference),
         (f"{config.rounds} rolling restarts", rolled),

@@ -1,6 +1,6 @@
 """All the benchmarks in one command: start everything on loopback, measure, print, stop.
 
-    .venv/bin/python -m bench.run                     # the full run (about 6 minutes)
+    .venv/bin/python -m bench.run                     # the full run (about 10 minutes)
     .venv/bin/python -m bench.run --quick             # smaller and shorter, to try it out
     .venv/bin/python -m bench.run --only small,events --json /tmp/bench.json
 
@@ -13,8 +13,11 @@ Measurements (each against its reference, measured in the same run; see bench/RE
 4. ``sse``       10,000 n8n chunks through execute vs read directly; per-frame delay.
 5. ``events``    the rate limiter's decisions/s and p99; the store consumer's apply rate and
    publish→applied lag.
+6. ``rolling``   rolling restarts of two replicas behind nginx under load: failed calls.
 7. ``trigger``   Trigger.dev runs: from the run's end to the trigger-and-wait answer, polling
    vs the realtime feed, and polls per run.
+8. ``waits``     5,000 trigger-and-wait calls held at once (and 1,000) against a runtime that
+   answers after 20 s: answers, gateway memory, PostgreSQL load, fan-in.
 
 Everything it starts (PostgreSQL, Redis, the store consumer, the bench runtime, nginx, the
 gateways, the pass-through, the client processes) is stopped by PID when it ends, on an error,
@@ -41,6 +44,7 @@ from types import FrameType
 from bench import (
     download_throughput,
     events,
+    held_waits,
     limiter,
     memory,
     rolling,
@@ -52,7 +56,7 @@ from bench.processes import REPO_DIR, BenchError
 from bench.report import Section, render, write_json
 from bench.stack import Stack, find_nginx
 
-SECTIONS = ("download", "memory", "small", "sse", "events", "rolling", "trigger")
+SECTIONS = ("download", "memory", "small", "sse", "events", "rolling", "trigger", "waits")
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Plan:
     events: events.EventsConfig = field(default_factory=events.EventsConfig)
     rolling: rolling.RollingConfig = field(default_factory=rolling.RollingConfig)
     trigger: trigger_follow.TriggerConfig = field(default_factory=trigger_follow.TriggerConfig)
+    waits: held_waits.WaitsConfig = field(default_factory=held_waits.WaitsConfig)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -100,6 +105,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         plan.events = events.EventsConfig(backlog=10_000, seconds=2.0)
         plan.rolling = rolling.config_for(quick=True)
         plan.trigger = trigger_follow.config_for(quick=True)
+        plan.waits = held_waits.WaitsConfig(held=1000)
     else:
         plan.memory.large_mb = size_mb
     return plan
@@ -143,6 +149,7 @@ RUNNERS: dict[str, Callable[[Stack, Plan], Section]] = {
     "events": _events,
     "rolling": lambda stack, plan: rolling.measure(stack, plan.rolling),
     "trigger": lambda stack, plan: trigger_follow.measure(stack, plan.trigger),
+    "waits": lambda stack, plan: held_waits.measure(stack, plan.waits),
 }
 TITLES = {
     "download": "1. Download",
@@ -152,6 +159,7 @@ TITLES = {
     "events": "5. Rate limiter and events",
     "rolling": "6. Rolling restarts behind nginx",
     "trigger": "7. Trigger.dev run following",
+    "waits": "8. Held waits",
 }
 
 

@@ -134,6 +134,8 @@ class Stack:
         self._nginx_binary = nginx
         self.backends: Backends | None = None
         self.postgres_pid: int | None = None
+        # PostgreSQL's server log (its stderr), where a measurement may have statements logged.
+        self.postgres_log = self.root / "postgres.log"
         self.redis_pid: int | None = None
         self.origin: Child | None = None
         self.origin_base = ""

@@ -1,0 +1,44 @@
+"""The gateway's listening socket as the kernel holds it: callers who arrive together queue."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devkit.embedded import free_port
+from gateway.http.app import create_app
+from gateway.http.server import LISTEN_BACKLOG, GatewayServer
+from gateway.settings import Settings
+
+
+def accept_queue_length(port: int) -> int:
+    """What ``ss -ltn`` shows an operator as the Send-Q of the socket listening on ``port``:
+    how many connections the kernel queues for accept()."""
+    done = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    )
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("LISTEN")]
+    return int(line.split()[2])
+
+
+def somaxconn() -> int:
+    """net.core.somaxconn: the kernel caps every listen backlog at it."""
+    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_a_serving_gateway_queues_as_many_connections_as_its_listen_backlog(
+    settings: Settings,
+) -> None:
+    port = free_port()
+    settings = dataclasses.replace(settings, port=port, public_base_url=f"http://127.0.0.1:{port}")
+    server = GatewayServer(create_app(settings), settings)
+    await server.start()
+    try:
+        assert accept_queue_length(port) == min(LISTEN_BACKLOG, somaxconn())
+    finally:
+        await server.close()
