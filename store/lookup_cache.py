@@ -191,8 +191,8 @@ class LookupCache:
 
     # -- the listener -------------------------------------------------------------------------
 
-    def _down(self) -> None:
-        if self._listening:
+    def _down(self, *, stopping: bool = False) -> None:
+        if self._listening and not stopping:
             # The caches are bypassed from now until the listener is back.
             log.warning("lookup_cache_listener_down", pid=self._listener_pid)
         self._listening = False
@@ -211,12 +211,14 @@ class LookupCache:
             self._held = False
             try:
                 await self._hold_connection()
+            except asyncio.CancelledError:
+                self._down(stopping=True)
+                raise
             # Whatever ends the connection (refused, cut, a failed health check), the caches
             # are off until it is back: the listener must outlive every error.
             except Exception as exc:
                 log.warning("lookup_cache_listener_failed", error=repr(exc), retry_s=delay)
-            finally:
-                self._down()
+            self._down()
             if self._held:
                 # It had been listening: a connection lost after a while is retried soon.
                 delay = self._reconnect_s

@@ -288,7 +288,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
-    app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
+    app[METRICS] = GatewayMetrics(
+        pool=lambda: app.get(DB_POOL), lookups=lambda: app.get(LOOKUP_CACHE)
+    )
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend(

@@ -23,6 +23,7 @@ from tests.support.lookup_cache import (
     change_unannounced,
     until_serving,
 )
+from tests.support.prometheus import metric_sum
 from tests.support.runtimes import json_agent, received, webhook
 from tests.support.tenants import Tenant, new_tenant
 from tests.support.tokens import ADMIN
@@ -211,6 +212,9 @@ async def test_while_the_listener_is_down_every_lookup_reads_the_row_and_it_come
     assert await trigger(b, tenant, agent["id"]) == 422
     assert cache_of(b).stats.bypassed == bypassed + 2
     assert not cache_of(b).serving, "the answer came while the listener was still down"
+    metrics = await (await b.get("/metrics")).text()
+    assert "agent_gateway_lookup_cache_listening 0.0" in metrics.splitlines()
+    assert metric_sum(metrics, "agent_gateway_lookup_cache_lookups_total", outcome="bypassed") >= 2
 
     await until_serving(b)
     assert cache_of(b).listener_pid not in {None, listener}
@@ -219,6 +223,9 @@ async def test_while_the_listener_is_down_every_lookup_reads_the_row_and_it_come
     hits = cache_of(b).stats.hits
     assert await trigger(b, tenant, agent["id"]) == 422
     assert cache_of(b).stats.hits == hits + 2
+    metrics = await (await b.get("/metrics")).text()
+    assert "agent_gateway_lookup_cache_listening 1.0" in metrics.splitlines()
+    assert metric_sum(metrics, "agent_gateway_lookup_cache_lookups_total", outcome="hit") >= 2
     resp = await a.patch(f"/admin/agents/{agent['id']}", json={"status": "active"}, headers=ADMIN)
     assert resp.status == 200
     assert await within_a_second(lambda: trigger(b, tenant, agent["id"]), 202) == 202
