@@ -471,6 +471,7 @@ class Settings:
         None,
         Group.INTERNAL,
         "First wait before the cache's listening connection is opened again (doubling to 30 s).",
+        **_POSITIVE,
     )
 
     @classmethod

@@ -14,6 +14,9 @@ caches are cleared and bypassed (every lookup reads the row), and they are clear
 when it is back, since notifications sent meanwhile are gone. The TTL bounds how long an entry
 can outlive a change whose notification never arrives.
 
+A cached ``Agent`` is shared by every request that reads it: like every ``Agent``, it is
+read-only (frozen, and nothing changes its dict fields in place).
+
 A read racing an invalidation (it began before the row changed and ends after the notification
 came) would cache what it read before the change; a generation counter, bumped by every
 invalidation, keeps such a read from being stored.
