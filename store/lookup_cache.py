@@ -95,6 +95,7 @@ class LookupCache:
         self._listening = False
         self._listener_pid: int | None = None
         self._held = False
+        self._connections = 0
         self.stats = LookupStats()
 
     @property
@@ -250,7 +251,10 @@ class LookupCache:
             self._listener_pid = conn.get_server_pid()
             self._listening = True
             self._held = True
-            log.info("lookup_cache_listening", pid=self._listener_pid)
+            if self._connections:
+                # The first connection is the normal case; a reconnection is worth a line.
+                log.info("lookup_cache_listener_back", pid=self._listener_pid)
+            self._connections += 1
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), _HEALTH_CHECK_S)
