@@ -116,7 +116,7 @@ class LookupCache:
     # -- lookups ------------------------------------------------------------------------------
 
     async def org_for_ingest_key(self, key_hash: bytes) -> uuid.UUID | None:
-        """The organisation of an unrevoked ingest key, or ``None`` (never cached)."""
+        """The organisation of an unrevoked ingest key, or ``None`` (a miss is never kept)."""
         return await self._cached(
             self._orgs, key_hash, lambda: orgs.org_for_ingest_key(self._pool, key_hash)
         )
@@ -129,7 +129,8 @@ class LookupCache:
         return agent if agent is not None and agent.org_id == org_id else None
 
     async def agent_by_api_key(self, api_key_hash: bytes) -> Agent | None:
-        """The agent whose API key hashes to ``api_key_hash``, or ``None`` (never cached)."""
+        """The agent whose API key hashes to ``api_key_hash``, or ``None`` (a miss is never
+        kept)."""
         return await self._cached(
             self._agents_by_key,
             api_key_hash,
@@ -183,7 +184,9 @@ class LookupCache:
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         table, _, key = str(payload).partition(":")
         try:
-            if table == "agents":
+            if table == _EVERYTHING:
+                self.clear()
+            elif table == "agents":
                 self.invalidate_agent(int(key))
             elif table == "ingest_keys":
                 self.invalidate_ingest_key(bytes.fromhex(key))
