@@ -113,6 +113,9 @@ def _admin_parser(sub: Any) -> None:
     org.add_argument("name")
     key = actions.add_parser("create-key", help="create an ingest key for an organisation")
     key.add_argument("org_id", type=uuid.UUID)
+    revoke = actions.add_parser("revoke-key", help="revoke one of an organisation's ingest keys")
+    revoke.add_argument("org_id", type=uuid.UUID)
+    revoke.add_argument("key_id", type=uuid.UUID)
     user = actions.add_parser("create-user", help="add a member to an organisation")
     user.add_argument("org_id", type=uuid.UUID)
     user.add_argument("email")
@@ -142,9 +145,14 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
     async def update_agent() -> dict[str, Any]:
         return agent_view(await service.update_agent(args.agent_id, json.loads(args.json)))
 
+    async def revoke_key() -> dict[str, Any]:
+        await service.revoke_ingest_key(args.org_id, args.key_id)
+        return {"id": str(args.key_id), "revoked": True}
+
     calls: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "create-org": lambda: service.create_org({"name": args.name}),
         "create-key": lambda: service.create_ingest_key(args.org_id),
+        "revoke-key": revoke_key,
         "create-user": lambda: service.create_user(args.org_id, {"email": args.email}),
         "create-agent": create_agent,
         "update-agent": update_agent,

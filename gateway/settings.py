@@ -28,6 +28,7 @@ class Group(StrEnum):
 
     SERVER = "Server"
     BACKENDS = "Database and Redis"
+    AUTH_CACHE = "Key and agent cache"
     WAITS = "Waits and streaming"
     RATE_LIMITS = "Rate limits"
     BODIES = "Request and result bodies"
@@ -167,6 +168,24 @@ class Settings:
     )
     redis_url: str = setting(
         "", "REDIS_URL", Group.BACKENDS, "Redis URL (required by serve and consume).", secret=True
+    )
+
+    # Key and agent cache (docs/operations.md)
+    auth_cache_ttl_s: float = setting(
+        10.0,
+        "AUTH_CACHE_TTL_S",
+        Group.AUTH_CACHE,
+        "Ingest key organisations and agent rows are kept in memory this long at most; a change "
+        "reaches every replica at once by notification, this bounds a lost one (0: no cache).",
+        minimum=0,
+        maximum=3600,
+    )
+    auth_cache_size: int = setting(
+        10_000,
+        "AUTH_CACHE_SIZE",
+        Group.AUTH_CACHE,
+        "Entries each of the key and agent caches holds (least recently used dropped first).",
+        **_AT_LEAST_ONE,
     )
 
     # Waits and streaming
@@ -494,6 +513,13 @@ class Settings:
     )
     events_stream: str = setting("runs:events", None, Group.INTERNAL, "Redis stream of run events.")
     events_group: str = setting("store", None, Group.INTERNAL, "Consumer group of the store.")
+    auth_cache_reconnect_s: float = setting(
+        1.0,
+        None,
+        Group.INTERNAL,
+        "First wait before the cache's listening connection is opened again (doubling to 30 s).",
+        **_POSITIVE,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -58,6 +58,12 @@ async def update_agent(db: Executor, agent_id: int, fields: dict[str, Any]) -> A
     return None if row is None else _agent(row)
 
 
+async def get_agent(db: Executor, agent_id: int) -> Agent | None:
+    """The agent with ``agent_id``, of whichever organisation (the caller checks it)."""
+    row = await db.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
+    return None if row is None else _agent(row)
+
+
 async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Agent | None:
     """The agent with ``agent_id`` when it belongs to ``org_id``; ``None`` otherwise."""
     row = await db.fetchrow(

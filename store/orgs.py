@@ -42,6 +42,18 @@ async def org_for_ingest_key(db: Executor, key_hash: bytes) -> uuid.UUID | None:
     return value if isinstance(value, uuid.UUID) else None
 
 
+async def revoke_ingest_key(db: Executor, org_id: uuid.UUID, key_id: uuid.UUID) -> bytes | None:
+    """Revoke the ingest key ``key_id`` of ``org_id`` (once: a second revoke keeps the first
+    time); the key's hash, or ``None`` when the organisation has no such key."""
+    value = await db.fetchval(
+        """UPDATE ingest_keys SET revoked_at = coalesce(revoked_at, now())
+           WHERE id = $1 AND org_id = $2 RETURNING key_hash""",
+        key_id,
+        org_id,
+    )
+    return value if isinstance(value, bytes) else None
+
+
 async def create_member(db: Executor, org_id: uuid.UUID, email: str) -> uuid.UUID:
     """Create (or find) the user with ``email`` and make them a member of ``org_id``."""
     user_id: uuid.UUID = await db.fetchval(

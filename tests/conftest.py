@@ -32,8 +32,8 @@ from tests.support.backends import Backends
 from tests.support.consumers import ConsumerFactory
 from tests.support.gateways import GatewayFactory
 from tests.support.processes import Processes
-from tests.support.tenants import Tenant, TenantFactory
-from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
+from tests.support.tenants import Tenant, TenantFactory, new_tenant
+from tests.support.tokens import ADMIN_TOKEN, SECRET_KEY
 
 
 @pytest.fixture(scope="session")
@@ -185,12 +185,7 @@ def make_tenant(gateway: TestClient[web.Request, web.Application]) -> TenantFact
     """Create organisations with ingest keys through the admin API."""
 
     async def create(name: str = "Acme") -> Tenant:
-        resp = await gateway.post("/admin/orgs", json={"name": name}, headers=ADMIN)
-        assert resp.status == 201, await resp.text()
-        org_id = (await resp.json())["id"]
-        resp = await gateway.post(f"/admin/orgs/{org_id}/keys", headers=ADMIN)
-        assert resp.status == 201, await resp.text()
-        return Tenant(org_id, (await resp.json())["key"], gateway)
+        return await new_tenant(gateway, name)
 
     return create
 

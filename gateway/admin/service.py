@@ -16,6 +16,7 @@ from gateway.errors import NotFound
 from gateway.security import apikeys
 from gateway.validation import load
 from store import agents, orgs
+from store.lookup_cache import LookupCache
 from store.models import Agent
 
 
@@ -30,9 +31,13 @@ class CreatedAgent:
 class AdminService:
     """Validates operator input and writes it to the store."""
 
-    def __init__(self, pool: asyncpg.Pool, secret_key: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, secret_key: str, lookups: LookupCache | None = None
+    ) -> None:
         self._pool = pool
         self._secret_key = secret_key
+        # This process's cache, told at once (other processes hear of it from PostgreSQL).
+        self._lookups = lookups
 
     async def _require_org(self, org_id: uuid.UUID) -> None:
         if not await orgs.org_exists(self._pool, org_id):
@@ -73,4 +78,18 @@ class AdminService:
         agent = await agents.update_agent(self._pool, agent_id, data)
         if agent is None:
             raise NotFound("Agent not found")
+        if self._lookups is not None:
+            self._lookups.invalidate_agent(agent_id)
         return agent
+
+    async def revoke_ingest_key(self, org_id: uuid.UUID, key_id: uuid.UUID) -> None:
+        """Revoke one of the organisation's ingest keys: refused from now on, on every replica.
+
+        Revoking a key twice is no error (the first time is kept); 404 for a key the
+        organisation does not have.
+        """
+        key_hash = await orgs.revoke_ingest_key(self._pool, org_id, key_id)
+        if key_hash is None:
+            raise NotFound("Ingest key not found")
+        if self._lookups is not None:
+            self._lookups.invalidate_ingest_key(key_hash)

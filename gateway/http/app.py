@@ -31,6 +31,7 @@ from gateway.http.keys import (
     HTTP_SESSION,
     KEY_GUARD,
     LIFECYCLE,
+    LOOKUP_CACHE,
     METRICS,
     PACKAGE_SERVICE,
     PUBLISHER,
@@ -68,6 +69,7 @@ from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from gateway.storage.blobs import open_blob_store
 from store.events import EventPublisher, terminal_channel
+from store.lookup_cache import LookupCache
 from store.pool import create_pool
 
 _BACKGROUND_DRAIN_S = 5.0
@@ -83,6 +85,23 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[DB_POOL] = pool
     yield
     await pool.close()
+
+
+async def _lookup_cache(app: web.Application) -> AsyncIterator[None]:
+    """The ingest key and agent caches, and the connection that keeps them true."""
+    settings = app[SETTINGS]
+    cache = LookupCache(
+        app[DB_POOL],
+        ttl_s=settings.auth_cache_ttl_s,
+        size=settings.auth_cache_size,
+        database_url=settings.database_url,
+        reconnect_s=settings.auth_cache_reconnect_s,
+    )
+    app[LOOKUP_CACHE] = cache
+    listening = asyncio.create_task(cache.listen(), name="lookup-cache-listener")
+    yield
+    listening.cancel()
+    await asyncio.wait([listening], timeout=_FOLLOWER_STOP_S)
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -158,6 +177,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         adapters=adapters,
         background=background,
         tokens=tokens,
+        lookups=app[LOOKUP_CACHE],
     )
     realtime: RealtimeFollower | None = None
     if settings.trigger_dev_realtime:
@@ -198,9 +218,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
-    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings, tokens)
+    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(
+        app[DB_POOL], settings, tokens, app[LOOKUP_CACHE]
+    )
     app[RUN_WAITERS] = waiters
-    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key)
+    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key, app[LOOKUP_CACHE])
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
     feeds = asyncio.create_task(realtime.run(), name="realtime-feeds") if realtime else None
@@ -260,6 +282,7 @@ async def _packages(app: web.Application) -> AsyncIterator[None]:
         archiver,
         public_base_url=settings.public_base_url,
         url_ttl_s=settings.package_url_ttl_s,
+        lookups=app[LOOKUP_CACHE],
     )
     yield
     archiver.close()
@@ -292,10 +315,14 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
-    app[METRICS] = GatewayMetrics(pool=lambda: app.get(DB_POOL))
+    app[METRICS] = GatewayMetrics(
+        pool=lambda: app.get(DB_POOL), lookups=lambda: app.get(LOOKUP_CACHE)
+    )
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
-    app.cleanup_ctx.extend([_database, _redis, _http_session, _services, _execute, _packages])
+    app.cleanup_ctx.extend(
+        [_database, _lookup_cache, _redis, _http_session, _services, _execute, _packages]
+    )
     app.on_response_prepare.append(on_prepare)
     app.on_response_prepare.append(_close_after_answer_while_draining)
     app.router.add_routes(health.routes)

@@ -13,7 +13,7 @@ import uuid
 
 from aiohttp import web
 
-from gateway.http.keys import DB_POOL, SETTINGS
+from gateway.http.keys import LOOKUP_CACHE, SETTINGS
 from gateway.security.auth import (
     check_admin_token,
     org_for_api_key,
@@ -24,22 +24,26 @@ from gateway.security.auth import (
 
 async def ingest_key_org(request: web.Request) -> uuid.UUID:
     """The agent API's caller: the ingest key in ``Authorization: Bearer``."""
-    return await org_for_ingest_key(request.app[DB_POOL], request.headers.get("Authorization"))
+    return await org_for_ingest_key(request.app[LOOKUP_CACHE], request.headers.get("Authorization"))
 
 
 async def execute_key_org(request: web.Request) -> uuid.UUID:
     """Workflow execute's caller: the ingest key in ``X-API-Key``, or else in
     ``Authorization: Bearer``."""
     return await org_for_api_key(
-        request.app[DB_POOL], request.headers.get("X-API-Key"), request.headers.get("Authorization")
+        request.app[LOOKUP_CACHE],
+        request.headers.get("X-API-Key"),
+        request.headers.get("Authorization"),
     )
 
 
 async def v0_key_org(request: web.Request) -> uuid.UUID:
     """The ``/v0`` API's caller: the ingest key in ``Authorization``, bare or
     ``Bearer``; the 401 is in the ``/v0`` shape."""
-    # config_dict: /v0 is a sub-application, and the pool belongs to the main one.
-    return await org_for_v0_key(request.config_dict[DB_POOL], request.headers.get("Authorization"))
+    # config_dict: /v0 is a sub-application, and the cache belongs to the main one.
+    return await org_for_v0_key(
+        request.config_dict[LOOKUP_CACHE], request.headers.get("Authorization")
+    )
 
 
 def require_admin(request: web.Request) -> None:

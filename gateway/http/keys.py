@@ -26,10 +26,12 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStore
 from store.events import EventPublisher
+from store.lookup_cache import LookupCache
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
+LOOKUP_CACHE = web.AppKey("lookup_cache", LookupCache)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

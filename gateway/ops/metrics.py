@@ -24,7 +24,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -41,6 +41,7 @@ from adapters.base import (
     TriggerPayload,
 )
 from store.enums import RuntimeKind
+from store.lookup_cache import LookupCache
 
 # Requests may be held for the whole wait window (up to the 600 s ceiling).
 LATENCY_BUCKETS = (
@@ -77,6 +78,36 @@ class PoolCollector(Collector):
         yield family
 
 
+class LookupCacheCollector(Collector):
+    """``agent_gateway_lookup_cache_lookups_total{outcome}`` and
+    ``agent_gateway_lookup_cache_listening``, read at scrape time from the key and agent
+    cache (none before it exists)."""
+
+    def __init__(self, cache: Callable[[], LookupCache | None]) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        """The lookups by outcome, and whether the cache is serving."""
+        lookups = CounterMetricFamily(
+            "agent_gateway_lookup_cache_lookups",
+            "Ingest key and agent lookups: hit (memory), miss (read, then kept) or bypassed "
+            "(read: the listener was down or the cache is off)",
+            labels=["outcome"],
+        )
+        listening = GaugeMetricFamily(
+            "agent_gateway_lookup_cache_listening",
+            "1 while the cache's invalidation listener is connected and the cache serves",
+        )
+        cache = self._cache()
+        if cache is not None:
+            lookups.add_metric(["hit"], cache.stats.hits)
+            lookups.add_metric(["miss"], cache.stats.misses)
+            lookups.add_metric(["bypassed"], cache.stats.bypassed)
+            listening.add_metric([], 1 if cache.serving else 0)
+        yield lookups
+        yield listening
+
+
 def new_registry() -> CollectorRegistry:
     """A registry with the process, platform and garbage-collector collectors."""
     registry = CollectorRegistry(auto_describe=True)
@@ -95,7 +126,11 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
 class GatewayMetrics:
     """Everything the gateway counts; docs/operations.md lists them."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool | None] = lambda: None,
+        lookups: Callable[[], LookupCache | None] = lambda: None,
+    ) -> None:
         self.registry = new_registry()
         r = self.registry
         self.requests = Counter(
@@ -187,6 +222,7 @@ class GatewayMetrics:
             registry=r,
         )
         r.register(PoolCollector("agent_gateway", pool))
+        r.register(LookupCacheCollector(lookups))
 
     def observe_rate_limit(self, bucket: str, decision: str) -> None:
         """Count one decision; ``bucket`` is a bucket key whose last part is its class."""

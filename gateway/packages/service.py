@@ -38,8 +38,9 @@ from gateway.packages.archive import ArchiveEntry, Archiver, StreamedArchive
 from gateway.runs.filenames import slug
 from gateway.security.signing import SignatureError, SignatureExpired, UrlSigner, url_path
 from gateway.storage.blobs import BlobNotFound, BlobStore
-from store import agents, packages, run_files, runs
+from store import packages, run_files, runs
 from store.enums import OutputKind
+from store.lookup_cache import LookupCache
 from store.models import Agent, Run, iso
 from store.run_files import RunFile
 
@@ -168,8 +169,10 @@ class PackageService:
         *,
         public_base_url: str,
         url_ttl_s: int,
+        lookups: LookupCache | None = None,
     ) -> None:
         self._pool = pool
+        self._lookups = lookups or LookupCache(pool)
         self._blobs = blobs
         self._signer = signer
         self._archiver = archiver
@@ -184,7 +187,7 @@ class PackageService:
         403 for a workflow or job the key's organisation cannot see (another organisation's,
         or none at all: the two are never told apart); 400 for a job of another workflow.
         """
-        agent = await agents.get_agent_in_org(self._pool, workflow_id, org_id)
+        agent = await self._lookups.agent_in_org(workflow_id, org_id)
         if agent is None:
             raise v0_error(
                 Forbidden,
@@ -238,11 +241,7 @@ class PackageService:
         if _UUID.fullmatch(raw_id):
             package = await packages.get_package(self._pool, uuid.UUID(raw_id))
         run = None if package is None else await runs.get_run(self._pool, package.run_id)
-        agent = (
-            None
-            if run is None
-            else await agents.get_agent_in_org(self._pool, run.agent_id, run.org_id)
-        )
+        agent = None if run is None else await self._lookups.agent_in_org(run.agent_id, run.org_id)
         if package is None or run is None or agent is None:
             raise v0_error(NotFound, "Package not found (its job no longer exists)", "not_found")
         if not run.terminal:

@@ -44,7 +44,7 @@ class CallbackService:
     async def authenticate(self, authorization: str | None) -> Agent:
         """The agent whose API key the callback carries; 401 otherwise (before its body is
         looked at)."""
-        return await agent_for_api_key(self._pool, authorization)
+        return await agent_for_api_key(self._runs.lookups, authorization)
 
     async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it

@@ -44,7 +44,7 @@ from gateway.runs.outputs import header_outputs, lift_outputs
 from gateway.security.apikeys import derive_agent_api_key
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
-from store import agents, orgs, runs
+from store import orgs, runs
 from store.enums import (
     AgentStatus,
     EventType,
@@ -55,6 +55,7 @@ from store.enums import (
 )
 from store.events import EventPublisher, RunEvent
 from store.jsonb import jsonb_problem, storable_text
+from store.lookup_cache import LookupCache
 from store.models import Agent, Run
 
 log = structlog.get_logger(__name__)
@@ -133,17 +134,20 @@ class RunService:
         adapters: Mapping[str, RuntimeAdapter],
         background: BackgroundTasks,
         tokens: CredentialsTokens,
+        lookups: LookupCache | None = None,
     ) -> None:
         self._settings = settings
         self._tokens = tokens
         self._pool = pool
+        # Agent rows, read through the process's cache (uncached when none is given).
+        self.lookups = lookups or LookupCache(pool)
         self._publisher = publisher
         self._adapters = adapters
         self._background = background
 
     async def agent_for(self, org_id: uuid.UUID, agent_id: int) -> Agent:
         """The agent, if it belongs to ``org_id``; otherwise 404 (never reveal it exists)."""
-        agent = await agents.get_agent_in_org(self._pool, agent_id, org_id)
+        agent = await self.lookups.agent_in_org(agent_id, org_id)
         if agent is None:
             raise NotFound("Agent not found")
         return agent

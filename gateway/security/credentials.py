@@ -25,6 +25,7 @@ from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvali
 from gateway.settings import Settings
 from gateway.validation import NAME, JsonObject, StorableBody, load
 from store import credentials, orgs, runs
+from store.lookup_cache import LookupCache
 
 log = structlog.get_logger(__name__)
 
@@ -56,20 +57,30 @@ class CredentialService:
     """Creates credentials (sealed) and resolves them for runs."""
 
     def __init__(
-        self, pool: asyncpg.Pool, cipher: CredentialCipher, tokens: CredentialsTokens
+        self,
+        pool: asyncpg.Pool,
+        cipher: CredentialCipher,
+        tokens: CredentialsTokens,
+        lookups: LookupCache | None = None,
     ) -> None:
         self._pool = pool
+        self._lookups = lookups or LookupCache(pool)
         self._cipher = cipher
         self._tokens = tokens
 
     @classmethod
     def for_settings(
-        cls, pool: asyncpg.Pool, settings: Settings, tokens: CredentialsTokens | None = None
+        cls,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        tokens: CredentialsTokens | None = None,
+        lookups: LookupCache | None = None,
     ) -> CredentialService:
-        """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` when given)."""
+        """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` and ``lookups`` when
+        given)."""
         if tokens is None:
             tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
-        return cls(pool, CredentialCipher(settings.secret_key), tokens)
+        return cls(pool, CredentialCipher(settings.secret_key), tokens, lookups)
 
     async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
@@ -93,7 +104,7 @@ class CredentialService:
         """The credential ``raw_id`` for the run ``credentials_token`` names; see the module."""
         raw_id = raw_id[:64]  # it is logged: a path segment can hold anything
         try:
-            agent = await agent_for_api_key(self._pool, authorization)
+            agent = await agent_for_api_key(self._lookups, authorization)
         except Unauthorized:
             _refused("invalid_agent_key", credential=raw_id)
             raise

@@ -21,7 +21,7 @@ from tests.support.execute import execute_url, stream_agent
 from tests.support.gateways import GatewayFactory
 from tests.support.runtimes import first_invoked_run, json_agent, received, webhook
 from tests.support.tenants import Tenant, TenantFactory
-from tests.support.tokens import ADMIN_TOKEN
+from tests.support.tokens import ADMIN, ADMIN_TOKEN
 
 # Per operation; the whole run stays well under a minute.
 MAX_EXAMPLES = 10
@@ -114,6 +114,9 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     credentials_token = (await resp.json())["credentialsToken"]
     credential_id = await tenant.create_credential({"api_key": "sk-schemathesis"})
     standalone = await tenant.create_agent(managed_by="standalone", output_kind="json")
+    resp = await client.post(f"/admin/orgs/{tenant.org_id}/keys", headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    spare_key_id = (await resp.json())["id"]
     # A streaming workflow with typed fields; one execute stores a file behind a signed URL.
     workflow = await stream_agent(
         tenant,
@@ -167,6 +170,14 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             operation("/admin/orgs", "POST", auth=ADMIN_TOKEN),
             operation("/admin/orgs/{orgId}/keys", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id),
             operation("/admin/orgs/{orgId}/users", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id),
+            # A key of its own to revoke: the tenant's key must keep working for the others.
+            operation(
+                "/admin/orgs/{orgId}/keys/{keyId}",
+                "DELETE",
+                auth=ADMIN_TOKEN,
+                orgId=tenant.org_id,
+                keyId=spare_key_id,
+            ),
             operation("/admin/orgs/{orgId}/agents", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id),
             operation("/admin/agents/{agentId}", "PATCH", auth=ADMIN_TOKEN, agentId=patched["id"]),
             operation(
@@ -258,7 +269,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     # at least once, as the gateway's own request counter shows. A package's signed URL is
     # authenticated by its signature alone, which fuzzing cannot forge: 403 is all that
     # operation can get, and the only one allowed to say so.
-    assert "Tested: 25" in text, text
+    assert "Tested: 26" in text, text
     if "Authentication failed" in text:
         assert "Authentication failed: 1 operation returned only 401/403" in text, text
         assert "- GET /v0/packages/{package_id}.zip" in text, text

@@ -635,6 +635,9 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
     exactly as they were. A route the application serves and this matrix does not list fails
     the test (a new route must say how it keeps tenants apart)."""
     victim, intruder = await live.caller("Victim"), await live.caller("Intruder")
+    victim_key_id = await db.fetchval(
+        "SELECT id FROM ingest_keys WHERE org_id = $1::uuid", victim.org_id
+    )
     hook = str(runtime.make_url("/webhook/accepted?report=0"))
     a_json = await live.agent(victim, hook, output_kind="json")
     a_file = await live.agent(victim, str(runtime.make_url("/webhook/report.csv")))
@@ -806,6 +809,14 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
             "POST",
             "/admin/orgs/{orgId}/keys",
             f"/admin/orgs/{victim.org_id}/keys",
+            b_ingest,
+            None,
+            {401},
+        ),
+        Attempt(
+            "DELETE",
+            "/admin/orgs/{orgId}/keys/{keyId}",
+            f"/admin/orgs/{victim.org_id}/keys/{victim_key_id}",
             b_ingest,
             None,
             {401},

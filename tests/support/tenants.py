@@ -62,3 +62,15 @@ class Tenant:
 
 
 TenantFactory = Callable[..., Awaitable[Tenant]]
+
+
+async def new_tenant(
+    client: TestClient[web.Request, web.Application], name: str = "Acme"
+) -> Tenant:
+    """An organisation with an ingest key, created through ``client``'s admin API."""
+    resp = await client.post("/admin/orgs", json={"name": name}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    org_id = (await resp.json())["id"]
+    resp = await client.post(f"/admin/orgs/{org_id}/keys", headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    return Tenant(org_id, (await resp.json())["key"], client)

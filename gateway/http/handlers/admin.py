@@ -37,6 +37,16 @@ async def create_key(request: web.Request) -> web.Response:
     return web.json_response(await request.app[ADMIN_SERVICE].create_ingest_key(org_id), status=201)
 
 
+@routes.delete("/admin/orgs/{orgId}/keys/{keyId}")
+async def revoke_key(request: web.Request) -> web.Response:
+    """Revoke an ingest key: refused on every replica from now on."""
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
+    key_id = path_uuid(request, "keyId", "Ingest key")
+    await request.app[ADMIN_SERVICE].revoke_ingest_key(org_id, key_id)
+    return web.Response(status=204)
+
+
 @routes.post("/admin/orgs/{orgId}/users")
 async def create_user(request: web.Request) -> web.Response:
     """``{email}`` → ``{id}``, a member of the organisation."""

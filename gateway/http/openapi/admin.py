@@ -9,6 +9,7 @@ from gateway.http.openapi.components import (
     UNAVAILABLE,
     Json,
     error,
+    headers,
     json_body,
     json_response,
     param,
@@ -208,6 +209,20 @@ PATHS: dict[str, Json] = {
                     },
                 ),
                 "404": _ORG_NOT_FOUND,
+            },
+        ),
+    },
+    "/admin/orgs/{orgId}/keys/{keyId}": {
+        "parameters": [param("orgId"), param("keyId"), param("X-Request-Id")],
+        "delete": _operation(
+            "revokeIngestKey",
+            "Revoke an ingest key",
+            description="The key is refused (401) on every replica within a second: each "
+            "replica's key cache hears of the change from PostgreSQL, and `AUTH_CACHE_TTL_S` "
+            "bounds it should that notice be lost. Revoking a key again changes nothing.",
+            responses={
+                "204": {"description": "Revoked.", "headers": headers()},
+                "404": error("The organisation has no such key."),
             },
         ),
     },

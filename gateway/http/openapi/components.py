@@ -126,6 +126,13 @@ PARAMETERS: dict[str, Json] = {
         "description": "The organisation's id (a UUID).",
         "schema": {"type": "string", "format": "uuid"},
     },
+    "keyId": {
+        "name": "keyId",
+        "in": "path",
+        "required": True,
+        "description": "The ingest key's id (a UUID, the `id` its create answer gave).",
+        "schema": {"type": "string", "format": "uuid"},
+    },
     "X-Request-Id": {
         "name": "X-Request-Id",
         "in": "header",
