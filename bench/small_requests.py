@@ -4,9 +4,13 @@ The gateway's full path (auth, per-agent rate limit, run row, events through the
 consumer, the wait for the run's end) is compared with a bare aiohttp pass-through
 (``bench/passthrough.py``) of the same runtime, measured in the same run, both driven by the
 same closed-loop client process (``bench/loadgen.py requests``): ``--conns`` connections for
-``--duration`` seconds after a warm-up. The requests are spread over enough agents that the
-default 5-a-minute bucket of each never refuses one (a 429 would show in the statuses). The
-runtime alone is measured too, as the ceiling of both.
+``--duration`` seconds after a warm-up. The requests go round ``agents`` busy agents (64), as
+callers of a gateway call the agents they use again and again; the gateway runs with a
+``SYNC_RATE_LIMIT`` wide enough that no bucket refuses one (a 429 would show in the statuses),
+and every request still takes its token. ``agents=0`` spreads the requests over enough agents
+that the default 5-a-minute bucket of each never refuses one instead (then hardly a request
+finds its agent in the gateway's cache). The runtime alone is measured too, as the ceiling of
+both.
 
 A second pair of runs uses one connection: the latency a single caller sees, without queueing.
 
@@ -53,6 +57,8 @@ class SmallConfig:
     single_duration: float = 3.0
     # Upper bound on the gateway's req/s, to create enough agents.
     max_rps: int = 3000
+    # Busy agents the requests go round (0: one fresh agent per few requests, default buckets).
+    agents: int = 64
 
 
 def _load(
@@ -167,17 +173,23 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
     """Runtime, bare pass-through and gateway under the same load; then one connection."""
     section = Section("small", "3. Small requests: trigger-and-wait vs a bare aiohttp pass-through")
     runtime = f"{stack.origin_base}/webhook/json"
-    # Every agent may take BUCKET requests a minute: enough agents for the loaded run at
-    # max_rps, then separate ones for the single-connection run and the check.
-    loaded = math.ceil(cfg.max_rps * (cfg.duration + cfg.warmup + 2) / BUCKET)
-    single = math.ceil(cfg.max_rps / 4 * (cfg.single_duration + cfg.warmup + 1) / BUCKET)
+    if cfg.agents:
+        loaded = single = cfg.agents
+    else:
+        # Every agent may take BUCKET requests a minute: enough agents for the loaded run at
+        # max_rps, then separate ones for the single-connection run and the check.
+        loaded = math.ceil(cfg.max_rps * (cfg.duration + cfg.warmup + 2) / BUCKET)
+        single = math.ceil(cfg.max_rps / 4 * (cfg.single_duration + cfg.warmup + 1) / BUCKET)
     print(f"small: creating {loaded + single + 1} agents ...", flush=True)
     ids = stack.clone_agents(agent_body("small", runtime, "json"), loaded + single + 1)
     port = free_port()
     bare = stack.start_module(
         "passthrough", "passthrough", "--port", str(port), "--upstream", runtime, port=port
     )
-    gateway = stack.start_gateway("small")
+    # Busy agents: a bucket no load of this bench can empty (the take is made all the same).
+    gateway = stack.start_gateway(
+        "small", **({"SYNC_RATE_LIMIT": "100000000"} if cfg.agents else {})
+    )
     origin_pid = stack.origin.pid if stack.origin is not None else None
     consumer_pid = stack.consumer.pid if stack.consumer is not None else None
     try:
