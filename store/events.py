@@ -191,11 +191,19 @@ _APPLY: dict[str, _Apply] = {
 
 # The ends of runs applied by the replica that recorded them, in one statement: the rows change
 # and the events are marked applied together (the store consumer then finds them applied and
-# skips them). The UPDATE runs first (the INSERT reads its rows), so each run's row lock is
-# taken before its applied_events key, in the order apply_events takes them.
+# skips them). The rows are locked first, in id order, as apply_events locks them: an UPDATE
+# joined to its events takes its row locks in whatever order its plan reads the rows, and the
+# store consumer, applying the same events from the stream at the same moment, then deadlocked
+# with it (PostgreSQL broke the tie after its deadlock_timeout, 1 s). The UPDATE runs before the
+# INSERT (which reads its rows), so each run's lock comes before its applied_events key.
 _END_WITH_ID = (*_END, ("event_id", "uuid"))
+_ENDED = _apply(
+    _END_SET, f"{_NOT_TERMINAL} AND r.id IN (SELECT id FROM locked)", _END_WITH_ID, _RETURNING_ENDED
+)
 _END_AND_MARK_APPLIED = f"""
-WITH ended AS ({_apply(_END_SET, _NOT_TERMINAL, _END_WITH_ID, _RETURNING_ENDED).sql}),
+WITH locked AS MATERIALIZED (
+  SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE),
+ended AS ({_ENDED.sql}),
 marked AS (
   INSERT INTO applied_events (event_id, run_id, type, changed)
   SELECT ended_event_id, id, status, true FROM ended
