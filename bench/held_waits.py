@@ -619,7 +619,7 @@ def details(holds: list[Hold]) -> str:
 
 def measure(stack: Stack, cfg: WaitsConfig) -> Section:
     """Hold ``held`` calls, then ``held // divisor``, each on a fresh gateway."""
-    section = Section("waits", "7. Held waits: trigger-and-wait calls held at once")
+    section = Section("waits", "8. Held waits: trigger-and-wait calls held at once")
     holds = [hold(stack, cfg, cfg.held)]
     if cfg.divisor > 1:
         holds.append(hold(stack, cfg, max(1, cfg.held // cfg.divisor)))
