@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from store.pool import Executor
 
 
@@ -59,18 +61,7 @@ async def claim_runs_to_follow(db: Executor, *, lease_s: float, limit: int) -> l
         lease_s,
         limit,
     )
-    return [
-        FollowedRun(
-            run_id=row["id"],
-            agent_id=row["agent_id"],
-            status=row["status"],
-            runtime=row["runtime"],
-            runtime_run_id=row["runtime_run_id"],
-            attempts=row["follow_attempts"],
-        )
-        for row in rows
-        if row["runtime_run_id"]
-    ]
+    return [_followed(row) for row in rows if row["runtime_run_id"]]
 
 
 async def schedule_follow(db: Executor, run_id: int, *, in_s: float) -> None:
@@ -112,17 +103,7 @@ async def followed_by_runtime_ids(db: Executor, runtime_run_ids: list[str]) -> l
              AND r.status IN ('queued', 'running', 'waiting')""",
         runtime_run_ids,
     )
-    return [
-        FollowedRun(
-            run_id=row["id"],
-            agent_id=row["agent_id"],
-            status=row["status"],
-            runtime=row["runtime"],
-            runtime_run_id=row["runtime_run_id"],
-            attempts=row["follow_attempts"],
-        )
-        for row in rows
-    ]
+    return [_followed(row) for row in rows]
 
 
 async def follow_agents_now(db: Executor, agent_ids: list[int]) -> None:
@@ -132,4 +113,15 @@ async def follow_agents_now(db: Executor, agent_ids: list[int]) -> None:
         """UPDATE runs SET follow_at = now()
            WHERE agent_id = ANY($1) AND follow_at IS NOT NULL AND follow_at > now()""",
         agent_ids,
+    )
+
+
+def _followed(row: asyncpg.Record) -> FollowedRun:
+    return FollowedRun(
+        run_id=row["id"],
+        agent_id=row["agent_id"],
+        status=row["status"],
+        runtime=row["runtime"],
+        runtime_run_id=row["runtime_run_id"],
+        attempts=row["follow_attempts"],
     )

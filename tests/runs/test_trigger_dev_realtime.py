@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -48,6 +48,26 @@ async def trigger_dev() -> AsyncIterator[TestServer]:
 async def realtime_gateway(make_gateway: GatewayFactory) -> Client:
     """A replica following Trigger.dev in real time, finding new environments at once."""
     return await make_gateway(trigger_dev_realtime=True, trigger_dev_discover_s=0.05)
+
+
+class Followed(NamedTuple):
+    """A replica following Trigger.dev in real time, a tenant on it, and an agent whose
+    environment's feed is up."""
+
+    client: Client
+    tenant: Tenant
+    runtime: dict[str, Any]
+    agent: dict[str, Any]
+
+
+async def followed_agent(make_gateway: GatewayFactory, server: TestServer) -> Followed:
+    """A real-time replica, a tenant, a Trigger.dev agent on ``server``, its feed up."""
+    client = await realtime_gateway(make_gateway)
+    tenant = await tenant_on(client)
+    runtime = task_runtime(server)
+    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
+    await feed_up(client, runtime)
+    return Followed(client, tenant, runtime, agent)
 
 
 def app_of(client: Client) -> web.Application:
@@ -126,11 +146,7 @@ async def test_a_trigger_and_wait_is_answered_from_the_feed_without_a_single_pol
     consumer: StoreConsumer,
     db: asyncpg.Pool,
 ) -> None:
-    client = await realtime_gateway(make_gateway)
-    tenant = await tenant_on(client)
-    runtime = task_runtime(trigger_dev)
-    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
-    await feed_up(client, runtime)
+    _, tenant, _, agent = await followed_agent(make_gateway, trigger_dev)
     task = {"statuses": ["QUEUED", "EXECUTING", "COMPLETED"], "output": {"summary": "live"}}
 
     waiting = asyncio.create_task(trigger_and_wait(tenant, agent, task, timeout_ms=20_000))
@@ -161,11 +177,7 @@ async def test_a_failed_task_reported_by_the_feed_is_a_failed_run(
     consumer: StoreConsumer,
     db: asyncpg.Pool,
 ) -> None:
-    client = await realtime_gateway(make_gateway)
-    tenant = await tenant_on(client)
-    runtime = task_runtime(trigger_dev)
-    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
-    await feed_up(client, runtime)
+    _, tenant, _, agent = await followed_agent(make_gateway, trigger_dev)
 
     run_id = await start_run(
         tenant, agent, {"statuses": ["EXECUTING", "SYSTEM_FAILURE"], "error": "Worker lost"}
@@ -185,11 +197,7 @@ async def test_a_broken_stream_hands_the_runs_to_the_poller_and_none_is_missed(
     consumer: StoreConsumer,
     db: asyncpg.Pool,
 ) -> None:
-    client = await realtime_gateway(make_gateway)
-    tenant = await tenant_on(client)
-    runtime = task_runtime(trigger_dev)
-    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
-    await feed_up(client, runtime)
+    client, tenant, runtime, agent = await followed_agent(make_gateway, trigger_dev)
     before = await start_run(tenant, agent, {"statuses": ["EXECUTING", "COMPLETED"]})
     task_before = await task_run_of(db, before)
 
@@ -306,11 +314,7 @@ async def test_an_end_the_feed_reports_before_the_trigger_answer_arrives_is_not_
     consumer: StoreConsumer,
     db: asyncpg.Pool,
 ) -> None:
-    client = await realtime_gateway(make_gateway)
-    tenant = await tenant_on(client)
-    runtime = task_runtime(slow_trigger_dev)
-    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
-    await feed_up(client, runtime)
+    _, tenant, _, agent = await followed_agent(make_gateway, slow_trigger_dev)
     task = {"statuses": ["EXECUTING", "COMPLETED"], "output": {"summary": "quick"}}
 
     status, run = await trigger_and_wait(tenant, agent, task, timeout_ms=20_000)
