@@ -241,7 +241,7 @@ The run row (use the X-Run-Id header of a download):
   curl -sS {base}/api/agents/{csv_id}/runs/<runId> {auth}
 Trigger and wait: the run with its output, in one request:
   curl -sS -X POST {base}/api/agents/{ids["summary"]}/runs/trigger-and-wait {auth} {body}
-The same on a Trigger.dev task, followed by polling:
+The same on a Trigger.dev task, followed through its realtime feed:
   curl -sS -X POST {base}/api/agents/{ids["task"]}/runs/trigger-and-wait {auth} {body}
 Trigger without waiting (a workflow that reports back through callbacks), then poll the run:
   curl -sS -X POST {base}/api/agents/{ids["callback"]}/runs/trigger {auth} {once} {body}
