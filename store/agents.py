@@ -64,14 +64,6 @@ async def get_agent(db: Executor, agent_id: int) -> Agent | None:
     return None if row is None else _agent(row)
 
 
-async def get_agent_in_org(db: Executor, agent_id: int, org_id: uuid.UUID) -> Agent | None:
-    """The agent with ``agent_id`` when it belongs to ``org_id``; ``None`` otherwise."""
-    row = await db.fetchrow(
-        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1 AND org_id = $2", agent_id, org_id
-    )
-    return None if row is None else _agent(row)
-
-
 async def get_agent_by_api_key(db: Executor, api_key_hash: bytes) -> Agent | None:
     """The agent whose API key hashes to ``api_key_hash``."""
     row = await db.fetchrow(
