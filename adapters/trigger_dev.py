@@ -523,9 +523,8 @@ class TriggerDevRunFeed:
             result = RunResult(status, error=_error_text(_json_or_text(row.get("error")), name))
         elif status == RunStatus.COMPLETED:
             if row.get("outputType") == "application/store":
-                result, complete = RunResult(status), False
                 _forget_output(row)
-                return RunChange(run_id, result, complete=complete)
+                return RunChange(run_id, RunResult(status), complete=False)
             result = self._output(row)
         else:
             result = RunResult(status)

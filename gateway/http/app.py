@@ -78,6 +78,8 @@ _REDIS_CONNECTIONS = 100
 _REDIS_CONNECTION_WAIT_S = 5.0
 # A poll in hand when the gateway stops is given this long to finish and be recorded.
 _FOLLOWER_STOP_S = 5.0
+# A background loop told to stop (a feed's long-poll, the cache's listener) is waited for this long.
+_LOOP_STOP_S = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -101,7 +103,7 @@ async def _lookup_cache(app: web.Application) -> AsyncIterator[None]:
     listening = asyncio.create_task(cache.listen(), name="lookup-cache-listener")
     yield
     listening.cancel()
-    await asyncio.wait([listening], timeout=_FOLLOWER_STOP_S)
+    await asyncio.wait([listening], timeout=_LOOP_STOP_S)
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
@@ -181,7 +183,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     realtime: RealtimeFollower | None = None
     if settings.trigger_dev_realtime:
-        realtime = RealtimeFollower(
+        realtime = app[REALTIME_FOLLOWER] = RealtimeFollower(
             app[DB_POOL],
             runs,
             trigger_dev,
@@ -189,8 +191,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             kind=TriggerDevAdapter.kind,
             discover_s=settings.trigger_dev_discover_s,
         )
-        app[REALTIME_FOLLOWER] = realtime
-        metrics.trigger_dev_feeds_up.set_function(lambda: realtime.feeds_up if realtime else 0)
+        metrics.trigger_dev_feeds_up.set_function(lambda: app[REALTIME_FOLLOWER].feeds_up)
     follower = RunFollower(
         app[DB_POOL],
         runs,
@@ -225,12 +226,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key, app[LOOKUP_CACHE])
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
-    feeds = asyncio.create_task(realtime.run(), name="realtime-feeds") if realtime else None
+    feeds = None if realtime is None else asyncio.create_task(realtime.run(), name="realtime")
     yield
-    if realtime is not None and feeds is not None:
+    if realtime is not None:
         # Cancels the held long-polls; the poller and other replicas' feeds cover the runs.
         realtime.stop()
-        await asyncio.wait([feeds], timeout=_FOLLOWER_STOP_S)
+    if feeds is not None:
+        await asyncio.wait([feeds], timeout=_LOOP_STOP_S)
     follower.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(following), _FOLLOWER_STOP_S)

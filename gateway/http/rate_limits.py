@@ -77,17 +77,18 @@ async def take_token(request: web.Request, bucket: AgentBucket, agent_id: int) -
     """
     limit, window_s = bucket.policy(request.app[SETTINGS])
     take = Take(f"agent:{agent_id}:{bucket.name}", limit, window_s)
-    limiter = request.app[RATE_LIMITER]
     address = request.pop(KEY_GUARD_PENDING, None)
     if address is None:
-        return await limiter.enforce(take.bucket, limit=limit, window_s=window_s, what=bucket.what)
-    guard = request.config_dict[KEY_GUARD]
-    decisions = await limiter.take_in_order(guard.look(address), take)
-    if not decisions[0].allowed:
-        raise guard.refusal(decisions[0])
-    if not decisions[1].allowed:
-        raise refusal(take, decisions[1], bucket.what)
-    return decisions[1]
+        (decision,) = await request.app[RATE_LIMITER].take_in_order(take)
+    else:
+        guard = request.config_dict[KEY_GUARD]
+        decisions = await request.app[RATE_LIMITER].take_in_order(guard.look(address), take)
+        if not decisions[0].allowed:
+            raise guard.refusal(decisions[0])
+        decision = decisions[1]
+    if not decision.allowed:
+        raise refusal(take, decision, bucket.what)
+    return decision
 
 
 async def look_at_bucket(request: web.Request, bucket: AgentBucket, agent_id: int) -> Decision:
