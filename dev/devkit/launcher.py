@@ -280,6 +280,9 @@ async def _serve_all(settings: Settings, data_dir: Path) -> None:
         # Its tasks run on their own clock, as real ones do: the realtime feed sees them end.
         create_fake_trigger_dev(DEMO_TRIGGER_DEV_KEY, advance="time", step_s=0.5),
         access_log=None,
+        # The gateway's held realtime long-poll ends with its connection: otherwise the
+        # runner's cleanup waited for the hold (up to 20 s) before a stopped dev could exit.
+        handler_cancellation=True,
     )
     await trigger_dev_runner.setup()
     trigger_dev_port = free_port()
