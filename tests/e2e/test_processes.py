@@ -32,6 +32,9 @@ async def test_serve_and_consume_processes_stream_a_file_and_record_the_run(
     processes.start("serve", env=env, log=tmp_path / "serve.log")
     consumer = processes.start("consume", env=env, log=tmp_path / "consume.log")
     await wait_until_ready(http, base)
+    # The gateway records the download's end itself: the run can be completed before the
+    # consumer is even up, and a SIGTERM before it handles one kills it instead.
+    await wait_until_ready(http, f"http://127.0.0.1:{env['CONSUMER_PORT']}", probe="/healthz")
     agent = await setup_agent(
         http, base, str(runtime.make_url(f"/webhook/bytes?size={5 * MB}&outputs=1"))
     )

@@ -58,17 +58,21 @@ def process_env(backends: Backends, **extra: str) -> dict[str, str]:
     }
 
 
-async def wait_until_ready(http: aiohttp.ClientSession, base: str) -> None:
-    """Poll ``/readyz`` until the replica is ready (bounded: a loaded machine starts slowly)."""
+async def wait_until_ready(
+    http: aiohttp.ClientSession, base: str, *, probe: str = "/readyz"
+) -> None:
+    """Poll ``probe`` until it answers 200 (bounded: a loaded machine starts slowly): a
+    replica's ``/readyz``, or the store consumer's ``/healthz`` (its monitor starts once it
+    handles SIGTERM)."""
     for _ in range(600):
         try:
-            async with http.get(f"{base}/readyz") as resp:
+            async with http.get(f"{base}{probe}") as resp:
                 if resp.status == 200:
                     return
         except aiohttp.ClientConnectionError:
             pass
         await asyncio.sleep(0.05)
-    raise AssertionError(f"the gateway at {base} did not become ready")
+    raise AssertionError(f"{base}{probe} did not answer 200")
 
 
 async def setup_agent(
