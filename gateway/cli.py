@@ -78,7 +78,9 @@ def serve(settings: Settings) -> None:
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     """Run the store consumer until SIGTERM/SIGINT; the batch in hand is finished first."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(
+        settings.database_url, min_size=1, max_size=settings.consumer_db_pool_max_size
+    )
     consumer = StoreConsumer(
         redis,
         pool,

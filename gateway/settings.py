@@ -169,6 +169,38 @@ class Settings:
     redis_url: str = setting(
         "", "REDIS_URL", Group.BACKENDS, "Redis URL (required by serve and consume).", secret=True
     )
+    # The sum over every process must stay under PostgreSQL's max_connections
+    # (docs/operations.md, "The PostgreSQL connection budget"; tests/deploy checks the kit's).
+    db_pool_min_size: int = setting(
+        2,
+        "DB_POOL_MIN_SIZE",
+        Group.BACKENDS,
+        "PostgreSQL connections each gateway replica keeps open when idle.",
+        minimum=0,
+    )
+    db_pool_max_size: int = setting(
+        20,
+        "DB_POOL_MAX_SIZE",
+        Group.BACKENDS,
+        "Most PostgreSQL connections one gateway replica's pool opens (its key and agent "
+        "cache holds one more, to listen).",
+        **_AT_LEAST_ONE,
+    )
+    consumer_db_pool_max_size: int = setting(
+        4,
+        "CONSUMER_DB_POOL_MAX_SIZE",
+        Group.BACKENDS,
+        "Most PostgreSQL connections one store consumer opens.",
+        **_AT_LEAST_ONE,
+    )
+    dependency_probe_interval_s: float = setting(
+        5.0,
+        "DEPENDENCY_PROBE_INTERVAL_S",
+        Group.BACKENDS,
+        "How often each process asks PostgreSQL and Redis whether they answer "
+        "(agent_gateway_dependency_up; readiness never depends on it).",
+        **_POSITIVE,
+    )
 
     # Key and agent cache (docs/operations.md)
     auth_cache_ttl_s: float = setting(
@@ -540,6 +572,8 @@ class Settings:
         values.setdefault("consumer_host", host)
         values["s3_prefix"] = values.get("s3_prefix", "").strip("/")
         settings = cls(**values)
+        if settings.db_pool_min_size > settings.db_pool_max_size:
+            raise SettingsError("DB_POOL_MIN_SIZE must not be above DB_POOL_MAX_SIZE")
         if settings.blob_backend == "s3" and not settings.s3_bucket:
             raise SettingsError("S3_BUCKET must be set when BLOB_BACKEND is 's3'")
         return settings

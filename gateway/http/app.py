@@ -25,6 +25,7 @@ from gateway.http.keys import (
     CALLBACK_SERVICE,
     CREDENTIAL_SERVICE,
     DB_POOL,
+    DEPENDENCIES,
     EXECUTE_SERVICE,
     EXTERNAL_RUN_SERVICE,
     FILE_SERVICE,
@@ -50,6 +51,7 @@ from gateway.http.middleware import (
     on_prepare,
     request_context,
 )
+from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
 from gateway.ops.metrics import GatewayMetrics
 from gateway.packages.archive import Archiver
@@ -83,7 +85,12 @@ _LOOP_STOP_S = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    pool = await create_pool(app[SETTINGS].database_url)
+    settings = app[SETTINGS]
+    pool = await create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+    )
     app[DB_POOL] = pool
     yield
     await pool.close()
@@ -121,6 +128,22 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     yield
     await client.aclose()
+
+
+async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
+    """PostgreSQL and Redis probed in the background into ``agent_gateway_dependency_up``."""
+    gauge = app[METRICS].dependency_up
+    monitor = DependencyMonitor(
+        app[DB_POOL],
+        app[REDIS],
+        interval_s=app[SETTINGS].dependency_probe_interval_s,
+        on_probe=lambda dependency, up: gauge.labels(dependency.value).set(1 if up else 0),
+    )
+    app[DEPENDENCIES] = monitor
+    probing = asyncio.create_task(monitor.run(), name="dependency-monitor")
+    yield
+    probing.cancel()
+    await asyncio.wait([probing], timeout=_LOOP_STOP_S)
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -323,7 +346,16 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_start_draining)
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend(
-        [_database, _lookup_cache, _redis, _http_session, _services, _execute, _packages]
+        [
+            _database,
+            _lookup_cache,
+            _redis,
+            _dependency_monitor,
+            _http_session,
+            _services,
+            _execute,
+            _packages,
+        ]
     )
     app.on_response_prepare.append(on_prepare)
     app.on_response_prepare.append(_close_after_answer_while_draining)

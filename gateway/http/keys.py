@@ -11,6 +11,7 @@ from gateway.admin.service import AdminService
 from gateway.background import BackgroundTasks
 from gateway.execute.input_files import FileService
 from gateway.execute.service import ExecuteService
+from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
 from gateway.ops.metrics import GatewayMetrics
 from gateway.packages.service import PackageService
@@ -58,4 +59,5 @@ PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
 # the same Redis call (``gateway.http.rate_limits.take_token``); gone once the guard was looked at.
 KEY_GUARD_PENDING = web.RequestKey("key_guard_pending", str)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
 METRICS = web.AppKey("metrics", GatewayMetrics)

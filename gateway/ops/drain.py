@@ -1,4 +1,4 @@
-"""Readiness: whether this replica should receive traffic."""
+"""Readiness: whether this replica should take traffic; the requests a drain waits for."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import asyncio
 from dataclasses import dataclass, field
 
 import asyncpg
-import redis.asyncio as aioredis
-
-_PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -49,25 +46,14 @@ class Lifecycle:
         return True
 
 
-async def readiness(
-    pool: asyncpg.Pool, redis: aioredis.Redis, lifecycle: Lifecycle
-) -> dict[str, str]:
-    """``{"postgres": "ok"|reason, "redis": ..., "process": ...}``, probed concurrently."""
+def readiness(pool: asyncpg.Pool, lifecycle: Lifecycle) -> dict[str, str]:
+    """Whether this replica can usefully take traffic: ``{"process": ..., "database_pool": ...}``.
 
-    async def postgres() -> str:
-        async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            await pool.fetchval("SELECT 1")
-        return "ok"
-
-    async def redis_ping() -> str:
-        async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            await redis.ping()
-        return "ok"
-
-    results = await asyncio.gather(postgres(), redis_ping(), return_exceptions=True)
-    checks = {
-        name: result if isinstance(result, str) else f"unavailable: {type(result).__name__}"
-        for name, result in zip(("postgres", "redis"), results, strict=True)
+    Only what is this replica's own counts. PostgreSQL or Redis being away is every replica's
+    state at once; they report it in-band (``gateway.ops.dependencies``), which a balancer that
+    took them all out would replace with its own error page.
+    """
+    return {
+        "process": "draining" if lifecycle.draining else "ok",
+        "database_pool": "closing" if pool.is_closing() else "open",
     }
-    checks["process"] = "draining" if lifecycle.draining else "ok"
-    return checks

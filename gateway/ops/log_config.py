@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 # Probes and scrapes arrive every few seconds; their access lines are DEBUG, not INFO.
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+QUIET_ROUTES = frozenset({"/healthz", "/healthz/dependencies", "/readyz", "/metrics"})
 
 # Field names whose values are never logged, at any depth (compared lower-cased, without
 # "-" and "_").

@@ -221,6 +221,12 @@ class GatewayMetrics:
             "Trigger.dev realtime feeds up on this replica (one per environment)",
             registry=r,
         )
+        self.dependency_up = Gauge(
+            "agent_gateway_dependency_up",
+            "1 while the dependency (postgres, redis) answered this process's last probe",
+            ["dependency"],
+            registry=r,
+        )
         r.register(PoolCollector("agent_gateway", pool))
         r.register(LookupCacheCollector(lookups))
 

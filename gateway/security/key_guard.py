@@ -15,7 +15,10 @@ cannot steer toward a stored one), and the admin token with ``hmac.compare_diges
 
 The client address is the connection's peer, or, when the peer is one of ``TRUSTED_PROXIES``,
 the rightmost ``X-Forwarded-For`` hop that is not a trusted proxy (what the outermost trusted
-proxy saw; hops further left are the caller's to invent). IPv6 clients are counted per /64.
+proxy saw; hops further left are the caller's to invent), or the leftmost hop when every hop
+is itself a trusted address. IPv6 clients are counted per /64. The first request that carries
+``X-Forwarded-For`` from a peer that is not trusted is logged as a warning: behind such a
+proxy every caller shares the proxy's bucket.
 ``gateway.http.middleware.guard_keys`` applies the guard to every request.
 """
 
@@ -25,8 +28,12 @@ import ipaddress
 import math
 from collections.abc import Iterable
 
+import structlog
+
 from gateway.errors import RateLimited
 from gateway.security.ratelimit import Decision, RateLimiter, Take
+
+log = structlog.get_logger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,18 +55,32 @@ class KeyGuard:
         self._trusted: tuple[Network, ...] = tuple(
             ipaddress.ip_network(item, strict=False) for item in trusted_proxies
         )
+        self._warned_untrusted_forwarder = False
 
     def client_address(self, peer: str | None, forwarded_for: Iterable[str]) -> str:
         """The address failed attempts are counted against (see the module docstring)."""
         if peer is None:
             return "unknown"
-        if not self._is_trusted(peer):
-            return _counted_as(peer)
         hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
-        for hop in reversed([hop for hop in hops if hop]):
+        hops = [hop for hop in hops if hop]
+        if not self._is_trusted(peer):
+            if hops and not self._warned_untrusted_forwarder:
+                self._warned_untrusted_forwarder = True
+                # Behind a proxy that is not trusted, every caller is counted as the proxy:
+                # one client's wrong keys would lock out everyone it forwards.
+                log.warning(
+                    "forwarded_for_from_untrusted_peer",
+                    peer=peer,
+                    hint="add the proxy's address to TRUSTED_PROXIES; every caller it forwards "
+                    "is counted as that address until then (logged once per process)",
+                )
+            return _counted_as(peer)
+        for hop in reversed(hops):
             if not self._is_trusted(hop):
                 return _counted_as(hop)
-        return _counted_as(peer)
+        # Every hop is a trusted address (a caller on the proxies' own network): the leftmost is
+        # the one the first proxy saw.
+        return _counted_as(hops[0] if hops else peer)
 
     def look(self, address: str) -> Take:
         """The look at ``address``'s bucket that :meth:`check` makes, to combine with a take."""

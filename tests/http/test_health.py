@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 
 from tests.support.gateways import GatewayFactory
+from tests.support.prometheus import metric_sum
 from tests.support.tenants import Tenant
 from tests.support.tokens import ADMIN
 
@@ -24,27 +25,45 @@ async def test_a_healthy_replica_is_live_and_ready(make_gateway: GatewayFactory)
 
     live = await client.get("/healthz")
     ready = await client.get("/readyz")
+    dependencies = await client.get("/healthz/dependencies")
 
     assert live.status == 200
     assert ready.status == 200
     assert await ready.json() == {
         "status": "ready",
-        "checks": {"postgres": "ok", "redis": "ok", "process": "ok"},
+        "checks": {"process": "ok", "database_pool": "open"},
     }
+    assert dependencies.status == 200
+    assert await dependencies.json() == {
+        "status": "ok",
+        "dependencies": {"postgres": "ok", "redis": "ok"},
+    }
+    metrics = await (await client.get("/metrics")).text()
+    assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="postgres") == 1
+    assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="redis") == 1
 
 
-async def test_a_replica_without_redis_is_live_but_not_ready(
+async def test_a_replica_without_redis_stays_ready_and_says_redis_is_down(
     make_gateway: GatewayFactory,
 ) -> None:
+    """Every replica loses Redis at once; taking them all out of the balancer would turn the
+    answers they can still give (limits fail open, events go to PostgreSQL) into its 503."""
     client = await make_gateway(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
 
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
+    assert ready.status == 200
 
-    assert ready.status == 503
-    body: dict[str, Any] = await ready.json()
-    assert body["checks"]["redis"].startswith("unavailable")
-    assert body["checks"]["postgres"] == "ok"
+    dependencies = await client.get("/healthz/dependencies")
+    assert dependencies.status == 503
+    body: dict[str, Any] = await dependencies.json()
+    assert body["status"] == "degraded"
+    assert body["dependencies"]["redis"].startswith("unavailable")
+    assert body["dependencies"]["postgres"] == "ok"
+    metrics = await (await client.get("/metrics")).text()
+    # Present and 0, not merely absent.
+    assert 'agent_gateway_dependency_up{dependency="redis"} 0.0' in metrics.splitlines()
+    assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="postgres") == 1
 
 
 async def test_without_redis_a_download_still_works_and_its_run_is_recorded(

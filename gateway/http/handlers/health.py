@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.keys import DB_POOL, LIFECYCLE, METRICS, REDIS
+from gateway.http.keys import DB_POOL, DEPENDENCIES, LIFECYCLE, METRICS
+from gateway.ops.dependencies import UP
 from gateway.ops.drain import readiness
 from gateway.ops.metrics import render
 
@@ -19,13 +20,31 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """200 while PostgreSQL and Redis answer and the process is not draining; else 503."""
-    app = request.app
-    checks = await readiness(app[DB_POOL], app[REDIS], app[LIFECYCLE])
-    ready = all(value == "ok" for value in checks.values())
+    """200 while this replica can usefully take traffic (not draining, pools open); else 503.
+
+    PostgreSQL and Redis are not asked: see ``/healthz/dependencies``."""
+    checks = readiness(request.app[DB_POOL], request.app[LIFECYCLE])
+    ready = checks == {"process": "ok", "database_pool": "open"}
     return web.json_response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@routes.get("/healthz/dependencies")
+async def dependencies(request: web.Request) -> web.Response:
+    """PostgreSQL and Redis as this replica sees them now: 200 when both answer, else 503.
+
+    For people and monitors, never for a probe (``gateway.ops.dependencies`` says why)."""
+    state = await request.app[DEPENDENCIES].probe()
+    up = all(value == UP for value in state.values())
+    return web.json_response(
+        {
+            "status": "ok" if up else "degraded",
+            "dependencies": {dependency.value: value for dependency, value in state.items()},
+        },
+        status=200 if up else 503,
         headers={"Cache-Control": "no-store"},
     )
 

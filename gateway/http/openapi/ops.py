@@ -13,12 +13,27 @@ _READINESS = {
         "status": {"enum": ["ready", "unavailable"]},
         "checks": {
             "type": "object",
-            "required": ["postgres", "redis", "process"],
-            "description": "`ok`, or what failed (`unavailable: <error>`, `draining`).",
+            "required": ["process", "database_pool"],
+            "properties": {
+                "process": {"enum": ["ok", "draining"]},
+                "database_pool": {"enum": ["open", "closing"]},
+            },
+        },
+    },
+}
+
+_DEPENDENCIES = {
+    "type": "object",
+    "required": ["status", "dependencies"],
+    "properties": {
+        "status": {"enum": ["ok", "degraded"]},
+        "dependencies": {
+            "type": "object",
+            "required": ["postgres", "redis"],
+            "description": "`ok`, or `unavailable: <error type>` (1 s bound each).",
             "properties": {
                 "postgres": {"type": "string"},
                 "redis": {"type": "string"},
-                "process": {"enum": ["ok", "draining"]},
             },
         },
     },
@@ -48,11 +63,25 @@ PATHS: dict[str, Json] = {
             "tags": [TAG["name"]],
             "operationId": "readyz",
             "summary": "Readiness",
-            "description": "200 only while PostgreSQL and Redis answer (1 s bound each) and "
-            "the process is not draining.",
+            "description": "200 while this replica can usefully take traffic: not draining, "
+            "its database pool open. PostgreSQL and Redis are not asked: an outage of either is "
+            "every replica's, and each answers it in-band (`/healthz/dependencies` reports it).",
             "responses": {
                 "200": json_response("Ready for traffic.", _READINESS),
-                "503": json_response("Not ready: `checks` names what failed.", _READINESS),
+                "503": json_response("Not ready: `checks` names why.", _READINESS),
+            },
+        }
+    },
+    "/healthz/dependencies": {
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "dependencies",
+            "summary": "PostgreSQL and Redis as this replica sees them",
+            "description": "Both probed at once. For people and monitors, never for a probe: "
+            "the replica keeps serving through either outage.",
+            "responses": {
+                "200": json_response("Both answer.", _DEPENDENCIES),
+                "503": json_response("One or both do not: each named.", _DEPENDENCIES),
             },
         }
     },
