@@ -25,6 +25,7 @@ from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging
 from gateway.security.credentials import CredentialService
 from gateway.settings import Settings, SettingsError
+from gateway.storage.blobs import BlobStoreError
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
@@ -72,7 +73,11 @@ def serve(settings: Settings) -> None:
     """Run the gateway alone until SIGTERM/SIGINT, then drain it (gateway/http/server.py)."""
     _require(settings, "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
     _install_uvloop()
-    asyncio.run(server.serve(create_app(settings), settings))
+    try:
+        asyncio.run(server.serve(create_app(settings), settings))
+    except BlobStoreError as exc:
+        # A misconfiguration an operator fixes from the message, not a crash to debug.
+        sys.exit(f"agent-gateway: {exc}")
 
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:

@@ -170,6 +170,22 @@ class FilesystemBlobStore:
     def _path(self, key: str) -> Path:
         return self._root / check_key(key)
 
+    def check_writable(self) -> None:
+        """Create the folder and a file in it, or raise :class:`BlobStoreError` saying which
+        settings to change: a folder that cannot be written fails every file feature, so a
+        start that meets one (a read-only root filesystem, another user's folder) refuses."""
+        probe = self._root / f".write-check.{uuid.uuid4().hex}"
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BlobStoreError(
+                f"BLOB_DIR {str(self._root)!r} is not writable ({exc.strerror or exc}): with "
+                "BLOB_BACKEND=fs, point BLOB_DIR at a writable volume shared by every replica, "
+                "or set BLOB_BACKEND=s3 and S3_BUCKET (what several replicas need)"
+            ) from exc
+
     async def put(self, key: str, chunks: AsyncIterable[bytes], *, content_type: str) -> StoredBlob:
         """Write the chunks to a temp file beside the target, then rename it in."""
         path = self._path(key)
@@ -365,7 +381,9 @@ def _is_missing(exc: BaseException) -> bool:
 async def open_blob_store(settings: Settings) -> AsyncIterator[BlobStore]:
     """The blob store ``settings`` choose, open for the duration of the block."""
     if settings.blob_backend != "s3":
-        yield FilesystemBlobStore(settings.blob_dir)
+        store = FilesystemBlobStore(settings.blob_dir)
+        await asyncio.to_thread(store.check_writable)
+        yield store
         return
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session

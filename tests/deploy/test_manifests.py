@@ -250,3 +250,109 @@ def test_the_healthcheck_command_is_shell_free() -> None:
     # Exec form: no shell in the image is needed, and nothing is interpolated by one.
     assert line.split("CMD", 1)[1].strip().startswith("[")
     assert shlex.split(line)[0] == "HEALTHCHECK"
+
+
+# PostgreSQL's default max_connections, less its superuser_reserved_connections: what the kit's
+# processes may open together on a server left as installed.
+POSTGRES_CONNECTIONS = 100 - 3
+# Connections outside the long-running pools: the migrate Job (one) and an admin console (two).
+ONE_OFF_CONNECTIONS = 1 + 2
+
+
+def _size(text: str) -> int:
+    """An nginx size (``64m``, ``512k``, ``1048576``) in bytes."""
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower()
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def _configured(name: str) -> Any:
+    """A setting as the ConfigMap gives it to every pod (the code's default where it is silent)."""
+    data = manifests()["ConfigMap/agent-gateway"]["data"]
+    return getattr(Settings.from_env(data), name)
+
+
+def _surge(deployment: dict[str, Any], replicas: int) -> int:
+    """Pods a rolling update may add above ``replicas`` (Kubernetes' default: 25 %, rounded up)."""
+    rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
+    surge = rolling.get("maxSurge", "25%")
+    if isinstance(surge, str) and surge.endswith("%"):
+        return -(-replicas * int(surge[:-1]) // 100)
+    return int(surge)
+
+
+def test_the_postgres_connection_budget_fits_at_the_largest_scale() -> None:
+    """Every gateway pod holds its pool plus the cache's listening connection, every consumer its
+    pool; at the HPA's ceiling, mid-rollout, they fit in a PostgreSQL left at its defaults."""
+    objects = manifests()
+    gateways = objects["HorizontalPodAutoscaler/agent-gateway"]["spec"]["maxReplicas"]
+    gateways += _surge(objects["Deployment/agent-gateway"], gateways)
+    consumer_deployment = objects["Deployment/agent-gateway-consumer"]
+    consumers = consumer_deployment["spec"]["replicas"]
+    consumers += _surge(consumer_deployment, consumers)
+
+    needed = (
+        gateways * (_configured("db_pool_max_size") + 1)
+        + consumers * _configured("consumer_db_pool_max_size")
+        + ONE_OFF_CONNECTIONS
+    )
+
+    assert needed <= POSTGRES_CONNECTIONS, (gateways, consumers, needed)
+
+
+def test_compose_fits_the_postgres_connection_budget() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    gateway = Settings.from_env(
+        {k: str(v) for k, v in services["gateway"]["environment"].items() if "$" not in str(v)}
+    )
+    consumer = Settings.from_env(
+        {k: str(v) for k, v in services["consumer"]["environment"].items() if "$" not in str(v)}
+    )
+    needed = (
+        services["gateway"]["deploy"]["replicas"] * (gateway.db_pool_max_size + 1)
+        + consumer.consumer_db_pool_max_size
+        + ONE_OFF_CONNECTIONS
+    )
+    assert needed <= POSTGRES_CONNECTIONS
+
+
+def test_a_file_of_the_contracts_largest_size_passes_every_shipped_proxy() -> None:
+    """Execute takes files as base64 in JSON: the proxies must pass the gateway's largest body,
+    so that every refusal is the gateway's own JSON 413."""
+    largest_body = _configured("execute_max_request_body")
+    largest_file = _configured("max_file_bytes")
+    assert largest_file >= 20 * 1024 * 1024  # the execute contract's 20 MB
+    # base64 grows 4/3; the JSON around it is small.
+    assert largest_body >= largest_file * 4 // 3 + 64 * 1024
+
+    conf = DEPLOYED_CONF.read_text()
+    nginx_limit = re.search(r"client_max_body_size (\S+);", conf)
+    assert nginx_limit is not None
+    assert _size(nginx_limit.group(1)) >= largest_body
+
+    annotations = (K8S / "ingress-nginx-annotations.md").read_text()
+    ingress_limits = re.findall(r'proxy-body-size: "(\S+)"', annotations)
+    assert ingress_limits
+    assert all(_size(limit) >= largest_body for limit in ingress_limits)
+
+
+def test_the_kit_trusts_its_load_balancer_and_keeps_blobs_off_the_pods() -> None:
+    """Behind the ingress every peer is a proxy (failed keys are counted per caller only if it is
+    trusted); the pods' root is read-only and shared by no other replica (blobs go to S3)."""
+    objects = manifests()
+    config = objects["ConfigMap/agent-gateway"]["data"]
+    k8s = Settings.from_env({**config, **objects["Secret/agent-gateway"]["stringData"]})
+    assert k8s.trusted_proxies
+    assert k8s.blob_backend == "s3"
+    assert k8s.s3_bucket
+    gateway = container(objects["Deployment/agent-gateway"])
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    passed = {env["name"] for env in gateway["env"]}
+    assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} <= passed
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    environment = compose["services"]["gateway"]["environment"]
+    assert environment["BLOB_BACKEND"] == "s3"
+    assert environment["TRUSTED_PROXIES"]
+    assert "minio" in compose["services"]

@@ -36,6 +36,7 @@ from gateway.storage.blobs import (
     run_input_key,
     safe_filename,
 )
+from tests.support.backends import Backends
 from tests.support.execute import api_key, execute_url, stream_agent
 from tests.support.gateways import GatewayFactory
 from tests.support.runtimes import received
@@ -293,3 +294,31 @@ async def test_a_reader_cancelled_at_any_moment_leaves_no_file_open(
                 break
             await asyncio.sleep(0.01)
         assert open_fds_to(path) == 0, when
+
+
+def test_a_gateway_whose_blob_folder_cannot_be_written_refuses_to_start(
+    backends: Backends, tmp_path: Path
+) -> None:
+    """An image run with a read-only root and the fs default would answer 503 on every file
+    feature; it stops at once instead, naming the settings to change. (A folder under a regular
+    file cannot be created, whoever the user: root included.)"""
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_bytes(b"")
+    env = {
+        **os.environ,
+        "DATABASE_URL": backends.database_url,
+        "REDIS_URL": backends.redis_url,
+        "SECRET_KEY": "k" * 48,
+        "GATEWAY_PORT": str(free_port()),
+        "BLOB_BACKEND": "fs",
+        "BLOB_DIR": str(not_a_folder / "blobs"),
+    }
+    gateway = [sys.executable, "-m", "gateway.cli", "serve"]
+    done = subprocess.run(gateway, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("agent-gateway: BLOB_DIR ")
+    assert "not writable" in last_line
+    assert "BLOB_BACKEND=s3" in last_line
+    assert "Traceback" not in done.stderr
