@@ -136,11 +136,12 @@ async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
     monitor = DependencyMonitor(
         app[DB_POOL],
         app[REDIS],
-        interval_s=app[SETTINGS].dependency_probe_interval_s,
-        on_probe=lambda dependency, up: gauge.labels(dependency.value).set(1 if up else 0),
+        on_probe=lambda dependency, up: gauge.labels(dependency.value).set(up),
     )
     app[DEPENDENCIES] = monitor
-    probing = asyncio.create_task(monitor.run(), name="dependency-monitor")
+    probing = asyncio.create_task(
+        monitor.run(app[SETTINGS].dependency_probe_interval_s), name="dependency-monitor"
+    )
     yield
     probing.cancel()
     await asyncio.wait([probing], timeout=_LOOP_STOP_S)

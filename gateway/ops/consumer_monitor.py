@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from gateway.ops.metrics import PoolCollector, new_registry
+from gateway.ops.dependencies import DependencyMonitor
+from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
 from store.consumer import StoreConsumer
 
 log = structlog.get_logger(__name__)
@@ -87,9 +88,17 @@ class ConsumerMonitor:
             "Age of the oldest event still in the stream (0 when it is empty)",
             registry=self.registry,
         )
+        dependency_up = dependency_gauge(self.registry)
+        # Probed at each scrape: the consumer waits outages out, this says it is waiting.
+        self.dependencies = DependencyMonitor(
+            pool,
+            redis,
+            on_probe=lambda dependency, up: dependency_up.labels(dependency.value).set(up),
+        )
 
     async def refresh(self) -> None:
-        """Read the stream's backlog from Redis (NaN when Redis cannot say)."""
+        """Probe PostgreSQL and Redis; read the stream's backlog (NaN when Redis cannot say)."""
+        await self.dependencies.probe()
         try:
             async with asyncio.timeout(_LAG_PROBE_TIMEOUT_S):
                 lag, pending, age = await self._backlog()

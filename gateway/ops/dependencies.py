@@ -36,7 +36,8 @@ UP = "ok"
 
 
 class DependencyMonitor:
-    """Probes each dependency on demand and every ``interval_s``; remembers the last answer.
+    """Probes each dependency on demand (or every few seconds: :meth:`run`); remembers the last
+    answer.
 
     ``on_probe`` is told every probe's outcome (the metrics gauge); a change of state is logged
     once, so an outage shows as one line when it starts and one when it ends.
@@ -47,12 +48,10 @@ class DependencyMonitor:
         pool: asyncpg.Pool,
         redis: aioredis.Redis,
         *,
-        interval_s: float,
         on_probe: Callable[[Dependency, bool], None] = lambda _dependency, _up: None,
     ) -> None:
         self._pool = pool
         self._redis = redis
-        self._interval_s = interval_s
         self._on_probe = on_probe
         self.state: dict[Dependency, str] = {}
 
@@ -88,11 +87,11 @@ class DependencyMonitor:
         self.state = state
         return state
 
-    async def run(self) -> None:
+    async def run(self, interval_s: float) -> None:
         """Probe every ``interval_s`` until cancelled."""
         while True:
             await self.probe()
-            await asyncio.sleep(self._interval_s)
+            await asyncio.sleep(interval_s)
 
 
 async def _bounded(check: Coroutine[Any, Any, None]) -> None:

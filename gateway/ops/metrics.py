@@ -123,6 +123,16 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
     return encoder(registry), content_type
 
 
+def dependency_gauge(registry: CollectorRegistry) -> Gauge:
+    """``agent_gateway_dependency_up{dependency}``, which the gateway and the consumer both set."""
+    return Gauge(
+        "agent_gateway_dependency_up",
+        "1 while the dependency (postgres, redis) answered this process's last probe",
+        ["dependency"],
+        registry=registry,
+    )
+
+
 class GatewayMetrics:
     """Everything the gateway counts; docs/operations.md lists them."""
 
@@ -221,12 +231,7 @@ class GatewayMetrics:
             "Trigger.dev realtime feeds up on this replica (one per environment)",
             registry=r,
         )
-        self.dependency_up = Gauge(
-            "agent_gateway_dependency_up",
-            "1 while the dependency (postgres, redis) answered this process's last probe",
-            ["dependency"],
-            registry=r,
-        )
+        self.dependency_up = dependency_gauge(r)
         r.register(PoolCollector("agent_gateway", pool))
         r.register(LookupCacheCollector(lookups))
 

@@ -132,3 +132,14 @@ async def test_a_stuck_loop_is_reported_unhealthy(
 
     assert resp.status == 503
     assert (await resp.json())["status"] == "unavailable"
+
+
+async def test_a_scrape_says_whether_postgres_and_redis_answer_the_consumer(
+    make_consumer: ConsumerFactory, monitor_of: MonitorFactory
+) -> None:
+    monitor = await monitor_of(await make_consumer())
+
+    samples = await scrape(monitor)
+
+    assert samples["agent_gateway_dependency_up[postgres]"] == 1
+    assert samples["agent_gateway_dependency_up[redis]"] == 1

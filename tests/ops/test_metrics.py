@@ -43,7 +43,7 @@ DOWNLOAD_ROUTE = "/api/agents/{agentId}/runs/trigger-and-download"
 # Every label the gateway's metrics use (the python_info ones come from prometheus-client).
 BOUNDED_LABELS = {
     "route", "method", "status", "le", "bucket", "decision", "runtime", "operation",
-    "outcome", "type", "via", "stage", "state", "generation",
+    "outcome", "type", "via", "stage", "state", "generation", "dependency",
     "implementation", "major", "minor", "patchlevel", "version",
 }  # fmt: skip
 
