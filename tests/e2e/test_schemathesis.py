@@ -269,7 +269,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     # at least once, as the gateway's own request counter shows. A package's signed URL is
     # authenticated by its signature alone, which fuzzing cannot forge: 403 is all that
     # operation can get, and the only one allowed to say so.
-    assert "Tested: 26" in text, text
+    assert "Tested: 27" in text, text
     if "Authentication failed" in text:
         assert "Authentication failed: 1 operation returned only 401/403" in text, text
         assert "- GET /v0/packages/{package_id}.zip" in text, text

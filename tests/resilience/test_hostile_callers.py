@@ -560,6 +560,7 @@ class Attempt:
 KEYLESS_ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/healthz/dependencies"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),

@@ -183,11 +183,13 @@ async def test_a_download_cut_short_raises_and_leaves_no_file(
         runtime=webhook(runtime, "bytes?size=3000000&die_after=1000000")
     )
 
+    saved = tmp_path / "downloads"
+    saved.mkdir()
     with pytest.raises(aiohttp.ClientPayloadError):
         async with trigger_run_and_download(**sdk_args, agent_id=agent["id"]) as download:
-            await download.save(tmp_path / "out.bin")
+            await download.save(saved / "out.bin")
 
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(saved) == []
 
 
 async def test_a_download_of_an_ineligible_agent_raises_with_the_gateway_s_answer(
