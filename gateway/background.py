@@ -17,6 +17,12 @@ class BackgroundTasks:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """Whether shutdown has begun: a task cancelled from now on is cancelled by it."""
+        return self._stopping
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run ``coro`` detached from the current task's cancellation."""
@@ -35,6 +41,7 @@ class BackgroundTasks:
 
     async def drain(self, bound_s: float) -> None:
         """Wait up to ``bound_s`` seconds for every task, then cancel what is left."""
+        self._stopping = True
         if not self._tasks:
             return
         _done, pending = await asyncio.wait(set(self._tasks), timeout=bound_s)

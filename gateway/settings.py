@@ -301,6 +301,16 @@ class Settings:
         "is polled this often; the runs it carries are not polled.",
         **_POSITIVE,
     )
+    # A download may stream past its run's deadline (only STREAM_IDLE_TIMEOUT_S bounds it): its
+    # replica renews the deadline meanwhile; one that dies stops renewing, and the run is reaped.
+    download_lease_s: float = setting(
+        30.0,
+        "DOWNLOAD_LEASE_S",
+        Group.WAITS,
+        "While a download streams, its run's deadline is kept at least this far ahead, so the "
+        "reaper spares it; once its replica is gone, the run is reaped this long after at most.",
+        **_POSITIVE,
+    )
 
     # Rate limits
     sync_rate_limit: int = setting(

@@ -70,6 +70,24 @@ async def get_run(db: Executor, run_id: int) -> Run | None:
     return None if row is None else run_from_row(row)
 
 
+async def extend_deadline(db: Executor, run_id: int, *, lease_s: float) -> float | None:
+    """Move an in-flight run's deadline to at least ``lease_s`` seconds from now (never
+    earlier); return the seconds left to it, by the database's clock, or ``None`` when the run
+    is no longer in flight.
+
+    What keeps a run that outlives its deadline on purpose (a download still streaming) from
+    the reaper: the replica doing the work renews it, and a replica that dies stops renewing.
+    """
+    left = await db.fetchval(
+        """UPDATE runs SET deadline = GREATEST(deadline, now() + make_interval(secs => $2))
+           WHERE id = $1 AND status IN ('queued', 'running', 'waiting')
+           RETURNING EXTRACT(EPOCH FROM deadline - now())::float8""",
+        run_id,
+        lease_s,
+    )
+    return None if left is None else float(left)
+
+
 async def ended_runs(db: Executor, run_ids: list[int]) -> list[Run]:
     """Those of ``run_ids`` that have ended (or no longer exist: then they are absent), in one
     statement whatever their number."""

@@ -239,7 +239,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[RUN_SERVICE] = runs
     app[TRIGGER_SERVICE] = TriggerService(
-        pool=app[DB_POOL], runs=runs, waiters=waiters, background=background
+        pool=app[DB_POOL],
+        runs=runs,
+        waiters=waiters,
+        background=background,
+        lifecycle=app[LIFECYCLE],
     )
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)

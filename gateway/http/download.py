@@ -54,8 +54,23 @@ async def send_download(
 
     The caller leaves: the upstream request is closed at once and the run fails. The runtime
     dies or stalls mid-body: the caller's connection is aborted, so a truncated file can never
-    pass for a whole one, and the run fails.
+    pass for a whole one, and the run fails. However long the body takes, the reaper leaves
+    the run alone while it streams (:meth:`RunService.kept_alive`), until its end is recorded.
     """
+    async with runs.kept_alive(start.run):
+        return await _send(
+            request, start, runs, idle_timeout_s=idle_timeout_s, allow_splice=allow_splice
+        )
+
+
+async def _send(
+    request: web.Request,
+    start: DownloadStart,
+    runs: RunService,
+    *,
+    idle_timeout_s: float,
+    allow_splice: bool,
+) -> web.StreamResponse:
     upstream = start.upstream
     response = web.StreamResponse(status=200, headers=download_headers(start.run.id, start.file))
     progress = _Progress()

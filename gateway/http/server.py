@@ -16,7 +16,9 @@ The drain, in order:
    balancer keeps an idle upstream connection (nginx's upstream ``keepalive_timeout``), so it
    is the balancer that closes each of them: closing one the balancer may be about to reuse is
    what would turn into a failed request (a POST that may have been sent is never retried);
-6. background work is flushed, pools and clients are closed, and the process exits 0.
+6. background work is flushed (what still waits on a runtime then, an async trigger's webhook
+   call say, is dropped and its run handed on, never failed), pools and clients are closed, and
+   the process exits 0.
 """
 
 from __future__ import annotations

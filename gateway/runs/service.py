@@ -6,12 +6,13 @@ Domain code: it speaks in agents, runs and events, and knows nothing of ``aiohtt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -441,6 +442,42 @@ class RunService:
                 outputs=start.outputs,
             )
         )
+
+    @contextlib.asynccontextmanager
+    async def kept_alive(self, run: Run) -> AsyncIterator[None]:
+        """Keep ``run`` from the reaper while the block runs (a download streaming its file).
+
+        A download may stream for longer than its run's deadline: only the idle bound limits
+        it. While the block runs the deadline is renewed, ``DOWNLOAD_LEASE_S`` ahead, whenever
+        it comes within two thirds of that; nothing is written while it is further off. When
+        the block ends, or this replica dies, the renewals stop, so a run whose end is never
+        recorded is still reaped, at most a lease later.
+        """
+        renewing = asyncio.create_task(self._renew_deadline(run), name=f"keep-alive-{run.id}")
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            await asyncio.wait([renewing])
+
+    async def _renew_deadline(self, run: Run) -> None:
+        lease_s = self._settings.download_lease_s
+        # Renewed with two thirds of a lease left: a late renewal (a busy event loop, a slow
+        # statement) still lands before the reaper may act.
+        margin_s = lease_s * 2 / 3
+        pause_s = max(0.0, run.seconds_to_deadline() - margin_s)
+        while True:
+            await asyncio.sleep(pause_s)
+            try:
+                left_s = await runs.extend_deadline(self._pool, run.id, lease_s=lease_s)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # PostgreSQL away: try again soon, the stream itself goes on.
+                log.warning("run_keep_alive_not_recorded", run_id=run.id, error=str(exc))
+                pause_s = lease_s / 6
+                continue
+            if left_s is None:
+                return  # the run has ended (cancelled, say): nothing left to keep
+            pause_s = max(0.0, left_s - margin_s)
 
     async def publish(self, event: RunEvent) -> bool:
         """Record a transition; ``False`` when the run had already ended.

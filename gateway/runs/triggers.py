@@ -25,6 +25,7 @@ from adapters.base import (
 )
 from gateway.background import BackgroundTasks
 from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
+from gateway.ops.drain import Lifecycle
 from gateway.runs.follower import FIRST_POLL_S
 from gateway.runs.service import IdempotentReplay, RunService
 from gateway.runs.waits import RunWaiters, Watch
@@ -37,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 WINDOW_ELAPSED = "Runtime did not respond within the wait window"
 RUNNING_TIMEOUT = "Runtime did not respond within the agent's running timeout"
+STOPPED_BEFORE_ANSWER = "The gateway shut down before the runtime answered"
 # After a run's end has been claimed elsewhere, how long a request that lost the race waits
 # for the store to show that end before answering with what it sees.
 _SETTLE_S = 2.0
@@ -68,11 +70,14 @@ class TriggerService:
         runs: RunService,
         waiters: RunWaiters,
         background: BackgroundTasks,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self._pool = pool
         self._runs = runs
         self._waiters = waiters
         self._background = background
+        # Tells a held request the drain cut from one whose caller left.
+        self._lifecycle = lifecycle
 
     async def replay(self, agent: Agent, key: str | None, request_hash: bytes) -> Run | None:
         """The run an Idempotency-Key already names for this agent, if any."""
@@ -117,10 +122,17 @@ class TriggerService:
         except RuntimeFailure as exc:
             outcome = exc
         except asyncio.CancelledError:
-            # The gateway is shutting down: the runtime's answer would be lost with this task.
-            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            # The gateway is stopping with the runtime's call still open. The runtime has the
+            # run, and nothing says it failed: it is handed on, never failed here.
+            self._hand_on(run)
             raise
         await self._record_invocation(agent, run, outcome, timeout_reason=RUNNING_TIMEOUT)
+
+    def _hand_on(self, run: Run) -> None:
+        """Leave a run whose runtime call this stopping replica drops to whatever else can end
+        it: the runtime's callbacks, to any replica, and in the end the reaper at its deadline.
+        (A Trigger.dev trigger call dropped before it answered leaves no runtime id to poll.)"""
+        log.info("run_handed_on", run_id=run.id, reason="gateway stopping, runtime call open")
 
     async def _record_invocation(
         self,
@@ -251,14 +263,25 @@ class TriggerService:
                 )
             # Otherwise the run goes on: the runtime's answer is still recorded.
             elif not invoke.done():
-                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
+                if self._background.stopping:
+                    # Work nobody waits on (an async execute), cut by the stop: as a trigger's.
+                    invoke.cancel()
+                    self._hand_on(run)
+                else:
+                    self._background.spawn(
+                        self._adopt(agent, run, invoke, fail_on_stop=self._cut_by_drain()),
+                        name=f"adopt-run-{run.id}",
+                    )
             raise
         if not invoke.done():
             # The run ended another way (a callback, a cancel) while the runtime was still
             # answering. A webhook's answer can change nothing now; a Trigger.dev trigger call
             # is let finish, so that the task it created is known and, if cancelled, cancelled.
             if adapter.followed:
-                self._background.spawn(self._adopt(agent, run, invoke), name=f"adopt-run-{run.id}")
+                self._background.spawn(
+                    self._adopt(agent, run, invoke, fail_on_stop=False),
+                    name=f"adopt-run-{run.id}",
+                )
             else:
                 invoke.cancel()
         if ended is None:
@@ -281,17 +304,31 @@ class TriggerService:
         if adapter.followed:
             # The trigger call is let finish so the task it created can be cancelled too
             # (_record_invocation sees the cancel and asks the runtime).
-            await self._adopt(agent, run, invoke)
+            await self._adopt(agent, run, invoke, fail_on_stop=False)
 
-    async def _adopt(self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation]) -> None:
+    async def _adopt(
+        self, agent: Agent, run: Run, invoke: asyncio.Future[Invocation], *, fail_on_stop: bool
+    ) -> None:
+        """Record what an invocation nobody waits on any more comes to.
+
+        If the gateway stops first, the run is failed when ``fail_on_stop`` (a held wait the
+        drain cut: its caller saw the cut, and the run says why) and handed on otherwise (its
+        caller had left before: the run was going on without one, as a trigger's does).
+        """
         try:
             await asyncio.wait([invoke])
         except asyncio.CancelledError:
-            # The gateway is stopping before the runtime answered: the answer would be lost.
             invoke.cancel()
-            await self._runs.fail(run.id, "The gateway shut down before the runtime answered")
+            if fail_on_stop:
+                await self._runs.fail(run.id, STOPPED_BEFORE_ANSWER)
+            else:
+                self._hand_on(run)
             raise
         await self._record_invocation(agent, run, _outcome(invoke), timeout_reason=WINDOW_ELAPSED)
+
+    def _cut_by_drain(self) -> bool:
+        """Whether the request being cancelled was cut by the drain (not left by its caller)."""
+        return self._lifecycle is not None and self._lifecycle.cancelling
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""

@@ -1,5 +1,7 @@
-"""The gateway dies after it recorded a run's end and before it answered the caller: the end
-is not lost, and every replica shows the run ended with the runtime's output."""
+"""A gateway dies mid-work. After it recorded a run's end and before it answered the caller:
+the end is not lost, and every replica shows the run ended with the runtime's output. While it
+streamed a download past the run's deadline: the run's keep-alive lapses with it, and the
+reaper fails the run."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from aiohttp.test_utils import TestServer
 
 from devkit.embedded import EmbeddedRedis
 from store.events import RunEvent
+from store.reaper import REAPED_ERROR, reap_overdue
 from tests.support.backends import Backends
 from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
+from tests.support.store_runs import wait_until_past
+from tests.support.tokens import ADMIN
 
 
 async def _first_run_of(db: asyncpg.Pool, agent_id: int, *, bound_s: float) -> int:
@@ -140,3 +145,51 @@ async def _kill_one_mid_answer(
     # and it is the end replica one wrote to the stream.
     applied = await db.fetch("SELECT event_id, type FROM applied_events WHERE run_id = $1", run_id)
     assert [(row["event_id"], row["type"]) for row in applied] == [(end.event_id, "completed")]
+
+
+async def test_a_gateway_killed_mid_download_past_the_runs_deadline_leaves_it_to_the_reaper(
+    processes: Processes,
+    backends: Backends,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    """A download outlives its run's one-second deadline, kept alive by the replica streaming
+    it; then that replica is killed with SIGKILL. Nothing renews the deadline any more: once
+    the lease lapses, the reaper fails the run."""
+    env = process_env(backends, DOWNLOAD_LEASE_S="2")
+    gateway = processes.start("serve", env=env, log=tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    async with aiohttp.ClientSession() as http:
+        await wait_until_ready(http, base)
+        agent = await setup_agent(
+            http, base, str(runtime.make_url("/webhook/bytes").with_query(size=64 * 1024 * 1024))
+        )
+        async with http.patch(
+            f"{base}/admin/agents/{agent['id']}", json={"running_timeout_ms": 500}, headers=ADMIN
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(
+            f"{base}/api/agents/{agent['id']}/runs/trigger-and-download",
+            json={"timeoutMs": 500},
+            headers=agent["auth"],
+        ) as resp:
+            assert resp.status == 200
+            run_id = int(resp.headers["X-Run-Id"])
+            await resp.content.readexactly(1024 * 1024)
+            # Past its own deadline, still streaming (the caller reads no more): kept alive.
+            await wait_until_past(db, run_id, seconds_after_creation=2.0)
+            assert run_id not in await reap_overdue(db)
+
+            os.kill(gateway.pid, signal.SIGKILL)
+            gateway.wait(timeout=10)
+
+    row = None
+    for _ in range(300):
+        await reap_overdue(db)
+        row = await db.fetchrow("SELECT status, error FROM runs WHERE id = $1", run_id)
+        if row["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None
+    assert (row["status"], row["error"]) == ("failed", REAPED_ERROR)

@@ -22,9 +22,12 @@ from aiohttp.test_utils import TestServer
 from devkit.fakes.n8n import make_bytes
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
+from store.reaper import reap_overdue
+from tests.support.consumers import ConsumerFactory
 from tests.support.gateways import GatewayFactory
 from tests.support.runs import wait_for_run
 from tests.support.runtimes import received, webhook
+from tests.support.store_runs import wait_until_past
 from tests.support.tenants import Tenant, TenantFactory
 
 MB = 1024 * 1024
@@ -592,3 +595,45 @@ async def test_a_caller_that_stops_reading_is_cut_off_after_the_idle_timeout(
         writer.close()
     assert run["status"] == "failed"
     assert run["error"].startswith("Caller read nothing for 0.5 s mid-stream after")
+
+
+async def test_a_download_streaming_past_its_runs_deadline_is_spared_by_the_reaper_and_completes(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    make_consumer: ConsumerFactory,
+) -> None:
+    """The run's deadline is its window plus the agent's running timeout (6 minutes with the
+    defaults), here one second; the file takes longer than that to read. The replica streaming
+    it keeps the deadline ahead, so the reaper leaves the run alone and it ends completed with
+    its file's metadata."""
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(download_lease_s=3.0)
+    await make_consumer(reap_every_s=0.1)
+    size = 64 * MB
+    agent = await tenant.create_agent(
+        runtime=webhook(runtime, f"bytes?size={size}"), running_timeout_ms=500
+    )
+    resp = await tenant.client.post(
+        download_url(agent["id"]), headers=tenant.auth, json={"timeoutMs": 500}
+    )
+    assert resp.status == 200
+    run_id = int(resp.headers["X-Run-Id"])
+    first = await resp.content.readexactly(MB)
+
+    # The caller reads nothing more until the run's own deadline is well past (more than the
+    # kernel's buffers hold is still to come, so the stream is open), and the reaper has run.
+    await wait_until_past(db, run_id, seconds_after_creation=2.0)
+    assert run_id not in await reap_overdue(db)
+    rest = await resp.read()
+
+    assert hashlib.sha256(first + rest).digest() == hashlib.sha256(make_bytes(size)).digest()
+    run = await wait_for_run(tenant, agent["id"], run_id)
+    assert (run["status"], run["error"]) == ("completed", None)
+    assert run["output_data"] == {
+        "kind": "file_download",
+        "filename": "data.bin",
+        "mimeType": "application/octet-stream",
+        "sizeBytes": size,
+    }
