@@ -86,7 +86,7 @@ say "base image $base_image ($(($(date +%s) - started_at)) s)"
 image="localhost/agent-gateway:as-deployed"
 git diff --quiet HEAD -- Dockerfile 2>/dev/null || say "note: Dockerfile has uncommitted changes"
 build_started=$(date +%s)
-if ! buildah "${storage[@]}" bud --isolation chroot --format docker --layers \
+if ! buildah "${storage[@]}" bud --isolation chroot --format docker \
         --build-arg "PYTHON_IMAGE=$base_image" -f Dockerfile -t "$image" . \
         > "$state/build.log" 2>&1; then
     tail -n 40 "$state/build.log" >&2
@@ -105,7 +105,7 @@ status=0
 AS_DEPLOYED=1 AS_DEPLOYED_IMAGE="$image" AS_DEPLOYED_WORKDIR="$workdir" \
     AS_DEPLOYED_PODMAN="podman ${podman_global[*]}" \
     timeout --kill-after=30 "$remaining" \
-    .venv/bin/python -m pytest tests/as_deployed -p no:cacheprovider "$@" || status=$?
+    .venv/bin/python -m pytest tests/as_deployed -p no:cacheprovider -s "$@" || status=$?
 if [ "$status" -eq 124 ]; then
     say "FAILED: the flows did not finish within the stage's budget"
 elif [ "$status" -eq 5 ]; then
