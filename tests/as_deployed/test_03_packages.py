@@ -68,6 +68,5 @@ async def test_an_executed_job_comes_as_a_zip_with_its_uploaded_file(
     zipped = await package(http, tree, org, agent["id"], answer["runId"])
     assert zipped.read("inputs/scan.png") == content
     manifest = json.loads(zipped.read("manifest.json"))
-    (asset,) = [a for a in manifest["assets"] if a["role"] == "input"]
-    assert asset["stored"] is True, asset
-    assert asset["size"] == len(content)
+    (asset,) = [a for a in manifest["assets"] if a["path"] == "inputs/scan.png"]
+    assert (asset["role"], asset["stored"], asset["size"]) == ("input", True, len(content)), asset

@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "deploy" / "k8s"
+# AS_DEPLOYED_K8S: another copy of the manifests (to try a change to them before it lands).
+K8S = Path(os.environ.get("AS_DEPLOYED_K8S") or ROOT / "deploy" / "k8s")
 
 # The Secret's keys this harness can give a real value (secret.example.yaml holds placeholders).
 SECRET_VALUES = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ADMIN_TOKEN")
@@ -284,6 +285,10 @@ class Podman:
         inspected = self._run("inspect", "--format", "{{.State.ExitCode}}", name)
         self.save_log(name)
         return int(inspected.stdout.strip() or "-1")
+
+    def exec(self, name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """A command run in the container, as its user."""
+        return self._run("exec", name, *argv)
 
     def healthcheck(self, name: str) -> subprocess.CompletedProcess[str]:
         """The image's own HEALTHCHECK, run once in the container."""
