@@ -141,7 +141,6 @@ def tree() -> Iterator[Tree]:
                 work,
                 blob_backend=blob_backend,
                 s3_endpoint=s3_endpoint,
-                s3_keys=S3_KEYS,
                 **values,
             )
             print(f"as-deployed: {describe(done, given)}")

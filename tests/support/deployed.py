@@ -171,20 +171,19 @@ def workload(file: str, secret: Mapping[str, str]) -> Workload:
 
 
 def host_overrides(
-    work: Workload, *, blob_backend: str, s3_endpoint: str, s3_keys: tuple[str, str], **host: str
+    work: Workload, *, blob_backend: str, s3_endpoint: str, **host: str
 ) -> Workload:
     """``work`` with what ties it to this host replaced, and the replaced keys recorded.
 
     ``host`` holds the values to set (``GATEWAY_HOST``, ``GATEWAY_PORT``, …); a key is only
     set for a workload whose role uses it (see the call sites). With the ``s3`` blob backend
-    the S3 endpoint is this host's; when the pod gets no S3 keys from the Secret, the
-    credentials the node would lend it (its role) are given as AWS's own variables.
+    the S3 endpoint is this host's. A pod the manifests give no S3 keys (the consumer, which
+    never touches the blob store) gets none here either: if it ever needed them, the check
+    would say so.
     """
     changes = dict(host)
     if blob_backend == "s3" and work.env.get("BLOB_BACKEND") == "s3":
         changes["S3_ENDPOINT_URL"] = s3_endpoint
-        if "S3_ACCESS_KEY_ID" not in work.env:
-            changes["AWS_ACCESS_KEY_ID"], changes["AWS_SECRET_ACCESS_KEY"] = s3_keys
     work.env.update(changes)
     work.overridden = sorted(changes)
     return work
