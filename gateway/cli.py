@@ -8,21 +8,24 @@ import contextlib
 import json
 import signal
 import sys
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import Any, NoReturn, Protocol
 
+import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gateway.admin.service import AdminService
 from gateway.errors import ApiError
 from gateway.http import server
 from gateway.http.app import create_app
 from gateway.http.monitor import serve_monitor
-from gateway.http.views import agent_view, created_agent_view
+from gateway.http.views import agent_view, created_agent_view, ingest_key_view, org_view
 from gateway.ops.consumer_monitor import ConsumerMonitor
-from gateway.ops.log_config import configure_logging
+from gateway.ops.log_config import configure_logging, log_failure
 from gateway.security.credentials import CredentialService
 from gateway.settings import Settings, SettingsError
 from gateway.storage.blobs import BlobStoreError
@@ -33,6 +36,18 @@ from store.pool import create_pool
 # Commands installed by other distributions (the dev kit's ``dev``), so this package never
 # imports dev-only code.
 COMMANDS_GROUP = "agent_gateway.commands"
+
+# What stops a process before it serves: a backend it cannot reach or log in to, a port it
+# cannot bind, a setting it cannot use. An operator fixes these from one line; anything else is
+# a bug, and keeps its traceback.
+_START_FAILURES: tuple[type[BaseException], ...] = (
+    SettingsError,
+    BlobStoreError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisError,
+)
 
 
 class Command(Protocol):
@@ -66,18 +81,14 @@ def _install_uvloop() -> None:
 def _require(settings: Settings, *names: str) -> None:
     missing = [n for n in names if not getattr(settings, n.lower())]
     if missing:
-        sys.exit(f"agent-gateway: set {', '.join(missing)} (or use 'agent-gateway dev')")
+        raise SettingsError(f"set {', '.join(missing)} (or use 'agent-gateway dev')")
 
 
 def serve(settings: Settings) -> None:
     """Run the gateway alone until SIGTERM/SIGINT, then drain it (gateway/http/server.py)."""
     _require(settings, "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
     _install_uvloop()
-    try:
-        asyncio.run(server.serve(create_app(settings), settings))
-    except BlobStoreError as exc:
-        # A misconfiguration an operator fixes from the message, not a crash to debug.
-        sys.exit(f"agent-gateway: {exc}")
+    asyncio.run(server.serve(create_app(settings), settings))
 
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
@@ -137,9 +148,20 @@ def _admin_parser(sub: Any) -> None:
     update = actions.add_parser("update-agent", help="change an agent from a JSON body")
     update.add_argument("agent_id", type=int)
     update.add_argument("json", help="the body of PATCH /admin/agents/{agentId}")
+    actions.add_parser("list-orgs", help="list the organisations")
+    keys = actions.add_parser(
+        "list-keys", help="list an organisation's ingest keys (ids and prefixes, never the keys)"
+    )
+    keys.add_argument("org_id", type=uuid.UUID)
+    agents = actions.add_parser("list-agents", help="list an organisation's agents")
+    agents.add_argument("org_id", type=uuid.UUID)
+    get_agent = actions.add_parser("get-agent", help="show one agent")
+    get_agent.add_argument("agent_id", type=int)
 
 
-async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+async def run_admin(
+    settings: Settings, args: argparse.Namespace
+) -> dict[str, Any] | list[dict[str, Any]]:
     """Carry out one admin action against the database and return its JSON answer."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     service = AdminService(pool, settings.secret_key)
@@ -156,7 +178,19 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
         await service.revoke_ingest_key(args.org_id, args.key_id)
         return {"id": str(args.key_id), "revoked": True}
 
-    calls: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+    async def list_orgs() -> list[dict[str, Any]]:
+        return [org_view(org) for org in await service.list_orgs()]
+
+    async def list_keys() -> list[dict[str, Any]]:
+        return [ingest_key_view(key) for key in await service.list_ingest_keys(args.org_id)]
+
+    async def list_agents() -> list[dict[str, Any]]:
+        return [agent_view(agent) for agent in await service.list_agents(args.org_id)]
+
+    async def get_agent() -> dict[str, Any]:
+        return agent_view(await service.get_agent(args.agent_id))
+
+    calls: dict[str, Callable[[], Awaitable[dict[str, Any] | list[dict[str, Any]]]]] = {
         "create-org": lambda: service.create_org({"name": args.name}),
         "create-key": lambda: service.create_ingest_key(args.org_id),
         "revoke-key": revoke_key,
@@ -164,6 +198,10 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
         "create-agent": create_agent,
         "update-agent": update_agent,
         "create-credential": lambda: credentials.create(args.org_id, json.loads(args.json)),
+        "list-orgs": list_orgs,
+        "list-keys": list_keys,
+        "list-agents": list_agents,
+        "get-agent": get_agent,
     }
     try:
         return await calls[args.action]()
@@ -171,9 +209,52 @@ async def run_admin(settings: Settings, args: argparse.Namespace) -> dict[str, A
         await pool.close()
 
 
+def _installed_version() -> str:
+    try:
+        return version("agent-gateway")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _start_failure(exc: BaseException) -> BaseException | None:
+    """The failure an operator can act on, also when a task group wrapped it."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _start_failure(inner)) is not None:
+                return found
+        return None
+    return exc if isinstance(exc, _START_FAILURES) else None
+
+
+def _dependency(exc: BaseException) -> str | None:
+    """Which backend refused, when the error does not say (asyncpg's connection refused is a
+    bare ``OSError``): the library it was raised in."""
+    if isinstance(exc, RedisError):
+        return "Redis"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "PostgreSQL"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if "/asyncpg/" in frame.filename:
+            return "PostgreSQL"
+        if "/redis/" in frame.filename:
+            return "Redis"
+    return None
+
+
+def _fail(command: str, exc: BaseException) -> NoReturn:
+    fields: dict[str, Any] = {"command": command, "error": str(exc) or type(exc).__name__}
+    if isinstance(exc, OSError):
+        fields["error"] = f"{type(exc).__name__}: {fields['error']}"
+    if (dependency := _dependency(exc)) is not None:
+        fields["dependency"] = dependency
+    log_failure("start_failed", **fields)
+    sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="agent-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=_installed_version())
     sub = parser.add_subparsers(dest="command", required=True)
     plugins = _plugin_commands()
     for command in plugins.values():
@@ -188,11 +269,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        sys.exit(f"agent-gateway: {exc}")
+        _fail(args.command, exc)
     configure_logging(settings.log_level)
     if args.command in plugins:
         plugins[args.command].run(settings, args)
-    elif args.command == "serve":
+        return
+    try:
+        _run(settings, args)
+    except Exception as exc:
+        if (failure := _start_failure(exc)) is None:
+            raise
+        _fail(args.command, failure)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> None:
+    if args.command == "serve":
         serve(settings)
     elif args.command == "consume":
         _require(settings, "DATABASE_URL", "REDIS_URL")

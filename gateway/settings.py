@@ -115,6 +115,13 @@ def _run_tag(name: str, raw: str) -> str:
     return tag
 
 
+def _redis_url(name: str, raw: str) -> str:
+    """A URL redis-py can open, refused here rather than as a traceback at the first command."""
+    if raw.strip().split("://", 1)[0].lower() not in {"redis", "rediss", "unix"}:
+        raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
 _POSITIVE: dict[str, Any] = {"minimum": 0, "above_minimum": True}
 _AT_LEAST_ONE: dict[str, Any] = {"minimum": 1}
 _PORT: dict[str, Any] = {"minimum": 0, "maximum": 65535}
@@ -167,7 +174,12 @@ class Settings:
         secret=True,
     )
     redis_url: str = setting(
-        "", "REDIS_URL", Group.BACKENDS, "Redis URL (required by serve and consume).", secret=True
+        "",
+        "REDIS_URL",
+        Group.BACKENDS,
+        "Redis URL (required by serve and consume).",
+        secret=True,
+        parse=_redis_url,
     )
     # The sum over every process must stay under PostgreSQL's max_connections
     # (docs/operations.md, "The PostgreSQL connection budget"; tests/deploy checks the kit's).
@@ -590,14 +602,39 @@ class Settings:
 
 
 def _lookup(env: Mapping[str, str], spec: Setting) -> str | None:
-    """The variable's value, or a former name's; an empty value counts as unset."""
+    """The variable's value, or a former name's, or (a secret) the content of the file its
+    ``_FILE`` variable names; an empty value counts as unset."""
     if spec.env is None:
         return None
     for name in (spec.env, *spec.aliases):
         raw = env.get(name)
         if raw is not None and raw.strip() != "":
+            if spec.secret and _set(env, f"{spec.env}_FILE"):
+                raise SettingsError(f"set {spec.env} or {spec.env}_FILE, not both")
             return raw
+    if spec.secret and _set(env, f"{spec.env}_FILE"):
+        return _read_secret_file(f"{spec.env}_FILE", env[f"{spec.env}_FILE"])
     return None
+
+
+def _set(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip() != ""
+
+
+def _read_secret_file(name: str, path: str) -> str | None:
+    """A secret mounted as a file (a Kubernetes secret volume, a Docker secret): its text, the
+    trailing newline an editor or ``echo`` leaves stripped. The message never quotes it."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise SettingsError(
+            f"{name} names {path!r}, which cannot be read: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name} names {path!r}, which is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    return text if text.strip() != "" else None
 
 
 def _parse(spec: Setting, kind: Any, raw: str) -> Any:
@@ -660,6 +697,12 @@ def reference() -> str:
         "unset; a value of the wrong type or out of its bounds stops the process with a message",
         "naming the variable. Generated from `gateway/settings.py` by",
         "`python -m gateway.settings > docs/settings.md`; a test keeps the two equal.",
+        "",
+        "A secret (listed below with its `NAME_FILE` twin) may instead be read from a file: when",
+        "`NAME` is unset and `NAME_FILE` names a file (a Kubernetes secret volume, a Docker",
+        "secret), the file's content, its trailing newline stripped, is the value. Setting both",
+        "stops the process, as does a file that cannot be read (the message names the variable",
+        "and the path, never the content).",
     ]
     by_group: dict[Group, list[dataclasses.Field[Any]]] = {group: [] for group in Group}
     for spec_field in dataclasses.fields(Settings):
@@ -674,6 +717,8 @@ def reference() -> str:
             variable = f"`{spec.env}`" if spec.env else f"(`{spec_field.name}`)"
             if spec.aliases:
                 variable += " (formerly " + ", ".join(f"`{a}`" for a in spec.aliases) + ")"
+            if spec.secret:
+                variable += f" or `{spec.env}_FILE`"
             kind = hints[spec_field.name]
             default = _default_text(spec, spec_field.default)
             lines.append(

@@ -64,6 +64,14 @@ async def get_agent(db: Executor, agent_id: int) -> Agent | None:
     return None if row is None else _agent(row)
 
 
+async def agents_in_org(db: Executor, org_id: uuid.UUID) -> list[Agent]:
+    """The organisation's agents, oldest first."""
+    rows = await db.fetch(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE org_id = $1 ORDER BY id", org_id
+    )
+    return [_agent(row) for row in rows]
+
+
 async def get_agent_by_api_key(db: Executor, api_key_hash: bytes) -> Agent | None:
     """The agent whose API key hashes to ``api_key_hash``."""
     row = await db.fetchrow(

@@ -26,6 +26,26 @@ AGENT_SETTABLE_FIELDS = (
 
 
 @dataclass(frozen=True, slots=True)
+class Org:
+    """An organisation: the tenant that owns ingest keys, members and agents."""
+
+    id: uuid.UUID
+    name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IngestKey:
+    """An ingest key as the store knows it: never the key, only its first characters."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    prefix: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """An agent: what a run executes, on which runtime, under which rules."""
 

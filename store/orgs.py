@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from store.models import IngestKey, Org
 from store.pool import Executor
 
 
@@ -17,6 +18,12 @@ async def create_org(db: Executor, name: str) -> uuid.UUID:
 async def org_exists(db: Executor, org_id: uuid.UUID) -> bool:
     """Whether ``org_id`` names an organisation."""
     return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM orgs WHERE id = $1)", org_id))
+
+
+async def list_orgs(db: Executor) -> list[Org]:
+    """Every organisation, oldest first."""
+    rows = await db.fetch("SELECT id, name, created_at FROM orgs ORDER BY created_at, id")
+    return [Org(**dict(row)) for row in rows]
 
 
 async def create_ingest_key(
@@ -40,6 +47,16 @@ async def org_for_ingest_key(db: Executor, key_hash: bytes) -> uuid.UUID | None:
         "SELECT org_id FROM ingest_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
     )
     return value if isinstance(value, uuid.UUID) else None
+
+
+async def list_ingest_keys(db: Executor, org_id: uuid.UUID) -> list[IngestKey]:
+    """The organisation's ingest keys, revoked ones included, oldest first."""
+    rows = await db.fetch(
+        """SELECT id, org_id, key_prefix AS prefix, created_at, revoked_at FROM ingest_keys
+           WHERE org_id = $1 ORDER BY created_at, id""",
+        org_id,
+    )
+    return [IngestKey(**dict(row)) for row in rows]
 
 
 async def revoke_ingest_key(db: Executor, org_id: uuid.UUID, key_id: uuid.UUID) -> bytes | None:

@@ -135,3 +135,83 @@ def test_the_trigger_dev_run_tag_must_be_one_trigger_dev_accepts_and_can_filter_
     for bad in ("a,b", 'say "hi"', "back\\slash", "x" * 129, "tab\there"):
         with pytest.raises(SettingsError, match="TRIGGER_DEV_RUN_TAG"):
             Settings.from_env({"TRIGGER_DEV_RUN_TAG": bad})
+
+
+def _secret_names() -> list[str]:
+    return [
+        declared.metadata["setting"].env
+        for declared in dataclasses.fields(Settings)
+        if declared.metadata["setting"].secret
+    ]
+
+
+def test_the_secrets_are_the_ones_a_deployment_mounts_as_files() -> None:
+    assert set(_secret_names()) == {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SECRET_KEY",
+        "ADMIN_TOKEN",
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+    }
+
+
+@pytest.mark.parametrize("name", _secret_names())
+def test_a_secret_is_read_from_the_file_its_file_variable_names(name: str, tmp_path: Path) -> None:
+    value = "redis://from-a-mounted-secret" if name == "REDIS_URL" else "from-a-mounted-secret"
+    mounted = tmp_path / name.lower()
+    # As `echo value > file` or a Docker secret leaves it: the newline is not the secret's.
+    mounted.write_text(f"{value}\n")
+
+    settings = Settings.from_env({f"{name}_FILE": str(mounted)})
+
+    field = next(
+        declared.name
+        for declared in dataclasses.fields(Settings)
+        if declared.metadata["setting"].env == name
+    )
+    assert getattr(settings, field) == value
+    assert "from-a-mounted-secret" not in repr(settings)
+
+
+def test_the_variable_and_its_file_variable_together_are_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    mounted = tmp_path / "secret_key"
+    mounted.write_text("from-the-file")
+    with pytest.raises(SettingsError, match="SECRET_KEY or SECRET_KEY_FILE, not both"):
+        Settings.from_env({"SECRET_KEY": "from-the-env", "SECRET_KEY_FILE": str(mounted)})
+
+
+def test_an_unreadable_secret_file_is_refused_naming_the_variable_and_path_not_the_content(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-file"
+    with pytest.raises(SettingsError, match="ADMIN_TOKEN_FILE") as refused:
+        Settings.from_env({"ADMIN_TOKEN_FILE": str(missing)})
+    assert str(missing) in str(refused.value)
+
+    # A folder where the file should be (a volume mounted one level off) cannot be read either.
+    with pytest.raises(SettingsError, match="DATABASE_URL_FILE") as refused:
+        Settings.from_env({"DATABASE_URL_FILE": str(tmp_path)})
+    assert str(tmp_path) in str(refused.value)
+
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xffpostgresql://user:hunter2@db/x")
+    with pytest.raises(SettingsError, match="DATABASE_URL_FILE") as refused:
+        Settings.from_env({"DATABASE_URL_FILE": str(binary)})
+    assert str(binary) in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_file_variable_is_honoured_for_secrets_only(tmp_path: Path) -> None:
+    mounted = tmp_path / "port"
+    mounted.write_text("9000\n")
+    assert Settings.from_env({"GATEWAY_PORT_FILE": str(mounted)}).port == 8080
+
+
+def test_a_redis_url_redis_cannot_open_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL") as refused:
+        Settings.from_env({"REDIS_URL": "http://:hunter2@redis.internal:6379"})
+    assert "hunter2" not in str(refused.value)
+    assert Settings.from_env({"REDIS_URL": "rediss://r:6380/1"}).redis_url == "rediss://r:6380/1"

@@ -17,7 +17,7 @@ from gateway.security import apikeys
 from gateway.validation import load
 from store import agents, orgs
 from store.lookup_cache import LookupCache
-from store.models import Agent
+from store.models import Agent, IngestKey, Org
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +49,22 @@ class AdminService:
         org_id = await orgs.create_org(self._pool, data["name"])
         return {"id": str(org_id), "name": data["name"]}
 
+    async def list_orgs(self) -> list[Org]:
+        """Every organisation, oldest first."""
+        return await orgs.list_orgs(self._pool)
+
     async def create_ingest_key(self, org_id: uuid.UUID) -> dict[str, Any]:
         """A new ingest key for the organisation, shown this once."""
         await self._require_org(org_id)
         key, digest = apikeys.new_ingest_key()
         key_id = await orgs.create_ingest_key(self._pool, org_id, digest, key[:8])
         return {"id": str(key_id), "key": key}
+
+    async def list_ingest_keys(self, org_id: uuid.UUID) -> list[IngestKey]:
+        """The organisation's ingest keys, revoked ones included (their ids are what
+        :meth:`revoke_ingest_key` takes); the keys themselves are not kept."""
+        await self._require_org(org_id)
+        return await orgs.list_ingest_keys(self._pool, org_id)
 
     async def create_user(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{email}`` → ``{id}``; the user becomes a member of the organisation."""
@@ -71,6 +81,18 @@ class AdminService:
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
         agent = await agents.create_agent(self._pool, org_id, salt, apikeys.hash_key(api_key), data)
         return CreatedAgent(agent, api_key)
+
+    async def list_agents(self, org_id: uuid.UUID) -> list[Agent]:
+        """The organisation's agents, oldest first."""
+        await self._require_org(org_id)
+        return await agents.agents_in_org(self._pool, org_id)
+
+    async def get_agent(self, agent_id: int) -> Agent:
+        """One agent, of whichever organisation."""
+        agent = await agents.get_agent(self._pool, agent_id)
+        if agent is None:
+            raise NotFound("Agent not found")
+        return agent
 
     async def update_agent(self, agent_id: int, body: Any) -> Agent:
         """Change any of the agent's settings."""

@@ -14,7 +14,7 @@ from gateway.execute.service import ChunkFrame, Outcome
 from gateway.packages.service import PackageTicket
 from gateway.security.credentials import ResolvedCredential
 from store.enums import JobStatus
-from store.models import Agent, Run, iso
+from store.models import Agent, IngestKey, Org, Run, iso
 
 # Runtime settings that hold secrets: shown masked, so an operator sees that they are set.
 _MASKED_RUNTIME_KEYS = frozenset({"secret_key", "headers"})
@@ -33,6 +33,23 @@ def run_view(run: Run) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "completed_at": iso(run.completed_at),
         "created_at": iso(run.created_at),
+    }
+
+
+def org_view(org: Org) -> dict[str, Any]:
+    """The organisation as the admin API shows it."""
+    return {"id": str(org.id), "name": org.name, "created_at": iso(org.created_at)}
+
+
+def ingest_key_view(key: IngestKey) -> dict[str, Any]:
+    """An ingest key as an operator lists it: its id (what revoking takes) and first
+    characters, never the key nor its hash."""
+    return {
+        "id": str(key.id),
+        "prefix": key.prefix,
+        "created_at": iso(key.created_at),
+        "revoked": key.revoked_at is not None,
+        "revoked_at": iso(key.revoked_at),
     }
 
 

@@ -101,21 +101,37 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stdout, for structlog and for the standard library's loggers."""
-    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    shared: list[structlog.types.Processor] = [
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+
+
+def _json_processors() -> list[structlog.types.Processor]:
+    return [
+        *_shared_processors(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def log_failure(event: str, **fields: Any) -> None:
+    """Write one ERROR line to stderr in the processes' JSON format, for a process that stops
+    before it runs: it works before ``configure_logging`` (a bad setting names no level yet),
+    and stderr is where a supervisor or ``kubectl logs --previous`` looks for why."""
+    logger = structlog.wrap_logger(structlog.PrintLogger(sys.stderr), processors=_json_processors())
+    logger.error(event, **fields)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stdout, for structlog and for the standard library's loggers."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared = _shared_processors()
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=_json_processors(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from devkit.embedded import stop_process
+from devkit.embedded import free_port, stop_process
 from devkit.fakes.n8n import make_bytes
+from tests.support.console import failure_line, run_console
 from tests.support.processes import Processes, setup_agent, wait_until_ready
 from tests.support.tokens import SECRET_KEY
 
@@ -92,3 +94,53 @@ async def test_sigterm_lets_a_download_in_flight_finish_then_exits_cleanly(
     assert await asyncio.to_thread(gateway.wait, 30) == 0
     with pytest.raises(aiohttp.ClientConnectionError):
         await http.get(f"{base}/healthz")
+
+
+def _nothing_listening() -> str:
+    return f"postgresql://gateway:pw-never-logged@127.0.0.1:{free_port()}/gateway"
+
+
+@pytest.mark.parametrize("command", ["serve", "consume", "migrate"])
+def test_a_process_that_cannot_reach_postgresql_at_start_says_so_in_one_json_line(
+    command: str, env: dict[str, str]
+) -> None:
+    """What ``kubectl logs --previous`` shows of a crash-looping pod: one line that names the
+    dependency, in the format the log pipeline already parses, not a traceback."""
+    env["DATABASE_URL"] = _nothing_listening()
+
+    line = failure_line(run_console(command, env=env))
+
+    assert (line["event"], line["level"], line["command"]) == ("start_failed", "error", command)
+    assert line["dependency"] == "PostgreSQL"
+    assert "refused" in line["error"].lower()
+    assert "pw-never-logged" not in json.dumps(line)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_PORT", "eighty"),
+        ("REDIS_URL", "http://redis.internal:6379"),
+        ("SECRET_KEY_FILE", "/no/such/secret"),
+    ],
+)
+def test_a_bad_setting_stops_serve_with_one_json_line_naming_the_variable(
+    variable: str, value: str, env: dict[str, str]
+) -> None:
+    env[variable] = value
+    if variable == "SECRET_KEY_FILE":
+        del env["SECRET_KEY"]
+
+    line = failure_line(run_console("serve", env=env))
+
+    assert (line["event"], line["level"], line["command"]) == ("start_failed", "error", "serve")
+    assert variable in line["error"]
+
+
+def test_a_missing_required_setting_is_named_in_the_json_line(env: dict[str, str]) -> None:
+    del env["REDIS_URL"]
+
+    line = failure_line(run_console("consume", env=env))
+
+    assert line["event"] == "start_failed"
+    assert line["error"].startswith("set REDIS_URL")

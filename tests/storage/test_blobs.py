@@ -37,6 +37,7 @@ from gateway.storage.blobs import (
     safe_filename,
 )
 from tests.support.backends import Backends
+from tests.support.console import failure_line, run_console
 from tests.support.execute import api_key, execute_url, stream_agent
 from tests.support.gateways import GatewayFactory
 from tests.support.runtimes import received
@@ -313,12 +314,9 @@ def test_a_gateway_whose_blob_folder_cannot_be_written_refuses_to_start(
         "BLOB_BACKEND": "fs",
         "BLOB_DIR": str(not_a_folder / "blobs"),
     }
-    gateway = [sys.executable, "-m", "gateway.cli", "serve"]
-    done = subprocess.run(gateway, env=env, capture_output=True, text=True, timeout=60, check=False)
+    line = failure_line(run_console("serve", env=env))
 
-    assert done.returncode != 0
-    last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("agent-gateway: BLOB_DIR ")
-    assert "not writable" in last_line
-    assert "BLOB_BACKEND=s3" in last_line
-    assert "Traceback" not in done.stderr
+    assert (line["event"], line["command"]) == ("start_failed", "serve")
+    assert line["error"].startswith("BLOB_DIR ")
+    assert "not writable" in line["error"]
+    assert "BLOB_BACKEND=s3" in line["error"]
