@@ -30,7 +30,7 @@ from gateway.security.credentials import CredentialService
 from gateway.settings import Settings, SettingsError
 from gateway.storage.blobs import BlobStoreError
 from store.consumer import StoreConsumer
-from store.migrate import migrate_url
+from store.migrate import SchemaBehind, check_schema, migrate_url, migration_status_url
 from store.pool import create_pool
 
 # Commands installed by other distributions (the dev kit's ``dev``), so this package never
@@ -43,6 +43,7 @@ COMMANDS_GROUP = "agent_gateway.commands"
 _START_FAILURES: tuple[type[BaseException], ...] = (
     SettingsError,
     BlobStoreError,
+    SchemaBehind,
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -109,6 +110,7 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
     try:
+        await check_schema(pool)
         async with contextlib.AsyncExitStack() as stack:
             if settings.consumer_port:
                 await stack.enter_async_context(
@@ -262,7 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("serve", help="run the gateway")
     consume = sub.add_parser("consume", help="run the store consumer")
     consume.add_argument("--name", help="consumer name (default: host-pid)")
-    sub.add_parser("migrate", help="apply database migrations")
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument(
+        "--status",
+        action="store_true",
+        help="print applied, pending and unknown migrations; exit 1 if any is pending",
+    )
     _admin_parser(sub)
     args = parser.parse_args(argv)
 
@@ -291,8 +298,14 @@ def _run(settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(run_consumer(settings, name=args.name))
     elif args.command == "migrate":
         _require(settings, "DATABASE_URL")
-        applied = asyncio.run(migrate_url(settings.database_url))
-        print(json.dumps({"applied": applied}))
+        if args.status:
+            status = asyncio.run(migration_status_url(settings.database_url))
+            print(json.dumps(status.as_json()))
+            if not status.up_to_date:
+                sys.exit(1)
+        else:
+            applied = asyncio.run(migrate_url(settings.database_url))
+            print(json.dumps({"applied": applied}))
     elif args.command == "admin":
         _require(settings, "DATABASE_URL", "SECRET_KEY")
         try:

@@ -72,6 +72,7 @@ from gateway.settings import Settings
 from gateway.storage.blobs import open_blob_store
 from store.events import EventPublisher, terminal_channel
 from store.lookup_cache import LookupCache
+from store.migrate import check_schema
 from store.pool import create_pool
 
 _BACKGROUND_DRAIN_S = 5.0
@@ -91,6 +92,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
     )
+    try:
+        # Before anything listens: code newer than its schema would fail request by request.
+        await check_schema(pool)
+    except BaseException:
+        await pool.close()
+        raise
     app[DB_POOL] = pool
     yield
     await pool.close()

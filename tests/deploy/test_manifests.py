@@ -25,6 +25,8 @@ from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+# kustomize's own file in that folder: how to apply the objects, not one of them.
+KUSTOMIZATION = "kustomization.yaml"
 # The oldest Kubernetes release the manifests promise to work on, and the newest the
 # validator ships schemas for.
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
@@ -36,6 +38,8 @@ def manifests() -> dict[str, dict[str, Any]]:
     """Every Kubernetes object in deploy/k8s, by ``Kind/name``."""
     objects = {}
     for path in sorted(K8S.glob("*.yaml")):
+        if path.name == KUSTOMIZATION:
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
@@ -356,3 +360,36 @@ def test_the_kit_trusts_its_load_balancer_and_keeps_blobs_off_the_pods() -> None
     assert environment["BLOB_BACKEND"] == "s3"
     assert environment["TRUSTED_PROXIES"]
     assert "minio" in compose["services"]
+
+
+def _generated_keys(generator: dict[str, Any]) -> set[str]:
+    """The keys a ``configMapGenerator`` entry writes itself: its literals, env files and files
+    (``key=path`` or the file's name)."""
+    keys = {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
+    env_files = generator.get("envs", []) + ([generator["env"]] if "env" in generator else [])
+    for env_file in env_files:
+        for line in (K8S / env_file).read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                keys.add(line.split("=", 1)[0].strip())
+    for source in generator.get("files", []):
+        keys.add(source.split("=", 1)[0] if "=" in source else Path(source).name)
+    return keys
+
+
+def test_the_kustomization_applies_every_manifest_and_rolls_pods_on_a_settings_change() -> None:
+    """``kubectl apply -k deploy/k8s`` gets every object but the Secret example, and its
+    ConfigMap is configmap.yaml's, hash-named so that the workloads roll when it changes."""
+    kustomization = yaml.safe_load((K8S / KUSTOMIZATION).read_text())
+    shipped = {p.name for p in K8S.glob("*.yaml")} - {KUSTOMIZATION, "secret.example.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(shipped)
+
+    # kustomize merges a generator into the listed ConfigMap of the same name (its data, the
+    # generator's hash suffix): the settings stay written once, in configmap.yaml.
+    configmap = manifests()["ConfigMap/agent-gateway"]
+    [generator] = kustomization["configMapGenerator"]
+    assert generator["name"] == configmap["metadata"]["name"]
+    assert generator["behavior"] == "merge"
+    generated = set(configmap["data"]) | _generated_keys(generator)
+    assert generated == set(configmap["data"])
+    for options in (kustomization.get("generatorOptions", {}), generator.get("options", {})):
+        assert not options.get("disableNameSuffixHash"), "the hash suffix is what rolls the pods"
