@@ -381,15 +381,17 @@ def test_the_kustomization_applies_every_manifest_and_rolls_pods_on_a_settings_c
     ConfigMap is configmap.yaml's, hash-named so that the workloads roll when it changes."""
     kustomization = yaml.safe_load((K8S / KUSTOMIZATION).read_text())
     shipped = {p.name for p in K8S.glob("*.yaml")} - {KUSTOMIZATION, "secret.example.yaml"}
-    assert sorted(kustomization["resources"]) == sorted(shipped)
+    patches = [patch["path"] for patch in kustomization["patches"]]
+    assert sorted(kustomization["resources"] + patches) == sorted(shipped)
 
-    # kustomize merges a generator into the listed ConfigMap of the same name (its data, the
-    # generator's hash suffix): the settings stay written once, in configmap.yaml.
+    # The generator makes the ConfigMap (hash-named: what rolls the pods) and configmap.yaml,
+    # applied to it as a patch, is its whole content: the settings stay written once.
     configmap = manifests()["ConfigMap/agent-gateway"]
+    assert patches == ["configmap.yaml"]
+    assert "configmap.yaml" not in kustomization["resources"]
     [generator] = kustomization["configMapGenerator"]
     assert generator["name"] == configmap["metadata"]["name"]
-    assert generator["behavior"] == "merge"
-    generated = set(configmap["data"]) | _generated_keys(generator)
-    assert generated == set(configmap["data"])
+    assert generator.get("behavior", "create") == "create"
+    assert _generated_keys(generator) == set()
     for options in (kustomization.get("generatorOptions", {}), generator.get("options", {})):
         assert not options.get("disableNameSuffixHash"), "the hash suffix is what rolls the pods"
