@@ -134,6 +134,16 @@ async def complete_by_callback(
     return resp.status
 
 
+async def completed_elsewhere(
+    make_gateway: GatewayFactory, agent: dict[str, Any], run_id: int, db: asyncpg.Pool
+) -> asyncpg.Record:
+    """The run handed on by the stop, once the runtime's callback to another replica (answered
+    202) has ended it: its row."""
+    other = await make_gateway()
+    assert await complete_by_callback(other, agent, run_id) == 202
+    return await run_row(db, run_id, until=lambda row: row["status"] != "running")
+
+
 async def test_a_held_wait_cut_by_the_drain_fails_its_run_with_the_reason(
     stoppable: Stoppable, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
 ) -> None:
@@ -168,9 +178,7 @@ async def test_an_async_trigger_whose_webhook_is_open_at_the_stop_is_handed_on_n
     await stoppable.server.drain()
     await dropped(runtime)
 
-    other = await make_gateway()
-    assert await complete_by_callback(other, agent, run_id) == 202
-    row = await run_row(db, run_id, until=lambda row: row["status"] != "running")
+    row = await completed_elsewhere(make_gateway, agent, run_id, db)
     assert (row["status"], row["error"], row["output_data"]) == ("completed", None, {"answer": 42})
 
 
@@ -195,7 +203,5 @@ async def test_a_wait_whose_caller_left_before_the_stop_is_handed_on_not_failed(
     await stoppable.server.drain()
     await dropped(runtime)
 
-    other = await make_gateway()
-    assert await complete_by_callback(other, agent, run_id) == 202
-    row = await run_row(db, run_id, until=lambda row: row["status"] != "running")
+    row = await completed_elsewhere(make_gateway, agent, run_id, db)
     assert (row["status"], row["error"], row["output_data"]) == ("completed", None, {"answer": 42})

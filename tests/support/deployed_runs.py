@@ -7,7 +7,10 @@ from typing import Any
 
 import aiohttp
 
-TERMINAL = {"completed", "failed", "cancelled"}
+from store.enums import TERMINAL_STATUSES
+
+# The run statuses that end a run, as the store declares them (StrEnum: equal to the JSON).
+TERMINAL = TERMINAL_STATUSES
 
 
 async def get_run(
