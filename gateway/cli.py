@@ -30,6 +30,7 @@ from gateway.security.credentials import CredentialService
 from gateway.settings import Settings, SettingsError
 from gateway.storage.blobs import BlobStoreError
 from store.consumer import StoreConsumer
+from store.event_buffer import EventBuffer
 from store.migrate import SchemaBehind, check_schema, migrate_url, migration_status_url
 from store.pool import create_pool
 
@@ -93,7 +94,7 @@ def serve(settings: Settings) -> None:
 
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
-    """Run the store consumer until SIGTERM/SIGINT; the batch in hand is finished first."""
+    """Run the store consumer until SIGTERM/SIGINT; the batches in hand are finished first."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     pool = await create_pool(
         settings.database_url, min_size=1, max_size=settings.consumer_db_pool_max_size
@@ -101,10 +102,10 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     consumer = StoreConsumer(
         redis,
         pool,
-        stream=settings.events_stream,
-        group=settings.events_group,
+        buffer=EventBuffer(redis, settings.events_stream, settings.events_partitions),
         name=name,
-        reclaim_idle_ms=int(settings.consumer_reclaim_idle_s * 1000),
+        poll_ms=settings.consumer_poll_ms,
+        lease_s=settings.consumer_lease_s,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

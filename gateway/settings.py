@@ -513,12 +513,22 @@ class Settings:
         **_PORT,
     )
     # The longest a dead consumer delays the events it held.
-    consumer_reclaim_idle_s: float = setting(
-        30.0,
-        "CONSUMER_RECLAIM_IDLE_S",
+    consumer_lease_s: float = setting(
+        10.0,
+        "CONSUMER_LEASE_S",
         Group.CONSUMER,
-        "Events another consumer read but did not acknowledge for this long are taken over.",
-        **_POSITIVE,
+        "A consumer's lease on a partition of the event buffer lapses this long after it "
+        "stopped renewing it (then another consumer takes the partition).",
+        minimum=0.5,
+        maximum=300,
+    )
+    consumer_poll_ms: int = setting(
+        250,
+        "CONSUMER_POLL_MS",
+        Group.CONSUMER,
+        "How long an idle consumer waits before looking at its partitions again.",
+        minimum=10,
+        maximum=10_000,
     )
 
     # Hostile callers (docs/reliability.md)
@@ -565,8 +575,21 @@ class Settings:
         Group.INTERNAL,
         "How often each replica looks for Trigger.dev environments to open a realtime feed for.",
     )
-    events_stream: str = setting("runs:events", None, Group.INTERNAL, "Redis stream of run events.")
-    events_group: str = setting("store", None, Group.INTERNAL, "Consumer group of the store.")
+    events_stream: str = setting(
+        "runs:events",
+        None,
+        Group.INTERNAL,
+        "Prefix of the Redis keys of the run-event buffer and of the run-end announcements.",
+    )
+    events_partitions: int = setting(
+        16,
+        "EVENTS_PARTITIONS",
+        Group.CONSUMER,
+        "Partitions of the run-event buffer (the most consumers that share its work); change "
+        "it only while the buffer is empty.",
+        minimum=1,
+        maximum=1024,
+    )
     auth_cache_reconnect_s: float = setting(
         1.0,
         None,

@@ -1,1 +1,1 @@
-"""The metadata store: schema, SQL, the run-event publisher and the consumer process."""
+"""The metadata store: schema, SQL, run transitions, the event buffer and the consumer process."""

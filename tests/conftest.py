@@ -29,7 +29,7 @@ from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
 from tests.support.backends import Backends
-from tests.support.consumers import ConsumerFactory
+from tests.support.consumers import ConsumerFactory, event_buffer
 from tests.support.gateways import GatewayFactory
 from tests.support.processes import Processes
 from tests.support.tenants import Tenant, TenantFactory, new_tenant
@@ -163,10 +163,8 @@ async def make_consumer(settings: Settings, backends: Backends) -> AsyncIterator
 
     async def start(**options: Any) -> StoreConsumer:
         options.setdefault("name", f"test-consumer-{len(running)}")
-        options.setdefault("block_ms", 100)
-        worker = StoreConsumer(
-            redis, pool, stream=settings.events_stream, group=settings.events_group, **options
-        )
+        options.setdefault("poll_ms", 50)
+        worker = StoreConsumer(redis, pool, buffer=event_buffer(settings, redis), **options)
         running.append((worker, asyncio.create_task(worker.run())))
         return worker
 

@@ -65,9 +65,9 @@ from gateway.settings import Settings
 from gateway.storage.blobs import BlobStoreError
 from store import agents, run_files, runs
 from store.enums import EventType, OutputKind, RunStatus, TriggerKind
-from store.events import RunEvent
 from store.jsonb import jsonb_problem
 from store.models import Agent, Run
+from store.run_events import RunEvent
 
 log = structlog.get_logger(__name__)
 

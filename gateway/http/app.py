@@ -35,9 +35,9 @@ from gateway.http.keys import (
     LOOKUP_CACHE,
     METRICS,
     PACKAGE_SERVICE,
-    PUBLISHER,
     RATE_LIMITER,
     REALTIME_FOLLOWER,
+    RECORDER,
     REDIS,
     RUN_SERVICE,
     RUN_WAITERS,
@@ -60,6 +60,7 @@ from gateway.runs.callbacks import CallbackService
 from gateway.runs.external import ExternalRunService
 from gateway.runs.follower import RunFollower
 from gateway.runs.realtime import RealtimeFollower
+from gateway.runs.recording import RunRecorder
 from gateway.runs.service import RunService
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
@@ -70,7 +71,8 @@ from gateway.security.signing import UrlSigner
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from gateway.storage.blobs import open_blob_store
-from store.events import EventPublisher, terminal_channel
+from store.announcements import terminal_channel
+from store.event_buffer import EventBuffer
 from store.lookup_cache import LookupCache
 from store.migrate import check_schema
 from store.pool import create_pool
@@ -182,13 +184,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         observe_read=metrics.observe_wait_read,
     )
     metrics.run_waits.set_function(lambda: len(waiters))
-    publisher = EventPublisher(
-        app[REDIS],
+    recorder = RunRecorder(
         app[DB_POOL],
-        settings.events_stream,
+        EventBuffer(app[REDIS], settings.events_stream, settings.events_partitions),
+        waiters,
         observe=metrics.observe_event,
-        # An end this process records is applied at once and answers its own waiters.
-        on_end=waiters.ended,
     )
     trigger_dev = TriggerDevAdapter(
         session,
@@ -206,7 +206,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     runs = RunService(
         settings=settings,
         pool=app[DB_POOL],
-        publisher=publisher,
+        recorder=recorder,
         adapters=adapters,
         background=background,
         tokens=tokens,
@@ -233,7 +233,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         fallback_s=settings.trigger_dev_realtime_fallback_s,
     )
     app[BACKGROUND] = background
-    app[PUBLISHER] = publisher
+    app[RECORDER] = recorder
     app[RATE_LIMITER] = RateLimiter(
         app[REDIS], fail_open=settings.rate_limit_fail_open, observe=metrics.observe_rate_limit
     )
@@ -274,10 +274,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     following.cancel()
     await follower.release()
     # Failures recorded on behalf of callers who left must reach the store before pools close;
-    # each is one XADD, so a short bound suffices after the in-flight grace period.
+    # each is one statement, so a short bound suffices after the in-flight grace period.
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(publisher.flush(), _BACKGROUND_DRAIN_S)
+        await asyncio.wait_for(recorder.flush(), _BACKGROUND_DRAIN_S)
     # Nobody waits any more once requests and background work are done.
     listening.cancel()
     await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)

@@ -18,6 +18,7 @@ from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
 from gateway.runs.external import ExternalRunService
 from gateway.runs.realtime import RealtimeFollower
+from gateway.runs.recording import RunRecorder
 from gateway.runs.service import RunService
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
@@ -26,7 +27,6 @@ from gateway.security.key_guard import KeyGuard
 from gateway.security.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStore
-from store.events import EventPublisher
 from store.lookup_cache import LookupCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -34,7 +34,7 @@ DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 LOOKUP_CACHE = web.AppKey("lookup_cache", LookupCache)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-PUBLISHER = web.AppKey("publisher", EventPublisher)
+RECORDER = web.AppKey("recorder", RunRecorder)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKGROUND = web.AppKey("background", BackgroundTasks)
 RUN_SERVICE = web.AppKey("run_service", RunService)

@@ -11,9 +11,9 @@ import asyncio
 import math
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from prometheus_client import Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
 from store.consumer import StoreConsumer
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +44,9 @@ class _StatsCollector(Collector):
         stats = self._consumer.stats
         events = CounterMetricFamily(
             "agent_gateway_store_events",
-            "Run events handled by this consumer: applied (the run changed), duplicate "
-            "(applied before), refused (the run had ended), poison (undecodable), reclaimed "
-            "(taken over from a dead consumer)",
+            "Buffered run events handled by this consumer: applied (the run changed), duplicate "
+            "(applied before), refused (the run had ended, or its row was newer), poison "
+            "(undecodable)",
             labels=["outcome"],
         )
         for outcome, value in (
@@ -53,7 +54,6 @@ class _StatsCollector(Collector):
             ("duplicate", stats.duplicates),
             ("refused", stats.refused),
             ("poison", stats.poison),
-            ("reclaimed", stats.reclaimed),
         ):
             events.add_metric([outcome], value)
         yield events
@@ -62,30 +62,36 @@ class _StatsCollector(Collector):
             "Runs failed by the reaper because their deadline passed",
             value=stats.reaped,
         )
+        yield CounterMetricFamily(
+            "agent_gateway_store_partition_leases_lost",
+            "Batches not applied because the partition's lease had passed to another consumer",
+            value=stats.leases_lost,
+        )
 
 
 class ConsumerMonitor:
     """Metrics and liveness of one store consumer process."""
 
-    def __init__(self, consumer: StoreConsumer, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    def __init__(self, consumer: StoreConsumer, redis: RedisClient, pool: asyncpg.Pool) -> None:
         self.consumer = consumer
         self._redis = redis
         self.registry = new_registry()
         self.registry.register(_StatsCollector(consumer))
         self.registry.register(PoolCollector("agent_gateway_store", lambda: pool))
-        self.lag = Gauge(
-            "agent_gateway_store_consumer_lag_events",
-            "Events in the stream not yet delivered to the consumer group",
+        self.buffered = Gauge(
+            "agent_gateway_store_buffered_events",
+            "Run events in the Redis buffer (held while PostgreSQL was away), all partitions",
             registry=self.registry,
         )
-        self.pending = Gauge(
-            "agent_gateway_store_pending_events",
-            "Events delivered to a consumer and not yet acknowledged",
+        self.partitions_held = Gauge(
+            "agent_gateway_store_partitions_held",
+            "Partitions of the event buffer this consumer holds a lease on",
             registry=self.registry,
         )
+        self.partitions_held.set_function(lambda: len(consumer.leases.held))
         self.oldest_age = Gauge(
             "agent_gateway_store_oldest_event_age_seconds",
-            "Age of the oldest event still in the stream (0 when it is empty)",
+            "Age of the oldest event in the buffer (0 when it is empty)",
             registry=self.registry,
         )
         dependency_up = dependency_gauge(self.registry)
@@ -97,44 +103,30 @@ class ConsumerMonitor:
         )
 
     async def refresh(self) -> None:
-        """Probe PostgreSQL and Redis; read the stream's backlog (NaN when Redis cannot say)."""
+        """Probe PostgreSQL and Redis; read the buffer's backlog (NaN when Redis cannot say)."""
         await self.dependencies.probe()
         try:
             async with asyncio.timeout(_LAG_PROBE_TIMEOUT_S):
-                lag, pending, age = await self._backlog()
+                buffered, age = await self._backlog()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("consumer_lag_unavailable", error=str(exc))
-            lag = pending = age = math.nan
-        self.lag.set(lag)
-        self.pending.set(pending)
+            log.warning("consumer_backlog_unavailable", error=str(exc))
+            buffered = age = math.nan
+        self.buffered.set(buffered)
         self.oldest_age.set(age)
 
-    async def _backlog(self) -> tuple[float, float, float]:
-        stream, group = self.consumer.stream, self.consumer.group
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(stream)
-            pipe.xinfo_groups(stream)
-            pipe.xrange(stream, count=1)
-            length, groups, first = await pipe.execute(raise_on_error=False)
-        if isinstance(length, Exception):
-            raise length
-        info = {}
-        if not isinstance(groups, Exception):
-            for entry in groups:
-                name = entry.get("name")
-                if (name.decode() if isinstance(name, bytes) else name) == group:
-                    info = entry
-        pending = int(info.get("pending") or 0)
-        # Redis 7 reports the lag itself; before that, acknowledged entries are deleted, so
-        # what is in the stream and not pending has not been delivered yet.
-        lag = info.get("lag")
-        lag = max(0, int(length) - pending) if lag is None else int(lag)
-        age = 0.0
-        if first and not isinstance(first, Exception):
-            entry_id = first[0][0]
-            ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
-            age = max(0.0, time.time() - ms / 1000)
-        return float(lag), float(pending), age
+    async def _backlog(self) -> tuple[float, float]:
+        buffer = self.consumer.buffer
+        lengths = await buffer.lengths()
+        oldest_ms: list[int] = []
+        for partition, length in enumerate(lengths):
+            if length:
+                first: Any = await self._redis.xrange(buffer.stream_key(partition), count=1)
+                if first:
+                    entry_id = first[0][0]
+                    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    oldest_ms.append(int(text.split("-")[0]))
+        age = max(0.0, time.time() - min(oldest_ms) / 1000) if oldest_ms else 0.0
+        return float(sum(lengths)), age
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the consumer loop is turning, and what the probe reports."""

@@ -16,8 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
+
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,7 @@ class DependencyMonitor:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         on_probe: Callable[[Dependency, bool], None] = lambda _dependency, _up: None,
     ) -> None:
@@ -70,9 +71,7 @@ class DependencyMonitor:
         )
         state: dict[Dependency, str] = {}
         for dependency, result in zip(checks, results, strict=True):
-            state[dependency] = (
-                UP if result is None else f"unavailable: {type(result).__name__}"
-            )
+            state[dependency] = UP if result is None else f"unavailable: {type(result).__name__}"
             up = state[dependency] == UP
             self._on_probe(dependency, up)
             # Unknown counts as up: a replica that starts healthy logs nothing.

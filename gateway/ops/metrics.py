@@ -48,11 +48,11 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 
-# Run-event publishing outcomes (reported by ``store.events.EventPublisher``).
-EVENT_VIA_STREAM = "stream"
+# Run-event recording outcomes (reported by ``gateway.runs.recording.RunRecorder``).
 EVENT_VIA_DATABASE = "database"
+EVENT_VIA_BUFFER = "buffer"
 EVENT_REFUSED = "refused"
-EVENT_REDIS_FAILED = "redis_failed"
+EVENT_DATABASE_FAILED = "database_failed"
 EVENT_FAILED = "failed"
 
 
@@ -188,20 +188,20 @@ class GatewayMetrics:
         )
         self.events_published = Counter(
             "agent_gateway_run_events_published",
-            "Run events handed on, by type and path (stream, or database when Redis failed)",
+            "Run events recorded, by type and path (database, or buffer when PostgreSQL was away)",
             ["type", "via"],
             registry=r,
         )
         self.events_refused = Counter(
             "agent_gateway_run_events_refused",
-            "Terminal run events refused because the run had already ended",
+            "Run events refused because the run had already ended",
             ["type"],
             registry=r,
         )
         self.events_failed = Counter(
             "agent_gateway_run_event_failures",
-            "Run events that could not be published: stage redis (fell back to the database) "
-            "or database (the event was lost and the request failed)",
+            "Run events that could not be recorded: stage database (held in the Redis buffer "
+            "instead) or buffer (the event was lost and the request failed)",
             ["type", "stage"],
             registry=r,
         )
@@ -246,14 +246,14 @@ class GatewayMetrics:
 
     def observe_event(self, event_type: str, outcome: str) -> None:
         """Count what became of one run event (see the ``EVENT_*`` outcomes)."""
-        if outcome in (EVENT_VIA_STREAM, EVENT_VIA_DATABASE):
+        if outcome in (EVENT_VIA_DATABASE, EVENT_VIA_BUFFER):
             self.events_published.labels(event_type, outcome).inc()
         elif outcome == EVENT_REFUSED:
             self.events_refused.labels(event_type).inc()
-        elif outcome == EVENT_REDIS_FAILED:
-            self.events_failed.labels(event_type, "redis").inc()
-        else:
+        elif outcome == EVENT_DATABASE_FAILED:
             self.events_failed.labels(event_type, "database").inc()
+        else:
+            self.events_failed.labels(event_type, "buffer").inc()
 
     def metered_adapters(
         self, adapters: Mapping[RuntimeKind, RuntimeAdapter]

@@ -17,8 +17,8 @@ from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
 from store import runs
 from store.enums import EventType, RunStatus
-from store.events import RunEvent
 from store.models import Agent, Run
+from store.run_events import RunEvent
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,8 @@ from gateway.runs.service import RunService
 from gateway.security.tokens import CredentialsTokens, IssuedToken
 from store import runs
 from store.enums import AgentStatus, EventType, ManagedBy, RunStatus, TriggerKind
-from store.events import RunEvent
 from store.models import Agent, Run
+from store.run_events import RunEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from gateway.errors import (
 )
 from gateway.runs import filenames
 from gateway.runs.outputs import header_outputs, lift_outputs
+from gateway.runs.recording import RunRecorder
 from gateway.security.apikeys import derive_agent_api_key
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
@@ -54,10 +55,11 @@ from store.enums import (
     RunStatus,
     TriggerKind,
 )
-from store.events import EventPublisher, RunEvent
-from store.jsonb import jsonb_problem, storable_text
+from store.jsonb import storable_text
 from store.lookup_cache import LookupCache
 from store.models import Agent, Run
+from store.run_events import RunEvent
+from store.transitions import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +133,7 @@ class RunService:
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        publisher: EventPublisher,
+        recorder: RunRecorder,
         adapters: Mapping[str, RuntimeAdapter],
         background: BackgroundTasks,
         tokens: CredentialsTokens,
@@ -142,7 +144,7 @@ class RunService:
         self._pool = pool
         # Agent rows, read through the process's cache (uncached when none is given).
         self.lookups = lookups or LookupCache(pool)
-        self._publisher = publisher
+        self._recorder = recorder
         self._adapters = adapters
         self._background = background
 
@@ -480,27 +482,12 @@ class RunService:
             pause_s = max(0.0, left_s - margin_s)
 
     async def publish(self, event: RunEvent) -> bool:
-        """Record a transition; ``False`` when the run had already ended.
-
-        An output PostgreSQL could not store is refused here and the run fails with the
-        reason, rather than leaving an event the store can never apply.
-        """
-        event = _with_storable_text(event)
-        if event.has_output and (problem := jsonb_problem(event.output_data)):
-            log.warning("run_output_refused", run_id=event.run_id, problem=problem)
-            event = RunEvent(
-                event.run_id,
-                EventType.FAILED,
-                at=event.at,
-                error=f"OutputNotStorable: the output {problem}",
-                duration_ms=event.duration_ms,
-            )
-        return await self._publisher.publish(event)
+        """Record a transition (:meth:`RunRecorder.record`); ``False`` when the run had
+        already ended, so that the event changed nothing."""
+        return (await self._recorder.record(event)).outcome is not Outcome.ENDED
 
     async def was_cancelled(self, run_id: int) -> bool:
-        """Whether the run was cancelled: its end claimed as such, or its row saying so."""
-        if await self._publisher.claimed_end(run_id) == "cancelled":
-            return True
+        """Whether the run's row says it was cancelled."""
         run = await runs.get_run(self._pool, run_id)
         return run is not None and run.status == RunStatus.CANCELLED
 
@@ -546,21 +533,6 @@ class RunService:
         moment its last byte arrives cancels the handler, and the run must still end. It
         runs as background work (waited for on shutdown)."""
         return await asyncio.shield(self._background.spawn(record, name=name))
-
-
-def _with_storable_text(event: RunEvent) -> RunEvent:
-    """``event`` with the free text a runtime or caller wrote (a failure reason, what a run
-    waits for) made storable: a NUL there would stop the store consumer from applying it."""
-    error = None if event.error is None else storable_text(event.error)
-    waiting_for = event.waiting_for
-    if waiting_for is not None:
-        waiting_for = {
-            key: storable_text(value) if isinstance(value, str) else value
-            for key, value in waiting_for.items()
-        }
-    if error == event.error and waiting_for == event.waiting_for:
-        return event
-    return dataclasses.replace(event, error=error, waiting_for=waiting_for)
 
 
 async def _describe_non_file(upstream: aiohttp.ClientResponse) -> tuple[str, Any]:

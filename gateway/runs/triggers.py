@@ -31,8 +31,8 @@ from gateway.runs.service import IdempotentReplay, RunService
 from gateway.runs.waits import RunWaiters, Watch
 from store import follows, runs
 from store.enums import EventType, RunStatus, TriggerKind
-from store.events import RunEvent
 from store.models import Agent, Run
+from store.run_events import RunEvent
 
 log = structlog.get_logger(__name__)
 

@@ -1,13 +1,13 @@
 """Waiting for runs to end, across replicas.
 
 A replica that records a run's end itself (the runtime's answer, a callback landing on it)
-applies it to the run row and hands the terminal row to its own waiters at once
-(:meth:`RunWaiters.deliver`). Every other end is announced on a Redis pub/sub channel: by the
-replica that applied it, by the store consumer, the reaper and the publisher's PostgreSQL
-fallback. Each replica holds one subscription; the runs announced are read in one statement
-and their waiters answered. A lost announcement only costs the recheck interval: every
-``recheck_s`` one statement reads which of all the runs waited on have ended, however many
-waiters there are.
+hands the terminal row to its own waiters at once (:meth:`RunWaiters.deliver`, called by
+``gateway.runs.recording``). Every end is also announced on a Redis pub/sub channel: by the
+replica that recorded it, by the store consumer (an end held in the buffer) and the reaper.
+Each replica holds one subscription; the runs announced are read in one statement and their
+waiters answered. A lost announcement only costs the recheck interval: every ``recheck_s``
+one statement reads which of all the runs waited on have ended, however many waiters there
+are.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from store import runs
+from store.announcements import parse_announcement
 from store.models import Run
 
 log = structlog.get_logger(__name__)
@@ -129,14 +130,6 @@ class RunWaiters:
                 return run
             return await watch.wait(deadline=deadline, interrupt=interrupt)
 
-    def ended(self, run_id: int, run: Run | None) -> None:
-        """This process has just recorded ``run_id``'s end: answer its waiters here with the
-        terminal ``run``, or read the row first when it is not known (``None``)."""
-        if run is None:
-            self.wake(run_id)
-        else:
-            self.deliver(run)
-
     def deliver(self, run: Run) -> None:
         """``run`` has ended, as this process has just recorded: answer its waiters here."""
         for watch in self._waiting.get(run.id, ()):
@@ -217,11 +210,8 @@ class RunWaiters:
                     await pubsub.aclose()
 
     def _dispatch(self, data: object) -> None:
-        try:
-            run_id = int(data)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return
-        self.wake(run_id)
+        for run_id in parse_announcement(data):
+            self.wake(run_id)
 
 
 def _stop_if_cancelled() -> None:

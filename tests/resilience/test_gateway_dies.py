@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from devkit.embedded import EmbeddedRedis
-from store.events import RunEvent
 from store.reaper import REAPED_ERROR, reap_overdue
+from store.run_events import RunEvent
 from tests.support.backends import Backends
 from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
 from tests.support.store_runs import wait_until_past

@@ -8,11 +8,11 @@ import datetime as dt
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from store.events import RunEvent, apply_event, apply_events
 
 from gateway.settings import Settings
 from store import events as store_events
 from store.consumer import StoreConsumer
-from store.events import RunEvent, apply_event, apply_events
 from store.models import Agent
 from tests.support.store_runs import new_run
 

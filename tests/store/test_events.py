@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from store.events import RunEvent, apply_ends_returning, apply_events
 
 from store.enums import EventType
-from store.events import RunEvent, apply_ends_returning, apply_events
 from store.models import Agent
 from tests.support.store_runs import new_run
 

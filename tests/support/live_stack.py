@@ -35,6 +35,7 @@ from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
+from tests.support.consumers import event_buffer
 from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 # The strict gateway's limits: the second call of a kind on one agent is a 429.
@@ -120,9 +121,7 @@ async def serve(database_url: str, redis_url: str, root: Path) -> None:
     )
     redis = aioredis.Redis.from_url(redis_url)
     pool = await create_pool(database_url, min_size=1, max_size=4)
-    consumer = StoreConsumer(
-        redis, pool, stream=settings.events_stream, group=settings.events_group, block_ms=100
-    )
+    consumer = StoreConsumer(redis, pool, buffer=event_buffer(settings, redis), poll_ms=100)
     consuming = asyncio.create_task(consumer.run())
     try:
         async with (
