@@ -137,13 +137,17 @@ class StoreConsumer:
         moved = 0
         for partition, batch in zip(held, batches, strict=True):
             if batch and partition in self.leases.held:
-                moved += await self._apply(partition, await self._token(partition), batch)
+                moved += await self._apply(partition, batch)
         return moved
 
     async def _token(self, partition: int) -> int:
         """This consumer's fencing token on ``partition`` (taken once per lease)."""
         token = self.leases.held.get(partition)
         if token is None:
+            # Taken only while the lease is still this consumer's: a token taken after the
+            # lease passed on would fence off the consumer that holds it now.
+            if not await self.leases.renew(partition):
+                raise LeaseLost(partition)
             token = await new_lease_token(self._pool, self.buffer.prefix, partition)
             self.leases.held[partition] = token
         return token
@@ -154,7 +158,7 @@ class StoreConsumer:
             log.warning("runs_reaped", run_ids=reaped)
             await announce_terminal(self._redis, self.buffer.prefix, reaped)
 
-    async def _apply(self, partition: int, token: int, batch: list[BufferedEvent]) -> int:
+    async def _apply(self, partition: int, batch: list[BufferedEvent]) -> int:
         """Apply ``batch`` (from ``partition``), then remove it from the stream."""
         for entry in batch:
             if entry.event is None:
@@ -163,7 +167,7 @@ class StoreConsumer:
                 log.error("consumer_poison_event", entry_id=entry.entry_id, error=entry.error)
         events = [entry.event for entry in batch if entry.event is not None]
         try:
-            transitions = await self._apply_events(partition, token, events)
+            transitions = await self._apply_events(partition, await self._token(partition), events)
         except LeaseLost:
             self.stats.leases_lost += 1
             self.leases.held.pop(partition, None)

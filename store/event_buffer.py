@@ -139,7 +139,7 @@ class PartitionLeases:
         """Renew what is held, take a fair share of what is free, give back the surplus.
         Returns the partitions held now, with their tokens."""
         alive = await self._consumers_alive()
-        renewed = await asyncio.gather(*(self._renew(partition) for partition in sorted(self.held)))
+        renewed = await asyncio.gather(*(self.renew(partition) for partition in sorted(self.held)))
         for partition, kept in zip(sorted(self.held), renewed, strict=True):
             if not kept:
                 log.warning("event_partition_lease_lost", partition=partition, consumer=self._name)
@@ -174,7 +174,8 @@ class PartitionLeases:
             await self.release(partition)
         await self._redis.zrem(self._buffer.consumers_key, self._name)
 
-    async def _renew(self, partition: int) -> bool:
+    async def renew(self, partition: int) -> bool:
+        """Renew this consumer's lease on ``partition``; whether it still held it."""
         reply = await self._renew_or_release(
             keys=[self._buffer.lease_key(partition)], args=[self._name, self._lease_ms]
         )

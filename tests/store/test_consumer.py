@@ -1,168 +1,216 @@
-"""The store consumer: at-least-once delivery, idempotent and guarded application."""
+"""The store consumer: the events held in the Redis buffer while PostgreSQL was away reach their
+runs in order, whatever the number of consumers and whichever of them stops or stalls."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from gateway.settings import Settings
+from store.announcements import parse_announcement, terminal_channel
 from store.consumer import StoreConsumer
-from store.events import EventPublisher, RunEvent, apply_event, terminal_channel
+from store.enums import EventType
+from store.event_buffer import EventBuffer
 from store.models import Agent
 from store.reaper import REAPED_ERROR, reap_overdue
-from tests.support.backends import Backends
+from store.run_events import RunEvent
+from store.transitions import record_events
+from tests.support.consumers import ConsumerFactory, event_buffer
 from tests.support.store_runs import new_run
 
-
-async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:
-    row = await db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-    assert row is not None
-    return dict(row)
+OUTPUTS_PER_RUN = 6
 
 
-async def test_the_same_event_applied_twice_changes_nothing_the_second_time(
-    db: asyncpg.Pool, agent: Agent
-) -> None:
-    run_id = await new_run(db, agent)
-    done = RunEvent(run_id, "completed", output_data={"ok": True}, outputs=2, duration_ms=40)
-
-    async with db.acquire() as conn:
-        first = await apply_event(conn, done)
-        after_first = await run_row(db, run_id)
-        second = await apply_event(conn, done)
-
-    assert first is True
-    assert second is None
-    assert await run_row(db, run_id) == after_first
-    assert after_first["status"] == "completed"
-    assert after_first["output_data"] == {"ok": True}
-    assert after_first["outputs"] == 2
-    assert await db.fetchval("SELECT count(*) FROM applied_events WHERE run_id = $1", run_id) == 1
+async def final_rows(db: asyncpg.Pool, run_ids: list[int]) -> dict[int, tuple[object, ...]]:
+    rows = await db.fetch(
+        "SELECT id, status, output_data, outputs FROM runs WHERE id = ANY($1)", run_ids
+    )
+    return {r["id"]: (r["status"], r["output_data"], r["outputs"]) for r in rows}
 
 
-async def test_a_terminal_run_is_never_changed_by_a_later_event(
-    db: asyncpg.Pool, agent: Agent
-) -> None:
-    run_id = await new_run(db, agent)
-    async with db.acquire() as conn:
-        assert await apply_event(conn, RunEvent(run_id, "started")) is True
-        assert await apply_event(conn, RunEvent(run_id, "completed", output_data={"v": 1}))
-        terminal = await run_row(db, run_id)
-        for late in (
-            RunEvent(run_id, "failed", error="late failure"),
-            RunEvent(run_id, "output", output_data={"v": 2}, outputs=9),
-            RunEvent(run_id, "waiting"),
-            RunEvent(run_id, "started"),
-            RunEvent(run_id, "cancelled"),
-        ):
-            assert await apply_event(conn, late) is False, late.type
-
-    assert await run_row(db, run_id) == terminal
+async def until(check: Callable[[], Awaitable[bool]], *, bound_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while not await check():
+        assert loop.time() < deadline, "not reached in time"
+        await asyncio.sleep(0.02)
 
 
-async def test_events_published_reach_the_row_through_the_consumer_exactly_once(
+async def buffer_outputs_then_complete(buffer: EventBuffer, run_ids: list[int]) -> None:
+    """What a gateway holds while PostgreSQL is away for runs whose agents report several
+    outputs and then ``complete()`` without one (the agent SDK's usual ending)."""
+    for step in range(OUTPUTS_PER_RUN):
+        for run_id in run_ids:
+            await buffer.append(
+                RunEvent(run_id, EventType.OUTPUT, output_data={"v": step}, outputs=step)
+            )
+    for run_id in run_ids:
+        await buffer.append(RunEvent(run_id, EventType.COMPLETED))
+
+
+def last_sent(run_ids: list[int]) -> dict[int, tuple[object, ...]]:
+    last = OUTPUTS_PER_RUN - 1
+    return {run_id: ("completed", {"v": last}, last) for run_id in run_ids}
+
+
+async def test_two_consumers_leave_every_run_as_its_last_event_says(
     db: asyncpg.Pool,
     agent: Agent,
     settings: Settings,
-    backends: Backends,
     redis_client: aioredis.Redis,
+    make_consumer: ConsumerFactory,
 ) -> None:
-    publisher = EventPublisher(redis_client, db, settings.events_stream)
-    consumer = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="c1"
+    run_ids = [await new_run(db, agent) for _ in range(60)]
+    await buffer_outputs_then_complete(event_buffer(settings, redis_client), run_ids)
+
+    first, second = await make_consumer(batch=7), await make_consumer(batch=7)
+
+    await until(lambda: _all_ended(db, run_ids))
+    assert await final_rows(db, run_ids) == last_sent(run_ids)
+    assert first.stats.applied > 0, "both took a share"
+    assert second.stats.applied > 0, "both took a share"
+    assert first.stats.applied + second.stats.applied == len(run_ids) * (OUTPUTS_PER_RUN + 1)
+    assert sum(await event_buffer(settings, redis_client).lengths()) == 0
+
+
+async def _all_ended(db: asyncpg.Pool, run_ids: list[int]) -> bool:
+    count = await db.fetchval(
+        "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'", run_ids
     )
-    await consumer.ensure_group()
+    return bool(count == len(run_ids))
+
+
+async def test_a_consumer_stalled_past_its_lease_applies_nothing_after_its_successor(
+    db: asyncpg.Pool,
+    agent: Agent,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    make_consumer: ConsumerFactory,
+) -> None:
+    """The forced interleaving: consumer A has read a run's first output and stalls (a long GC
+    pause, a frozen VM) past its lease; B takes the partition and applies the run's outputs and
+    its end; then A wakes up with its stale batch."""
+    buffer = event_buffer(settings, redis_client)
     run_ids = [await new_run(db, agent) for _ in range(20)]
     for run_id in run_ids:
-        await publisher.publish(RunEvent(run_id, "started"))
-        await publisher.publish(RunEvent(run_id, "completed", outputs=1))
+        await buffer.append(RunEvent(run_id, EventType.OUTPUT, output_data={"v": 0}, outputs=0))
 
-    while await consumer.consume_once(block_ms=10):
-        pass
+    stalled = asyncio.Event()
+    wake = asyncio.Event()
+    a = StoreConsumer(redis_client, db, buffer=buffer, name="a", poll_ms=20, lease_s=0.5)
+    apply_for_real = a._apply_events
 
-    assert consumer.stats.applied == 40
-    statuses = await db.fetch("SELECT status FROM runs WHERE id = ANY($1)", run_ids)
-    assert {r["status"] for r in statuses} == {"completed"}
-    assert await redis_client.xlen(settings.events_stream) == 0
+    async def stall_then_apply(*args: object, **kwargs: object) -> object:
+        stalled.set()
+        await wake.wait()
+        return await apply_for_real(*args, **kwargs)  # type: ignore[arg-type]
 
-
-async def test_events_a_dead_consumer_left_pending_are_reclaimed_by_another(
-    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    publisher = EventPublisher(redis_client, db, settings.events_stream)
-    dead = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="dead"
-    )
-    await dead.ensure_group()
-    run_id = await new_run(db, agent)
-    await publisher.publish(RunEvent(run_id, "completed", outputs=3))
-    # "dead" reads the entry and dies before applying it.
-    await redis_client.xreadgroup(
-        settings.events_group, "dead", {settings.events_stream: ">"}, count=10
-    )
-
-    survivor = StoreConsumer(
-        redis_client,
-        db,
-        stream=settings.events_stream,
-        group=settings.events_group,
-        name="survivor",
-        reclaim_idle_ms=50,
-        block_ms=20,
-    )
-    task = asyncio.create_task(survivor.run())
+    a._apply_events = stall_then_apply  # type: ignore[method-assign]
+    running_a = asyncio.create_task(a.run())
     try:
-        for _ in range(200):
-            if (await run_row(db, run_id))["status"] == "completed":
-                break
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(stalled.wait(), 10)
+        # The rest of every run arrives while A is stalled with the first output in hand.
+        for step in range(1, OUTPUTS_PER_RUN):
+            for run_id in run_ids:
+                await buffer.append(
+                    RunEvent(run_id, EventType.OUTPUT, output_data={"v": step}, outputs=step)
+                )
+        for run_id in run_ids:
+            await buffer.append(RunEvent(run_id, EventType.COMPLETED))
+        await asyncio.sleep(0.7)  # A's leases lapse
+        b = await make_consumer(name="b", lease_s=0.5)
+        await until(lambda: _all_ended(db, run_ids))
+        wake.set()
+        await until(lambda: _true(a.stats.leases_lost >= 1))
     finally:
-        survivor.stop()
-        await asyncio.wait_for(task, 5)
+        wake.set()
+        a.stop()
+        await asyncio.wait_for(running_a, 10)
 
-    assert (await run_row(db, run_id))["outputs"] == 3
-    assert survivor.stats.reclaimed == 1
-    pending = await redis_client.xpending(settings.events_stream, settings.events_group)
-    assert pending["pending"] == 0
-
-
-@pytest.fixture
-async def unreachable_redis() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    yield client
-    await client.aclose()
+    assert await final_rows(db, run_ids) == last_sent(run_ids)
+    assert b.stats.applied == len(run_ids) * (OUTPUTS_PER_RUN + 1)
+    assert a.stats.applied == 0
 
 
-async def test_an_event_redis_cannot_take_is_written_to_postgresql_instead(
-    db: asyncpg.Pool, agent: Agent, unreachable_redis: aioredis.Redis
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_consumer_that_dies_holding_partitions_hands_them_on_after_its_lease(
+    db: asyncpg.Pool,
+    agent: Agent,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    make_consumer: ConsumerFactory,
 ) -> None:
-    publisher = EventPublisher(unreachable_redis, db, "nowhere")
-    run_id = await new_run(db, agent)
+    buffer = event_buffer(settings, redis_client)
+    dead = StoreConsumer(redis_client, db, buffer=buffer, name="dead", lease_s=1.0)
+    await dead.leases.refresh()  # it takes every partition, then dies without a word
+    assert len(dead.leases.held) == settings.events_partitions
+    run_ids = [await new_run(db, agent) for _ in range(30)]
+    await buffer_outputs_then_complete(buffer, run_ids)
 
-    await publisher.publish(RunEvent(run_id, "failed", error="runtime exploded"))
+    heir = await make_consumer(name="heir", lease_s=1.0)
 
-    row = await run_row(db, run_id)
-    assert row["status"] == "failed"
-    assert row["error"] == "runtime exploded"
+    await until(lambda: _all_ended(db, run_ids))
+    assert await final_rows(db, run_ids) == last_sent(run_ids)
+    assert len(heir.leases.held) == settings.events_partitions
+
+
+async def test_consumers_share_the_partitions_and_a_stopped_one_gives_its_share_back(
+    settings: Settings, redis_client: aioredis.Redis, make_consumer: ConsumerFactory
+) -> None:
+    first = await make_consumer(name="first", lease_s=0.6)
+    second = await make_consumer(name="second", lease_s=0.6)
+    half = settings.events_partitions // 2
+
+    await until(lambda: _true(len(first.leases.held) == len(second.leases.held) == half))
+    assert not set(first.leases.held) & set(second.leases.held)
+
+    second.stop()
+    await until(lambda: _true(len(first.leases.held) == settings.events_partitions))
 
 
 async def test_an_undecodable_entry_is_set_aside_not_retried_forever(
     db: asyncpg.Pool, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    consumer = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="c1"
-    )
-    await consumer.ensure_group()
-    await redis_client.xadd(settings.events_stream, {"event": "{not json"})
+    buffer = event_buffer(settings, redis_client)
+    consumer = StoreConsumer(redis_client, db, buffer=buffer, name="c1")
+    await redis_client.xadd(buffer.stream_key(0), {"event": "{not json"})
+    await consumer.leases.refresh()
 
-    await consumer.consume_once(block_ms=10)
+    await consumer.consume_once()
 
     assert consumer.stats.poison == 1
-    assert await redis_client.xlen(settings.events_stream) == 0
+    assert await redis_client.xlen(buffer.stream_key(0)) == 0
+
+
+async def test_an_end_applied_from_the_buffer_is_announced_to_every_replica(
+    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    buffer = event_buffer(settings, redis_client)
+    consumer = StoreConsumer(redis_client, db, buffer=buffer, name="c1")
+    run_id = await new_run(db, agent)
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(terminal_channel(settings.events_stream))
+    try:
+        await buffer.append(RunEvent(run_id, EventType.STARTED))
+        await buffer.append(RunEvent(run_id, EventType.CANCELLED))
+        await consumer.leases.refresh()
+        while await consumer.consume_once():
+            pass
+        announced: list[int] = []
+        for _ in range(10):  # a subscribe confirmation reads as None: keep listening a while
+            if (message := await pubsub.get_message(timeout=0.1)) is not None:
+                announced += parse_announcement(message["data"])
+    finally:
+        await pubsub.aclose()
+
+    assert announced == [run_id]  # the end only, once
+    assert (await final_rows(db, [run_id]))[run_id][0] == "cancelled"
 
 
 async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
@@ -170,8 +218,7 @@ async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
 ) -> None:
     overdue, current = await new_run(db, agent), await new_run(db, agent)
     finished = await new_run(db, agent)
-    async with db.acquire() as conn:
-        await apply_event(conn, RunEvent(finished, "completed"))
+    await record_events(db, [RunEvent(finished, EventType.COMPLETED)])
     await db.execute(
         "UPDATE runs SET deadline = now() - interval '1 second' WHERE id = ANY($1)",
         [overdue, finished],
@@ -182,70 +229,7 @@ async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
     assert overdue in reaped
     assert current not in reaped
     assert finished not in reaped
-    row = await run_row(db, overdue)
-    assert (row["status"], row["error"]) == ("failed", REAPED_ERROR)
-    assert (await run_row(db, current))["status"] == "queued"
-    assert (await run_row(db, finished))["status"] == "completed"
-
-
-async def test_only_the_first_end_of_a_run_enters_the_stream(
-    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    publisher = EventPublisher(redis_client, db, settings.events_stream)
-    run_id = await new_run(db, agent)
-
-    first = await publisher.publish(RunEvent(run_id, "completed", output_data={"v": 1}))
-    second = await publisher.publish(RunEvent(run_id, "failed", error="late"))
-    progress = await publisher.publish(RunEvent(run_id, "output", output_data={"v": 2}))
-
-    assert (first, second, progress) == (True, False, True)
-    assert await publisher.claimed_end(run_id) == "completed"
-    entries = await redis_client.xrange(settings.events_stream)
-    assert [RunEvent.decode(fields).type for _id, fields in entries] == ["completed", "output"]
-
-
-async def test_applying_an_end_is_announced_to_waiters_on_every_replica(
-    db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    publisher = EventPublisher(redis_client, db, settings.events_stream)
-    consumer = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="c1"
-    )
-    await consumer.ensure_group()
-    run_id = await new_run(db, agent)
-    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(terminal_channel(settings.events_stream))
-    try:
-        await publisher.publish(RunEvent(run_id, "started"))
-        await publisher.publish(RunEvent(run_id, "cancelled"))
-        while await consumer.consume_once(block_ms=10):
-            pass
-        messages = []
-        for _ in range(10):  # a subscribe confirmation reads as None: keep listening a while
-            if (message := await pubsub.get_message(timeout=0.1)) is not None:
-                messages.append(message["data"])
-    finally:
-        await pubsub.aclose()
-
-    assert messages == [str(run_id).encode()]  # the end only, once
-    assert (await run_row(db, run_id))["status"] == "cancelled"
-
-
-async def test_waiting_records_what_the_run_waits_for_and_output_resumes_it(
-    db: asyncpg.Pool, agent: Agent
-) -> None:
-    run_id = await new_run(db, agent)
-    waiting_for = {"tokenId": "tok_9", "description": "Approve"}
-    async with db.acquire() as conn:
-        await apply_event(conn, RunEvent(run_id, "started"))
-        await apply_event(conn, RunEvent(run_id, "waiting", waiting_for=waiting_for))
-        paused = await run_row(db, run_id)
-        await apply_event(conn, RunEvent(run_id, "output", output_data={"step": 2}))
-        resumed = await run_row(db, run_id)
-
-    assert (paused["status"], paused["waiting_for"]) == ("waiting", waiting_for)
-    assert (resumed["status"], resumed["waiting_for"], resumed["output_data"]) == (
-        "running",
-        None,
-        {"step": 2},
-    )
+    rows = await db.fetch("SELECT id, status, error FROM runs WHERE id = ANY($1)", reaped)
+    assert {(r["id"], r["status"], r["error"]) for r in rows} >= {(overdue, "failed", REAPED_ERROR)}
+    assert (await final_rows(db, [current]))[current][0] == "queued"
+    assert (await final_rows(db, [finished]))[finished][0] == "completed"

@@ -1,4 +1,5 @@
-"""The store consumer applies events in batches: the same outcome as one by one, nothing lost."""
+"""The store consumer applies buffered events in batches: the same outcome as one by one,
+nothing lost, nothing applied twice."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import datetime as dt
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from store.events import RunEvent, apply_event, apply_events
 
 from gateway.settings import Settings
-from store import events as store_events
+from store import transitions
 from store.consumer import StoreConsumer
 from store.models import Agent
+from store.run_events import RunEvent
+from store.transitions import Outcome, apply_buffered, new_lease_token, record_events
+from tests.support.consumers import event_buffer
 from tests.support.store_runs import new_run
 
 
@@ -27,23 +30,26 @@ async def run_row(db: asyncpg.Pool, run_id: int) -> dict[str, object]:
     return dict(row)
 
 
-def consumer(
+async def consumer(
     redis_client: aioredis.Redis, db: asyncpg.Pool, settings: Settings, name: str, **kw: int
 ) -> StoreConsumer:
-    return StoreConsumer(
-        redis_client,
-        db,
-        stream=settings.events_stream,
-        group=settings.events_group,
-        name=name,
-        **kw,
+    """A consumer holding every partition (the only one)."""
+    worker = StoreConsumer(
+        redis_client, db, buffer=event_buffer(settings, redis_client), name=name, **kw
     )
+    await worker.leases.refresh()
+    return worker
 
 
 async def add(redis_client: aioredis.Redis, settings: Settings, *events: RunEvent) -> None:
-    """Put events on the stream as they are, duplicates and late ends included."""
+    """Hold events in the buffer as they are, duplicates and late ends included."""
+    buffer = event_buffer(settings, redis_client)
     for event in events:
-        await redis_client.xadd(settings.events_stream, event.encode())  # type: ignore[arg-type]
+        await buffer.append(event)
+
+
+async def buffered(redis_client: aioredis.Redis, settings: Settings) -> int:
+    return sum(await event_buffer(settings, redis_client).lengths())
 
 
 async def test_a_batch_leaves_every_run_as_applying_its_events_one_by_one_would(
@@ -64,12 +70,21 @@ async def test_a_batch_leaves_every_run_as_applying_its_events_one_by_one_would(
         ]
 
     one_by_one, batched, other = [await new_run(db, agent) for _ in range(3)]
+    token = await new_lease_token(db, "test:batches", 0)
     async with db.acquire() as conn:
-        sequential = [await apply_event(conn, e) for e in story(one_by_one)]
-        # Interleaved with another run's events, as a stream would carry them.
+        sequential = [
+            (await record_events(conn, [e]))[0].outcome is Outcome.APPLIED
+            for e in story(one_by_one)
+        ]
+        # Interleaved with another run's events, as a partition would carry them.
         mine, theirs = story(batched), story(other)
         mixed = [e for pair in zip(mine, theirs, strict=True) for e in pair]
-        outcomes = await apply_events(conn, mixed)
+        outcomes = [
+            t.outcome is Outcome.APPLIED
+            for t in await apply_buffered(
+                conn, mixed, stream="test:batches", partition=0, token=token
+            )
+        ]
 
     assert outcomes[0::2] == sequential == [True, True, True, True, True, False, False]
     assert await run_row(db, batched) == await run_row(db, one_by_one)
@@ -84,25 +99,24 @@ async def test_the_same_event_twice_in_one_batch_is_applied_once(
     db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     run_id = await new_run(db, agent)
+    started = RunEvent(run_id, "started")
     progress = RunEvent(run_id, "output", output_data={"n": 1}, outputs=1)
-    c1 = consumer(redis_client, db, settings, "c1")
-    await c1.ensure_group()
-    await add(redis_client, settings, RunEvent(run_id, "started"), progress, progress, progress)
+    c1 = await consumer(redis_client, db, settings, "c1")
+    await add(redis_client, settings, started, progress, progress, progress)
 
-    assert await c1.consume_once(block_ms=10) == 4
+    assert await c1.consume_once() == 4
 
     assert (c1.stats.applied, c1.stats.duplicates) == (2, 2)
     assert await db.fetchval("SELECT count(*) FROM applied_events WHERE run_id = $1", run_id) == 2
     assert (await run_row(db, run_id))["output_data"] == {"n": 1}
-    assert await redis_client.xlen(settings.events_stream) == 0
+    assert await buffered(redis_client, settings) == 0
 
 
 async def test_a_late_event_in_the_same_batch_as_the_end_changes_nothing(
     db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     run_id = await new_run(db, agent)
-    c1 = consumer(redis_client, db, settings, "c1")
-    await c1.ensure_group()
+    c1 = await consumer(redis_client, db, settings, "c1")
     await add(
         redis_client,
         settings,
@@ -112,20 +126,19 @@ async def test_a_late_event_in_the_same_batch_as_the_end_changes_nothing(
         RunEvent(run_id, "cancelled"),
     )
 
-    await c1.consume_once(block_ms=10)
+    await c1.consume_once()
 
     row = await run_row(db, run_id)
     assert (row["status"], row["output_data"], row["outputs"]) == ("completed", {"answer": 42}, 1)
     assert (c1.stats.applied, c1.stats.refused) == (2, 2)
-    assert await redis_client.xlen(settings.events_stream) == 0
+    assert await buffered(redis_client, settings) == 0
 
 
 async def test_one_event_postgresql_refuses_does_not_hold_back_the_rest_of_its_batch(
     db: asyncpg.Pool, agent: Agent, settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     good, bad = await new_run(db, agent), await new_run(db, agent)
-    c1 = consumer(redis_client, db, settings, "c1")
-    await c1.ensure_group()
+    c1 = await consumer(redis_client, db, settings, "c1")
     await add(
         redis_client,
         settings,
@@ -135,13 +148,12 @@ async def test_one_event_postgresql_refuses_does_not_hold_back_the_rest_of_its_b
         RunEvent(good, "completed", output_data={"ok": True}),
     )
 
-    assert await c1.consume_once(block_ms=10) == 3
+    assert await c1.consume_once() == 3
 
     assert (await run_row(db, good))["status"] == "completed"
     assert (await run_row(db, bad))["status"] == "queued"
     assert (c1.stats.applied, c1.stats.poison) == (2, 1)
-    pending = await redis_client.xpending(settings.events_stream, settings.events_group)
-    assert pending["pending"] == 0
+    assert await buffered(redis_client, settings) == 0
 
 
 async def test_a_batch_applied_but_not_acknowledged_is_not_applied_again_when_redelivered(
@@ -152,8 +164,7 @@ async def test_a_batch_applied_but_not_acknowledged_is_not_applied_again_when_re
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_ids = [await new_run(db, agent) for _ in range(3)]
-    crashing = consumer(redis_client, db, settings, "c1")
-    await crashing.ensure_group()
+    crashing = await consumer(redis_client, db, settings, "c1")
     for run_id in run_ids:
         await add(
             redis_client,
@@ -162,31 +173,38 @@ async def test_a_batch_applied_but_not_acknowledged_is_not_applied_again_when_re
             RunEvent(run_id, "output", output_data={"v": run_id}, outputs=1),
         )
 
-    async def redis_gone(**_: object) -> None:
-        raise ConnectionError("the consumer died before acknowledging")
+    async def redis_gone(*_: object) -> None:
+        raise ConnectionError("the consumer died before removing what it applied")
 
-    monkeypatch.setattr(crashing, "_ack_script", redis_gone)
+    monkeypatch.setattr(crashing.buffer, "remove", redis_gone)
     with pytest.raises(ConnectionError):
-        await crashing.consume_once(block_ms=10)
-    applied = [await run_row(db, run_id) for run_id in run_ids]
+        await crashing.consume_once()
+    await crashing.leases.release_all()
+    monkeypatch.undo()
+    applied_before_crash = crashing.stats.applied
+    assert applied_before_crash == 2, "one partition's batch: one run's two events"
 
-    # The same consumer starts again: its pending entries come first.
-    restarted = consumer(redis_client, db, settings, "c1", block_ms=20)
+    # A consumer starts again and takes the partitions with what is left in them.
+    restarted = await consumer(redis_client, db, settings, "c2", poll_ms=20)
     task = asyncio.create_task(restarted.run())
     try:
         for _ in range(200):
-            if restarted.stats.duplicates == 6:
+            if restarted.stats.duplicates + restarted.stats.applied == 6:
                 break
             await asyncio.sleep(0.02)
     finally:
         restarted.stop()
         await asyncio.wait_for(task, 5)
 
-    assert (restarted.stats.applied, restarted.stats.duplicates) == (0, 6)
-    assert [await run_row(db, run_id) for run_id in run_ids] == applied
-    assert applied[0]["output_data"] == {"v": run_ids[0]}
-    pending = await redis_client.xpending(settings.events_stream, settings.events_group)
-    assert pending["pending"] == 0
+    assert (restarted.stats.applied, restarted.stats.duplicates) == (4, 2)
+    for run_id in run_ids:
+        row = await run_row(db, run_id)
+        assert (row["status"], row["output_data"]) == ("running", {"v": run_id})
+    assert (
+        await db.fetchval("SELECT count(*) FROM applied_events WHERE run_id = ANY($1)", run_ids)
+        == 6
+    )
+    assert await buffered(redis_client, settings) == 0
 
 
 async def test_a_batch_cut_off_mid_transaction_is_applied_whole_when_redelivered(
@@ -197,8 +215,7 @@ async def test_a_batch_cut_off_mid_transaction_is_applied_whole_when_redelivered
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_ids = [await new_run(db, agent) for _ in range(3)]
-    crashing = consumer(redis_client, db, settings, "c1")
-    await crashing.ensure_group()
+    crashing = await consumer(redis_client, db, settings, "c1")
     for run_id in run_ids:
         await add(
             redis_client,
@@ -206,18 +223,21 @@ async def test_a_batch_cut_off_mid_transaction_is_applied_whole_when_redelivered
             RunEvent(run_id, "started"),
             RunEvent(run_id, "completed", outputs=2),
         )
-    # The connection dies after the batch's first round (the starts) ran, before commit.
-    monkeypatch.setitem(
-        store_events._APPLY,
-        "end",
-        store_events._Apply("SELECT pg_terminate_backend(pg_backend_pid())", ()),
+    # The connection dies inside the batch's transaction, after the lease was checked.
+    monkeypatch.setattr(
+        transitions,
+        "_APPLY_BUFFERED",
+        "SELECT pg_terminate_backend(pg_backend_pid()) "
+        "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[], $5::boolean[], "
+        "$6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::text[])",
     )
     with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-        await crashing.consume_once(block_ms=10)
+        await crashing.consume_once()
     assert {(await run_row(db, r))["status"] for r in run_ids} == {"queued"}
     monkeypatch.undo()
+    await crashing.leases.release_all()
 
-    restarted = consumer(redis_client, db, settings, "c1", block_ms=20)
+    restarted = await consumer(redis_client, db, settings, "c2", poll_ms=20)
     task = asyncio.create_task(restarted.run())
     try:
         for _ in range(200):
@@ -230,4 +250,4 @@ async def test_a_batch_cut_off_mid_transaction_is_applied_whole_when_redelivered
 
     assert {(await run_row(db, r))["status"] for r in run_ids} == {"completed"}
     assert {(await run_row(db, r))["outputs"] for r in run_ids} == {2}
-    assert await redis_client.xlen(settings.events_stream) == 0
+    assert await buffered(redis_client, settings) == 0
