@@ -16,8 +16,8 @@ from gateway.http.monitor import monitor_app
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
-from store.events import EventPublisher, RunEvent
-from tests.support.consumers import ConsumerFactory
+from store.run_events import RunEvent
+from tests.support.consumers import ConsumerFactory, event_buffer
 from tests.support.runtimes import json_agent
 from tests.support.tenants import Tenant
 
@@ -52,7 +52,7 @@ async def scrape(client: Client) -> dict[str, float]:
     }
 
 
-async def test_lag_shows_unapplied_events_and_drops_once_they_are_applied(
+async def test_the_backlog_shows_buffered_events_and_drops_once_they_are_applied(
     settings: Settings,
     tenant: Tenant,
     runtime: TestServer,
@@ -68,34 +68,29 @@ async def test_lag_shows_unapplied_events_and_drops_once_they_are_applied(
             f"/api/agents/{agent['id']}/runs/trigger", headers=tenant.auth
         )
         run_ids.append((await resp.json())["runId"])
-    publisher = EventPublisher(redis_client, db, settings.events_stream)
+    # Held as a replica holds them while PostgreSQL is away.
+    buffer = event_buffer(settings, redis_client)
     for run_id in run_ids:
-        await publisher.publish(RunEvent(run_id, "cancelled"))
-    # A consumer that has not started reading yet: the events wait in the stream.
-    idle = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group, name="idle"
-    )
-    await idle.ensure_group()
+        await buffer.append(RunEvent(run_id, "cancelled"))
+    # A consumer that holds no partition yet: the events wait in the buffer.
+    idle = StoreConsumer(redis_client, db, buffer=buffer, name="idle")
     before = await scrape(await monitor_of(idle))
 
     worker = await make_consumer()
     monitor = await monitor_of(worker)
     for _ in range(200):
         after = await scrape(monitor)
-        backlog = (
-            after["agent_gateway_store_consumer_lag_events"]
-            + after["agent_gateway_store_pending_events"]
-        )
-        if backlog == 0:
+        if after["agent_gateway_store_buffered_events"] == 0:
             break
         await asyncio.sleep(0.05)
 
-    # The trigger's own "started" events may be in the stream too.
-    assert before["agent_gateway_store_consumer_lag_events"] >= len(run_ids)
+    assert before["agent_gateway_store_buffered_events"] == len(run_ids)
     assert before["agent_gateway_store_oldest_event_age_seconds"] >= 0
-    assert after["agent_gateway_store_events_total[applied]"] >= len(run_ids)
-    assert after["agent_gateway_store_consumer_lag_events"] == 0
-    assert after["agent_gateway_store_pending_events"] == 0
+    assert before["agent_gateway_store_partitions_held"] == 0
+    assert after["agent_gateway_store_events_total[applied]"] == len(run_ids)
+    assert after["agent_gateway_store_buffered_events"] == 0
+    assert after["agent_gateway_store_oldest_event_age_seconds"] == 0
+    assert after["agent_gateway_store_partitions_held"] == settings.events_partitions
     assert after["agent_gateway_store_db_pool_connections[max]"] == 4
 
 
@@ -123,9 +118,7 @@ async def test_a_stuck_loop_is_reported_unhealthy(
     db: asyncpg.Pool,
     monitor_of: MonitorFactory,
 ) -> None:
-    consumer = StoreConsumer(
-        redis_client, db, stream=settings.events_stream, group=settings.events_group
-    )
+    consumer = StoreConsumer(redis_client, db, buffer=event_buffer(settings, redis_client))
     consumer.heartbeat -= 600  # as if its loop had not turned for ten minutes
 
     resp = await (await monitor_of(consumer)).get("/healthz")

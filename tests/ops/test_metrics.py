@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
+import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.runs import recording
+from gateway.settings import Settings
 from store.consumer import StoreConsumer
+from tests.support.consumers import event_buffer
 from tests.support.gateways import GatewayFactory
 from tests.support.runs import wait_url
 from tests.support.runtimes import json_agent, webhook
@@ -85,11 +89,11 @@ async def test_a_download_is_counted_by_route_template_with_its_bytes_runtime_ca
     )
     # The run is inserted already running: its start needs no event of its own.
     assert (
-        value(samples, "agent_gateway_run_events_published_total", type="started", via="stream")
+        value(samples, "agent_gateway_run_events_published_total", type="started", via="database")
         == 0
     )
     assert (
-        value(samples, "agent_gateway_run_events_published_total", type="completed", via="stream")
+        value(samples, "agent_gateway_run_events_published_total", type="completed", via="database")
         == 1
     )
     assert (
@@ -208,22 +212,24 @@ async def test_each_app_counts_only_its_own_requests(make_gateway: GatewayFactor
     assert value(await scrape(second), "agent_gateway_http_requests_total", **ok) == 1
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-async def test_events_that_fall_back_to_the_database_are_counted(
-    make_gateway: GatewayFactory, runtime: TestServer
+async def test_events_postgresql_cannot_take_are_held_in_the_buffer_and_counted(
+    make_gateway: GatewayFactory,
+    runtime: TestServer,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = await make_gateway(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    client = await make_gateway()
     org = await (await client.post("/admin/orgs", json={"name": "x"}, headers=ADMIN)).json()
     key = await (await client.post(f"/admin/orgs/{org['id']}/keys", headers=ADMIN)).json()
     tenant = Tenant(org["id"], key["key"], client)
     agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf"))
 
+    async def postgresql_away(*_: object) -> None:
+        raise ConnectionRefusedError("PostgreSQL is away")
+
+    # The run is created; then PostgreSQL stops answering before its end is recorded.
+    monkeypatch.setattr(recording, "record_events", postgresql_away)
     resp = await client.post(
         f"/api/agents/{agent['id']}/runs/trigger-and-download", headers=tenant.auth
     )
@@ -232,17 +238,17 @@ async def test_events_that_fall_back_to_the_database_are_counted(
 
     assert resp.status == 200
     published = "agent_gateway_run_events_published_total"
-    assert value(samples, published, type="completed", via="database") == 1
+    assert value(samples, published, type="completed", via="buffer") == 1
+    assert value(samples, published, type="completed", via="database") == 0
     assert (
-        value(samples, "agent_gateway_run_event_failures_total", type="completed", stage="redis")
+        value(samples, "agent_gateway_run_event_failures_total", type="completed", stage="database")
         == 1
     )
-    assert (
-        value(
-            samples,
-            "agent_gateway_rate_limit_decisions_total",
-            bucket="sync",
-            decision="unavailable_allowed",
-        )
-        == 1
-    )
+    held = [
+        entry
+        for p in range(settings.events_partitions)
+        for entry in await event_buffer(settings, redis_client).read(p, 10)
+    ]
+    assert [(entry.event.run_id, entry.event.type) for entry in held if entry.event] == [
+        (int(resp.headers["X-Run-Id"]), "completed")
+    ]

@@ -1,42 +1,31 @@
-"""The store consumer dies mid-stream: another takes over, and every event the gateway
-published is applied exactly once."""
+"""A store consumer dies holding events: the others take its partitions over, and every run's
+row ends up as the last event sent for it says, in order, whatever the timing of the kill."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
-from redis.exceptions import ResponseError
 
-from devkit.embedded import EmbeddedRedis, stop_process
+from devkit.embedded import EmbeddedRedis, free_port, stop_process
+from store import agents, orgs
+from store.enums import EventType
+from store.event_buffer import EventBuffer
+from store.run_events import RunEvent
 from tests.support.backends import Backends
-from tests.support.live_gateways import LiveFactory
 from tests.support.processes import Processes, process_env
 from tests.support.prometheus import metric_sum
+from tests.support.store_runs import new_run
 
-RUNS = 200
-
-
-async def _held_by(redis: aioredis.Redis, consumer: str, *, bound_s: float) -> int:
-    """How many events ``consumer`` holds (read, not acknowledged) once it holds any."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while loop.time() < deadline:
-        try:
-            summary = await redis.xpending("runs:events", "store")
-        except ResponseError:
-            # NOGROUP: the consumer process has not created its group yet.
-            summary = {}
-        for entry in summary.get("consumers") or []:
-            if entry["name"] in (consumer, consumer.encode()) and int(entry["pending"]):
-                return int(entry["pending"])
-        await asyncio.sleep(0.002)
-    return 0
+RUNS = 120
+OUTPUTS = 8
+PARTITIONS = 16
+PREFIX = "runs:events"  # what a ``consume`` process drains (EVENTS_STREAM's default)
 
 
 async def _scrape(http: aiohttp.ClientSession, url: str) -> str:
@@ -49,125 +38,120 @@ async def _scrape(http: aiohttp.ClientSession, url: str) -> str:
     raise AssertionError(f"nothing answers at {url}")
 
 
-async def test_killing_the_consumer_loses_no_event_and_applies_none_twice(
+async def _held_events(redis: aioredis.Redis, buffer: EventBuffer, consumer: str) -> int:
+    """Events in the partitions ``consumer`` holds a lease on."""
+    held = 0
+    for partition in range(PARTITIONS):
+        if await redis.get(buffer.lease_key(partition)) == consumer.encode():
+            held += int(await redis.xlen(buffer.stream_key(partition)))
+    return held
+
+
+async def test_killing_a_consumer_holding_events_leaves_every_run_as_its_last_event(
     dedicated_redis: EmbeddedRedis,
-    make_live: LiveFactory,
     processes: Processes,
     backends: Backends,
-    runtime: TestServer,
     db: asyncpg.Pool,
     tmp_path: Path,
 ) -> None:
-    """200 runs are triggered at a steady pace; a third of the way in, the consumer process
-    is killed with SIGKILL and a new one (another name) starts. Every run reaches its
-    terminal row once, and the events applied equal the events published."""
-    live = await make_live(
-        redis_url=dedicated_redis.url, events_stream="runs:events", trigger_rate_limit=100_000
+    """Runs report eight outputs each and then complete without one (the agent SDK's
+    ``output()`` … ``complete()``), all held in the buffer as while PostgreSQL is away, fed at
+    a steady pace to two ``consume`` processes. One is frozen while its partitions fill up,
+    then killed with SIGKILL while it holds them; a third starts. Every run ends with the last
+    output and count it sent, each applied once."""
+    org_id = await orgs.create_org(db, "Consumer dies")
+    agent = await agents.create_agent(
+        db,
+        org_id,
+        b"salt",
+        uuid.uuid4().bytes,
+        {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
     )
-    env = process_env(backends, REDIS_URL=dedicated_redis.url, CONSUMER_RECLAIM_IDLE_S="1")
-    first = processes.start("consume", "--name", "first", env=env, log=tmp_path / "first.log")
-    caller = await live.caller()
-    agent = await live.agent(caller, str(runtime.make_url("/webhook/json")), output_kind="json")
+    run_ids = [await new_run(db, agent) for _ in range(RUNS)]
+    env = process_env(
+        backends,
+        REDIS_URL=dedicated_redis.url,
+        CONSUMER_LEASE_S="1",
+        CONSUMER_POLL_MS="20",
+        EVENTS_PARTITIONS=str(PARTITIONS),
+    )
+    ports = {name: str(free_port()) for name in ("first", "second", "third")}
+    for name in ("first", "second"):
+        env["CONSUMER_PORT"] = ports[name]
+        processes.start("consume", "--name", name, env=env, log=tmp_path / f"{name}.log")
+    first = processes.children[0]
+    redis = aioredis.Redis.from_url(dedicated_redis.url)
+    buffer = EventBuffer(redis, PREFIX, PARTITIONS)
 
-    run_ids: list[int] = []
+    async def feed() -> None:
+        # Every run's events in its order, runs interleaved: about 1,000 events in 2 s.
+        for step in range(OUTPUTS):
+            for run_id in run_ids:
+                await buffer.append(
+                    RunEvent(run_id, EventType.OUTPUT, output_data={"v": step}, outputs=step)
+                )
+            await asyncio.sleep(0.2)
+        for run_id in run_ids:
+            await buffer.append(RunEvent(run_id, EventType.COMPLETED))
 
-    async def trigger(i: int) -> None:
-        async with live.http.post(
-            live.url(f"/api/agents/{agent['id']}/runs/trigger"),
-            json={"input": {"n": i}},
-            headers=caller.auth,
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-            run_ids.append((await resp.json())["runId"])
-
-    async def steady() -> None:
-        # 200 runs over about 4 s, never more than 20 in flight.
-        pending: set[asyncio.Task[None]] = set()
-        for i in range(RUNS):
-            pending.add(asyncio.create_task(trigger(i)))
-            if len(pending) >= 20:
-                _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.sleep(0.02)
-        await asyncio.gather(*pending)
-
-    load = asyncio.create_task(steady())
-    watch = aioredis.Redis.from_url(dedicated_redis.url)
+    feeding = asyncio.create_task(feed())
     try:
-        while len(run_ids) < RUNS // 3:
-            await asyncio.sleep(0.01)
-        # Kill it mid-batch: frozen while a backlog builds, let go, and frozen again the moment
-        # it holds events it has read and not acknowledged. Frozen, it cannot acknowledge them,
-        # so the count read then is what the SIGKILL leaves behind, whatever the timing.
-        first.send_signal(signal.SIGSTOP)
-        await asyncio.sleep(0.5)
-        held = 0
-        for _attempt in range(50):
-            first.send_signal(signal.SIGCONT)
-            if not await _held_by(watch, "first", bound_s=3.0):
-                continue
-            first.send_signal(signal.SIGSTOP)
-            await asyncio.sleep(0.05)  # the stop is delivered; nothing more is acknowledged
-            held = await _held_by(watch, "first", bound_s=0.01)
-            if held:
+        # Both hold a share before anything is killed.
+        for _ in range(500):
+            leases = [await redis.get(buffer.lease_key(p)) for p in range(PARTITIONS)]
+            if {b"first", b"second"} <= set(leases):
                 break
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.5)  # its partitions fill up while it is frozen
+        held = await _held_events(redis, buffer, "first")
         first.send_signal(signal.SIGKILL)
+        assert first.wait(5) == -signal.SIGKILL
+        killed_at = sum(await buffer.lengths())
+        env["CONSUMER_PORT"] = ports["third"]
+        processes.start("consume", "--name", "third", env=env, log=tmp_path / "third.log")
+        await feeding
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while loop.time() < deadline:
+            finished = await db.fetchval(
+                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'", run_ids
+            )
+            if finished == RUNS and not sum(await buffer.lengths()):
+                break
+            await asyncio.sleep(0.1)
+        assert sum(await buffer.lengths()) == 0
     finally:
-        await watch.aclose()
-    assert first.wait(5) == -signal.SIGKILL
-    assert held > 0
-    killed_at = len(run_ids)
-    await asyncio.sleep(0.5)
-    second = processes.start("consume", "--name", "second", env=env, log=tmp_path / "second.log")
-    await load
+        feeding.cancel()
+        await redis.aclose()
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:
-        finished = await db.fetchval(
-            "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'", run_ids
-        )
-        if finished == RUNS or loop.time() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert finished == RUNS
-
-    async with aiohttp.ClientSession() as http:
-        published_text = await _scrape(http, live.url("/metrics"))
-        consumer_text = await _scrape(http, f"http://127.0.0.1:{env['CONSUMER_PORT']}/metrics")
-    published = metric_sum(published_text, "agent_gateway_run_events_published_total")
-    via_database = metric_sum(
-        published_text, "agent_gateway_run_events_published_total", via="database"
+    rows = await db.fetch(
+        "SELECT id, status, output_data, outputs FROM runs WHERE id = ANY($1)", run_ids
     )
+    last = OUTPUTS - 1
+    assert {(r["status"], tuple(r["output_data"].items()), r["outputs"]) for r in rows} == {
+        ("completed", (("v", last),), last)
+    }
     applied = await db.fetchval(
         "SELECT count(*) FROM applied_events WHERE run_id = ANY($1)", run_ids
     )
-    ends = await db.fetch(
-        """SELECT run_id, count(*) AS ends FROM applied_events
-           WHERE run_id = ANY($1) AND changed AND type IN ('completed', 'failed', 'cancelled')
-           GROUP BY run_id""",
-        run_ids,
-    )
-    # Each run: "started" and "completed", published once each, applied once each.
-    assert published == 2 * RUNS
-    assert via_database == 0
-    assert applied == published
-    assert len(ends) == RUNS
-    assert {row["ends"] for row in ends} == {1}
-    redis = aioredis.Redis.from_url(dedicated_redis.url)
-    try:
-        assert await redis.xlen("runs:events") == 0
-        assert (await redis.xpending("runs:events", "store"))["pending"] == 0
-    finally:
-        await redis.aclose()
-    reclaimed = metric_sum(consumer_text, "agent_gateway_store_events_total", outcome="reclaimed")
-    duplicates = metric_sum(consumer_text, "agent_gateway_store_events_total", outcome="duplicate")
-    # What the dead consumer held was taken over (some of it may have reached its acknowledgement
-    # by the time the signal landed).
-    assert reclaimed > 0
-    assert stop_process(second) == 0
+    assert applied == RUNS * (OUTPUTS + 1), "every event applied once, none refused as stale"
+    assert held > 0, "the killed consumer held events"
+
+    async with aiohttp.ClientSession() as http:
+        texts = [
+            await _scrape(http, f"http://127.0.0.1:{ports[name]}/metrics")
+            for name in ("second", "third")
+        ]
+    took = [
+        metric_sum(text, "agent_gateway_store_events_total", outcome="applied") for text in texts
+    ]
+    assert sum(took) >= held, "the survivors applied what the dead one held"
+    for child in processes.children[1:]:
+        assert stop_process(child) == 0
     print(  # docs/reliability.md quotes these figures
-        f"\nconsumer killed after {killed_at} of {RUNS} runs: {int(published)} events "
-        f"published, {applied} applied, {len(ends)} runs ended once each; the dead consumer "
-        f"held {held} unacknowledged, the new one reclaimed {int(reclaimed)} of them, "
-        f"{int(duplicates)} already applied (skipped)"
+        f"\nconsumer killed holding {held} events of its partitions ({killed_at} buffered in "
+        f"all): {RUNS} runs x {OUTPUTS + 1} events, {applied} applied once each, every run "
+        f"completed with its last output; survivors applied {[int(t) for t in took]}"
     )
