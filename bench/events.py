@@ -1,13 +1,13 @@
 """Events: how fast the store consumer applies run events, and how late under load.
 
-Runs are inserted straight into PostgreSQL; then the real :class:`store.events.EventPublisher`
-(in publisher processes of their own) publishes a ``started`` and a ``completed`` event per run
-into the real Redis stream, and the real consumer process (``agent-gateway consume``) applies
-them.
+Runs are inserted straight into PostgreSQL; then publisher processes of their own hold a
+``started`` and a ``completed`` event per run in the real Redis buffer
+(:class:`store.event_buffer.EventBuffer`, as a replica does while PostgreSQL is away), and the
+real consumer process (``agent-gateway consume``) applies them.
 
 - **Backlog**: with the consumer stopped, ``backlog`` events are published; then the consumer
-  starts and the stream's length is polled until it is empty (the consumer deletes what it
-  has acknowledged). The apply rate is the events it took from the first drop to empty.
+  starts and the buffer's length is polled until it is empty (the consumer deletes what it
+  has applied). The apply rate is the events it took from the first drop to empty.
 - **Live**: with the consumer running, events are published at ``rate`` per second for
   ``seconds``. A subscriber process listens on the channel where the consumer announces each
   run it has just made terminal (after the commit): the publish→applied lag of a run's
@@ -45,6 +45,7 @@ from bench.report import Row, Section, at_least, at_most
 from bench.stack import Stack, agent_body
 
 STREAM = "runs:events"  # the gateway's default EVENTS_STREAM
+PARTITIONS = 16  # and EVENTS_PARTITIONS
 
 
 @dataclass
@@ -68,20 +69,19 @@ async def run_publisher(
 ) -> dict[str, Any]:
     """Publish started + completed for every run in ``ids``, paced at ``--rate`` events/s;
     ``stamps`` gets the time each run's ``completed`` was handed to ``publish()``."""
-    from store.events import EventPublisher, RunEvent
-    from store.pool import create_pool
+    from store.event_buffer import EventBuffer
+    from store.run_events import RunEvent
 
     redis = aioredis.Redis.from_url(args.redis, max_connections=args.concurrency * 2)
-    pool = await create_pool(args.database, min_size=1, max_size=2)
-    publisher = EventPublisher(redis, pool, args.stream)
+    buffer = EventBuffer(redis, args.stream, PARTITIONS)
     gate = asyncio.Semaphore(args.concurrency)
     loop = asyncio.get_running_loop()
 
     async def one(run_id: int) -> None:
         try:
-            await publisher.publish(RunEvent(run_id, "started"))
+            await buffer.append(RunEvent(run_id, "started"))
             stamps[run_id] = time.monotonic_ns()
-            await publisher.publish(
+            await buffer.append(
                 RunEvent(run_id, "completed", output_data={"answer": "bench"}, outputs=1)
             )
         finally:
@@ -105,7 +105,6 @@ async def run_publisher(
             await asyncio.gather(*list(tasks))
         seconds = loop.time() - started
     finally:
-        await pool.close()
         await redis.aclose()
     return {"published": 2 * len(ids), "seconds": seconds, "rate": 2 * len(ids) / seconds}
 
@@ -128,7 +127,8 @@ async def run_subscriber(args: argparse.Namespace, seen: dict[int, int]) -> dict
                 continue
             now = time.monotonic_ns()
             with contextlib.suppress(TypeError, ValueError):
-                seen.setdefault(int(message["data"]), now)
+                for run_id in message["data"].decode().split(","):
+                    seen.setdefault(int(run_id), now)
     finally:
         await pubsub.aclose()
         await redis.aclose()
@@ -260,17 +260,24 @@ class EventsBench:
             "stamps": stamps,
         }
 
+    def _buffered(self) -> int:
+        """Events in the buffer, all partitions (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for partition in range(PARTITIONS):
+            pipe.xlen(f"{{{STREAM}:p{partition}}}")
+        return sum(int(n) for n in pipe.execute())
+
     def backlog(self) -> dict[str, Any]:
         """Publish with the consumer stopped, then time the consumer emptying the stream."""
         ids = self.insert_runs(self.cfg.backlog // 2)
         self.stack.stop_consumer()
         self.redis.delete(STREAM + ":bench-none")  # a round trip: the connection is up
-        before = self.redis.xlen(STREAM)
+        before = self._buffered()
         published = self.publish(ids, rate=0)
-        queued = self.redis.xlen(STREAM)
+        queued = self._buffered()
         print(
             f"  [events backlog] published {published['published']} events in "
-            f"{published['seconds']:.1f} s ({published['rate']:.0f}/s); {queued} in the stream",
+            f"{published['seconds']:.1f} s ({published['rate']:.0f}/s); {queued} in the buffer",
             flush=True,
         )
         consumer = self.stack.start_consumer()
@@ -284,7 +291,7 @@ class EventsBench:
         samples: list[tuple[float, int]] = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            length = int(self.redis.xlen(STREAM))
+            length = int(self._buffered())
             samples.append((time.monotonic(), length))
             if watch is None and length < queued:
                 watch = CpuWatch(pids)
@@ -295,7 +302,7 @@ class EventsBench:
         first = next(((t, n) for t, n in samples if n < queued), None)
         last = samples[-1]
         if first is None or last[1] > before:
-            raise BenchError(f"the consumer did not empty the stream: {samples[-1][1]} left")
+            raise BenchError(f"the consumer did not empty the buffer: {samples[-1][1]} left")
         applied = first[1] - last[1]
         seconds = last[0] - first[0]
         rate = applied / seconds if seconds > 0 else float("nan")

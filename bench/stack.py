@@ -36,9 +36,9 @@ from bench.processes import (
 )
 from devkit.embedded import free_port
 
-# The gateway's default events stream and consumer group.
+# The gateway's default event keys prefix (EVENTS_STREAM) and buffer partitions.
 STREAM = "runs:events"
-GROUP = "store"
+PARTITIONS = 16
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -234,7 +234,7 @@ class Stack:
         return self.consumer
 
     def _wait_for_consumer(self, consumer: Child, timeout: float) -> None:
-        """Until the consumer is a member of its group (it has started reading)."""
+        """Until the consumer holds every partition of the buffer (it has started reading)."""
         import redis as sync_redis
 
         assert self.backends is not None
@@ -244,12 +244,11 @@ class Stack:
             while time.monotonic() < deadline:
                 if not consumer.alive():
                     raise BenchError(f"the consumer exited:\n{consumer.log_tail()}")
-                try:
-                    groups = client.xinfo_groups(STREAM)
-                    members = client.xinfo_consumers(STREAM, GROUP) if groups else []
-                except sync_redis.ResponseError:  # no stream yet
-                    members = []
-                if any(m["name"].decode().endswith(f"-{consumer.pid}") for m in members):
+                holders = [
+                    client.get(f"{{{STREAM}:p{partition}}}:lease")
+                    for partition in range(PARTITIONS)
+                ]
+                if all(h is not None and f"-{consumer.pid}-" in h.decode() for h in holders):
                     return
                 time.sleep(0.05)
         finally:

@@ -170,9 +170,7 @@ def workload(file: str, secret: Mapping[str, str]) -> Workload:
     )
 
 
-def host_overrides(
-    work: Workload, *, blob_backend: str, s3_endpoint: str, **host: str
-) -> Workload:
+def host_overrides(work: Workload, *, blob_backend: str, s3_endpoint: str, **host: str) -> Workload:
     """``work`` with what ties it to this host replaced, and the replaced keys recorded.
 
     ``host`` holds the values to set (``GATEWAY_HOST``, ``GATEWAY_PORT``, …); a key is only
