@@ -31,6 +31,8 @@ from store.transitions import LeaseLost, Outcome, Transition, apply_buffered, ne
 
 log = structlog.get_logger(__name__)
 
+# The partition whose holder also drains the stream releases before 0.1.0 published to.
+_LEGACY_PARTITION = 0
 # A batch that deadlocked or hit a serialisation failure is tried again this many times in all.
 _CONFLICT_RETRIES = 3
 # Errors that say PostgreSQL is away, busy or in a conflict: the same batch may pass later.
@@ -138,6 +140,12 @@ class StoreConsumer:
         for partition, batch in zip(held, batches, strict=True):
             if batch and partition in self.leases.held:
                 moved += await self._apply(partition, batch)
+        # A release before 0.1.0 published every event to one stream: whoever drains
+        # partition 0 drains what a rolling upgrade left there too, under its lease.
+        if _LEGACY_PARTITION in self.leases.held and (
+            legacy := await self.buffer.read_legacy(self._batch)
+        ):
+            moved += await self._apply(_LEGACY_PARTITION, legacy, legacy=True)
         return moved
 
     async def _token(self, partition: int) -> int:
@@ -158,8 +166,11 @@ class StoreConsumer:
             log.warning("runs_reaped", run_ids=reaped)
             await announce_terminal(self._redis, self.buffer.prefix, reaped)
 
-    async def _apply(self, partition: int, batch: list[BufferedEvent]) -> int:
-        """Apply ``batch`` (from ``partition``), then remove it from the stream."""
+    async def _apply(
+        self, partition: int, batch: list[BufferedEvent], *, legacy: bool = False
+    ) -> int:
+        """Apply ``batch`` (from ``partition``, or the pre-0.1.0 stream when ``legacy``), then
+        remove it from its stream."""
         for entry in batch:
             if entry.event is None:
                 # An entry nobody can decode is set aside, not retried forever.
@@ -187,7 +198,11 @@ class StoreConsumer:
                 self.stats.refused += 1
         # Removed only after the commit; waiters on every replica learn of the ends once the
         # rows say them.
-        await self.buffer.remove(partition, [entry.entry_id for entry in batch])
+        applied_ids = [entry.entry_id for entry in batch]
+        if legacy:
+            await self.buffer.remove_legacy(applied_ids)
+        else:
+            await self.buffer.remove(partition, applied_ids)
         await announce_terminal(self._redis, self.buffer.prefix, ended)
         return len(batch)
 

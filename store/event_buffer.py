@@ -96,6 +96,17 @@ class EventBuffer:
         if entry_ids:
             await self._redis.xdel(self.stream_key(partition), *entry_ids)
 
+    async def read_legacy(self, count: int) -> list[BufferedEvent]:
+        """The oldest ``count`` entries of the single stream (named ``prefix``) that releases
+        before 0.1.0 published every event to: left over from a rolling upgrade."""
+        entries: Any = await self._redis.xrange(self.prefix, count=count)
+        return [_decode(entry_id, fields) for entry_id, fields in entries]
+
+    async def remove_legacy(self, entry_ids: list[bytes]) -> None:
+        """Remove applied entries from the pre-0.1.0 stream."""
+        if entry_ids:
+            await self._redis.xdel(self.prefix, *entry_ids)
+
     async def lengths(self) -> list[int]:
         """How many events each partition holds."""
         return list(

@@ -213,6 +213,31 @@ async def test_an_end_applied_from_the_buffer_is_announced_to_every_replica(
     assert (await final_rows(db, [run_id]))[run_id][0] == "cancelled"
 
 
+async def test_events_an_older_release_left_in_its_single_stream_are_applied(
+    db: asyncpg.Pool,
+    agent: Agent,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    make_consumer: ConsumerFactory,
+) -> None:
+    """A rolling upgrade from 0.0.x: old replicas published every event to one stream (named
+    as the prefix), read by a consumer group; the new consumers drain what is left there."""
+    run_id = await new_run(db, agent)
+    for event in (
+        RunEvent(run_id, EventType.STARTED),
+        RunEvent(run_id, EventType.OUTPUT, output_data={"v": 1}),
+        RunEvent(run_id, EventType.COMPLETED, outputs=1),
+    ):
+        await redis_client.xadd(settings.events_stream, event.encode())  # type: ignore[arg-type]
+    await redis_client.xgroup_create(settings.events_stream, "store", id="0")
+
+    await make_consumer()
+
+    await until(lambda: _all_ended(db, [run_id]))
+    assert await final_rows(db, [run_id]) == {run_id: ("completed", {"v": 1}, 1)}
+    assert await redis_client.xlen(settings.events_stream) == 0
+
+
 async def test_the_reaper_fails_runs_past_their_deadline_and_nothing_else(
     db: asyncpg.Pool, agent: Agent
 ) -> None:
