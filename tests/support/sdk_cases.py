@@ -64,9 +64,10 @@ _CALLS = {
 
 
 async def call_once(
-    case: dict[str, Any], stage: Stage, agent: dict[str, Any]
+    case: dict[str, Any], stage: Stage, agent: dict[str, Any], run: int = 0
 ) -> tuple[Any, sdk.GatewayError | None]:
-    """Make the case's call once: its result, or the GatewayError it raised."""
+    """Make the case's call once (on its ``run``-th fresh run, for a case on a registered
+    run): its result, or the GatewayError it raised."""
     base = stage.strict_base_url if case.get("gateway") == "strict" else stage.base_url
     key = {"tenant": stage.ingest_key, "wrong": "igk_wrong", "stranger": stage.stranger_key}[
         case.get("key", "tenant")
@@ -76,8 +77,8 @@ async def call_once(
     if args.get("connection_id") == "own":
         args["connection_id"] = stage.credential_id
     try:
-        if case["call"].startswith("agentClient."):
-            return await _client_call(case, base, key, agent, args), None
+        if case["call"].startswith("agentClient.") or case["call"] == "getRun":
+            return await _client_call(case, base, key, agent, args, run), None
         common = {"base_url": base, "ingest_api_key": key, "agent_id": agent_id}
         if case["call"] == "triggerRunAndDownload":
             download = await sdk.trigger_run_and_download(**common, **args)
@@ -99,10 +100,11 @@ async def until_ended(base: str, key: str, agent_id: int, run_id: int) -> None:
 
 
 async def _client_call(
-    case: dict[str, Any], base: str, key: str, agent: dict[str, Any], args: dict[str, Any]
+    case: dict[str, Any], base: str, key: str, agent: dict[str, Any], args: dict[str, Any], run: int
 ) -> Any:
+    external_run_id = f"{case['name']} #{run}" if run else case["name"]
     registered = await sdk.register_run(
-        base_url=base, ingest_api_key=key, agent_id=agent["id"], external_run_id=case["name"]
+        base_url=base, ingest_api_key=key, agent_id=agent["id"], external_run_id=external_run_id
     )
     api_key = "agk_wrong" if case.get("apiKey") == "wrong" else agent["api_key"]
     async with sdk.create_agent_client(
@@ -115,19 +117,29 @@ async def _client_call(
             assert step == "complete", step
             await client.complete({"done": True})
             await until_ended(base, key, agent["id"], registered.run_id)
-        method = case["call"].split(".", 1)[1]
-        if method == "started":
-            return await client.started()
-        if method == "output":
-            return await client.output(args["output"], outputs=args.get("outputs"))
-        if method == "waiting":
-            return await client.waiting(
-                token_id=args["token_id"], description=args.get("description")
+        if case["call"] == "getRun":
+            # Read-your-writes: each report answered 2xx, then the read at once (no polling).
+            for report in case["reports"]:
+                options = {snake(k): v for k, v in report.get("args", {}).items()}
+                await _client_method(client, report["call"], options)
+            return await sdk.get_run(
+                base_url=base, ingest_api_key=key, agent_id=agent["id"], run_id=registered.run_id
             )
-        if method == "complete":
-            return await client.complete(args["output"], outputs=args.get("outputs"))
-        if method == "fail":
-            return await client.fail(args["message"])
-        if method == "resolveCredential":
-            return await client.resolve_credential(args["connection_id"])
-    raise AssertionError(f"unknown call {case['call']}")
+        return await _client_method(client, case["call"].split(".", 1)[1], args)
+
+
+async def _client_method(client: sdk.AgentClient, method: str, args: dict[str, Any]) -> Any:
+    """Call the agent client's ``method`` with the options ``args`` (in the SDK's names)."""
+    if method == "started":
+        return await client.started()
+    if method == "output":
+        return await client.output(args["output"], outputs=args.get("outputs"))
+    if method == "waiting":
+        return await client.waiting(token_id=args["token_id"], description=args.get("description"))
+    if method == "complete":
+        return await client.complete(args["output"], outputs=args.get("outputs"))
+    if method == "fail":
+        return await client.fail(args["message"])
+    if method == "resolveCredential":
+        return await client.resolve_credential(args["connection_id"])
+    raise AssertionError(f"unknown agent client call {method}")
