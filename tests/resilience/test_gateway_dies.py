@@ -1,5 +1,6 @@
-"""A gateway dies mid-work. After it recorded a run's end and before it answered the caller:
-the end is not lost, and every replica shows the run ended with the runtime's output. While it
+"""A gateway dies mid-work. After its statement recording a run's end committed and before it
+answered the caller: the end is not lost, and every replica shows the run ended with the
+runtime's output. While it
 streamed a download past the run's deadline: the run's keep-alive lapses with it, and the
 reaper fails the run."""
 
@@ -13,12 +14,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from devkit.embedded import EmbeddedRedis
 from store.reaper import REAPED_ERROR, reap_overdue
-from store.run_events import RunEvent
 from tests.support.backends import Backends
 from tests.support.processes import Processes, process_env, setup_agent, wait_until_ready
 from tests.support.store_runs import wait_until_past
@@ -36,18 +35,19 @@ async def _first_run_of(db: asyncpg.Pool, agent_id: int, *, bound_s: float) -> i
     raise AssertionError(f"agent {agent_id} has no run after {bound_s} s")
 
 
-async def _end_in_stream(
-    redis: aioredis.Redis, stream: str, run_id: int, *, bound_s: float
-) -> RunEvent:
+async def _waits_on_the_row_lock(db: asyncpg.Pool, *, bound_s: float) -> None:
+    """Until a statement recording run events waits for a row lock (the test's)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound_s
     while loop.time() < deadline:
-        for _, fields in await redis.xrange(stream):
-            event = RunEvent.decode(fields)
-            if event.run_id == run_id and event.terminal:
-                return event
+        waiting = await db.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE wait_event_type = 'Lock' AND query LIKE '%applied_before%'"""
+        )
+        if waiting:
+            return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"no end of run {run_id} reached {stream} in {bound_s} s")
+    raise AssertionError(f"no run event statement waited on the lock in {bound_s} s")
 
 
 async def _run_on(
@@ -68,18 +68,15 @@ async def test_a_gateway_killed_between_recording_an_end_and_answering_loses_not
     dedicated_redis: EmbeddedRedis,
     tmp_path: Path,
 ) -> None:
-    """Replica one has the runtime's answer and has written the run's end to the event stream,
-    but its write of the run row is held (the row is locked on purpose), so its caller is not
-    answered yet: then it is killed with SIGKILL. The caller's connection drops; once the lock
-    is gone, replica two shows the run completed with the runtime's output, applied once."""
-    redis = aioredis.Redis.from_url(dedicated_redis.url)
-    try:
-        async with aiohttp.ClientSession() as http:
-            await _kill_one_mid_answer(
-                processes, backends, runtime, db, dedicated_redis.url, redis, http, tmp_path
-            )
-    finally:
-        await redis.aclose()
+    """Replica one has the runtime's answer and sends the statement that records the run's end;
+    the statement waits on the run's row (locked on purpose) and replica one is frozen
+    (SIGSTOP) meanwhile. The lock goes, the statement commits in PostgreSQL, and replica one is
+    killed with SIGKILL before it could read the reply, let alone answer. The caller's
+    connection drops; replica two shows the run completed with the runtime's output, once."""
+    async with aiohttp.ClientSession() as http:
+        await _kill_one_mid_answer(
+            processes, backends, runtime, db, dedicated_redis.url, http, tmp_path
+        )
 
 
 async def _kill_one_mid_answer(
@@ -88,12 +85,9 @@ async def _kill_one_mid_answer(
     runtime: TestServer,
     db: asyncpg.Pool,
     redis_url: str,
-    redis: aioredis.Redis,
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
-    # A Redis of the test's own: the stream holds this test's events only.
-    stream = "runs:events"
     env_one = process_env(backends, REDIS_URL=redis_url)
     env_two = process_env(backends, REDIS_URL=redis_url)
     one = processes.start("serve", env=env_one, log=tmp_path / "one.log")
@@ -122,29 +116,28 @@ async def _kill_one_mid_answer(
         await lock.start()
         await conn.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run_id)
         try:
-            end = await _end_in_stream(redis, stream, run_id, bound_s=15)
-            assert end.type == "completed"
-            # Its end is recorded and its caller not answered (the row write waits on the lock).
-            assert not caller.done()
-            os.kill(one.pid, signal.SIGKILL)
-            one.wait(timeout=10)
-            with pytest.raises(aiohttp.ClientError):
-                await caller
+            await _waits_on_the_row_lock(db, bound_s=15)
+            os.kill(one.pid, signal.SIGSTOP)
         finally:
             await lock.rollback()
-
+    # The frozen replica's statement commits in PostgreSQL without it.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
+    while loop.time() < deadline:
+        if await db.fetchval("SELECT status FROM runs WHERE id = $1", run_id) == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert not caller.done()
+    os.kill(one.pid, signal.SIGKILL)
+    one.wait(timeout=10)
+    with pytest.raises(aiohttp.ClientError):
+        await caller
+
     run = await _run_on(http, base_two, agent, run_id)
-    while run["status"] != "completed" and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-        run = await _run_on(http, base_two, agent, run_id)
     assert run["status"] == "completed"
     assert run["output_data"] == {"answer": 42}
-    # The end was applied once (by whichever of replica one's dead write and the consumer won),
-    # and it is the end replica one wrote to the stream.
-    applied = await db.fetch("SELECT event_id, type FROM applied_events WHERE run_id = $1", run_id)
-    assert [(row["event_id"], row["type"]) for row in applied] == [(end.event_id, "completed")]
+    applied = await db.fetch("SELECT type FROM applied_events WHERE run_id = $1", run_id)
+    assert [row["type"] for row in applied] == ["completed"]
 
 
 async def test_a_gateway_killed_mid_download_past_the_runs_deadline_leaves_it_to_the_reaper(

@@ -242,7 +242,7 @@ def test_any_timeout_ms_is_refused_or_capped_by_the_agent_and_the_ceiling(
     runs = RunService(
         settings=settings,
         pool=None,  # type: ignore[arg-type]
-        publisher=None,  # type: ignore[arg-type]
+        recorder=None,  # type: ignore[arg-type]
         adapters={},
         background=None,  # type: ignore[arg-type]
         tokens=None,  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.pool import create_pool
 from tests.support.backends import Backends
+from tests.support.consumers import event_buffer
 from tests.support.live_gateways import Caller, Live, LiveFactory
 
 MB = 1024 * 1024
@@ -36,9 +37,7 @@ async def store_consumer(
     PostgreSQL and the session's Redis, reading the test's event stream."""
     redis = aioredis.Redis.from_url(backends.redis_url)
     pool = await create_pool(dedicated_postgres.url, min_size=1, max_size=2)
-    worker = StoreConsumer(
-        redis, pool, stream=settings.events_stream, group=settings.events_group, block_ms=100
-    )
+    worker = StoreConsumer(redis, pool, buffer=event_buffer(settings, redis), poll_ms=100)
     task = asyncio.create_task(worker.run())
     yield worker
     worker.stop()
