@@ -33,8 +33,8 @@ OUTAGE_S = 2.0
 async def store_consumer(
     dedicated_postgres: EmbeddedPostgres, backends: Backends, settings: Settings
 ) -> AsyncIterator[StoreConsumer]:
-    """A store consumer with the production defaults (30 s reclaim), on the dedicated
-    PostgreSQL and the session's Redis, reading the test's event stream."""
+    """A store consumer with the production lease, on the dedicated PostgreSQL and the
+    session's Redis, draining the test's event buffer."""
     redis = aioredis.Redis.from_url(backends.redis_url)
     pool = await create_pool(dedicated_postgres.url, min_size=1, max_size=2)
     worker = StoreConsumer(redis, pool, buffer=event_buffer(settings, redis), poll_ms=100)
