@@ -56,6 +56,14 @@ _DATABASE_AWAY: tuple[type[BaseException], ...] = (
 )
 
 
+# What each outcome counts as (anything else: recorded in PostgreSQL).
+_OBSERVED = {
+    Outcome.BUFFERED: EVENT_VIA_BUFFER,
+    Outcome.ENDED: EVENT_REFUSED,
+    Outcome.STALE: EVENT_REFUSED,
+}
+
+
 class RunRecorder:
     """Records run transitions for this process (see the module's steps)."""
 
@@ -78,15 +86,11 @@ class RunRecorder:
         """Record ``event``; what it did (see :class:`store.transitions.Outcome`)."""
         event = storable(event)
         transition = await self._commits.submit(event)
-        if transition.outcome in (Outcome.ENDED, Outcome.STALE):
-            self._observe(event.type, EVENT_REFUSED)
-        if (run := transition.ended_run) is not None:
-            self._waiters.deliver(run)
-            self._announce([run.id])
+        self._observe(event.type, _OBSERVED.get(transition.outcome, EVENT_VIA_DATABASE))
         return transition
 
     async def _write(self, events: Sequence[RunEvent]) -> list[Transition]:
-        """One batch: PostgreSQL, or the buffer when PostgreSQL is away."""
+        """Steps 2 to 5 for the events submitted together."""
         try:
             transitions = await record_events(self._pool, events)
         except _DATABASE_AWAY as exc:
@@ -94,8 +98,11 @@ class RunRecorder:
                 "run_events_buffered", runs=sorted({e.run_id for e in events}), error=str(exc)
             )
             return [await self._hold(event) for event in events]
-        for event in events:
-            self._observe(event.type, EVENT_VIA_DATABASE)
+        ended = [run for t in transitions if (run := t.ended_run) is not None]
+        for run in ended:
+            self._waiters.deliver(run)
+        if ended:
+            self._announce([run.id for run in ended])
         return transitions
 
     async def _hold(self, event: RunEvent) -> Transition:
@@ -106,11 +113,10 @@ class RunRecorder:
         except (RedisError, OSError):
             self._observe(event.type, EVENT_FAILED)
             raise
-        self._observe(event.type, EVENT_VIA_BUFFER)
         return Transition(Outcome.BUFFERED)
 
     def _announce(self, run_ids: list[int]) -> None:
-        # Other replicas' waiters; nobody's answer waits for it.
+        # Other replicas' waiters, one message for the batch; nobody's answer waits for it.
         redis = self._buffer.redis
         task = asyncio.create_task(announce_terminal(redis, self._buffer.prefix, run_ids))
         self._announcing.add(task)

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from devkit.fakes.n8n import CALLBACKS_SENT
 from tests.support.processes import Processes, wait_until_ready
+from tests.support.runtimes import callbacks_answered
 from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 N8N_HEADER_SECRET = "n8n-header-value-7f3a"
@@ -147,7 +147,7 @@ async def test_logs_are_json_name_runs_and_never_contain_a_secret(
     )
     assert status == 401
     await call("GET", "/healthz")
-    callbacks_sent = [sent["status"] for sent in runtime.app[CALLBACKS_SENT]]
+    callbacks_sent = [sent["status"] for sent in await callbacks_answered(runtime, 3)]
     assert callbacks_sent == [202, 202, 202]
     # The access line is written once the response is out; the consumer logs as it applies.
     await asyncio.sleep(0.5)

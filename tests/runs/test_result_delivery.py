@@ -25,7 +25,7 @@ from store.reaper import REAPED_ERROR
 from tests.support.consumers import ConsumerFactory
 from tests.support.execute import api_key, data_frames, execute_url, read_events
 from tests.support.runs import wait_for_run, wait_url
-from tests.support.runtimes import first_invoked_run, received, webhook
+from tests.support.runtimes import callbacks_answered, first_invoked_run, received, webhook
 from tests.support.tenants import Tenant
 
 RESULT = {"summary": "Q3 looks fine", "pages": 4}
@@ -64,7 +64,7 @@ async def test_a_triggered_run_ends_with_what_the_workflow_called_back(
     run = await wait_for_run(tenant, agent["id"], (await resp.json())["runId"])
     assert (run["status"], run["output_data"], run["outputs"]) == ("completed", RESULT, 2)
     # The workflow's callback was taken, not refused as coming after the run's end.
-    assert runtime.app[CALLBACKS_SENT] == [{"step": "complete", "status": 202}]
+    assert await callbacks_answered(runtime, 1) == [{"step": "complete", "status": 202}]
 
 
 @pytest.mark.parametrize("delivery", [None, "response", "callback"])

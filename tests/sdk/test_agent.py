@@ -27,10 +27,10 @@ from agent_gateway_sdk import (
     trigger_run_and_download,
     trigger_run_and_wait,
 )
-from devkit.fakes.n8n import CALLBACKS_SENT, make_bytes
+from devkit.fakes.n8n import make_bytes
 from store.consumer import StoreConsumer
 from tests.support.gateways import GatewayFactory
-from tests.support.runtimes import json_agent, webhook
+from tests.support.runtimes import callbacks_answered, json_agent, webhook
 from tests.support.tenants import Tenant, TenantFactory
 
 FIFTY_MB = 50 * 1024 * 1024
@@ -276,7 +276,7 @@ async def test_a_runtime_reports_back_with_create_agent_client(
 
     assert isinstance(result, Run)
     assert (result.status, result.output_data) == ("completed", {"rows": 5})
-    assert [(s["step"], s["status"]) for s in runtime.app[CALLBACKS_SENT]] == [
+    assert [(s["step"], s["status"]) for s in await callbacks_answered(runtime, 3)] == [
         ("started", 202),
         ("output", 202),
         ("complete", 202),

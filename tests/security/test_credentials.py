@@ -11,11 +11,10 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from devkit.fakes.n8n import CALLBACKS_SENT
 from gateway.security.tokens import CredentialsTokens
 from store.consumer import StoreConsumer
 from tests.support.runs import wait_for_run, wait_url
-from tests.support.runtimes import as_agent, json_agent, received
+from tests.support.runtimes import as_agent, callbacks_answered, json_agent, received
 from tests.support.tenants import Tenant, TenantFactory
 from tests.support.tokens import ADMIN, SECRET_KEY
 
@@ -258,7 +257,7 @@ async def test_trigger_payloads_carry_a_token_the_runtime_resolves_credentials_w
     }
     payload = received(runtime)[0]["payload"]
     assert payload["credentialsToken"].startswith(f"crt_{run['runId']}_")
-    assert [s["status"] for s in runtime.app[CALLBACKS_SENT]] == [202, 202, 202]
+    assert [s["status"] for s in await callbacks_answered(runtime, 3)] == [202, 202, 202]
 
 
 async def test_a_trigger_payload_token_stops_working_when_its_run_ends(

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from devkit.fakes.n8n import RECEIVED
+from devkit.fakes.n8n import CALLBACKS_SENT, RECEIVED
 from tests.support.tenants import Tenant
 
 
@@ -45,3 +45,17 @@ async def first_invoked_run(runtime: TestServer) -> int:
 def received(runtime: TestServer) -> list[dict[str, Any]]:
     """What the fake runtime was sent, in order."""
     return runtime.app[RECEIVED]
+
+
+async def callbacks_answered(runtime: TestServer, count: int) -> list[dict[str, Any]]:
+    """The callbacks the fake workflow sent, once ``count`` of them have their answer (bounded).
+
+    A run's end is on its row, and handed to whoever waits, before the callback route sends its
+    202: a caller can read the end before the workflow has the answer to its last callback.
+    """
+    sent: list[dict[str, Any]] = runtime.app[CALLBACKS_SENT]
+    for _ in range(500):
+        if len(sent) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return sent
