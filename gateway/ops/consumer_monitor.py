@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from prometheus_client import Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
 from store.consumer import StoreConsumer
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ class _StatsCollector(Collector):
 class ConsumerMonitor:
     """Metrics and liveness of one store consumer process."""
 
-    def __init__(self, consumer: StoreConsumer, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+    def __init__(self, consumer: StoreConsumer, redis: RedisClient, pool: asyncpg.Pool) -> None:
         self.consumer = consumer
         self._redis = redis
         self.registry = new_registry()

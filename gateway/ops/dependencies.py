@@ -16,8 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
+
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +47,7 @@ class DependencyMonitor:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         on_probe: Callable[[Dependency, bool], None] = lambda _dependency, _up: None,
     ) -> None:

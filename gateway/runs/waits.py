@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from store import runs
 from store.models import Run
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ class RunWaiters:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         *,
         channel: str,
