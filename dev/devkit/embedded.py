@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -484,10 +485,31 @@ class EmbeddedRedis(EmbeddedServer):
         return recorded.isdigit() and self._accepts()
 
 
+def _free_cluster_port() -> int:
+    """A port on 127.0.0.1 for a cluster node: free, and its bus port (10000 above) free too.
+
+    Redis refuses a cluster node on a port above 55535, where the bus port would not fit.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(20000, 55535)
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedError("no free port pair for a Redis cluster node on 127.0.0.1")
+
+
 class _ClusterNode(EmbeddedRedis):
     """One primary of :class:`EmbeddedRedisCluster`: cluster mode, no append-only file."""
 
     name = "redis cluster node"
+
+    def __init__(self, data_dir: Path, *, die_with_parent: bool = True) -> None:
+        super().__init__(data_dir, _free_cluster_port(), die_with_parent=die_with_parent)
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the node with an empty data folder (the cluster is formed anew each start)."""
@@ -530,7 +552,8 @@ class EmbeddedRedisCluster:
     """A Redis Cluster of three primaries (no replicas) from the same redis-server binary.
 
     Each node is a child process with its own port on 127.0.0.1 and its own data folder under
-    ``data_dir``, stopped by its PID like :class:`EmbeddedRedis`. The 16384 slots are split in
+    ``data_dir`` (ports at most 55535: the cluster bus listens 10000 above), stopped by its PID
+    like :class:`EmbeddedRedis`. The 16384 slots are split in
     three ranges (``CLUSTER ADDSLOTS``; Redis 6.2 has no ``ADDSLOTSRANGE``), the nodes are joined
     with ``CLUSTER MEET``, and the start is over when every node says ``cluster_state:ok`` and
     knows the other two. The cluster holds nothing across starts.
