@@ -553,10 +553,10 @@ class EmbeddedRedisCluster:
 
     Each node is a child process with its own port on 127.0.0.1 and its own data folder under
     ``data_dir`` (ports at most 55535: the cluster bus listens 10000 above), stopped by its PID
-    like :class:`EmbeddedRedis`. The 16384 slots are split in
-    three ranges (``CLUSTER ADDSLOTS``; Redis 6.2 has no ``ADDSLOTSRANGE``), the nodes are joined
-    with ``CLUSTER MEET``, and the start is over when every node says ``cluster_state:ok`` and
-    knows the other two. The cluster holds nothing across starts.
+    like :class:`EmbeddedRedis`. The 16384 slots are split in three ranges (``CLUSTER
+    ADDSLOTS``; Redis 6.2 has no ``ADDSLOTSRANGE``), the nodes are joined with ``CLUSTER
+    MEET``, and the start is over when every node says ``cluster_state:ok`` and knows the other
+    two. The cluster holds nothing across starts.
     """
 
     size = 3
