@@ -15,7 +15,6 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import Any, NoReturn, Protocol
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.admin.service import AdminService
@@ -33,6 +32,7 @@ from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
 from store.migrate import SchemaBehind, check_schema, migrate_url, migration_status_url
 from store.pool import create_pool
+from store.redis_client import connect_redis
 
 # Commands installed by other distributions (the dev kit's ``dev``), so this package never
 # imports dev-only code.
@@ -95,7 +95,7 @@ def serve(settings: Settings) -> None:
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     """Run the store consumer until SIGTERM/SIGINT; the batches in hand are finished first."""
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    redis = connect_redis(settings.redis_url, cluster=settings.redis_cluster)
     pool = await create_pool(
         settings.database_url, min_size=1, max_size=settings.consumer_db_pool_max_size
     )

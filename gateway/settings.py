@@ -181,6 +181,13 @@ class Settings:
         secret=True,
         parse=_redis_url,
     )
+    redis_cluster: bool = setting(
+        False,
+        "REDIS_CLUSTER",
+        Group.BACKENDS,
+        "REDIS_URL names one node of a Redis Cluster (redis-py's RedisCluster learns the "
+        "others from it); false: a single Redis server.",
+    )
     # The sum over every process must stay under PostgreSQL's max_connections
     # (docs/operations.md, "The PostgreSQL connection budget"; tests/deploy checks the kit's).
     db_pool_min_size: int = setting(

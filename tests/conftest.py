@@ -1,7 +1,10 @@
 """Shared fixtures: a real PostgreSQL and a real Redis for the session, and factories.
 
 Both servers are started by the test session itself from the embedded wheels, unless
-``DATABASE_URL`` and ``REDIS_URL`` point at servers to use instead.
+``DATABASE_URL`` and ``REDIS_URL`` point at servers to use instead. With ``TEST_REDIS=cluster``
+the session starts a three-primary Redis Cluster instead of one Redis (or, with ``REDIS_URL``,
+``REDIS_CLUSTER=true`` says that it names a cluster node), and every client and every gateway
+the tests build uses cluster mode (``Backends.redis``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster, free_port
 from devkit.fakes.n8n import create_fake_runtime
 from devkit.fakes.trigger_dev import create_fake_trigger_dev
 from gateway.http.app import create_app
@@ -28,7 +30,8 @@ from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
-from tests.support.backends import Backends
+from store.redis_client import RedisClient
+from tests.support.backends import Backends, wants_cluster
 from tests.support.consumers import ConsumerFactory, event_buffer
 from tests.support.gateways import GatewayFactory
 from tests.support.processes import Processes
@@ -45,7 +48,8 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     """Real PostgreSQL and Redis for the whole session (migrated once)."""
     database_url = os.environ.get("DATABASE_URL", "")
     redis_url = os.environ.get("REDIS_URL", "")
-    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    cluster = wants_cluster()
+    started: list[EmbeddedPostgres | EmbeddedRedis | EmbeddedRedisCluster] = []
     root = Path(tmp_path_factory.mktemp("backends"))
     try:
         if not database_url:
@@ -53,11 +57,11 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
             started.append(pg)
             database_url = pg.start()
         if not redis_url:
-            rd = EmbeddedRedis(root / "redis")
+            rd = EmbeddedRedisCluster(root / "redis") if cluster else EmbeddedRedis(root / "redis")
             started.append(rd)
             redis_url = rd.start()
         asyncio.run(migrate_url(database_url))
-        yield Backends(database_url, redis_url)
+        yield Backends(database_url, redis_url, redis_cluster=cluster)
     finally:
         for server in reversed(started):
             server.stop()
@@ -70,6 +74,7 @@ def settings(backends: Backends, tmp_path: Path) -> Settings:
         blob_dir=str(tmp_path / "blobs"),
         database_url=backends.database_url,
         redis_url=backends.redis_url,
+        redis_cluster=backends.redis_cluster,
         admin_token=ADMIN_TOKEN,
         secret_key=SECRET_KEY,
         events_stream=f"test:events:{uuid.uuid4().hex}",
@@ -101,9 +106,9 @@ async def db(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def redis_client(backends: Backends) -> AsyncIterator[aioredis.Redis]:
-    """A Redis client for looking at keys and streams directly."""
-    client = aioredis.Redis.from_url(backends.redis_url)
+async def redis_client(backends: Backends) -> AsyncIterator[RedisClient]:
+    """A Redis client for looking at keys and streams directly (a cluster's, on a cluster)."""
+    client = backends.redis()
     yield client
     await client.aclose()
 
@@ -157,7 +162,7 @@ async def trigger_dev() -> AsyncIterator[TestServer]:
 @pytest.fixture
 async def make_consumer(settings: Settings, backends: Backends) -> AsyncIterator[ConsumerFactory]:
     """Start store consumers (with any ``StoreConsumer`` option) for the test's event stream."""
-    redis = aioredis.Redis.from_url(backends.redis_url)
+    redis = backends.redis()
     pool = await create_pool(backends.database_url, min_size=1, max_size=2)
     running: list[tuple[StoreConsumer, asyncio.Task[None]]] = []
 

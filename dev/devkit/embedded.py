@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +26,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import redis
 
 # PostgreSQL refuses to run as root. Under root the servers run as this system user, inside a
 # user namespace of their own where possible: there they are the service user, while on the
@@ -479,3 +483,141 @@ class EmbeddedRedis(EmbeddedServer):
         except OSError:
             return False
         return recorded.isdigit() and self._accepts()
+
+
+def _free_cluster_port() -> int:
+    """A port on 127.0.0.1 for a cluster node: free, and its bus port (10000 above) free too.
+
+    Redis refuses a cluster node on a port above 55535, where the bus port would not fit.
+    """
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(20000, 55535)
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise EmbeddedError("no free port pair for a Redis cluster node on 127.0.0.1")
+
+
+class _ClusterNode(EmbeddedRedis):
+    """One primary of :class:`EmbeddedRedisCluster`: cluster mode, no append-only file."""
+
+    name = "redis cluster node"
+
+    def __init__(self, data_dir: Path, *, die_with_parent: bool = True) -> None:
+        super().__init__(data_dir, _free_cluster_port(), die_with_parent=die_with_parent)
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the node with an empty data folder (the cluster is formed anew each start)."""
+        binary = _redis_server()
+        self._prepare(binary)
+        # The cluster's state names the other nodes' ports, which a new start does not reuse.
+        for leftover in ("nodes.conf", "dump.rdb", "appendonly.aof"):
+            (self.data_dir / leftover).unlink(missing_ok=True)
+        argv = [
+            str(binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--pidfile",
+            str(self.pid_file),
+            "--protected-mode",
+            "yes",
+        ]
+        self._spawn(argv, f"{self.data_dir.name}.log")
+        self._wait_until(self._ready, timeout, f"Redis cluster node {self.data_dir.name}")
+        return self.url
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of three primaries (no replicas) from the same redis-server binary.
+
+    Each node is a child process with its own port on 127.0.0.1 and its own data folder under
+    ``data_dir`` (ports at most 55535: the cluster bus listens 10000 above), stopped by its PID
+    like :class:`EmbeddedRedis`. The 16384 slots are split in three ranges (``CLUSTER
+    ADDSLOTS``; Redis 6.2 has no ``ADDSLOTSRANGE``), the nodes are joined with ``CLUSTER
+    MEET``, and the start is over when every node says ``cluster_state:ok`` and knows the other
+    two. The cluster holds nothing across starts.
+    """
+
+    size = 3
+
+    def __init__(self, data_dir: Path, *, die_with_parent: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.nodes = [
+            _ClusterNode(self.data_dir / f"node-{index}", die_with_parent=die_with_parent)
+            for index in range(self.size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The first node's URL: a cluster client learns the others from it."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the nodes, form the cluster, return the first node's URL."""
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _form(self, timeout: float) -> None:
+        clients: list[Any] = [redis.Redis(host="127.0.0.1", port=node.port) for node in self.nodes]
+        try:
+            slots = 16384
+            for index, client in enumerate(clients):
+                first, last = index * slots // self.size, (index + 1) * slots // self.size
+                # Distinct epochs: no collision for the nodes to settle before the state is ok.
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + timeout
+            while not all(self._formed(client) for client in clients):
+                if time.monotonic() > deadline:
+                    raise EmbeddedError(
+                        f"the Redis cluster did not form within {timeout:g} s; see the logs in "
+                        f"{self.data_dir}"
+                    )
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _formed(self, client: Any) -> bool:
+        raw = client.execute_command("CLUSTER", "INFO")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        info = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return (
+            info.get("cluster_state") == "ok"
+            and info.get("cluster_slots_ok") == "16384"
+            and info.get("cluster_known_nodes") == str(self.size)
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop every node we started (by its PID)."""
+        for node in self.nodes:
+            node.stop(timeout)

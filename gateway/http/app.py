@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import hdrs, web
 
 from adapters.n8n import N8nAdapter
@@ -76,11 +75,14 @@ from store.event_buffer import EventBuffer
 from store.lookup_cache import LookupCache
 from store.migrate import check_schema
 from store.pool import create_pool
+from store.redis_client import connect_redis
 
 _BACKGROUND_DRAIN_S = 5.0
 # Redis connections per replica, and how long a request may wait for one of them.
 _REDIS_CONNECTIONS = 100
 _REDIS_CONNECTION_WAIT_S = 5.0
+# On a Redis Cluster, connections per node: a command past them fails at once (no waiting pool).
+_REDIS_CLUSTER_NODE_CONNECTIONS = 400
 # A poll in hand when the gateway stops is given this long to finish and be recorded.
 _FOLLOWER_STOP_S = 5.0
 # A background loop told to stop (a feed's long-poll, the cache's listener) is waited for this long.
@@ -123,17 +125,22 @@ async def _lookup_cache(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     # A burst of requests waits for a free connection: redis-py's default pool answers "Too
     # many connections" past 100 at once, and a rate limiter that cannot ask Redis fails open.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        app[SETTINGS].redis_url,
-        max_connections=_REDIS_CONNECTIONS,
-        timeout=_REDIS_CONNECTION_WAIT_S,
+    # redis-py's cluster client has no such waiting pool: there each node gets a wider bound
+    # (store/redis_client.py).
+    client = connect_redis(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        max_connections=(
+            _REDIS_CLUSTER_NODE_CONNECTIONS if settings.redis_cluster else _REDIS_CONNECTIONS
+        ),
+        wait_for_connection_s=_REDIS_CONNECTION_WAIT_S,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=15,
     )
-    client = aioredis.Redis.from_pool(pool)
     app[REDIS] = client
     yield
     await client.aclose()

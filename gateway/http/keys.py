@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import aiohttp
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.admin.service import AdminService
@@ -28,10 +27,11 @@ from gateway.security.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStore
 from store.lookup_cache import LookupCache
+from store.redis_client import RedisClient
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 LOOKUP_CACHE = web.AppKey("lookup_cache", LookupCache)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 RECORDER = web.AppKey("recorder", RunRecorder)

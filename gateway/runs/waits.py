@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from store import runs
 from store.announcements import parse_announcement
 from store.models import Run
+from store.redis_client import RedisClient
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,7 @@ class RunWaiters:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         *,
         channel: str,

@@ -2,19 +2,29 @@
 
 Every replica shares the bucket, and the refill is computed from ``TIME`` inside Redis, so a
 replica with a skewed clock cannot mint tokens.
+
+A bucket named ``agent:17:trigger`` is the key ``ratelimit:{agent:17}:trigger``: its owner (all
+but the last part) is the hash tag, so on a Redis Cluster every bucket of one agent (or one
+client address) is in one slot, and the owners are spread over the cluster's slots. One call
+takes from buckets in order; buckets of different owners (the key guard's look at an address
+and an agent's token) cannot share a slot, so on a cluster they are taken by one call per
+owner, in the same order, stopping at the first refusal: the same decisions, one more round
+trip (the look changes nothing, so only the atomicity between look and take is given up).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.errors import RateLimited
+from store.redis_client import RedisClient, tagged
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +117,19 @@ class Take:
         return max(1, self.window_s * 1000 // self.limit)
 
 
+def _owner(take: Take) -> str:
+    return take.bucket.rpartition(":")[0]
+
+
+def bucket_key(bucket: str) -> str:
+    """The Redis key of ``bucket``: ``agent:17:trigger`` is ``ratelimit:{agent:17}:trigger``.
+
+    The owner (all but the bucket's class, its last part) is the hash tag.
+    """
+    owner, _, kind = bucket.rpartition(":")
+    return "ratelimit:" + (tagged(owner, kind) if owner else tagged(kind))
+
+
 def refusal(take: Take, decision: Decision, what: str) -> RateLimited:
     """The 429 (with its ``Retry-After`` and rate-limit headers) for an empty bucket."""
     retry_s = max(1, math.ceil(decision.retry_after_ms / 1000))
@@ -126,13 +149,15 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         fail_open: bool,
         observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._redis = redis
         self._script = redis.register_script(_TOKEN_BUCKETS)
+        # A cluster refuses one script over keys in different slots (CROSSSLOT).
+        self._one_owner_per_call = isinstance(redis, RedisCluster)
         self._fail_open = fail_open
         # Told (bucket, decision) for every decision, for metrics.
         self._observe = observe or (lambda bucket, decision: None)
@@ -151,10 +176,7 @@ class RateLimiter:
         The decisions are those of the buckets looked at: fewer than ``takes`` when one refused.
         """
         try:
-            raw = await self._script(
-                keys=[f"ratelimit:{take.bucket}" for take in takes],
-                args=[v for take in takes for v in (take.limit, take.per_token_ms, take.cost)],
-            )
+            raw = await self._take_in_order(takes)
         except (RedisError, OSError) as exc:
             log.warning(
                 "rate_limit_unavailable",
@@ -181,6 +203,22 @@ class RateLimiter:
                 Decision(bool(allowed), take.limit, remaining, max(0, retry_ms), max(0, reset_ms))
             )
         return decisions
+
+    async def _take_in_order(self, takes: tuple[Take, ...]) -> list[list[int]]:
+        """The script's answers for ``takes``: one call, or on a cluster one per owner."""
+        calls = [list(takes)]
+        if self._one_owner_per_call:
+            calls = [list(same) for _, same in itertools.groupby(takes, key=_owner)]
+        answers: list[list[int]] = []
+        for call in calls:
+            answer = await self._script(
+                keys=[bucket_key(take.bucket) for take in call],
+                args=[v for take in call for v in (take.limit, take.per_token_ms, take.cost)],
+            )
+            answers.extend(answer)
+            if len(answer) < len(call) or not int(answer[-1][0]):
+                break  # a bucket refused: the later ones are left untouched
+        return answers
 
     async def enforce(self, bucket: str, *, limit: int, window_s: int, what: str) -> Decision:
         """Like :meth:`take`, but raise :class:`RateLimited` with the 429 headers when empty."""

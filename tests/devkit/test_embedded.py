@@ -16,10 +16,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from devkit import embedded
-from devkit.embedded import EmbeddedPostgres, EmbeddedRedis
+from devkit.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 
 # A launcher of our own, killed with SIGKILL as a closed terminal or an OOM killer would.
 LAUNCHER = """
@@ -198,3 +199,34 @@ def test_a_clone_in_a_private_folder_runs_its_servers_and_changes_no_mode(
 
     assert {path: path.stat().st_mode for path in modes} == modes
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+def test_a_redis_cluster_forms_from_three_nodes_and_each_stops_by_its_pid(tmp_path: Path) -> None:
+    cluster = EmbeddedRedisCluster(tmp_path / "cluster")
+    cluster.start()
+    pids = {
+        f"node-{index}": node.process.pid
+        for index, node in enumerate(cluster.nodes)
+        if node.process
+    }
+    try:
+        assert len(set(pids.values())) == 3
+        for node in cluster.nodes:
+            assert node.port <= 55535  # the cluster bus listens 10000 above
+            client = sync_redis.Redis(host="127.0.0.1", port=node.port)
+            try:
+                info = client.execute_command("CLUSTER", "INFO").decode()
+                assert "cluster_state:ok" in info
+                assert "cluster_known_nodes:3" in info
+                # Each node owns a third of the slots.
+                myself = next(
+                    line
+                    for line in client.execute_command("CLUSTER", "NODES").decode().splitlines()
+                    if "myself" in line
+                )
+                assert len(myself.split()) == 9
+            finally:
+                client.close()
+    finally:
+        cluster.stop()
+    assert gone_within(pids, 5) == set()

@@ -614,7 +614,7 @@ async def _snapshot(live: Live, db: asyncpg.Pool, org_id: str, runtime: TestServ
             [
                 key
                 async for agent_id in _aiter(agent_ids)
-                for key in await redis.keys(f"ratelimit:agent:{agent_id}:*")
+                for key in await redis.keys(f"ratelimit:{{agent:{agent_id}}}:*")
             ]
         ),
         "invocations": len(

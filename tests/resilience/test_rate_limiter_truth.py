@@ -99,7 +99,7 @@ async def test_each_refill_admits_exactly_the_capacity_and_nothing_is_double_spe
     """Four replicas' limiters (four Redis connections) take from one bucket of 5 per 2 s:
     a burst of 400 takes admits the 5 tokens there and no more (plus any token minted while
     the burst lasted, by Redis's clock); after each refill, again exactly that."""
-    clients = [aioredis.Redis.from_url(backends.redis_url) for _ in range(4)]
+    clients = [backends.redis() for _ in range(4)]
     limiters = [RateLimiter(client, fail_open=False) for client in clients]
     bucket = f"truth:{uuid.uuid4().hex}"
     limit, window_s = 5, 2

@@ -45,6 +45,7 @@ def process_env(backends: Backends, **extra: str) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": backends.database_url,
         "REDIS_URL": backends.redis_url,
+        "REDIS_CLUSTER": "true" if backends.redis_cluster else "false",
         "SECRET_KEY": SECRET_KEY,
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "GATEWAY_PORT": str(free_port()),
