@@ -6,9 +6,11 @@ against one (``TEST_REDIS=cluster``), else one this module starts from the same 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -18,8 +20,14 @@ from devkit.embedded import EmbeddedRedisCluster
 from gateway.http.rate_limits import EXECUTIONS, RUN_REPORTS, SYNC_RUNS, TRIGGERS
 from gateway.security.key_guard import KeyGuard
 from gateway.security.ratelimit import RateLimiter, Take, bucket_key
+from store.consumer import StoreConsumer
+from store.enums import EventType
+from store.event_buffer import EventBuffer
+from store.models import Agent
 from store.redis_client import connect_redis, slot_of
+from store.run_events import RunEvent
 from tests.support.backends import Backends
+from tests.support.store_runs import new_run
 
 AGENTS = range(1, 25)
 
@@ -129,3 +137,33 @@ async def test_the_key_guards_look_and_an_agents_take_keep_their_order_across_sl
         assert after.remaining == 4
     finally:
         await cluster.delete(bucket_key(agent.bucket), bucket_key(guard.look(address).bucket))
+
+
+async def test_the_event_buffer_partitions_spread_over_every_primary_and_drain_there(
+    cluster: RedisCluster, db: asyncpg.Pool, agent: Agent
+) -> None:
+    """Held while PostgreSQL was away: each partition's stream and lease share its slot, the
+    partitions land on all three primaries, and a consumer on the cluster applies them."""
+    buffer = EventBuffer(cluster, f"cluster-test:{uuid.uuid4().hex}", 16)
+    for partition in range(buffer.partitions):
+        stream, lease = buffer.stream_key(partition), buffer.lease_key(partition)
+        assert int(await cluster.cluster_keyslot(stream)) == int(
+            await cluster.cluster_keyslot(lease)
+        )
+    owners = {_primary_of(cluster, buffer.stream_key(p)) for p in range(buffer.partitions)}
+    assert owners == {node.name for node in cluster.get_primaries()}
+
+    run_ids = [await new_run(db, agent) for _ in range(32)]
+    for run_id in run_ids:
+        await buffer.append(RunEvent(run_id, EventType.OUTPUT, output_data={"v": 1}))
+        await buffer.append(RunEvent(run_id, EventType.COMPLETED, outputs=1))
+    consumer = StoreConsumer(cluster, db, buffer=buffer, name="on-the-cluster")
+    await consumer.leases.refresh()
+    assert len(consumer.leases.held) == buffer.partitions
+    while await consumer.consume_once():
+        pass
+
+    rows = await db.fetch("SELECT status, output_data FROM runs WHERE id = ANY($1)", run_ids)
+    assert {(r["status"], r["output_data"]["v"]) for r in rows} == {("completed", 1)}
+    assert sum(await buffer.lengths()) == 0
+    await consumer.leases.release_all()
