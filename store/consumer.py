@@ -31,6 +31,8 @@ from store.transitions import LeaseLost, Outcome, Transition, apply_buffered, ne
 
 log = structlog.get_logger(__name__)
 
+# How soon an idle consumer looks at its partitions again, at first (then up to CONSUMER_POLL_MS).
+_FIRST_POLL_S = 0.005
 # The partition whose holder also drains the stream releases before 0.1.0 published to.
 _LEGACY_PARTITION = 0
 # A batch that deadlocked or hit a serialisation failure is tried again this many times in all.
@@ -108,6 +110,10 @@ class StoreConsumer:
         loop = asyncio.get_running_loop()
         next_reap = next_refresh = 0.0
         refresh_s = self.leases.lease_ms / 3000
+        # An idle consumer looks again after _FIRST_POLL_S, doubling up to the poll interval:
+        # a buffer filling up (an outage) is drained within milliseconds, an empty one costs
+        # one read per partition per interval.
+        idle_s = _FIRST_POLL_S
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
             try:
@@ -120,8 +126,11 @@ class StoreConsumer:
                     # wins over the deadline.
                     await self._reap()
                     next_reap = loop.time() + self._reap_every_s
-                if not moved:
-                    await self._sleep(self._poll_s)
+                if moved:
+                    idle_s = _FIRST_POLL_S
+                else:
+                    await self._sleep(idle_s)
+                    idle_s = min(idle_s * 2, self._poll_s)
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("consumer_backoff", error=str(exc), consumer=self.name)
                 await self._sleep(1.0)
@@ -136,10 +145,21 @@ class StoreConsumer:
         batches = await asyncio.gather(
             *(self.buffer.read(partition, self._batch) for partition in held)
         )
-        moved = 0
-        for partition, batch in zip(held, batches, strict=True):
-            if batch and partition in self.leases.held:
-                moved += await self._apply(partition, batch)
+        # The partitions are independent: their batches are applied side by side (as many at
+        # once as the pool has connections).
+        outcomes = await asyncio.gather(
+            *(
+                self._apply(partition, batch)
+                for partition, batch in zip(held, batches, strict=True)
+                if batch and partition in self.leases.held
+            ),
+            return_exceptions=True,
+        )
+        # Every batch has finished (applied, or left in its stream) before a failure is raised.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        moved = sum(n for n in outcomes if isinstance(n, int))
         # A release before 0.1.0 published every event to one stream: whoever drains
         # partition 0 drains what a rolling upgrade left there too, under its lease.
         if _LEGACY_PARTITION in self.leases.held and (
