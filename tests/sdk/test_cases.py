@@ -6,6 +6,7 @@ SDK, so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,8 +16,9 @@ from yarl import URL
 
 import agent_gateway_sdk as sdk
 from store.consumer import StoreConsumer
+from tests.support.flaky_front import FlakyFront
 from tests.support.gateways import GatewayFactory
-from tests.support.live_stack import STRICT
+from tests.support.live_stack import BRISK, STRICT
 from tests.support.openapi_agreement import SentRequest, disagreements
 from tests.support.sdk_cases import CASES, Stage, agent_body, call_once, result_fields
 from tests.support.tenants import Tenant, TenantFactory
@@ -25,17 +27,27 @@ from tests.support.tenants import Tenant, TenantFactory
 @pytest.fixture
 async def stage(
     tenant: Tenant, make_tenant: TenantFactory, make_gateway: GatewayFactory, runtime: TestServer
-) -> Stage:
-    """The main gateway (the tenant's), a strict one on the same stores, the fake runtime."""
+) -> AsyncIterator[Stage]:
+    """The main gateway (the tenant's), a strict and a brisk one on the same stores, a test
+    front before the main one, the fake runtime."""
     strict = await make_gateway(**STRICT)
+    brisk = await make_gateway(**BRISK)
     stranger = await make_tenant("Globex")
-    return Stage(
-        base_url=str(tenant.client.make_url("")).rstrip("/"),
+    base_url = str(tenant.client.make_url("")).rstrip("/")
+    front = FlakyFront(base_url)
+    front_server = TestServer(front.app(), host="127.0.0.1")
+    await front_server.start_server()
+    yield Stage(
+        base_url=base_url,
         strict_base_url=str(strict.make_url("")).rstrip("/"),
+        brisk_base_url=str(brisk.make_url("")).rstrip("/"),
         runtime_url=str(runtime.make_url("")).rstrip("/"),
         ingest_key=tenant.ingest_key,
         stranger_key=stranger.ingest_key,
+        front=front,
+        front_base_url=str(front_server.make_url("")).rstrip("/"),
     )
+    await front_server.close()
 
 
 @pytest.fixture
@@ -72,8 +84,9 @@ async def test_the_python_sdk_meets_the_case(
         assert error is None, f"the call before the checked one failed: {error}"
 
     for run in range(case.get("runs", 1)):
-        result, error = await call_once(case, stage, agent, run)
+        result, error = await call_once(case, stage, agent, run, checked=True)
         expect_the_case(case, result, error, run)
+        expect_what_was_sent(case, stage)
     # Every request the SDK made is a route of the OpenAPI document, with documented fields.
     assert sent_to_the_api
     assert disagreements(sent_to_the_api) == []
@@ -95,3 +108,21 @@ def expect_the_case(
         assert (error.run_id is not None) == expect["runId"], error.body
         if expect["status"] == 429:
             assert error.retry_after_s > 0
+
+
+def expect_what_was_sent(case: dict[str, Any], stage: Stage) -> None:
+    """The case's ``expect.sent`` (what reached the front) and ``expect.atLeastMs`` hold."""
+    expect = case["expect"]
+    took_ms = stage.took_s * 1000
+    assert took_ms >= expect.get("atLeastMs", 0), f"the call took {took_ms:.0f} ms"
+    sent = expect.get("sent")
+    if sent is None:
+        return
+    seen = stage.front.seen
+    assert len(seen) == sent["attempts"], seen
+    keys = {request["idempotencyKey"] for request in seen}
+    if "idempotencyKey" in sent:
+        assert len(keys) == 1, seen
+        assert None not in keys, seen
+        if sent["idempotencyKey"] != "same":
+            assert keys == {sent["idempotencyKey"]}, seen

@@ -3,11 +3,13 @@
 ``python -m tests.support.live_stack`` starts a real PostgreSQL and Redis (embedded, unless
 ``DATABASE_URL`` and ``REDIS_URL`` are set), migrates, and serves on free 127.0.0.1 ports: a
 gateway, a strict gateway (one call per agent per hour on every rate-limited route, for the 429
-rows), the store consumer and the fake n8n runtime. It creates two organisations with ingest
+rows), a brisk one (one call per agent per second: a 429 worth waiting for), a test front before
+the main gateway (``tests.support.flaky_front``: faults and a hold limit, for the retry rows),
+the store consumer and the fake n8n runtime. It creates two organisations with ingest
 keys through the admin API, prints one JSON line (``baseUrl``, ``strictBaseUrl``,
-``runtimeUrl``, ``adminToken``, ``orgId``, ``ingestKey``, ``strangerIngestKey``, and
-``bytesSha256``: size -> digest of the fake runtime's ``bytes`` path) and runs
-until its standard input closes; then everything stops, the databases last.
+``briskBaseUrl``, ``frontBaseUrl``, ``runtimeUrl``, ``adminToken``, ``orgId``, ``ingestKey``,
+``strangerIngestKey``, and ``bytesSha256``: size -> digest of the fake runtime's ``bytes`` path)
+and runs until its standard input closes; then everything stops, the databases last.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from store.consumer import StoreConsumer
 from store.migrate import migrate_url
 from store.pool import create_pool
 from tests.support.consumers import event_buffer
+from tests.support.flaky_front import FlakyFront
 from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
 
 # The strict gateway's limits: the second call of a kind on one agent is a 429.
@@ -47,13 +50,23 @@ STRICT = {
     "report_rate_limit": 1,
     "report_rate_window_s": 3600,
 }
+# The brisk gateway's: the second call of a kind on one agent is a 429 asking for about 1 s.
+BRISK = {
+    "sync_rate_limit": 1,
+    "sync_rate_window_s": 1,
+    "trigger_rate_limit": 1,
+    "trigger_rate_window_s": 1,
+    "report_rate_limit": 1,
+    "report_rate_window_s": 1,
+}
 
 
 @contextlib.asynccontextmanager
-async def _site(app: web.Application) -> AsyncIterator[str]:
+async def _site(app: web.Application, port: int | None = None) -> AsyncIterator[str]:
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    port = free_port()
+    # A gateway is served on the port its settings name: its callback URLs point there.
+    port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}"
@@ -111,13 +124,19 @@ async def _until_stdin_closes() -> None:
 async def serve(database_url: str, redis_url: str, root: Path) -> None:
     """Migrate, serve everything, print the JSON line, stop when stdin closes."""
     await migrate_url(database_url)
-    main_port, strict_port = free_port(), free_port()
+    main_port, strict_port, brisk_port = free_port(), free_port(), free_port()
     settings = _settings(database_url, redis_url, root / "blobs", main_port)
     strict = dataclasses.replace(
         settings,
         port=strict_port,
         public_base_url=f"http://127.0.0.1:{strict_port}",
         **STRICT,  # type: ignore[arg-type]
+    )
+    brisk = dataclasses.replace(
+        settings,
+        port=brisk_port,
+        public_base_url=f"http://127.0.0.1:{brisk_port}",
+        **BRISK,  # type: ignore[arg-type]
     )
     redis = aioredis.Redis.from_url(redis_url)
     pool = await create_pool(database_url, min_size=1, max_size=4)
@@ -126,8 +145,10 @@ async def serve(database_url: str, redis_url: str, root: Path) -> None:
     try:
         async with (
             _site(create_fake_runtime()) as runtime_url,
-            _site(create_app(settings)) as base,
-            _site(create_app(strict)) as strict_base,
+            _site(create_app(settings), main_port) as base,
+            _site(create_app(strict), strict_port) as strict_base,
+            _site(create_app(brisk), brisk_port) as brisk_base,
+            _site(FlakyFront(base).app()) as front_base,
             aiohttp.ClientSession() as http,
         ):
             org_id, key = await _org(http, base, "SDK tests")
@@ -135,6 +156,8 @@ async def serve(database_url: str, redis_url: str, root: Path) -> None:
             line = {
                 "baseUrl": base,
                 "strictBaseUrl": strict_base,
+                "briskBaseUrl": brisk_base,
+                "frontBaseUrl": front_base,
                 "runtimeUrl": runtime_url,
                 "adminToken": ADMIN_TOKEN,
                 "orgId": org_id,

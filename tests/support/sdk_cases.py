@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import agent_gateway_sdk as sdk
+from tests.support.flaky_front import FlakyFront
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE: dict[str, Any] = json.loads((ROOT / "sdk" / "cases.json").read_text())
@@ -23,11 +25,26 @@ class Stage:
 
     base_url: str
     strict_base_url: str
+    brisk_base_url: str
     runtime_url: str
     ingest_key: str
     stranger_key: str
+    # Before the main gateway: plays a case's ``faults`` and ``holdLimitMs``.
+    front: FlakyFront
+    front_base_url: str
     # The credential a case's ``connectionId: own`` names, once made.
     credential_id: str = ""
+    # What the last checked call took, in seconds.
+    took_s: float = field(default=0.0)
+
+    def base_for(self, case: dict[str, Any]) -> str:
+        """The URL of the case's ``gateway``."""
+        return {
+            "main": self.base_url,
+            "strict": self.strict_base_url,
+            "brisk": self.brisk_base_url,
+            "front": self.front_base_url,
+        }[case.get("gateway", "main")]
 
 
 def agent_body(preset: str, runtime_url: str) -> dict[str, Any]:
@@ -63,12 +80,21 @@ _CALLS = {
 }
 
 
+_ON_A_RUN = ("getRun", "cancelRun")
+
+
 async def call_once(
-    case: dict[str, Any], stage: Stage, agent: dict[str, Any], run: int = 0
+    case: dict[str, Any],
+    stage: Stage,
+    agent: dict[str, Any],
+    run: int = 0,
+    *,
+    checked: bool = False,
 ) -> tuple[Any, sdk.GatewayError | None]:
     """Make the case's call once (on its ``run``-th fresh run, for a case on a registered
-    run): its result, or the GatewayError it raised."""
-    base = stage.strict_base_url if case.get("gateway") == "strict" else stage.base_url
+    run): its result, or the GatewayError it raised. The ``checked`` call meets the case's
+    ``faults`` (and ``holdLimitMs``) and is timed."""
+    base = stage.base_for(case)
     key = {"tenant": stage.ingest_key, "wrong": "igk_wrong", "stranger": stage.stranger_key}[
         case.get("key", "tenant")
     ]
@@ -76,9 +102,12 @@ async def call_once(
     args = {snake(k): v for k, v in case.get("args", {}).items()}
     if args.get("connection_id") == "own":
         args["connection_id"] = stage.credential_id
+    if checked:
+        stage.front.set_plan(case["call"], case.get("faults"), case.get("holdLimitMs"))
+    started = time.monotonic()
     try:
-        if case["call"].startswith("agentClient.") or case["call"] == "getRun":
-            return await _client_call(case, base, key, agent, args, run), None
+        if case["call"].startswith("agentClient.") or case["call"] in _ON_A_RUN:
+            return await _client_call(case, stage, base, key, agent, args, run), None
         common = {"base_url": base, "ingest_api_key": key, "agent_id": agent_id}
         if case["call"] == "triggerRunAndDownload":
             download = await sdk.trigger_run_and_download(**common, **args)
@@ -87,6 +116,8 @@ async def call_once(
         return await _CALLS[case["call"]](**common, **args), None
     except sdk.GatewayError as exc:
         return None, exc
+    finally:
+        stage.took_s = time.monotonic() - started
 
 
 async def until_ended(base: str, key: str, agent_id: int, run_id: int) -> None:
@@ -100,31 +131,47 @@ async def until_ended(base: str, key: str, agent_id: int, run_id: int) -> None:
 
 
 async def _client_call(
-    case: dict[str, Any], base: str, key: str, agent: dict[str, Any], args: dict[str, Any], run: int
+    case: dict[str, Any],
+    stage: Stage,
+    base: str,
+    key: str,
+    agent: dict[str, Any],
+    args: dict[str, Any],
+    run: int,
 ) -> Any:
+    # The run, its reports and the polls go to the main gateway with the tenant's key; the
+    # case's call to the case's gateway with the case's key.
+    main, tenant = stage.base_url, stage.ingest_key
     external_run_id = f"{case['name']} #{run}" if run else case["name"]
     registered = await sdk.register_run(
-        base_url=base, ingest_api_key=key, agent_id=agent["id"], external_run_id=external_run_id
+        base_url=main, ingest_api_key=tenant, agent_id=agent["id"], external_run_id=external_run_id
     )
     api_key = "agk_wrong" if case.get("apiKey") == "wrong" else agent["api_key"]
+    own_run = {"agent_id": agent["id"], "run_id": registered.run_id}
+    async with sdk.create_agent_client(
+        base_url=main,
+        api_key=api_key,
+        run_id=registered.run_id,
+        credentials_token=registered.credentials_token,
+    ) as reporter:
+        for step in case.get("before", []):
+            assert step == "complete", step
+            await reporter.complete({"done": True})
+            await until_ended(main, tenant, agent["id"], registered.run_id)
+        # Read-your-writes: each report answered 2xx, then the call at once (no polling).
+        for report in case.get("reports", []):
+            options = {snake(k): v for k, v in report.get("args", {}).items()}
+            await _client_method(reporter, report["call"], options)
+        if case["call"] == "getRun":
+            return await sdk.get_run(base_url=base, ingest_api_key=key, **own_run, **args)
+        if case["call"] == "cancelRun":
+            return await sdk.cancel_run(base_url=base, ingest_api_key=key, **own_run, **args)
     async with sdk.create_agent_client(
         base_url=base,
         api_key=api_key,
         run_id=registered.run_id,
         credentials_token=registered.credentials_token,
     ) as client:
-        for step in case.get("before", []):
-            assert step == "complete", step
-            await client.complete({"done": True})
-            await until_ended(base, key, agent["id"], registered.run_id)
-        if case["call"] == "getRun":
-            # Read-your-writes: each report answered 2xx, then the read at once (no polling).
-            for report in case["reports"]:
-                options = {snake(k): v for k, v in report.get("args", {}).items()}
-                await _client_method(client, report["call"], options)
-            return await sdk.get_run(
-                base_url=base, ingest_api_key=key, agent_id=agent["id"], run_id=registered.run_id
-            )
         return await _client_method(client, case["call"].split(".", 1)[1], args)
 
 

@@ -8,6 +8,7 @@ from agent_gateway_sdk.agent import (
     UNSET,
     AgentClient,
     Download,
+    cancel_run,
     create_agent_client,
     get_run,
     ingest_run,
@@ -19,6 +20,7 @@ from agent_gateway_sdk.agent import (
 from agent_gateway_sdk.errors import GatewayError, RateLimited
 from agent_gateway_sdk.models import (
     CallbackAccepted,
+    CancelledRun,
     Credential,
     IngestedRun,
     RegisteredRun,
@@ -31,6 +33,7 @@ __all__ = [
     "UNSET",
     "AgentClient",
     "CallbackAccepted",
+    "CancelledRun",
     "Credential",
     "Download",
     "GatewayError",
@@ -40,6 +43,7 @@ __all__ = [
     "Run",
     "TimedOut",
     "TriggeredRun",
+    "cancel_run",
     "create_agent_client",
     "get_run",
     "ingest_run",

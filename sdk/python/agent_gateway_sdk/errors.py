@@ -9,7 +9,8 @@ class GatewayError(Exception):
     """The gateway answered with an error status.
 
     ``status`` is the HTTP status, ``body`` the parsed JSON body (or the text when it was not
-    JSON), ``message`` the gateway's ``error`` text.
+    JSON), ``message`` the gateway's ``error`` text; ``retry_after_s`` what a 429 asks to wait
+    (see :class:`RateLimited`) or a 503's ``Retry-After`` when it had one, else None.
     """
 
     def __init__(self, status: int, body: Any, *, retry_after_s: float | None = None) -> None:

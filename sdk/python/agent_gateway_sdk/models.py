@@ -67,6 +67,14 @@ class TimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelledRun:
+    """``cancel_run``'s answer: the run is cancelled."""
+
+    run_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteredRun:
     """``register_run``'s answer."""
 

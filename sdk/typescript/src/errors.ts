@@ -15,7 +15,8 @@ export class GatewayError extends Error {
   readonly runId: number | undefined
   /**
    * On a 429, how long to wait before trying again, in milliseconds (the body's `retryAfterMs`,
-   * else the `Retry-After` header; 1000 when neither says). `undefined` on other statuses.
+   * else the `Retry-After` header; 1000 when neither says); on a 503, the `Retry-After` header's
+   * when it has one. `undefined` otherwise.
    */
   readonly retryAfterMs: number | undefined
 
@@ -25,7 +26,8 @@ export class GatewayError extends Error {
     this.body = body
     const runId = isRecord(body) ? body.runId : undefined
     this.runId = typeof runId === 'number' ? runId : undefined
-    this.retryAfterMs = status === 429 ? (retryAfterMs ?? 1000) : undefined
+    this.retryAfterMs =
+      status === 429 ? (retryAfterMs ?? 1000) : status === 503 ? retryAfterMs : undefined
   }
 
   /** The gateway's explanation (its `error` text). */

@@ -100,6 +100,23 @@ export async function createCredential(data, name = 'CRM', type = 'api_key') {
   return (await admin(`/admin/orgs/${s.orgId}/credentials`, { name, type, data })).id
 }
 
+/** What the test front before the main gateway does to the requests of a call from now on. */
+export async function planFront(plan) {
+  const s = await stack()
+  const response = await fetch(`${s.frontBaseUrl}/_front/plan`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(plan),
+  })
+  if (response.status !== 200) throw new Error(`the front refused the plan: ${response.status}`)
+}
+
+/** The requests of the planned call that reached the front: `{method, path, idempotencyKey, fault}`. */
+export async function seenByFront() {
+  const s = await stack()
+  return (await fetch(`${s.frontBaseUrl}/_front/seen`)).json()
+}
+
 /** The run as `GET /api/agents/{agentId}/runs/{runId}` shows it. */
 export async function getRun(agentId, runId) {
   const s = await stack()
