@@ -5,7 +5,8 @@ the caller's request: it numbers each frame (1, 2, …; the SSE ``id:``), hands 
 attached, if any, through a queue of one (a slow caller slows the runtime down, as before), and
 keeps it in the frame log (``store.execution_frames``, a Redis stream per execution). Keeping
 is off the caller's path: frames wait in a list that one flusher per execution sends in one
-round trip per batch, however many came meanwhile, so a burst costs a few Redis calls.
+round trip per batch (what came in ``_LINGER_S`` or while the last call was out), so a burst,
+or a frame every millisecond, costs a few Redis calls, not one per frame.
 
 The caller leaving detaches it (:meth:`ExecutionFeeds.left`): the run goes on for
 ``EXECUTE_DISCONNECT_GRACE_S`` and is then cancelled unless someone follows it on the resume
@@ -43,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 # Frames sent to Redis in one call at most (a burst is sent in several).
 _BATCH = 512
+# Frames wait this long for others before they are sent (paced frames share a call).
+_LINGER_S = 0.01
 # A flush still going when the execution ends gets this long before its frames are dropped.
 _FLUSH_BOUND_S = 5.0
 # A follower reads up to this many frames per call and renews its lease this often.
@@ -178,6 +181,8 @@ class Feed:
     async def _flush(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closed:
+                await asyncio.sleep(_LINGER_S)
             self._wake.clear()
             batch, self._pending = self._pending, []
             try:
