@@ -55,6 +55,12 @@ class Conflict(ApiError):
     status = 409
 
 
+class Gone(ApiError):
+    """The resource existed but is no longer kept, e.g. an execution's expired frames (410)."""
+
+    status = 410
+
+
 class PayloadTooLarge(ApiError):
     """The request body is over its limit (413)."""
 

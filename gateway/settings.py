@@ -429,6 +429,32 @@ class Settings:
         "Keep-alive interval of an SSE stream.",
         **_POSITIVE,
     )
+    execute_stream_retention_s: int = setting(
+        600,
+        "EXECUTE_STREAM_RETENTION_S",
+        Group.EXECUTE,
+        "How long the frames of an execution are kept in Redis after its last one, for a "
+        "caller resuming its stream (GET .../executions/{executionId}/stream; 410 later).",
+        minimum=1,
+        maximum=86_400,
+    )
+    execute_stream_max_frames: int = setting(
+        50_000,
+        "EXECUTE_STREAM_MAX_FRAMES",
+        Group.EXECUTE,
+        "Frames of one execution kept for a resume, at least (older ones are trimmed: a resume "
+        "from before them is a 410).",
+        minimum=100,
+    )
+    execute_disconnect_grace_s: float = setting(
+        30.0,
+        "EXECUTE_DISCONNECT_GRACE_S",
+        Group.EXECUTE,
+        "A caller that leaves an execute: its run goes on this long, then is cancelled unless "
+        "someone follows it on the resume route (0: cancelled at once, the former behaviour).",
+        minimum=0,
+        maximum=3600,
+    )
     blob_backend: str = setting(
         "fs",
         "BLOB_BACKEND",

@@ -170,3 +170,11 @@ async def register_external_run(
     )
     assert row is not None
     return run_from_row(row), False
+
+
+async def started_as(db: Executor, run_id: int, trigger_kind: str) -> bool:
+    """Whether the run was started as ``trigger_kind`` (an execute, a trigger…)."""
+    found = await db.fetchval(
+        "SELECT true FROM runs WHERE id = $1 AND trigger_kind = $2", run_id, trigger_kind
+    )
+    return bool(found)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,13 +282,6 @@ class ExecuteService:
             return False
         return True
 
-    def check_detachable(self, agent: Agent) -> None:
-        """422 when an async execute cannot run the agent: a streamed run needs its caller."""
-        if agent.output_kind == OutputKind.STREAM:
-            raise Unprocessable(
-                "Async execution is not available for an agent whose output_kind is 'stream'"
-            )
-
     async def task(self, org_id: uuid.UUID, task_id: int) -> Run:
         """The run an async execute answered with, for its organisation only (404 otherwise)."""
         run = await runs.get_run(self._pool, task_id)
@@ -299,22 +292,6 @@ class ExecuteService:
     async def org_agent_ids(self, org_id: uuid.UUID) -> list[int]:
         """The organisation's agents (those whose buckets a usage report shows)."""
         return await agents.agent_ids_in_org(self._pool, org_id, limit=MAX_REPORTED_WORKFLOWS)
-
-    def detach(self, execution: Execution) -> None:
-        """Let an execute go on with nobody waiting (async mode): it runs as a trigger does,
-        and its end is recorded on the run."""
-        self._background.spawn(
-            self._run_detached(execution), name=f"execute-async-{execution.run.id}"
-        )
-
-    async def _run_detached(self, ex: Execution) -> None:
-        try:
-            await self._triggers.run_and_wait(
-                ex.agent, ex.adapter, ex.run, deadline=ex.deadline, payload=ex.payload
-            )
-        except ApiError as exc:
-            # The run is failed already, with this reason; there is no caller to tell.
-            log.info("execute_async_failed", run_id=ex.run.id, error=exc.message)
 
     def parse(self, agent: Agent, body: Mapping[str, Any]) -> ExecuteRequest:
         """The request's controls and its input coerced against the agent's input format.
@@ -418,18 +395,28 @@ class ExecuteService:
             window_ms=window_ms,
         )
 
-    def events(self, execution: Execution) -> AsyncGenerator[ChunkFrame | Outcome, None]:
+    def events(
+        self,
+        execution: Execution,
+        *,
+        cancel_on_leave: bool = True,
+        leave_reason: Callable[[], str | None] = lambda: None,
+    ) -> AsyncGenerator[ChunkFrame | Outcome, None]:
         """The execution's frames as they come, then its :class:`Outcome`.
 
         Raises 500/504 (``ApiError``) when the runtime could not be invoked or did not answer
-        in time; the run is failed then. Closing the iterator early (the caller left) cancels
-        the run and drops the runtime's connection at once.
+        in time; the run is failed then. Closing the iterator early cancels the run and drops
+        the runtime's connection at once; an answered run is only left to go on when not
+        ``cancel_on_leave`` (an async execute cut by the gateway's stop, as a trigger's). A
+        streamed run cancelled so is recorded with ``leave_reason()`` when it gives one.
         """
         if execution.streams:
-            return self._streamed(execution)
-        return self._answered(execution)
+            return self._streamed(execution, leave_reason)
+        return self._answered(execution, cancel_on_leave=cancel_on_leave)
 
-    async def _answered(self, ex: Execution) -> AsyncGenerator[ChunkFrame | Outcome, None]:
+    async def _answered(
+        self, ex: Execution, *, cancel_on_leave: bool
+    ) -> AsyncGenerator[ChunkFrame | Outcome, None]:
         """A runtime that answers once (or reports through callbacks): wait for the end."""
         waited = await self._triggers.run_and_wait(
             ex.agent,
@@ -437,11 +424,13 @@ class ExecuteService:
             ex.run,
             deadline=ex.deadline,
             payload=ex.payload,
-            cancel_on_leave=True,
+            cancel_on_leave=cancel_on_leave,
         )
         yield self._outcome_of(ex, waited.run)
 
-    async def _streamed(self, ex: Execution) -> AsyncGenerator[ChunkFrame | Outcome, None]:
+    async def _streamed(
+        self, ex: Execution, leave_reason: Callable[[], str | None]
+    ) -> AsyncGenerator[ChunkFrame | Outcome, None]:
         """A runtime that streams: pass each selected chunk on as it arrives."""
         run = ex.run
         loop = asyncio.get_running_loop()
@@ -515,7 +504,8 @@ class ExecuteService:
         except (asyncio.CancelledError, GeneratorExit):
             if not ended:
                 # The caller left (or the gateway is stopping) mid-run.
-                self._cancel_detached(run, f"Caller disconnected after {frames} frames")
+                reason = leave_reason() or f"Caller disconnected after {frames} frames"
+                self._cancel_detached(run, reason)
             raise
         except Exception as exc:
             if not ended:

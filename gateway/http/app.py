@@ -13,6 +13,7 @@ from adapters.n8n import N8nAdapter
 from adapters.trigger_dev import TriggerDevAdapter
 from gateway.admin.service import AdminService
 from gateway.background import BackgroundTasks
+from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
 from gateway.execute.service import ExecuteService
 from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
@@ -26,6 +27,7 @@ from gateway.http.keys import (
     DB_POOL,
     DEPENDENCIES,
     EXECUTE_SERVICE,
+    EXECUTION_FEEDS,
     EXTERNAL_RUN_SERVICE,
     FILE_SERVICE,
     HTTP_SESSION,
@@ -72,6 +74,7 @@ from gateway.settings import Settings
 from gateway.storage.blobs import open_blob_store
 from store.announcements import terminal_channel
 from store.event_buffer import EventBuffer
+from store.execution_frames import FrameLog
 from store.lookup_cache import LookupCache
 from store.migrate import check_schema
 from store.pool import create_pool
@@ -310,6 +313,16 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
             triggers=app[TRIGGER_SERVICE],
             waiters=app[RUN_WAITERS],
             files=files,
+            background=app[BACKGROUND],
+        )
+        app[EXECUTION_FEEDS] = ExecutionFeeds(
+            settings=settings,
+            pool=app[DB_POOL],
+            frame_log=FrameLog(
+                app[REDIS],
+                retention_s=settings.execute_stream_retention_s,
+                max_frames=settings.execute_stream_max_frames,
+            ),
             background=app[BACKGROUND],
         )
         yield

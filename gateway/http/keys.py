@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.admin.service import AdminService
 from gateway.background import BackgroundTasks
+from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
 from gateway.execute.service import ExecuteService
 from gateway.ops.dependencies import DependencyMonitor
@@ -49,6 +50,7 @@ REALTIME_FOLLOWER = web.AppKey("realtime_follower", RealtimeFollower)
 BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
+EXECUTION_FEEDS = web.AppKey("execution_feeds", ExecutionFeeds)
 KEY_GUARD = web.AppKey("key_guard", KeyGuard)
 PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 

@@ -1,17 +1,19 @@
-"""Server-Sent Events out of an async iterator of frames, with keep-alive pings.
+"""Server-Sent Events of an execution's numbered frames, with keep-alive pings.
 
-The frames are produced by their own task into a queue of one, so that:
+Every frame goes out as ``id: <n>`` and ``data: <data>``, ``n`` its number in the execution, so
+that a caller who loses the stream resumes it with ``Last-Event-ID: <n>``
+(``gateway.execute.frames``). Frames come from a queue of one:
 
-- each frame is written the moment it is produced (the queue never holds more than one);
-- a ``: ping`` comment goes out after every ``ping_interval_s`` of silence, without ever
-  interrupting the producer (a timed wait on a queue can be abandoned safely; a timed wait on
-  a generator cannot);
-- a slow caller slows the producer down (it waits on the full queue), so memory stays bounded;
-- the caller leaving cancels the producer at once, which closes the frames' iterator.
+- live (:func:`send_feed`): the execution's feed fills it as frames are produced, so each is
+  written the moment it is produced and a slow caller slows the producer down;
+- followed (:func:`send_followed`): a task of its own reads the kept frames into it.
 
-Headers go out with the first frame or the first ping, whichever comes first: a failure before
-that is still an ordinary JSON error response; after it, failures are an in-band
-``{"event": "error", "error": ...}`` frame followed by ``data: [DONE]``.
+A ``: ping`` comment goes out after every ``ping_interval_s`` of silence (a timed wait on a
+queue can be abandoned safely; a timed wait on a generator cannot). Headers go out with the
+first frame or the first ping, whichever comes first: a failure before that is still an ordinary
+JSON error response; after it, a live failure is an in-band ``{"event": "error", "error": ...}``
+frame followed by ``data: [DONE]``, and a follower's failure aborts the connection (the caller
+resumes again from its last id).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from gateway.errors import ApiError
+from gateway.execute.frames import END, Failed, Feed, FeedItem, Frame
 
 log = structlog.get_logger(__name__)
 
@@ -37,78 +39,61 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 PING = b": ping\n\n"
-DONE = b"data: [DONE]\n\n"
 
 
-def encode_frame(data: Mapping[str, Any]) -> bytes:
-    """``data: <compact JSON>`` and the blank line that ends an event."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return b"data: " + text.encode() + b"\n\n"
+def encode_data(data: Mapping[str, Any]) -> bytes:
+    """A frame's data: compact JSON."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    error: BaseException
+def error_data(error: BaseException) -> bytes:
+    """The data of the in-band frame that says a stream failed."""
+    if isinstance(error, ApiError):
+        return encode_data({"event": "error", "error": error.message})
+    log.error("sse_internal_error", exc_info=error)
+    return encode_data({"event": "error", "error": "Internal error while streaming"})
 
 
-class _End:
-    pass
-
-
-_END = _End()
-
-
-async def _produce(frames: AsyncIterator[Mapping[str, Any]], queue: asyncio.Queue[Any]) -> None:
-    try:
-        async for frame in frames:
-            await queue.put(frame)
-        await queue.put(_END)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        await queue.put(_Failed(exc))
-    finally:
-        aclose = getattr(frames, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def send_events(
+async def send_feed(
     request: web.Request,
-    frames: AsyncIterator[Mapping[str, Any]],
+    feed: Feed,
     *,
     ping_interval_s: float,
     headers: Mapping[str, str] | None = None,
+    left: Callable[[Feed], None],
 ) -> web.StreamResponse:
-    """Stream ``frames`` to the caller as SSE, then ``data: [DONE]``."""
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-    producer = asyncio.create_task(_produce(frames, queue), name="sse-producer")
+    """Stream a live execution's frames to its caller; ``left`` is told if the caller goes
+    before the end (the run's fate is its business)."""
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **(headers or {})})
+    ended = False
     try:
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), ping_interval_s)
-            except TimeoutError:
-                if not response.prepared:
-                    await response.prepare(request)
-                await response.write(PING)
-                continue
-            if item is _END:
-                break
-            if isinstance(item, _Failed):
-                if not response.prepared:
-                    # Nothing is out yet: an ordinary error response tells the caller best.
-                    raise item.error
-                await response.write(encode_frame(_error_frame(item.error)))
-                break
-            if not response.prepared:
-                await response.prepare(request)
-            await response.write(encode_frame(item))
-        await response.write(DONE)
-        await response.write_eof()
+        ended = await _write(request, response, feed.queue, ping_interval_s)
     except ConnectionError:
         # The caller left while we wrote (handler cancellation would also get us here).
         log.info("sse_caller_left", path=request.path)
+    except ApiError:
+        ended = True  # answered as an error response: the run was failed already
+        raise
+    finally:
+        if not ended:
+            left(feed)
+    return response
+
+
+async def send_followed(
+    request: web.Request,
+    frames: AsyncIterator[Frame],
+    *,
+    ping_interval_s: float,
+) -> web.StreamResponse:
+    """Stream kept frames (then the live ones) to a caller who resumes or follows."""
+    queue: asyncio.Queue[FeedItem] = asyncio.Queue(maxsize=1)
+    producer = asyncio.create_task(_produce(frames, queue), name="sse-follower")
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    try:
+        await _write(request, response, queue, ping_interval_s)
+    except ConnectionError:
+        log.info("sse_follower_left", path=request.path)
     finally:
         if not producer.done():
             producer.cancel()
@@ -117,8 +102,56 @@ async def send_events(
     return response
 
 
-def _error_frame(error: BaseException) -> dict[str, Any]:
-    if isinstance(error, ApiError):
-        return {"event": "error", "error": error.message}
-    log.error("sse_internal_error", exc_info=error)
-    return {"event": "error", "error": "Internal error while streaming"}
+async def _write(
+    request: web.Request,
+    response: web.StreamResponse,
+    queue: asyncio.Queue[FeedItem],
+    ping_interval_s: float,
+) -> bool:
+    """Write what comes through ``queue`` up to its end; whether the end was reached."""
+    while True:
+        try:
+            item = await asyncio.wait_for(queue.get(), ping_interval_s)
+        except TimeoutError:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(PING)
+            continue
+        if item is END:
+            break
+        if isinstance(item, Failed):
+            if not response.prepared:
+                # Nothing is out yet: an ordinary error response tells the caller best.
+                raise item.error
+            if isinstance(item, _Aborted):
+                # A follower's read failed mid-stream: no clean end, the caller resumes.
+                log.warning("sse_follow_failed", path=request.path, error=repr(item.error))
+                if request.transport is not None:
+                    request.transport.abort()
+                return True
+            item = item.frame
+        assert isinstance(item, Frame)
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(b"id: %d\ndata: %b\n\n" % (item.number, item.data))
+    await response.write_eof()
+    return True
+
+
+class _Aborted(Failed):
+    pass
+
+
+async def _produce(frames: AsyncIterator[Frame], queue: asyncio.Queue[FeedItem]) -> None:
+    try:
+        async for frame in frames:
+            await queue.put(frame)
+        await queue.put(END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await queue.put(_Aborted(exc, Frame(0, b"")))
+    finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()

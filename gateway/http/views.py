@@ -127,14 +127,20 @@ def execution_event_view(event: ChunkFrame | Outcome) -> dict[str, Any]:
 
 
 def async_execution_view(run: Run) -> dict[str, Any]:
-    """An async execute's 202: ``{success, taskId, status, createdAt, links.status}``."""
+    """An async execute's 202: ``{success, taskId, status, createdAt, links}``: where to poll
+    its status, and where to follow its frames live."""
     return {
         "success": True,
         "taskId": str(run.id),
         "status": JobStatus.QUEUED,
         "createdAt": iso(run.created_at),
-        "links": {"status": f"/api/jobs/{run.id}"},
+        "links": {"status": f"/api/jobs/{run.id}", "stream": execution_stream_path(run)},
     }
+
+
+def execution_stream_path(run: Run) -> str:
+    """Where an execution's frames are followed (and a cut stream resumed)."""
+    return f"/api/workflows/{run.agent_id}/executions/{run.id}/stream"
 
 
 def job_status_view(run: Run) -> dict[str, Any]:

@@ -132,6 +132,8 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         headers={"X-API-Key": key},
     )
     assert resp.status == 200, await resp.text()
+    executed = int(resp.headers["X-Run-Id"])
+    await resp.read()
     execute_call = next(c for c in received(runtime) if "documents" in c["payload"])
     [stored] = execute_call["payload"]["documents"]
     signed = urlsplit(stored["url"])
@@ -215,6 +217,13 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
                 headers={"X-API-Key": key},
                 workflowId=workflow["id"],
             ),
+            operation(
+                "/api/workflows/{workflowId}/executions/{executionId}/stream",
+                "GET",
+                headers={"X-API-Key": key},
+                workflowId=workflow["id"],
+                executionId=executed,
+            ),
             operation("/api/jobs/{taskId}", "GET", headers={"X-API-Key": key}, taskId=quick_run),
             operation("/api/users/me/usage-limits", "GET", headers={"X-API-Key": key}),
             operation(
@@ -269,7 +278,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     # at least once, as the gateway's own request counter shows. A package's signed URL is
     # authenticated by its signature alone, which fuzzing cannot forge: 403 is all that
     # operation can get, and the only one allowed to say so.
-    assert "Tested: 27" in text, text
+    assert "Tested: 28" in text, text
     if "Authentication failed" in text:
         assert "Authentication failed: 1 operation returned only 401/403" in text, text
         assert "- GET /v0/packages/{package_id}.zip" in text, text

@@ -255,8 +255,15 @@ async def test_the_runtime_dying_mid_stream_is_an_in_band_error_then_done(
 
 
 async def test_the_caller_leaving_mid_stream_closes_the_runtime_at_once_and_cancels_the_run(
-    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    consumer: StoreConsumer,
 ) -> None:
+    # EXECUTE_DISCONNECT_GRACE_S=0: the former behaviour (tests/execute/test_execute_resume.py
+    # has the default's grace).
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(execute_disconnect_grace_s=0)
     agent = await stream_agent(tenant, runtime, "nodes=Agent 1&pace_ms=300")
     session = aiohttp.ClientSession()
     resp = await session.post(
@@ -267,7 +274,8 @@ async def test_the_caller_leaving_mid_stream_closes_the_runtime_at_once_and_canc
     assert resp.status == 200
     run_id = int(resp.headers["X-Run-Id"])
     first = await resp.content.readuntil(b"\n\n")
-    assert json.loads(first[len(b"data: ") :]) == {"blockId": AGENT_1, "chunk": "One"}
+    assert first.startswith(b"id: 1\ndata: ")
+    assert json.loads(first[len(b"id: 1\ndata: ") :]) == {"blockId": AGENT_1, "chunk": "One"}
 
     left_at = time.monotonic()
     resp.close()

@@ -110,7 +110,10 @@ async def test_async_execute_answers_a_task_whose_status_is_followed_to_its_end(
     assert accepted.success is True
     assert accepted.status == "queued"
     assert accepted.created_at.endswith("Z")
-    assert accepted.links == {"status": f"/api/jobs/{accepted.task_id}"}
+    assert accepted.links == {
+        "status": f"/api/jobs/{accepted.task_id}",
+        "stream": f"/api/workflows/{agent['id']}/executions/{accepted.task_id}/stream",
+    }
 
     job = await call(client.get_job_status, accepted.task_id)
     for _ in range(200):

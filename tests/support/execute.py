@@ -49,11 +49,12 @@ async def stream_agent(
 
 @dataclass
 class Event:
-    """One SSE event as received: its data (or comment) and when it arrived."""
+    """One SSE event as received: its data (or comment), its id, and when it arrived."""
 
     at: float
     data: str | None
     comment: str | None = None
+    id: int | None = None
 
 
 async def read_events(resp: aiohttp.ClientResponse) -> list[Event]:
@@ -70,12 +71,15 @@ async def read_events(resp: aiohttp.ClientResponse) -> list[Event]:
 
 
 def parse_event(raw: str, at: float) -> Event:
-    """One SSE event's lines (``data:`` or a ``:`` comment)."""
+    """One SSE event's lines: ``id:`` then ``data:``, or a ``:`` comment."""
     if raw.startswith(":"):
         return Event(at, None, raw[1:].strip())
-    assert raw.startswith("data: "), raw
-    assert "\n" not in raw, raw
-    return Event(at, raw[len("data: ") :])
+    id_line, newline, data_line = raw.partition("\n")
+    assert newline, f"an event without its id: {raw!r}"
+    assert id_line.startswith("id: "), f"an event without its id: {raw!r}"
+    assert data_line.startswith("data: "), raw
+    assert "\n" not in data_line, raw
+    return Event(at, data_line[len("data: ") :], id=int(id_line[len("id: ") :]))
 
 
 def data_frames(events: list[Event]) -> list[str]:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import ApiError, NotFound
+from gateway.errors import ApiError, BadRequest, NotFound
+from gateway.execute.frames import END, ExecutionFeeds, Failed, Feed
 from gateway.execute.input_files import FILES_PATH
-from gateway.execute.service import ChunkFrame, ExecuteService, Execution, Outcome
+from gateway.execute.service import ChunkFrame, Outcome
 from gateway.http.attachments import attachment_response, send_attachment, utf8_disposition
 from gateway.http.authentication import execute_key_org
 from gateway.http.json_body import read_large_json_object
-from gateway.http.keys import EXECUTE_SERVICE, FILE_SERVICE, RUN_SERVICE, SETTINGS
+from gateway.http.keys import (
+    EXECUTE_SERVICE,
+    EXECUTION_FEEDS,
+    FILE_SERVICE,
+    RUN_SERVICE,
+    SETTINGS,
+)
 from gateway.http.path_ids import path_id
 from gateway.http.rate_limits import (
     EXECUTIONS,
@@ -25,11 +31,12 @@ from gateway.http.rate_limits import (
     reset_s,
     take_token,
 )
-from gateway.http.sse import send_events
+from gateway.http.sse import encode_data, error_data, send_feed, send_followed
 from gateway.http.views import (
     async_execution_view,
     execution_event_view,
     execution_result_view,
+    execution_stream_path,
     job_status_view,
     workflow_status_view,
 )
@@ -63,8 +70,6 @@ async def execute(request: web.Request) -> web.StreamResponse:
         service = app[EXECUTE_SERVICE]
         adapter = service.check_eligible(agent)
         detached = request.headers.get(EXECUTION_MODE_HEADER, "").strip().lower() == ASYNC_MODE
-        if detached:
-            service.check_detachable(agent)
         body = await read_large_json_object(request, limit=settings.execute_max_request_body)
         checked = service.parse(agent, body)
         del body  # the coerced input holds what is still needed (file data included)
@@ -78,18 +83,28 @@ async def execute(request: web.Request) -> web.StreamResponse:
         "X-Run-Id": str(execution.run.id),
         **rate_limit_headers(decision, bucket_window_s(request, EXECUTIONS)),
     }
+    feeds = app[EXECUTION_FEEDS]
+    # The execution runs in a feed of its own: its frames are numbered and kept (a cut stream
+    # is resumed on any replica), and the caller leaving is the feed's business.
+    feed = feeds.start(
+        execution.run.id,
+        lambda reason: service.events(execution, cancel_on_leave=not detached, leave_reason=reason),
+        render=_render,
+        render_error=error_data,
+        attached=not detached,
+    )
     if detached:
-        service.detach(execution)
         return web.json_response(async_execution_view(execution.run), status=202, headers=headers)
     if execution.request.stream:
-        return await send_events(
+        return await send_feed(
             request,
-            _frames(service, execution),
+            feed,
             ping_interval_s=settings.sse_ping_interval_s,
-            headers=headers,
+            headers={**headers, "Link": f'<{execution_stream_path(execution.run)}>; rel="resume"'},
+            left=feeds.left,
         )
     try:
-        outcome = await _outcome(service, execution)
+        outcome = await _outcome(feed, feeds)
     except ApiError as exc:
         exc.headers = {**headers, **exc.headers}
         raise
@@ -184,20 +199,59 @@ def _bucket_view(decision: Decision, window_s: int) -> dict[str, Any]:
     }
 
 
-async def _frames(service: ExecuteService, execution: Execution) -> AsyncIterator[dict[str, Any]]:
-    # aclosing: when the caller leaves, the execution's own iterator is closed at once (which
-    # drops the runtime's connection and cancels the run), not whenever it is collected.
-    async with contextlib.aclosing(service.events(execution)) as events:
-        async for event in events:
-            yield execution_event_view(event)
+def _render(event: ChunkFrame | Outcome) -> bytes:
+    return encode_data(execution_event_view(event))
 
 
-async def _outcome(service: ExecuteService, execution: Execution) -> Outcome:
-    async with contextlib.aclosing(service.events(execution)) as events:
-        async for event in events:
-            if not isinstance(event, ChunkFrame):
-                return event
-    raise AssertionError("an execution always ends with its outcome")
+async def _outcome(feed: Feed, feeds: ExecutionFeeds) -> Outcome:
+    """The outcome of an execute answered as one JSON body (its chunks are only kept)."""
+    try:
+        while True:
+            item = await feed.queue.get()
+            if isinstance(item, Failed):
+                raise item.error
+            if item is END:
+                break
+    except asyncio.CancelledError:
+        feeds.left(feed)
+        raise
+    assert feed.outcome is not None, "an execution always ends with its outcome"
+    return feed.outcome
+
+
+def _last_event_id(request: web.Request) -> int:
+    """The last frame the caller has: ``Last-Event-ID`` (what EventSource sends when it
+    reconnects), else ``?lastEventId=``; none: from the first frame."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        raw = request.query.get("lastEventId")
+    if raw is None or not raw.strip():
+        return 0
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadRequest(
+            "Last-Event-ID must be the id of a frame of this execution (a whole number)",
+            extra={"details": {"Last-Event-ID": ["Must be a non-negative integer."]}},
+        )
+    return int(text)
+
+
+@routes.get("/api/workflows/{workflowId}/executions/{executionId}/stream")
+async def execution_stream(request: web.Request) -> web.StreamResponse:
+    """Follow an execution's frames, or resume a cut stream after ``Last-Event-ID``: the
+    frames kept after it, then the live ones, to ``done`` and ``[DONE]``; on any replica."""
+    app = request.app
+    org_id = await execute_key_org(request)
+    workflow_id = path_id(request, "workflowId", "Execution")
+    run_id = path_id(request, "executionId", "Execution")
+    after = _last_event_id(request)
+    frames = await app[EXECUTION_FEEDS].open_follow(
+        org_id, workflow_id, run_id, after, render=_render
+    )
+    if frames is None:
+        # The stream had ended: 204 is what tells an EventSource to stop reconnecting.
+        return web.Response(status=204, headers={"X-Run-Id": str(run_id)})
+    return await send_followed(request, frames, ping_interval_s=app[SETTINGS].sse_ping_interval_s)
 
 
 @routes.get(FILES_PATH + "{key:.+}")

@@ -119,8 +119,9 @@ SCHEMAS: dict[str, Json] = {
     },
     "ExecuteAccepted": {
         "type": "object",
-        "description": "`X-Execution-Mode: async`: the run goes on as a `trigger` does; follow "
-        "it with `GET /api/jobs/{taskId}` (Sim's async execution shape).",
+        "description": "`X-Execution-Mode: async`: the run goes on as a `trigger` does; poll "
+        "it with `GET /api/jobs/{taskId}` (Sim's async execution shape), or follow its frames "
+        "live at `links.stream`.",
         "required": ["success", "taskId", "status", "createdAt", "links"],
         "properties": {
             "success": {"const": True},
@@ -129,9 +130,14 @@ SCHEMAS: dict[str, Json] = {
             "createdAt": _TIMESTAMP,
             "links": {
                 "type": "object",
-                "required": ["status"],
+                "required": ["status", "stream"],
                 "properties": {
                     "status": {"type": "string", "examples": ["/api/jobs/42"]},
+                    "stream": {
+                        "type": "string",
+                        "description": "Where its frames are followed live (SSE).",
+                        "examples": ["/api/workflows/7/executions/42/stream"],
+                    },
                 },
             },
         },
@@ -262,28 +268,41 @@ SCHEMAS: dict[str, Json] = {
 }
 
 _STREAM = """\
-Server-Sent Events (`text/event-stream`), each `data: <JSON>` and a blank line, written \
+Server-Sent Events (`text/event-stream`), each `id: <n>`, `data: <JSON>` and a blank line \
+(`n` the frame's number in the execution: 1, 2, …, the terminator's included), written \
 as the workflow produces them: an `ExecuteChunkFrame` per piece of a selected block's \
 output; then one `ExecuteDoneFrame` (or, when anything failed once headers were out, one \
 `ExecuteErrorFrame`); then `data: [DONE]`. A `: ping` comment follows every \
 `SSE_PING_INTERVAL_S` of silence. Headers go out with the first frame or the first ping; a \
-failure before that is an ordinary JSON error response. For example:
+failure before that is an ordinary JSON error response. A cut stream is resumed on any \
+replica with `GET /api/workflows/{workflowId}/executions/{executionId}/stream` and \
+`Last-Event-ID` (the `Link` header names it); a caller who leaves has its run cancelled \
+after `EXECUTE_DISCONNECT_GRACE_S` unless someone follows it there. For example:
 
+`id: 1`
 `data: {"blockId":"12c24471-1b12-52f1-be64-3ff98b1de492","chunk":"One"}`
 
+`id: 2`
 `data: {"event":"done","success":true,"output":{"12c24471-1b12-52f1-be64-3ff98b1de492":\
 {"content":"One"}},"metadata":{"duration":812}}`
 
+`id: 3`
 `data: [DONE]`"""
 
 # One event of the stream, as OpenAPI 3.2 (``itemSchema``) and tools reading a 3.1 document's
 # event-stream ``schema`` per event describe it: its fields, ``data`` holding JSON.
 SCHEMAS["ExecuteEvent"] = {
     "type": "object",
-    "description": "One Server-Sent Event of the stream (its `data:` field; no `event:` or "
-    "`id:` field is sent).",
-    "required": ["data"],
+    "description": "One Server-Sent Event of the stream (its `id:` and `data:` fields; no "
+    "`event:` field is sent).",
+    "required": ["id", "data"],
     "properties": {
+        "id": {
+            "type": "string",
+            "pattern": "^[1-9][0-9]*$",
+            "description": "The frame's number in the execution (1, 2, …): what "
+            "`Last-Event-ID` names to resume after it.",
+        },
         "event": {
             "const": "message",
             "description": "No `event:` field is sent: every event is a `message`.",
@@ -315,6 +334,11 @@ _RUN_HEADERS = {
     "X-Accel-Buffering": {
         "schema": {"const": "no"},
         "description": "The event stream only: nginx passes each event on at once.",
+    },
+    "Link": {
+        "schema": {"type": "string"},
+        "description": "The event stream only: `<…/executions/{executionId}/stream>; "
+        'rel="resume"`, where a cut stream is resumed.',
     },
 }
 # Every execute answer once the workflow is found (429 included) tells its bucket, in the
@@ -434,8 +458,8 @@ PATHS: dict[str, Json] = {
                     error(
                         "The agent is not `managed_by: platform`, not `active`, or its "
                         "`output_kind` is not `json` or `stream` (the message lists which); a "
-                        "`stream` agent's runtime cannot stream; an async execute of a "
-                        "`stream` agent; or the agent's `input_format` is invalid."
+                        "`stream` agent's runtime cannot stream; or the agent's "
+                        "`input_format` is invalid."
                     )
                 ),
                 "429": _with_bucket(
@@ -456,6 +480,84 @@ PATHS: dict[str, Json] = {
                 "504": _with_bucket(
                     error("The runtime sent no answer within the window " + _WITH_RUN)
                 ),
+            },
+        },
+    },
+    "/api/workflows/{workflowId}/executions/{executionId}/stream": {
+        "parameters": [
+            {
+                **_WORKFLOW_ID,
+                "description": "The agent's id: the workflow the execution ran. Anything but a "
+                "positive integer names no execution (404).",
+            },
+            {
+                "name": "executionId",
+                "in": "path",
+                "required": True,
+                "description": "The execution's run id (`X-Run-Id`; an async execute's "
+                "`taskId`). Anything but a positive integer names no execution (404).",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+            },
+            param("X-Request-Id"),
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "The `id:` of the last frame the caller has (what an "
+                "EventSource sends when it reconnects): the frames after it come. None: from "
+                "the first frame.",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            },
+            {
+                "name": "lastEventId",
+                "in": "query",
+                "required": False,
+                "description": "The same, for a client that cannot set the header (the header "
+                "wins).",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            },
+        ],
+        "get": {
+            "tags": [TAG["name"]],
+            "operationId": "followExecution",
+            "summary": "Resume a cut execute stream, or follow an execution live",
+            "description": "The frames of an execute (streamed, answered or async) after "
+            "`Last-Event-ID`, the ones kept first, then the live ones as the replica running "
+            "it produces them, up to the same `done` (or error) frame and `data: [DONE]`; "
+            "each once, in order, with its `id:`. Any replica answers: every frame is kept in "
+            "Redis for `EXECUTE_STREAM_RETENTION_S` after the execution's last one (at least "
+            "the last `EXECUTE_STREAM_MAX_FRAMES`). Reading it counts as following the "
+            "execution: a run whose caller left is not cancelled while someone does "
+            "(`EXECUTE_DISCONNECT_GRACE_S`). Execute's auth and tenancy.",
+            "security": [{"apiKey": []}, {"ingestKey": []}],
+            "responses": {
+                "200": {
+                    "description": "The frames after `Last-Event-ID` (see `executeWorkflow`'s "
+                    "event stream), `: ping` comments in silences.",
+                    "headers": {
+                        **headers(),
+                        "Cache-Control": _RUN_HEADERS["Cache-Control"],
+                        "X-Accel-Buffering": _RUN_HEADERS["X-Accel-Buffering"],
+                    },
+                    "content": {"text/event-stream": {"schema": ref("ExecuteEvent")}},
+                },
+                "204": {
+                    "description": "`Last-Event-ID` is the terminator's or later: nothing is "
+                    "left (an EventSource stops reconnecting).",
+                    "headers": headers("X-Run-Id"),
+                },
+                "400": error("`Last-Event-ID` (or `lastEventId`) is not a whole number."),
+                "401": _UNAUTHORIZED,
+                "404": error(
+                    "`Execution not found`: no execute with this id of this workflow for this "
+                    "key (another organisation's, or a run started otherwise, included)."
+                ),
+                "410": error(
+                    "The execution's frames are no longer kept (its retention passed: "
+                    "`runId`, `status`), or those right after `Last-Event-ID` were trimmed "
+                    "(`firstEventId`, the oldest kept); read the run instead."
+                ),
+                "503": error("Redis cannot be reached; retry shortly.", "Retry-After"),
             },
         },
     },
