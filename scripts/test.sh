@@ -28,6 +28,7 @@ cluster_tests=(
     tests/runs/test_trigger_and_wait.py
     tests/runs/test_read_your_writes.py
     tests/execute/test_execute.py
+    tests/execute/test_execute_resume.py
     tests/security/test_ratelimit.py
     tests/security/test_key_guard.py
     tests/resilience/test_rate_limiter_truth.py
