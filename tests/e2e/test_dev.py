@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from devkit.embedded import free_port, stop_process
+from tests.support.execute import body_frames
 
 
 def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -130,10 +131,10 @@ async def test_dev_prints_a_curl_line_that_downloads_and_keeps_its_data(
             execute = re.search(r"^  (curl -sS -N -X POST \S+/execute .+)$", banner, re.M)
             assert execute is not None, banner
             streamed = await run_shell(execute.group(1))
-            frames = [f for f in streamed.decode().split("\n\n") if f]
-            assert frames[-1] == "data: [DONE]", frames
-            assert json.loads(frames[0].removeprefix("data: "))["chunk"] == "One"
-            done = json.loads(frames[-2].removeprefix("data: "))
+            frames = body_frames(streamed.decode())
+            assert frames[-1] == "[DONE]", frames
+            assert json.loads(frames[0])["chunk"] == "One"
+            done = json.loads(frames[-2])
             assert (done["event"], done["success"]) == ("done", True)
             answered = re.search(r"^  (curl -sS -X POST \S+/execute .+)$", banner, re.M)
             assert answered is not None, banner

@@ -71,7 +71,7 @@ async def test_killing_a_consumer_holding_events_leaves_every_run_as_its_last_ev
     env = process_env(
         backends,
         REDIS_URL=dedicated_redis.url,
-        CONSUMER_LEASE_S="1",
+        CONSUMER_LEASE_S="3",
         CONSUMER_POLL_MS="20",
         EVENTS_PARTITIONS=str(PARTITIONS),
     )
@@ -83,6 +83,8 @@ async def test_killing_a_consumer_holding_events_leaves_every_run_as_its_last_ev
     redis = aioredis.Redis.from_url(dedicated_redis.url)
     buffer = EventBuffer(redis, PREFIX, PARTITIONS)
 
+    fed_first_step = asyncio.Event()
+
     async def feed() -> None:
         # Every run's events in its order, runs interleaved: about 1,000 events in 2 s.
         for step in range(OUTPUTS):
@@ -90,18 +92,22 @@ async def test_killing_a_consumer_holding_events_leaves_every_run_as_its_last_ev
                 await buffer.append(
                     RunEvent(run_id, EventType.OUTPUT, output_data={"v": step}, outputs=step)
                 )
+            fed_first_step.set()
             await asyncio.sleep(0.2)
         for run_id in run_ids:
             await buffer.append(RunEvent(run_id, EventType.COMPLETED))
 
+    # Both hold a share before anything is fed or killed.
+    for _ in range(1000):
+        leases = [await redis.get(buffer.lease_key(p)) for p in range(PARTITIONS)]
+        if {b"first", b"second"} <= set(leases):
+            break
+        await asyncio.sleep(0.02)
+    assert {b"first", b"second"} <= set(leases), leases
     feeding = asyncio.create_task(feed())
     try:
-        # Both hold a share before anything is killed.
-        for _ in range(500):
-            leases = [await redis.get(buffer.lease_key(p)) for p in range(PARTITIONS)]
-            if {b"first", b"second"} <= set(leases):
-                break
-            await asyncio.sleep(0.02)
+        # Frozen once the feed is under way: what reaches its partitions from then on waits.
+        await fed_first_step.wait()
         first.send_signal(signal.SIGSTOP)
         await asyncio.sleep(0.5)  # its partitions fill up while it is frozen
         held = await _held_events(redis, buffer, "first")

@@ -14,6 +14,7 @@ import pytest
 
 from store.consumer import StoreConsumer
 from tests.resilience.rogue import TEN_GIB, RogueRuntime
+from tests.support.execute import body_frames
 from tests.support.live_gateways import Census, Live, LiveFactory
 
 MB = 1024 * 1024
@@ -241,13 +242,13 @@ async def test_a_runtime_that_fails_mid_event_stream_ends_it_in_band(
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         run_id = resp.headers["X-Run-Id"]
-        frames = [f for f in (await resp.text()).split("\n\n") if f]
+        frames = body_frames(await resp.text())
 
-    assert frames[0] == 'data: {"blockId":"n1","chunk":"Hello"}'
-    error = json.loads(frames[-2].removeprefix("data: "))
+    assert frames[0] == '{"blockId":"n1","chunk":"Hello"}'
+    error = json.loads(frames[-2])
     assert error["event"] == "error"
     assert error["error"].startswith(end), error
-    assert frames[-1] == "data: [DONE]"
+    assert frames[-1] == "[DONE]"
     run = await live.terminal_run(caller, agent["id"], run_id)
     assert run["status"] == "failed"
     assert run["error"].startswith(end)

@@ -85,3 +85,12 @@ def parse_event(raw: str, at: float) -> Event:
 def data_frames(events: list[Event]) -> list[str]:
     """The data of each event, pings left out."""
     return [e.data for e in events if e.data is not None]
+
+
+def body_frames(body: str) -> list[str]:
+    """The data of each event of a whole SSE body (each numbered), pings left out."""
+    events = [parse_event(raw, 0.0) for raw in body.split("\n\n") if raw]
+    assert [e.id for e in events if e.data is not None] == list(
+        range(1, 1 + len(data_frames(events)))
+    ), "frames are numbered 1, 2, … in order"
+    return data_frames(events)
