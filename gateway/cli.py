@@ -32,6 +32,7 @@ from gateway.http.views import (
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging, log_failure
 from gateway.security.credentials import CredentialService
+from gateway.security.keyring import key_ring
 from gateway.settings import Settings, SettingsError
 from gateway.storage.blobs import BlobStoreError
 from store.consumer import StoreConsumer
@@ -170,6 +171,11 @@ def _admin_parser(sub: Any) -> None:
         "rotate-agent-key", help="give an agent a new API key (shown once; the old one refused)"
     )
     rotate.add_argument("agent_id", type=int)
+    actions.add_parser(
+        "reseal",
+        help="seal every stored secret again under the newest SECRET_KEY, and list the agents "
+        "whose API key an older key derived",
+    )
     creds = actions.add_parser(
         "list-credentials", help="list an organisation's credentials (never their data)"
     )
@@ -190,7 +196,7 @@ async def run_admin(
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Carry out one admin action against the database and return its JSON answer."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    service = AdminService(pool, settings.secret_key)
+    service = AdminService(pool, key_ring(settings))
     credentials = CredentialService.for_settings(pool, settings)
 
     # The console prints what the /admin API answers, shaped by the same views.
@@ -226,6 +232,13 @@ async def run_admin(
         info = await credentials.rotate(args.org_id, args.credential_id, json.loads(args.json))
         return credential_info_view(info)
 
+    async def reseal() -> dict[str, Any]:
+        return {
+            "key_id": key_ring(settings).primary_id,
+            "credentials": await credentials.reseal(),
+            "agent_keys_to_rotate": await service.agents_on_old_keys(),
+        }
+
     async def delete_credential() -> dict[str, Any]:
         await credentials.delete(args.org_id, args.credential_id)
         return {"id": str(args.credential_id), "deleted": True}
@@ -243,6 +256,7 @@ async def run_admin(
         "list-agents": list_agents,
         "get-agent": get_agent,
         "rotate-agent-key": rotate_agent_key,
+        "reseal": reseal,
         "list-credentials": list_credentials,
         "rotate-credential": rotate_credential,
         "delete-credential": delete_credential,

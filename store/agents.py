@@ -115,3 +115,9 @@ async def agent_ids_in_org(db: Executor, org_id: uuid.UUID, *, limit: int) -> li
         "SELECT id FROM agents WHERE org_id = $1 ORDER BY id LIMIT $2", org_id, limit
     )
     return [int(row["id"]) for row in rows]
+
+
+async def api_key_digests(db: Executor) -> list[tuple[int, bytes, bytes]]:
+    """``(id, api_key_salt, api_key_hash)`` of every agent, by id."""
+    rows = await db.fetch("SELECT id, api_key_salt, api_key_hash FROM agents ORDER BY id")
+    return [(int(r["id"]), bytes(r["api_key_salt"]), bytes(r["api_key_hash"])) for r in rows]

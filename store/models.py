@@ -68,6 +68,8 @@ class Agent:
     blocks: list[dict[str, Any]] = field(default_factory=list)
     # The credentials this agent's runs may resolve (migration 0008); none unless granted.
     credential_ids: list[uuid.UUID] = field(default_factory=list)
+    # The digest of the agent's API key: says which key of the ring derived it.
+    api_key_hash: bytes = field(repr=False, default=b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import asyncpg
 from gateway.admin import schemas
 from gateway.errors import BadRequest, NotFound
 from gateway.security import apikeys
+from gateway.security.keyring import KeyRing
 from gateway.validation import load
 from store import agents, credentials, orgs
 from store.lookup_cache import LookupCache
@@ -32,10 +33,12 @@ class AdminService:
     """Validates operator input and writes it to the store."""
 
     def __init__(
-        self, pool: asyncpg.Pool, secret_key: str, lookups: LookupCache | None = None
+        self, pool: asyncpg.Pool, keys: KeyRing | str, lookups: LookupCache | None = None
     ) -> None:
         self._pool = pool
-        self._secret_key = secret_key
+        # New agent keys are derived under the newest key of the ring.
+        self._ring = KeyRing.of(keys)
+        self._secret_key = self._ring.primary
         # This process's cache, told at once (other processes hear of it from PostgreSQL).
         self._lookups = lookups
 
@@ -118,6 +121,16 @@ class AdminService:
         if self._lookups is not None:
             self._lookups.invalidate_agent(agent_id)
         return CreatedAgent(agent, api_key)
+
+    async def agents_on_old_keys(self) -> list[int]:
+        """The agents whose API key was derived under a key other than the newest: rotate
+        them before that key is retired (its removal would leave their runs' trigger payloads
+        with a key the gateway refuses)."""
+        return [
+            agent_id
+            for agent_id, salt, digest in await agents.api_key_digests(self._pool)
+            if apikeys.agent_api_key(KeyRing(self._ring.primary), salt, digest) is None
+        ]
 
     async def _check_grants(self, org_id: uuid.UUID, data: dict[str, Any]) -> None:
         """A grant list names credentials of the agent's own organisation only (400 otherwise,

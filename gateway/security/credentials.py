@@ -23,6 +23,7 @@ from marshmallow import RAISE, fields, validate
 from gateway.errors import ApiError, Forbidden, NotFound, Unauthorized
 from gateway.security.auth import agent_for_api_key
 from gateway.security.cipher import CredentialCipher, CredentialUnreadable
+from gateway.security.keyring import key_ring
 from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvalid
 from gateway.settings import Settings
 from gateway.validation import NAME, JsonObject, StorableBody, load
@@ -91,8 +92,8 @@ class CredentialService:
         """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` and ``lookups`` when
         given)."""
         if tokens is None:
-            tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
-        return cls(pool, CredentialCipher(settings.secret_key), tokens, lookups)
+            tokens = CredentialsTokens(key_ring(settings), ttl_s=settings.credentials_token_ttl_s)
+        return cls(pool, CredentialCipher(key_ring(settings)), tokens, lookups)
 
     async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
@@ -135,6 +136,28 @@ class CredentialService:
                 raise NotFound("Credential not found")
             await agents.revoke_credential_grants(conn, credential_id)
         log.info("credential_deleted", credential=str(credential_id), org_id=str(org_id))
+
+    async def reseal(self) -> dict[str, Any]:
+        """Seal every credential again under the newest key: how many were, how many already
+        were, and the ids of those that open under no key of the ring (left as they are).
+
+        A value already under the newest key is left alone, so running it twice does nothing
+        the second time.
+        """
+        counts: dict[str, Any] = {"resealed": 0, "current": 0, "unreadable": []}
+        for row in await credentials.all_sealed(self._pool):
+            if self._cipher.is_current(row.sealed_data):
+                counts["current"] += 1
+                continue
+            try:
+                data = self._cipher.open(row.id, row.org_id, row.sealed_data)
+            except CredentialUnreadable:
+                counts["unreadable"].append(str(row.id))
+                continue
+            sealed = self._cipher.seal(row.id, row.org_id, data)
+            await credentials.replace_sealed_data(self._pool, row.org_id, row.id, sealed)
+            counts["resealed"] += 1
+        return counts
 
     async def resolve(
         self, raw_id: str, *, authorization: str | None, credentials_token: str | None

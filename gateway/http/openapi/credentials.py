@@ -58,7 +58,8 @@ PATHS: dict[str, Json] = {
                 "name": "X-Credentials-Token",
                 "in": "header",
                 "required": True,
-                "description": "`crt_<runId>_<expiry>_<nonce>_<mac>`, issued by this gateway's "
+                "description": "`crt_<runId>_<expiry>_<nonce>_<keyId>_<mac>`, issued by this "
+                "gateway's "
                 "`SECRET_KEY` (any replica verifies it) for one run.",
                 "schema": {"type": "string"},
             },
