@@ -22,10 +22,17 @@ from gateway.errors import ApiError
 from gateway.http import server
 from gateway.http.app import create_app
 from gateway.http.monitor import serve_monitor
-from gateway.http.views import agent_view, created_agent_view, ingest_key_view, org_view
+from gateway.http.views import (
+    agent_view,
+    created_agent_view,
+    credential_info_view,
+    ingest_key_view,
+    org_view,
+)
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging, log_failure
 from gateway.security.credentials import CredentialService
+from gateway.security.keyring import key_ring
 from gateway.settings import Settings, SettingsError
 from gateway.storage.blobs import BlobStoreError
 from store.consumer import StoreConsumer
@@ -160,6 +167,28 @@ def _admin_parser(sub: Any) -> None:
     agents.add_argument("org_id", type=uuid.UUID)
     get_agent = actions.add_parser("get-agent", help="show one agent")
     get_agent.add_argument("agent_id", type=int)
+    rotate = actions.add_parser(
+        "rotate-agent-key", help="give an agent a new API key (shown once; the old one refused)"
+    )
+    rotate.add_argument("agent_id", type=int)
+    actions.add_parser(
+        "reseal",
+        help="seal every stored secret again under the newest SECRET_KEY, and list the agents "
+        "whose API key an older key derived",
+    )
+    creds = actions.add_parser(
+        "list-credentials", help="list an organisation's credentials (never their data)"
+    )
+    creds.add_argument("org_id", type=uuid.UUID)
+    rotate_credential = actions.add_parser(
+        "rotate-credential", help="new data for a credential, same id"
+    )
+    rotate_credential.add_argument("org_id", type=uuid.UUID)
+    rotate_credential.add_argument("credential_id", type=uuid.UUID)
+    rotate_credential.add_argument("json", help="the body of PUT .../credentials/{id}/data")
+    delete_credential = actions.add_parser("delete-credential", help="delete a credential")
+    delete_credential.add_argument("org_id", type=uuid.UUID)
+    delete_credential.add_argument("credential_id", type=uuid.UUID)
 
 
 async def run_admin(
@@ -167,7 +196,7 @@ async def run_admin(
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Carry out one admin action against the database and return its JSON answer."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    service = AdminService(pool, settings.secret_key)
+    service = AdminService(pool, key_ring(settings))
     credentials = CredentialService.for_settings(pool, settings)
 
     # The console prints what the /admin API answers, shaped by the same views.
@@ -193,6 +222,27 @@ async def run_admin(
     async def get_agent() -> dict[str, Any]:
         return agent_view(await service.get_agent(args.agent_id))
 
+    async def rotate_agent_key() -> dict[str, Any]:
+        return created_agent_view(await service.rotate_agent_key(args.agent_id))
+
+    async def list_credentials() -> list[dict[str, Any]]:
+        return [credential_info_view(info) for info in await credentials.list(args.org_id)]
+
+    async def rotate_credential() -> dict[str, Any]:
+        info = await credentials.rotate(args.org_id, args.credential_id, json.loads(args.json))
+        return credential_info_view(info)
+
+    async def reseal() -> dict[str, Any]:
+        return {
+            "key_id": key_ring(settings).primary_id,
+            "credentials": await credentials.reseal(),
+            "agent_keys_to_rotate": await service.agents_on_old_keys(),
+        }
+
+    async def delete_credential() -> dict[str, Any]:
+        await credentials.delete(args.org_id, args.credential_id)
+        return {"id": str(args.credential_id), "deleted": True}
+
     calls: dict[str, Callable[[], Awaitable[dict[str, Any] | list[dict[str, Any]]]]] = {
         "create-org": lambda: service.create_org({"name": args.name}),
         "create-key": lambda: service.create_ingest_key(args.org_id),
@@ -205,6 +255,11 @@ async def run_admin(
         "list-keys": list_keys,
         "list-agents": list_agents,
         "get-agent": get_agent,
+        "rotate-agent-key": rotate_agent_key,
+        "reseal": reseal,
+        "list-credentials": list_credentials,
+        "rotate-credential": rotate_credential,
+        "delete-credential": delete_credential,
     }
     try:
         return await calls[args.action]()

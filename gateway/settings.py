@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import typing
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,45 @@ from typing import Any
 
 class SettingsError(ValueError):
     """An environment variable holds a value the gateway cannot use."""
+
+
+# Values an example or a tutorial ships: refused as SECRET_KEY whatever their length.
+_PLACEHOLDERS = frozenset({"replace_me", "changeme", "change_me", "secret", "password", "todo"})
+MIN_SECRET_LEN = 32
+MIN_SECRET_BITS = 128
+
+
+def _secret_weakness(secret: str) -> str | None:
+    """Why ``secret`` is too weak to be the signing key, or ``None``.
+
+    Refused: a known placeholder (``REPLACE_ME`` of deploy/k8s/secret.example.yaml), fewer
+    than 32 characters, or less than 128 bits by the character-frequency estimate (length
+    times the Shannon entropy of its characters): ``secrets.token_urlsafe(32)`` or
+    ``openssl rand -hex 32`` pass easily, a word repeated does not.
+    """
+    if secret.strip().lower() in _PLACEHOLDERS or "replace_me" in secret.lower():
+        return "is the example's placeholder; generate one: openssl rand -hex 32"
+    if len(secret) < MIN_SECRET_LEN:
+        return (
+            f"is {len(secret)} characters; it needs at least {MIN_SECRET_LEN} random ones "
+            "(openssl rand -hex 32)"
+        )
+    counts = Counter(secret)
+    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    if per_char * len(secret) < MIN_SECRET_BITS:
+        return (
+            f"has too little entropy (about {int(per_char * len(secret))} bits, at least "
+            f"{MIN_SECRET_BITS} needed); generate one: openssl rand -hex 32"
+        )
+    return None
+
+
+def _secret_key(name: str, raw: str) -> str:
+    """``SECRET_KEY``: refused when it is too weak to sign and seal (see ``weakness``)."""
+    problem = _secret_weakness(raw)
+    if problem is not None:
+        raise SettingsError(f"{name} {problem}")
+    return raw
 
 
 class Group(StrEnum):
@@ -154,7 +194,17 @@ class Settings:
         "",
         "SECRET_KEY",
         Group.SERVER,
-        "Key that signs URLs and tokens and seals credentials (required by serve).",
+        "Key that signs URLs and tokens and seals credentials (required by serve): at least "
+        "32 characters and 128 bits of entropy (openssl rand -hex 32); placeholders refused.",
+        secret=True,
+        parse=_secret_key,
+    )
+    secret_keys_previous: str = setting(
+        "",
+        "SECRET_KEYS_PREVIOUS",
+        Group.SERVER,
+        "Former SECRET_KEYs, comma-separated: what they signed and sealed still verifies and "
+        "opens until they are removed (see operations.md, Rotating SECRET_KEY).",
         secret=True,
     )
     log_level: str = setting(

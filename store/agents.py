@@ -20,6 +20,7 @@ def _agent(row: asyncpg.Record) -> Agent:
     values["managed_by"] = ManagedBy(values["managed_by"])
     values["status"] = AgentStatus(values["status"])
     values["output_kind"] = OutputKind(values["output_kind"])
+    values["credential_ids"] = list(values["credential_ids"] or [])
     return Agent(**values)
 
 
@@ -58,6 +59,34 @@ async def update_agent(db: Executor, agent_id: int, fields: dict[str, Any]) -> A
     return None if row is None else _agent(row)
 
 
+async def set_api_key(
+    db: Executor, agent_id: int, api_key_salt: bytes, api_key_hash: bytes
+) -> Agent | None:
+    """Give the agent a new API key (its salt and digest); ``None`` when it does not exist.
+
+    The row's update is announced on the cache channel (migration 0005), so every replica
+    forgets the old key's agent at commit.
+    """
+    row = await db.fetchrow(
+        f"""UPDATE agents SET api_key_salt = $2, api_key_hash = $3, updated_at = now()
+            WHERE id = $1 RETURNING {_AGENT_COLUMNS}""",
+        agent_id,
+        api_key_salt,
+        api_key_hash,
+    )
+    return None if row is None else _agent(row)
+
+
+async def revoke_credential_grants(db: Executor, credential_id: uuid.UUID) -> None:
+    """Take a credential off every agent's grant list (it is being deleted)."""
+    await db.execute(
+        """UPDATE agents SET credential_ids = array_remove(credential_ids, $1),
+                             updated_at = now()
+           WHERE $1 = ANY (credential_ids)""",
+        credential_id,
+    )
+
+
 async def get_agent(db: Executor, agent_id: int) -> Agent | None:
     """The agent with ``agent_id``, of whichever organisation (the caller checks it)."""
     row = await db.fetchrow(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE id = $1", agent_id)
@@ -86,3 +115,9 @@ async def agent_ids_in_org(db: Executor, org_id: uuid.UUID, *, limit: int) -> li
         "SELECT id FROM agents WHERE org_id = $1 ORDER BY id LIMIT $2", org_id, limit
     )
     return [int(row["id"]) for row in rows]
+
+
+async def api_key_digests(db: Executor) -> list[tuple[int, bytes, bytes]]:
+    """``(id, api_key_salt, api_key_hash)`` of every agent, by id."""
+    rows = await db.fetch("SELECT id, api_key_salt, api_key_hash FROM agents ORDER BY id")
+    return [(int(r["id"]), bytes(r["api_key_salt"]), bytes(r["api_key_hash"])) for r in rows]

@@ -22,6 +22,7 @@ AGENT_SETTABLE_FIELDS = (
     "input_format",
     "running_timeout_ms",
     "blocks",
+    "credential_ids",
 )
 
 
@@ -65,6 +66,10 @@ class Agent:
     api_key_salt: bytes = field(repr=False)
     # The workflow's blocks that stream output: [{"id": ..., "name": ...}] (migration 0003).
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    # The credentials this agent's runs may resolve (migration 0008); none unless granted.
+    credential_ids: list[uuid.UUID] = field(default_factory=list)
+    # The digest of the agent's API key: says which key of the ring derived it.
+    api_key_hash: bytes = field(repr=False, default=b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ def test_the_documented_names_are_read() -> None:
             "GATEWAY_PORT": "9000",
             "ADMIN_TOKEN": "adm",
             "PUBLIC_BASE_URL": "https://gw.example/",
-            "SECRET_KEY": "super-secret-value",
+            "SECRET_KEY": "a8Fq-2vLx9ZpT0cW7mYbR4nK1sHdJ6gE3uQiV5oN8tCj",
             "LOG_LEVEL": "debug",
         }
     )
@@ -29,8 +29,8 @@ def test_the_documented_names_are_read() -> None:
     assert (settings.host, settings.port) == ("0.0.0.0", 9000)
     assert settings.public_base_url == "https://gw.example"
     assert settings.log_level == "DEBUG"
-    assert settings.secret_key == "super-secret-value"
-    assert "super-secret-value" not in repr(settings)
+    assert settings.secret_key == "a8Fq-2vLx9ZpT0cW7mYbR4nK1sHdJ6gE3uQiV5oN8tCj"
+    assert "a8Fq-2vLx9ZpT0cW7mYbR4nK1sHdJ6gE3uQiV5oN8tCj" not in repr(settings)
 
 
 def test_the_public_url_defaults_to_the_listening_address() -> None:
@@ -150,6 +150,7 @@ def test_the_secrets_are_the_ones_a_deployment_mounts_as_files() -> None:
         "DATABASE_URL",
         "REDIS_URL",
         "SECRET_KEY",
+        "SECRET_KEYS_PREVIOUS",
         "ADMIN_TOKEN",
         "S3_ACCESS_KEY_ID",
         "S3_SECRET_ACCESS_KEY",
@@ -158,7 +159,10 @@ def test_the_secrets_are_the_ones_a_deployment_mounts_as_files() -> None:
 
 @pytest.mark.parametrize("name", _secret_names())
 def test_a_secret_is_read_from_the_file_its_file_variable_names(name: str, tmp_path: Path) -> None:
-    value = "redis://from-a-mounted-secret" if name == "REDIS_URL" else "from-a-mounted-secret"
+    value = {
+        "REDIS_URL": "redis://from-a-mounted-secret",
+        "SECRET_KEY": "from-a-mounted-secret-" + "0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c",
+    }.get(name, "from-a-mounted-secret")
     mounted = tmp_path / name.lower()
     # As `echo value > file` or a Docker secret leaves it: the newline is not the secret's.
     mounted.write_text(f"{value}\n")

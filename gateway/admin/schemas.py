@@ -132,6 +132,8 @@ class AgentBody(StorableBody):
     input_format = fields.Raw(allow_none=True)
     running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
     blocks = fields.List(fields.Nested(BlockBody), validate=validate.Length(max=100))
+    # The credentials the agent's runs may resolve (each one of the agent's organisation).
+    credential_ids = fields.List(fields.UUID(), validate=validate.Length(max=1000))
 
     @validates("input_format")
     def _input_format(self, value: Any, **_: Any) -> None:

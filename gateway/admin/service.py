@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 
 from gateway.admin import schemas
-from gateway.errors import NotFound
+from gateway.errors import BadRequest, NotFound
 from gateway.security import apikeys
+from gateway.security.keyring import KeyRing
 from gateway.validation import load
-from store import agents, orgs
+from store import agents, credentials, orgs
 from store.lookup_cache import LookupCache
 from store.models import Agent, IngestKey, Org
 
@@ -32,10 +33,12 @@ class AdminService:
     """Validates operator input and writes it to the store."""
 
     def __init__(
-        self, pool: asyncpg.Pool, secret_key: str, lookups: LookupCache | None = None
+        self, pool: asyncpg.Pool, keys: KeyRing | str, lookups: LookupCache | None = None
     ) -> None:
         self._pool = pool
-        self._secret_key = secret_key
+        # New agent keys are derived under the newest key of the ring.
+        self._ring = KeyRing.of(keys)
+        self._secret_key = self._ring.primary
         # This process's cache, told at once (other processes hear of it from PostgreSQL).
         self._lookups = lookups
 
@@ -77,6 +80,7 @@ class AdminService:
         """An agent with its API key, shown this once."""
         await self._require_org(org_id)
         data = load(schemas.AgentBody(), body)
+        await self._check_grants(org_id, data)
         salt = apikeys.new_agent_key_salt()
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
         agent = await agents.create_agent(self._pool, org_id, salt, apikeys.hash_key(api_key), data)
@@ -97,12 +101,51 @@ class AdminService:
     async def update_agent(self, agent_id: int, body: Any) -> Agent:
         """Change any of the agent's settings."""
         data = load(schemas.AgentBody(), body, partial=True)
+        if "credential_ids" in data:
+            await self._check_grants((await self.get_agent(agent_id)).org_id, data)
         agent = await agents.update_agent(self._pool, agent_id, data)
         if agent is None:
             raise NotFound("Agent not found")
         if self._lookups is not None:
             self._lookups.invalidate_agent(agent_id)
         return agent
+
+    async def rotate_agent_key(self, agent_id: int) -> CreatedAgent:
+        """Give the agent a new API key, shown this once; the old one is refused from now on
+        on every replica (the row's update is announced to every process's cache)."""
+        salt = apikeys.new_agent_key_salt()
+        api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
+        agent = await agents.set_api_key(self._pool, agent_id, salt, apikeys.hash_key(api_key))
+        if agent is None:
+            raise NotFound("Agent not found")
+        if self._lookups is not None:
+            self._lookups.invalidate_agent(agent_id)
+        return CreatedAgent(agent, api_key)
+
+    async def agents_on_old_keys(self) -> list[int]:
+        """The agents whose API key was derived under a key other than the newest: rotate
+        them before that key is retired (its removal would leave their runs' trigger payloads
+        with a key the gateway refuses)."""
+        return [
+            agent_id
+            for agent_id, salt, digest in await agents.api_key_digests(self._pool)
+            if apikeys.agent_api_key(KeyRing(self._ring.primary), salt, digest) is None
+        ]
+
+    async def _check_grants(self, org_id: uuid.UUID, data: dict[str, Any]) -> None:
+        """A grant list names credentials of the agent's own organisation only (400 otherwise,
+        the same for another organisation's credential as for one that does not exist)."""
+        if "credential_ids" not in data:
+            return
+        wanted = list(dict.fromkeys(data["credential_ids"]))
+        data["credential_ids"] = wanted
+        known = await credentials.existing_ids(self._pool, org_id, wanted)
+        unknown = [str(c) for c in wanted if c not in known]
+        if unknown:
+            raise BadRequest(
+                "Invalid request body",
+                extra={"details": {"credential_ids": [f"No such credential: {unknown[0]}"]}},
+            )
 
     async def revoke_ingest_key(self, org_id: uuid.UUID, key_id: uuid.UUID) -> None:
         """Revoke one of the organisation's ingest keys: refused from now on, on every replica.

@@ -67,6 +67,7 @@ from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
 from gateway.security.credentials import CredentialService
 from gateway.security.key_guard import KeyGuard
+from gateway.security.keyring import key_ring
 from gateway.security.ratelimit import RateLimiter
 from gateway.security.signing import UrlSigner
 from gateway.security.tokens import CredentialsTokens
@@ -212,7 +213,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             TriggerDevAdapter.kind: trigger_dev,
         }
     )
-    tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
+    tokens = CredentialsTokens(key_ring(settings), ttl_s=settings.credentials_token_ttl_s)
     runs = RunService(
         settings=settings,
         pool=app[DB_POOL],
@@ -268,7 +269,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         app[DB_POOL], settings, tokens, app[LOOKUP_CACHE]
     )
     app[RUN_WAITERS] = waiters
-    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], settings.secret_key, app[LOOKUP_CACHE])
+    app[ADMIN_SERVICE] = AdminService(app[DB_POOL], key_ring(settings), app[LOOKUP_CACHE])
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
     following = asyncio.create_task(follower.run(), name="run-follower")
     feeds = None if realtime is None else asyncio.create_task(realtime.run(), name="realtime")
@@ -301,7 +302,7 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
         files = FileService(
             app[DB_POOL],
             blobs,
-            UrlSigner(settings.secret_key, purpose="input-files"),
+            UrlSigner(key_ring(settings), purpose="input-files"),
             public_base_url=settings.public_base_url,
             url_ttl_s=settings.file_url_ttl_s,
         )
@@ -335,7 +336,7 @@ async def _packages(app: web.Application) -> AsyncIterator[None]:
     app[PACKAGE_SERVICE] = PackageService(
         app[DB_POOL],
         app[BLOB_STORE],
-        UrlSigner(settings.secret_key, purpose="job-packages"),
+        UrlSigner(key_ring(settings), purpose="job-packages"),
         archiver,
         public_base_url=settings.public_base_url,
         url_ttl_s=settings.package_url_ttl_s,

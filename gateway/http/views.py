@@ -13,6 +13,7 @@ from gateway.admin.service import CreatedAgent
 from gateway.execute.service import ChunkFrame, Outcome
 from gateway.packages.service import PackageTicket
 from gateway.security.credentials import ResolvedCredential
+from store.credentials import CredentialInfo
 from store.enums import JobStatus
 from store.models import Agent, IngestKey, Org, Run, iso
 
@@ -71,6 +72,7 @@ def agent_view(agent: Agent) -> dict[str, Any]:
         "input_format": agent.input_format,
         "running_timeout_ms": agent.running_timeout_ms,
         "blocks": agent.blocks,
+        "credential_ids": [str(c) for c in agent.credential_ids],
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }
@@ -88,6 +90,17 @@ def package_ticket_view(ticket: PackageTicket) -> dict[str, Any]:
         "status": ticket.status,
         "signed_url": ticket.signed_url,
         "workflowId": str(ticket.workflow_id),
+    }
+
+
+def credential_info_view(info: CredentialInfo) -> dict[str, Any]:
+    """A credential as an operator lists it: never its data."""
+    return {
+        "id": str(info.id),
+        "name": info.name,
+        "type": info.type,
+        "created_at": iso(info.created_at),
+        "updated_at": iso(info.updated_at),
     }
 
 

@@ -1,7 +1,8 @@
 """Runtime callbacks: what a run's own code reports (the agent SDK's ``createAgentClient``).
 
 A callback is authenticated by the agent API key that the run's trigger payload carried; the
-key must belong to the run's agent. A run that has ended refuses every callback (409).
+key must belong to the run's agent, and the agent must be active (a paused or archived agent's
+key reports nothing: 403). A run that has ended refuses every callback (409).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from typing import Any
 import asyncpg
 import structlog
 
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, Forbidden, NotFound
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
 from store import runs
-from store.enums import EventType, RunStatus
+from store.enums import AgentStatus, EventType, RunStatus
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
@@ -43,8 +44,12 @@ class CallbackService:
 
     async def authenticate(self, authorization: str | None) -> Agent:
         """The agent whose API key the callback carries; 401 otherwise (before its body is
-        looked at)."""
-        return await agent_for_api_key(self._runs.lookups, authorization)
+        looked at); 403 for an agent that is not active."""
+        agent = await agent_for_api_key(self._runs.lookups, authorization)
+        if agent.status != AgentStatus.ACTIVE:
+            log.warning("callback_refused_agent_not_active", agent_id=agent.id, status=agent.status)
+            raise Forbidden(f"The agent is {agent.status}: its runs cannot report")
+        return agent
 
     async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it

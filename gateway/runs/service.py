@@ -43,7 +43,8 @@ from gateway.errors import (
 from gateway.runs import filenames
 from gateway.runs.outputs import header_outputs, lift_outputs
 from gateway.runs.recording import RunRecorder
-from gateway.security.apikeys import derive_agent_api_key
+from gateway.security.apikeys import agent_api_key, derive_agent_api_key
+from gateway.security.keyring import key_ring
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from store import orgs, runs
@@ -140,6 +141,7 @@ class RunService:
         lookups: LookupCache | None = None,
     ) -> None:
         self._settings = settings
+        self._ring = key_ring(settings)
         self._tokens = tokens
         self._pool = pool
         # Agent rows, read through the process's cache (uncached when none is given).
@@ -280,7 +282,7 @@ class RunService:
             run_id=run.id,
             agent_id=agent.id,
             input=run.input,
-            agent_api_key=derive_agent_api_key(self._settings.secret_key, agent.api_key_salt),
+            agent_api_key=self._agent_api_key(agent),
             callback_url=f"{self._settings.public_base_url}/api/runs/{run.id}/callback",
             # The token lasts while the run may: a long run keeps its credentials to the end.
             credentials_token=self._tokens.issue(
@@ -288,6 +290,15 @@ class RunService:
             ).token,
             idempotency_key=f"agent-gateway-run-{run.id}-{created_ms}",
         )
+
+    def _agent_api_key(self, agent: Agent) -> str:
+        key = agent_api_key(self._ring, agent.api_key_salt, agent.api_key_hash)
+        if key is None:
+            # Made under a key that was retired: its callbacks will be refused until an
+            # operator rotates it (docs/operations.md, "Rotating SECRET_KEY").
+            log.error("agent_key_under_retired_secret", agent_id=agent.id)
+            return derive_agent_api_key(self._ring.primary, agent.api_key_salt)
+        return key
 
     def adapter_for(self, agent: Agent) -> RuntimeAdapter:
         """The adapter of the agent's runtime kind; 422 when no adapter serves it."""

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import secrets
 
+from gateway.security.keyring import KeyRing
+
 INGEST_PREFIX = "igk_"
 AGENT_PREFIX = "agk_"
 # Longest key we bother hashing; anything longer is not one of ours.
@@ -38,6 +40,16 @@ def derive_agent_api_key(secret_key: str, salt: bytes) -> str:
     """The agent API key for ``salt`` under ``secret_key``."""
     mac = hmac.new(secret_key.encode(), b"agent-api-key|" + salt, hashlib.sha256).digest()
     return AGENT_PREFIX + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def agent_api_key(ring: KeyRing, salt: bytes, api_key_hash: bytes) -> str | None:
+    """The agent's API key: derived under whichever key of the ring made it (the stored digest
+    says which); ``None`` when that key has been retired (the agent's key must be rotated)."""
+    for _kid, secret in ring:
+        key = derive_agent_api_key(secret, salt)
+        if hmac.compare_digest(hash_key(key), api_key_hash):
+            return key
+    return None
 
 
 def bearer_token(header: str | None) -> str | None:

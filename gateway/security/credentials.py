@@ -1,10 +1,12 @@
 """Credentials: stored sealed, resolved only for a run that holds a valid credentials token.
 
 ``GET /api/credentials/{id}/resolve`` answers a credential's data when all of these hold:
-the agent API key names an agent (else 401); ``X-Credentials-Token`` is a token this gateway
-issued and has not expired (else 401); the token's run is a run of that agent (else 403) and
-has not ended (else 403); the credential exists in the agent's organisation (else 404, as for
-anything of another organisation). Every refusal leaves a ``credential_resolve_refused`` log
+the agent API key names an agent (else 401) that is active (else 403: a paused or archived
+agent resolves nothing); ``X-Credentials-Token`` is a token this gateway issued and has not
+expired (else 401); the token's run is a run of that agent (else 403) and has not ended (else
+403); the credential exists in the agent's organisation (else 404, as for anything of another
+organisation) and is on the agent's grant list, its ``credential_ids`` setting (else 403).
+Every refusal leaves a ``credential_resolve_refused`` log
 line with the reason and the ids involved, never a key, a token or the data.
 """
 
@@ -21,10 +23,12 @@ from marshmallow import RAISE, fields, validate
 from gateway.errors import ApiError, Forbidden, NotFound, Unauthorized
 from gateway.security.auth import agent_for_api_key
 from gateway.security.cipher import CredentialCipher, CredentialUnreadable
+from gateway.security.keyring import key_ring
 from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvalid
 from gateway.settings import Settings
 from gateway.validation import NAME, JsonObject, StorableBody, load
-from store import credentials, orgs, runs
+from store import agents, credentials, orgs, runs
+from store.enums import AgentStatus
 from store.lookup_cache import LookupCache
 
 log = structlog.get_logger(__name__)
@@ -40,6 +44,15 @@ class CredentialBody(StorableBody):
 
     name = NAME
     type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    data = JsonObject(required=True)
+
+
+class CredentialDataBody(StorableBody):
+    """``PUT /admin/orgs/{orgId}/credentials/{credentialId}/data``: the new data (rotation)."""
+
+    class Meta:
+        unknown = RAISE
+
     data = JsonObject(required=True)
 
 
@@ -79,8 +92,8 @@ class CredentialService:
         """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` and ``lookups`` when
         given)."""
         if tokens is None:
-            tokens = CredentialsTokens(settings.secret_key, ttl_s=settings.credentials_token_ttl_s)
-        return cls(pool, CredentialCipher(settings.secret_key), tokens, lookups)
+            tokens = CredentialsTokens(key_ring(settings), ttl_s=settings.credentials_token_ttl_s)
+        return cls(pool, CredentialCipher(key_ring(settings)), tokens, lookups)
 
     async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
@@ -98,6 +111,54 @@ class CredentialService:
         )
         return {"id": str(credential_id), "name": data["name"], "type": data["type"]}
 
+    async def list(self, org_id: uuid.UUID) -> list[credentials.CredentialInfo]:
+        """The organisation's credentials: ids, names, types and times, never their data."""
+        if not await orgs.org_exists(self._pool, org_id):
+            raise NotFound("Organisation not found")
+        return await credentials.list_credentials(self._pool, org_id)
+
+    async def rotate(
+        self, org_id: uuid.UUID, credential_id: uuid.UUID, body: Any
+    ) -> credentials.CredentialInfo:
+        """New data for the organisation's credential, same id (grants and references stay)."""
+        data = load(CredentialDataBody(), body)
+        sealed = self._cipher.seal(credential_id, org_id, data["data"])
+        info = await credentials.replace_sealed_data(self._pool, org_id, credential_id, sealed)
+        if info is None:
+            raise NotFound("Credential not found")
+        log.info("credential_rotated", credential=str(credential_id), org_id=str(org_id))
+        return info
+
+    async def delete(self, org_id: uuid.UUID, credential_id: uuid.UUID) -> None:
+        """Delete the organisation's credential and take it off every agent's grant list."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await credentials.delete_credential(conn, org_id, credential_id):
+                raise NotFound("Credential not found")
+            await agents.revoke_credential_grants(conn, credential_id)
+        log.info("credential_deleted", credential=str(credential_id), org_id=str(org_id))
+
+    async def reseal(self) -> dict[str, Any]:
+        """Seal every credential again under the newest key: how many were, how many already
+        were, and the ids of those that open under no key of the ring (left as they are).
+
+        A value already under the newest key is left alone, so running it twice does nothing
+        the second time.
+        """
+        counts: dict[str, Any] = {"resealed": 0, "current": 0, "unreadable": []}
+        for row in await credentials.all_sealed(self._pool):
+            if self._cipher.is_current(row.sealed_data):
+                counts["current"] += 1
+                continue
+            try:
+                data = self._cipher.open(row.id, row.org_id, row.sealed_data)
+            except CredentialUnreadable:
+                counts["unreadable"].append(str(row.id))
+                continue
+            sealed = self._cipher.seal(row.id, row.org_id, data)
+            await credentials.replace_sealed_data(self._pool, row.org_id, row.id, sealed)
+            counts["resealed"] += 1
+        return counts
+
     async def resolve(
         self, raw_id: str, *, authorization: str | None, credentials_token: str | None
     ) -> ResolvedCredential:
@@ -108,6 +169,13 @@ class CredentialService:
         except Unauthorized:
             _refused("invalid_agent_key", credential=raw_id)
             raise
+        if agent.status != AgentStatus.ACTIVE:
+            raise _refusal(
+                Forbidden(f"The agent is {agent.status}: it resolves no credentials"),
+                "agent_not_active",
+                credential=raw_id,
+                agent_id=agent.id,
+            )
         try:
             run_id = self._tokens.verify(credentials_token)
         except TokenExpired as exc:
@@ -147,6 +215,12 @@ class CredentialService:
             # Another organisation's credential is as absent as one that never existed.
             reason = "not_found" if row is None else "other_organisation"
             raise _refusal(NotFound("Credential not found"), reason, **ids)
+        if row.id not in agent.credential_ids:
+            raise _refusal(
+                Forbidden("The credential is not granted to this agent (its credential_ids)"),
+                "not_granted",
+                **ids,
+            )
         try:
             data = self._cipher.open(row.id, row.org_id, row.sealed_data)
         except CredentialUnreadable as exc:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from gateway.security.keyring import KeyRing
+
 EXPIRES_PARAM = "expires"
 SIGNATURE_PARAM = "signature"
 # Long enough for any real expiry, short enough that int() of it is cheap.
@@ -45,17 +47,42 @@ class UrlSigner:
     another that uses a different purpose, even under the same ``SECRET_KEY``.
     """
 
-    def __init__(self, secret_key: str, *, purpose: str = "signed-url") -> None:
-        if not secret_key:
+    def __init__(self, keys: KeyRing | str, *, purpose: str = "signed-url") -> None:
+        if not keys:
             raise ValueError("a secret key is required to sign URLs")
-        self._key = hmac.new(
-            secret_key.encode(), b"agent-gateway|" + purpose.encode(), hashlib.sha256
-        ).digest()
+        ring = KeyRing.of(keys)
+        self._keys = {
+            kid: hmac.new(
+                secret.encode(), b"agent-gateway|" + purpose.encode(), hashlib.sha256
+            ).digest()
+            for kid, secret in ring
+        }
+        self._primary = ring.primary_id
 
-    def signature(self, path: str, expires: int) -> str:
-        """The hex HMAC-SHA256 of ``path`` and ``expires`` (Unix seconds)."""
+    def signature(self, path: str, expires: int, *, kid: str | None = None) -> str:
+        """``<key id>.<hex HMAC-SHA256>`` of ``path`` and ``expires`` (Unix seconds), under
+        the newest key (or the key ``kid``)."""
+        kid = kid or self._primary
+        return f"{kid}.{self._mac(self._keys[kid], path, expires)}"
+
+    @staticmethod
+    def _mac(key: bytes, path: str, expires: int) -> str:
         message = f"{path}\n{expires}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def _matches(self, path: str, expires: int, signature: str) -> bool:
+        given = signature.encode("utf-8", "replace")
+        kid, dot, _ = signature.partition(".")
+        if dot:
+            key = self._keys.get(kid)
+            # A retired key's signature is as invalid as a forged one.
+            return key is not None and hmac.compare_digest(
+                f"{kid}.{self._mac(key, path, expires)}".encode(), given
+            )
+        return any(
+            hmac.compare_digest(self._mac(key, path, expires).encode(), given)
+            for key in self._keys.values()
+        )
 
     def sign(self, base_url: str, path: str, *, ttl_s: int, now: float | None = None) -> SignedUrl:
         """A URL for ``path`` under ``base_url``, valid for ``ttl_s`` seconds from ``now``.
@@ -80,10 +107,9 @@ class UrlSigner:
             raise SignatureError("The URL is not signed")
         if not (expires.isascii() and expires.isdigit()) or len(expires) > _MAX_EXPIRES_DIGITS:
             raise SignatureError("The URL's expiry is malformed")
-        expected = self.signature(path, int(expires))
         # Compare before looking at the clock: an expired URL with a forged signature is
         # "invalid", never "expired".
-        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        if not self._matches(path, int(expires), signature):
             raise SignatureError("The URL's signature does not match")
         current = time.time() if now is None else now
         if int(expires) <= current:

@@ -22,6 +22,7 @@ from devkit.embedded import free_port
 from devkit.nginx import DEPLOYED_CONF, Nginx, nginx_binary
 from gateway.http import server
 from gateway.settings import Settings
+from tests.support.tokens import SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -346,7 +347,9 @@ def test_the_kit_trusts_its_load_balancer_and_keeps_blobs_off_the_pods() -> None
     trusted); the pods' root is read-only and shared by no other replica (blobs go to S3)."""
     objects = manifests()
     config = objects["ConfigMap/agent-gateway"]["data"]
-    k8s = Settings.from_env({**config, **objects["Secret/agent-gateway"]["stringData"]})
+    secret = objects["Secret/agent-gateway"]["stringData"]
+    # The example's SECRET_KEY is a placeholder the start refuses (tests/security): filled in.
+    k8s = Settings.from_env({**config, **secret, "SECRET_KEY": SECRET_KEY})
     assert k8s.trusted_proxies
     assert k8s.blob_backend == "s3"
     assert k8s.s3_bucket

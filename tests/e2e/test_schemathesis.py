@@ -112,7 +112,11 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     )
     assert resp.status == 201, await resp.text()
     credentials_token = (await resp.json())["credentialsToken"]
-    credential_id = await tenant.create_credential({"api_key": "sk-schemathesis"})
+    credential_id = await tenant.create_credential(
+        {"api_key": "sk-schemathesis"}, grant_to=registered
+    )
+    rotated_credential = await tenant.create_credential({"api_key": "sk-rotated"})
+    deleted_credential = await tenant.create_credential({"api_key": "sk-deleted"})
     standalone = await tenant.create_agent(managed_by="standalone", output_kind="json")
     resp = await client.post(f"/admin/orgs/{tenant.org_id}/keys", headers=ADMIN)
     assert resp.status == 201, await resp.text()
@@ -206,6 +210,26 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
                 "/admin/orgs/{orgId}/credentials", "POST", auth=ADMIN_TOKEN, orgId=tenant.org_id
             ),
             operation(
+                "/admin/orgs/{orgId}/credentials", "GET", auth=ADMIN_TOKEN, orgId=tenant.org_id
+            ),
+            operation(
+                "/admin/orgs/{orgId}/credentials/{credentialId}/data",
+                "PUT",
+                auth=ADMIN_TOKEN,
+                orgId=tenant.org_id,
+                credentialId=rotated_credential,
+            ),
+            operation(
+                "/admin/orgs/{orgId}/credentials/{credentialId}",
+                "DELETE",
+                auth=ADMIN_TOKEN,
+                orgId=tenant.org_id,
+                credentialId=deleted_credential,
+            ),
+            operation(
+                "/admin/agents/{agentId}/api-key", "POST", auth=ADMIN_TOKEN, agentId=patched["id"]
+            ),
+            operation(
                 "/api/workflows/{workflowId}/execute",
                 "POST",
                 headers={"X-API-Key": key},
@@ -278,7 +302,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     # at least once, as the gateway's own request counter shows. A package's signed URL is
     # authenticated by its signature alone, which fuzzing cannot forge: 403 is all that
     # operation can get, and the only one allowed to say so.
-    assert "Tested: 28" in text, text
+    assert "Tested: 32" in text, text
     if "Authentication failed" in text:
         assert "Authentication failed: 1 operation returned only 401/403" in text, text
         assert "- GET /v0/packages/{package_id}.zip" in text, text

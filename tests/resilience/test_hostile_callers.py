@@ -787,6 +787,15 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
             None,
             {404},
         ),
+        # Found unlisted while adding issue 28's routes (the resume stream of issue 29).
+        Attempt(
+            "GET",
+            "/api/workflows/{workflowId}/executions/{executionId}/stream",
+            f"/api/workflows/{a_json['id']}/executions/{a_run}/stream",
+            {"X-API-Key": intruder.key},
+            None,
+            {404},
+        ),
         Attempt(
             "GET",
             "/api/jobs/{taskId}",
@@ -852,6 +861,47 @@ async def test_a_key_of_another_organisation_opens_nothing_and_changes_nothing(
             f"/admin/orgs/{victim.org_id}/credentials",
             b_ingest,
             {"name": "x", "type": "t", "data": {}},
+            {401},
+        ),
+        Attempt(
+            "POST",
+            "/admin/agents/{agentId}/api-key",
+            f"/admin/agents/{a_json['id']}/api-key",
+            b_ingest,
+            None,
+            {401},
+        ),
+        Attempt(
+            "GET",
+            "/admin/orgs/{orgId}/credentials",
+            f"/admin/orgs/{victim.org_id}/credentials",
+            b_ingest,
+            None,
+            {401},
+        ),
+        Attempt(
+            "PUT",
+            "/admin/orgs/{orgId}/credentials/{credentialId}/data",
+            f"/admin/orgs/{victim.org_id}/credentials/{a_credential}/data",
+            b_ingest,
+            {"data": {"pwned": True}},
+            {401},
+        ),
+        Attempt(
+            "DELETE",
+            "/admin/orgs/{orgId}/credentials/{credentialId}",
+            f"/admin/orgs/{victim.org_id}/credentials/{a_credential}",
+            b_ingest,
+            None,
+            {401},
+        ),
+        # B's agent key on the admin routes is no admin token either.
+        Attempt(
+            "POST",
+            "/admin/agents/{agentId}/api-key",
+            f"/admin/agents/{a_json['id']}/api-key",
+            b_agent,
+            None,
             {401},
         ),
         # The /v0 API's job download (bare key in Authorization), where the application has it.

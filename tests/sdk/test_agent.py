@@ -209,7 +209,9 @@ async def test_a_registered_run_reports_through_the_agent_client(
     tenant: Tenant, consumer: StoreConsumer, sdk_args: dict[str, Any]
 ) -> None:
     agent = await tenant.create_agent(output_kind="json")
-    credential_id = await tenant.create_credential({"token": "t0p"}, name="Slack", type="oauth")
+    credential_id = await tenant.create_credential(
+        {"token": "t0p"}, name="Slack", type="oauth", grant_to=agent
+    )
     registered = await register_run(**sdk_args, agent_id=agent["id"], external_run_id="run_abc")
     again = await register_run(**sdk_args, agent_id=agent["id"], external_run_id="run_abc")
     assert again.run_id == registered.run_id

@@ -78,7 +78,7 @@ async def test_the_python_sdk_meets_the_case(
 ) -> None:
     agent = await tenant.create_agent(**agent_body(case["agent"], stage.runtime_url))
     if case.get("args", {}).get("connectionId") == "own":
-        stage.credential_id = await tenant.create_credential({"token": "t0p"})
+        stage.credential_id = await tenant.create_credential({"token": "t0p"}, grant_to=agent)
     for _ in range(case.get("repeat", 0)):
         _, error = await call_once(case, stage, agent)
         assert error is None, f"the call before the checked one failed: {error}"

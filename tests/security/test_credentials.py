@@ -45,7 +45,9 @@ async def resolve(
 
 async def test_a_run_resolves_a_credential_of_its_organisation(tenant: Tenant) -> None:
     agent = await tenant.create_agent(output_kind="json")
-    credential_id = await tenant.create_credential(SECRET, name="CRM", type="api_key")
+    credential_id = await tenant.create_credential(
+        SECRET, name="CRM", type="api_key", grant_to=agent
+    )
     run = await registered_run(tenant, agent, "r-1")
 
     resp = await resolve(
@@ -81,7 +83,7 @@ async def test_a_sealed_credential_moved_to_another_row_does_not_open(
 ) -> None:
     agent = await tenant.create_agent(output_kind="json")
     theirs = await tenant.create_credential({"token": "one"})
-    mine = await tenant.create_credential({"token": "two"})
+    mine = await tenant.create_credential({"token": "two"}, grant_to=agent)
     await db.execute(
         """UPDATE credentials SET sealed_data = (SELECT sealed_data FROM credentials
            WHERE id = $1::uuid) WHERE id = $2::uuid""",
@@ -129,8 +131,11 @@ async def test_every_other_combination_is_refused_and_logged_without_secrets(
     sibling = await tenant.create_agent(output_kind="json", name="Sibling")
     other = await make_tenant("Globex")
     foreign_agent = await other.create_agent(output_kind="json")
-    credential_id = await tenant.create_credential(SECRET)
-    foreign_credential = await other.create_credential({"password": "globex-secret-pw"})
+    credential_id = await tenant.create_credential(SECRET, grant_to=agent)
+    await tenant.grant(sibling, credential_id)
+    foreign_credential = await other.create_credential(
+        {"password": "globex-secret-pw"}, grant_to=foreign_agent
+    )
     run = await registered_run(tenant, agent, "matrix")
     token = run["credentialsToken"]
     sibling_run = await registered_run(tenant, sibling, "sibling")
@@ -238,7 +243,9 @@ async def test_trigger_payloads_carry_a_token_the_runtime_resolves_credentials_w
     tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
     agent = await json_agent(tenant, runtime, "accepted?report_delay_ms=20")
-    credential_id = await tenant.create_credential(SECRET, name="CRM", type="api_key")
+    credential_id = await tenant.create_credential(
+        SECRET, name="CRM", type="api_key", grant_to=agent
+    )
 
     resp = await tenant.client.post(
         wait_url(agent["id"]),
@@ -264,7 +271,7 @@ async def test_a_trigger_payload_token_stops_working_when_its_run_ends(
     tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
 ) -> None:
     agent = await json_agent(tenant, runtime, "json")
-    credential_id = await tenant.create_credential(SECRET)
+    credential_id = await tenant.create_credential(SECRET, grant_to=agent)
     resp = await tenant.client.post(wait_url(agent["id"]), json={}, headers=tenant.auth)
     assert (await resp.json())["status"] == "completed"
     token = received(runtime)[0]["payload"]["credentialsToken"]

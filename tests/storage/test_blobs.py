@@ -42,6 +42,7 @@ from tests.support.execute import api_key, execute_url, stream_agent
 from tests.support.gateways import GatewayFactory
 from tests.support.runtimes import received
 from tests.support.tenants import TenantFactory
+from tests.support.tokens import SECRET_KEY
 
 MB = 1024 * 1024
 S3_KEY_ID = "testing"
@@ -309,7 +310,7 @@ def test_a_gateway_whose_blob_folder_cannot_be_written_refuses_to_start(
         **os.environ,
         "DATABASE_URL": backends.database_url,
         "REDIS_URL": backends.redis_url,
-        "SECRET_KEY": "k" * 48,
+        "SECRET_KEY": SECRET_KEY,
         "GATEWAY_PORT": str(free_port()),
         "BLOB_BACKEND": "fs",
         "BLOB_DIR": str(not_a_folder / "blobs"),

@@ -39,9 +39,15 @@ class Tenant:
         return agent
 
     async def create_credential(
-        self, data: dict[str, Any], *, name: str = "CRM", type: str = "api_key"
+        self,
+        data: dict[str, Any],
+        *,
+        name: str = "CRM",
+        type: str = "api_key",
+        grant_to: dict[str, Any] | None = None,
     ) -> str:
-        """Store a credential for this organisation through the admin API; return its id."""
+        """Store a credential for this organisation through the admin API; return its id.
+        ``grant_to``: an agent (as created) that may then resolve it."""
         resp = await self.client.post(
             f"/admin/orgs/{self.org_id}/credentials",
             json={"name": name, "type": type, "data": data},
@@ -49,7 +55,20 @@ class Tenant:
         )
         assert resp.status == 201, await resp.text()
         credential_id: str = (await resp.json())["id"]
+        if grant_to is not None:
+            await self.grant(grant_to, credential_id)
         return credential_id
+
+    async def grant(self, agent: dict[str, Any], *credential_ids: str) -> None:
+        """Add credentials to the agent's grant list (``credential_ids``); ``agent`` is kept
+        up to date."""
+        resp = await self.client.patch(
+            f"/admin/agents/{agent['id']}",
+            json={"credential_ids": [*agent.get("credential_ids", []), *credential_ids]},
+            headers=ADMIN,
+        )
+        assert resp.status == 200, await resp.text()
+        agent["credential_ids"] = (await resp.json())["credential_ids"]
 
     async def add_member(self, email: str) -> str:
         """Add a user to this organisation; return the user id."""

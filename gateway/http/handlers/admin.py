@@ -8,7 +8,7 @@ from gateway.http.authentication import require_admin
 from gateway.http.keys import ADMIN_SERVICE, CREDENTIAL_SERVICE, SETTINGS
 from gateway.http.path_ids import path_id, path_uuid
 from gateway.http.request_parsing import read_json_object
-from gateway.http.views import agent_view, created_agent_view
+from gateway.http.views import agent_view, created_agent_view, credential_info_view
 
 routes = web.RouteTableDef()
 
@@ -81,3 +81,42 @@ async def create_credential(request: web.Request) -> web.Response:
     org_id = path_uuid(request, "orgId", "Organisation")
     result = await request.app[CREDENTIAL_SERVICE].create(org_id, await _body(request))
     return web.json_response(result, status=201)
+
+
+@routes.post("/admin/agents/{agentId}/api-key")
+async def rotate_agent_key(request: web.Request) -> web.Response:
+    """A new API key for the agent, shown once; the old one is refused on every replica."""
+    require_admin(request)
+    agent_id = path_id(request, "agentId", "Agent")
+    await _body(request)
+    created = await request.app[ADMIN_SERVICE].rotate_agent_key(agent_id)
+    return web.json_response(created_agent_view(created))
+
+
+@routes.get("/admin/orgs/{orgId}/credentials")
+async def list_credentials(request: web.Request) -> web.Response:
+    """The organisation's credentials, never their data."""
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
+    infos = await request.app[CREDENTIAL_SERVICE].list(org_id)
+    return web.json_response([credential_info_view(info) for info in infos])
+
+
+@routes.put("/admin/orgs/{orgId}/credentials/{credentialId}/data")
+async def rotate_credential(request: web.Request) -> web.Response:
+    """``{data}``: new data for the credential, same id."""
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
+    credential_id = path_uuid(request, "credentialId", "Credential")
+    info = await request.app[CREDENTIAL_SERVICE].rotate(org_id, credential_id, await _body(request))
+    return web.json_response(credential_info_view(info))
+
+
+@routes.delete("/admin/orgs/{orgId}/credentials/{credentialId}")
+async def delete_credential(request: web.Request) -> web.Response:
+    """Delete the credential (and every agent's grant of it)."""
+    require_admin(request)
+    org_id = path_uuid(request, "orgId", "Organisation")
+    credential_id = path_uuid(request, "credentialId", "Credential")
+    await request.app[CREDENTIAL_SERVICE].delete(org_id, credential_id)
+    return web.Response(status=204)

@@ -51,6 +51,26 @@ _AGENT_FIELDS: Json = {
             },
         },
     },
+    "credential_ids": {
+        "type": "array",
+        "maxItems": 1000,
+        "items": {"type": "string", "format": "uuid"},
+        "description": "The credentials this agent's runs may resolve (each one of the agent's "
+        "organisation; another is a 400). None unless granted: any other credential answers "
+        "403 to the agent. Deleting a credential takes it off every list.",
+    },
+}
+
+_CREDENTIAL_INFO: Json = {
+    "type": "object",
+    "required": ["id", "name", "type", "created_at", "updated_at"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "type": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
 }
 
 SCHEMAS: dict[str, Json] = {
@@ -130,7 +150,8 @@ SCHEMAS: dict[str, Json] = {
             "updated_at": {"type": "string", "format": "date-time"},
             "api_key": {
                 "type": "string",
-                "description": "The agent API key (`agk_...`), in the create answer only.",
+                "description": "The agent API key (`agk_...`), in the create and rotate "
+                "answers only.",
             },
         },
     },
@@ -266,12 +287,20 @@ PATHS: dict[str, Json] = {
     },
     "/admin/orgs/{orgId}/credentials": {
         "parameters": [param("orgId"), param("X-Request-Id")],
+        "get": _operation(
+            "listCredentials",
+            "List an organisation's credentials (never their data)",
+            responses={
+                "200": json_response("Oldest first.", {"type": "array", "items": _CREDENTIAL_INFO}),
+                "404": _ORG_NOT_FOUND,
+            },
+        ),
         "post": _operation(
             "createCredential",
             "Store a credential (its data never shown back)",
             description="The data is sealed at rest (AES-256-GCM under a key derived from "
-            "`SECRET_KEY`, bound to the row); a run of the organisation's agents reads it with "
-            "`GET /api/credentials/{credentialId}/resolve`.",
+            "`SECRET_KEY`, bound to the row); a run of an agent that lists it in its "
+            "`credential_ids` reads it with `GET /api/credentials/{credentialId}/resolve`.",
             requestBody=json_body(
                 {
                     "type": "object",
@@ -303,6 +332,55 @@ PATHS: dict[str, Json] = {
                     },
                 ),
                 "404": _ORG_NOT_FOUND,
+            },
+        ),
+    },
+    "/admin/orgs/{orgId}/credentials/{credentialId}": {
+        "parameters": [param("orgId"), param("credentialId"), param("X-Request-Id")],
+        "delete": _operation(
+            "deleteCredential",
+            "Delete a credential",
+            description="Gone at once for every run (404), and taken off every agent's "
+            "`credential_ids`.",
+            responses={
+                "204": {"description": "Deleted.", "headers": headers()},
+                "404": error("The organisation has no such credential."),
+            },
+        ),
+    },
+    "/admin/orgs/{orgId}/credentials/{credentialId}/data": {
+        "parameters": [param("orgId"), param("credentialId"), param("X-Request-Id")],
+        "put": _operation(
+            "rotateCredential",
+            "Replace a credential's data (same id)",
+            description="The new data is sealed like the first; agents keep their grant and "
+            "the next resolve answers the new data.",
+            requestBody=json_body(
+                {
+                    "type": "object",
+                    "required": ["data"],
+                    "additionalProperties": False,
+                    "properties": {"data": {"type": "object", "description": "Any JSON object."}},
+                }
+            ),
+            responses={
+                "200": json_response("The credential (never its data).", _CREDENTIAL_INFO),
+                "404": error("The organisation has no such credential."),
+            },
+        ),
+    },
+    "/admin/agents/{agentId}/api-key": {
+        "parameters": [param("agentId"), param("X-Request-Id")],
+        "post": _operation(
+            "rotateAgentKey",
+            "Give an agent a new API key (shown once)",
+            description="The old key is refused (401) on every replica within a second, "
+            "for callbacks and credential resolves alike; runs triggered from now on carry "
+            "the new one. A run in flight that still holds the old key can no longer report.",
+            requestBody=json_body({"type": "object"}, required=False),
+            responses={
+                "200": json_response("The agent, with its new `api_key`.", ref("Agent")),
+                "404": error("No such agent."),
             },
         ),
     },

@@ -98,6 +98,7 @@ PATHS: dict[str, Json] = {
                 ),
                 "400": error("The body is not a valid callback (`details` names each field)."),
                 "401": UNAUTHORIZED,
+                "403": error("The key's agent is paused or archived: its runs cannot report."),
                 "404": error("No such run, or the key is another agent's."),
                 "409": error("The run has already ended (`runId`, `status`)."),
                 "413": TOO_LARGE,

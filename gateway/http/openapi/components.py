@@ -133,6 +133,13 @@ PARAMETERS: dict[str, Json] = {
         "description": "The ingest key's id (a UUID, the `id` its create answer gave).",
         "schema": {"type": "string", "format": "uuid"},
     },
+    "credentialId": {
+        "name": "credentialId",
+        "in": "path",
+        "required": True,
+        "description": "The credential's id (a UUID, the `id` its create answer gave).",
+        "schema": {"type": "string", "format": "uuid"},
+    },
     "X-Request-Id": {
         "name": "X-Request-Id",
         "in": "header",

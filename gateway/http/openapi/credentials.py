@@ -58,7 +58,8 @@ PATHS: dict[str, Json] = {
                 "name": "X-Credentials-Token",
                 "in": "header",
                 "required": True,
-                "description": "`crt_<runId>_<expiry>_<nonce>_<mac>`, issued by this gateway's "
+                "description": "`crt_<runId>_<expiry>_<nonce>_<keyId>_<mac>`, issued by this "
+                "gateway's "
                 "`SECRET_KEY` (any replica verifies it) for one run.",
                 "schema": {"type": "string"},
             },
@@ -68,8 +69,9 @@ PATHS: dict[str, Json] = {
             "tags": [TAG["name"]],
             "operationId": "resolveCredential",
             "summary": "Read a credential for a run",
-            "description": "Checked in this order: the agent API key (401), the token (401), "
-            "the token's run (403), the credential (404). Each refusal leaves one "
+            "description": "Checked in this order: the agent API key (401), the agent is "
+            "active (403), the token (401), the token's run (403), the credential (404), the "
+            "agent's grant of it, its `credential_ids` (403). Each refusal leaves one "
             "`credential_resolve_refused` log line with its reason; keys, tokens and data "
             "never reach a log.",
             "security": [{"agentKey": []}],
@@ -85,8 +87,9 @@ PATHS: dict[str, Json] = {
                     "did not issue, or one that has expired.",
                 },
                 "403": error(
-                    "The token is for a run of another agent (or organisation), or its run "
-                    "has ended."
+                    "The agent is paused or archived; the token is for a run of another agent "
+                    "(or organisation), or its run has ended; or the credential is not on the "
+                    "agent's `credential_ids`."
                 ),
                 "404": error(
                     "No such credential in the agent's organisation: another organisation's, "

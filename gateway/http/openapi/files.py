@@ -33,9 +33,10 @@ PATHS: dict[str, Json] = {
                 "name": "signature",
                 "in": "query",
                 "required": True,
-                "description": "HMAC-SHA256 (hex) over the path and `expires`, with a key "
-                "derived from `SECRET_KEY`: any replica honours any replica's URLs.",
-                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "description": "`<key id>.<HMAC-SHA256 hex>` over the path and `expires`, with "
+                "a key derived from `SECRET_KEY` (or a previous key still in "
+                "`SECRET_KEYS_PREVIOUS`): any replica honours any replica's URLs.",
+                "schema": {"type": "string", "pattern": "^([0-9a-f]{8}\\.)?[0-9a-f]{64}$"},
             },
             param("X-Request-Id"),
         ],

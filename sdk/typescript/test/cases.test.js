@@ -75,7 +75,7 @@ for (const c of CASES.cases) {
   test(c.name, async () => {
     const s = await stack()
     const agent = await presetAgent(c.agent)
-    const credentialId = c.args?.connectionId === 'own' ? await createCredential({ token: 't0p' }) : undefined
+    const credentialId = c.args?.connectionId === 'own' ? await createCredential({ token: 't0p' }, 'CRM', 'api_key', agent) : undefined
     for (let i = 0; i < (c.repeat ?? 0); i++) {
       const { error } = await callOnce(c, s, agent, credentialId)
       assert.equal(error, undefined, `the call before the checked one failed: ${error?.message}`)

@@ -61,15 +61,15 @@ function launch() {
   })
 }
 
-async function admin(path, body) {
+async function admin(path, body, method = 'POST') {
   const s = await stack()
   const response = await fetch(s.baseUrl + path, {
-    method: 'POST',
+    method,
     headers: { Authorization: `Bearer ${s.adminToken}`, 'Content-Type': 'application/json' },
     body: JSON.stringify(body ?? {}),
   })
   const answer = await response.json()
-  if (response.status !== 201) throw new Error(`${path}: ${response.status} ${JSON.stringify(answer)}`)
+  if (response.status !== (method === 'POST' ? 201 : 200)) throw new Error(`${path}: ${response.status} ${JSON.stringify(answer)}`)
   return answer
 }
 
@@ -95,9 +95,12 @@ export async function presetAgent(name) {
 }
 
 /** A credential of the tenant's organisation; its id. */
-export async function createCredential(data, name = 'CRM', type = 'api_key') {
+export async function createCredential(data, name = 'CRM', type = 'api_key', grantTo = undefined) {
   const s = await stack()
-  return (await admin(`/admin/orgs/${s.orgId}/credentials`, { name, type, data })).id
+  const id = (await admin(`/admin/orgs/${s.orgId}/credentials`, { name, type, data })).id
+  // An agent resolves only the credentials on its grant list (credential_ids).
+  if (grantTo) await admin(`/admin/agents/${grantTo.id}`, { credential_ids: [...(grantTo.credential_ids ?? []), id] }, 'PATCH')
+  return id
 }
 
 /** What the test front before the main gateway does to the requests of a call from now on. */
