@@ -23,6 +23,7 @@ import structlog
 from adapters.base import (
     RunResult,
     RuntimeAdapter,
+    RuntimeRefused,
     RuntimeTimeout,
     RuntimeUnavailable,
     RuntimeUnsupported,
@@ -334,9 +335,10 @@ class RunService:
         except RuntimeTimeout as exc:
             await self.fail(run.id, str(exc))
             raise GatewayTimeout(str(exc), extra={"runId": run.id}) from None
-        except (RuntimeUnavailable, RuntimeUnsupported) as exc:
-            await self.fail(run.id, str(exc))
-            raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
+        except (RuntimeUnavailable, RuntimeRefused, RuntimeUnsupported) as exc:
+            message = f"Runtime invocation failed: {exc}"
+            await self.fail(run.id, message)
+            raise RuntimeInvocationFailed(message, extra={"runId": run.id}) from None
         except asyncio.CancelledError:
             self.fail_detached(run, "Caller disconnected before the runtime answered")
             raise
