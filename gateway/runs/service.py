@@ -353,7 +353,9 @@ class RunService:
 
         raw_disposition = upstream.headers.get("Content-Disposition")
         filename = filenames.filename_from_disposition(raw_disposition)
-        if filename is None:
+        if filename is None or not filenames.runtime_filename_is_safe(raw_disposition or ""):
+            # None given, or one a caller could not save as is (a path, a control or bidi
+            # character): the contract's synthesised form, as when the runtime gave none.
             filename = filenames.derive_filename(agent.name, run.id, content_type)
             disposition = filenames.synthesized_disposition(filename)
         else:
