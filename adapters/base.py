@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import aiohttp
+import yarl
 
 from store.enums import TERMINAL_STATUSES, RunStatus, RuntimeKind
 
@@ -57,6 +60,49 @@ class RuntimeUnsupported(RuntimeFailure):
 
 class RuntimeRefused(RuntimeFailure):
     """The runtime answered and refused for good (bad credentials, unknown task or run)."""
+
+
+class RuntimeRedirected(RuntimeRefused):
+    """The runtime answered with a redirect. No runtime call follows one (``allow_redirects=False``
+    everywhere): the trigger payload and the agent's auth headers never reach another origin."""
+
+
+def is_redirect(response: aiohttp.ClientResponse) -> bool:
+    """Whether ``response`` is a ``3xx`` (with redirects off, aiohttp hands those back as is)."""
+    return 300 <= response.status < 400
+
+
+def redirect_failure(response: aiohttp.ClientResponse) -> RuntimeRedirected:
+    """The failure a redirect is: ``RuntimeRedirected: HTTP 307 to <origin>`` (the target's
+    scheme, host and port only; its path and query may carry tokens)."""
+    location = response.headers.get("Location")
+    where = "no Location"
+    if location:
+        try:
+            target = response.url.join(yarl.URL(location))
+            where = str(target.origin()) if target.host else "an invalid Location"
+        except ValueError:
+            where = "an invalid Location"
+    return RuntimeRedirected(f"RuntimeRedirected: HTTP {response.status} to {where}")
+
+
+def connection_failure(exc: BaseException) -> str:
+    """What a failed connection to a runtime was, without its host name or address (those stay
+    in the logs): ``Cannot connect to the runtime (Connection refused)``."""
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "The runtime URL is invalid"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, socket.gaierror):
+            return "Cannot resolve the runtime's host name"
+        # The errno's own text: strerror may carry the address.
+        reason = os.strerror(os_error.errno) if os_error.errno else type(os_error).__name__
+        return f"Cannot connect to the runtime ({reason})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "The runtime closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS with the runtime failed"
+    return f"The runtime connection failed ({type(exc).__name__})"
 
 
 class RuntimeRetryLater(RuntimeFailure):

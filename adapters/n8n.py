@@ -47,8 +47,11 @@ from adapters.base import (
     RuntimeUnsupported,
     StreamChunk,
     TriggerPayload,
+    connection_failure,
+    is_redirect,
     loads_json,
     read_bounded,
+    redirect_failure,
 )
 from store.enums import ResultDelivery, RunStatus, RuntimeKind
 
@@ -110,15 +113,22 @@ class N8nAdapter:
             headers["Accept-Encoding"] = accept_encoding
         try:
             async with asyncio.timeout(wait_s):
-                return await self._session.post(
-                    runtime["webhook_url"], json=payload.to_json(), headers=headers
+                response = await self._session.post(
+                    runtime["webhook_url"],
+                    json=payload.to_json(),
+                    headers=headers,
+                    allow_redirects=False,
                 )
         except TimeoutError:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
-            raise RuntimeUnavailable(f"Runtime invocation failed: {exc}") from exc
+            raise RuntimeUnavailable(connection_failure(exc)) from exc
         except aiohttp.ClientResponseError as exc:
             raise RuntimeUnavailable(_not_http(exc)) from None
+        if is_redirect(response):
+            response.close()
+            raise redirect_failure(response)
+        return response
 
     async def open_stream(
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
@@ -149,13 +159,18 @@ class N8nAdapter:
         try:
             async with asyncio.timeout(wait_s):
                 async with self._session.post(
-                    runtime["webhook_url"], json=payload.to_json(), headers=_headers(runtime)
+                    runtime["webhook_url"],
+                    json=payload.to_json(),
+                    headers=_headers(runtime),
+                    allow_redirects=False,
                 ) as response:
+                    if is_redirect(response):
+                        raise redirect_failure(response)
                     return await self._read_answer(response, result_delivery(runtime))
         except TimeoutError:
             raise RuntimeTimeout("Runtime did not respond within the wait window") from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
-            raise RuntimeUnavailable(f"Runtime invocation failed: {exc}") from exc
+            raise RuntimeUnavailable(connection_failure(exc)) from exc
         except aiohttp.ClientResponseError as exc:
             raise RuntimeUnavailable(_not_http(exc)) from None
         except aiohttp.ClientPayloadError as exc:

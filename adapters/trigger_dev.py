@@ -46,8 +46,11 @@ from adapters.base import (
     RuntimeUnavailable,
     RuntimeUnsupported,
     TriggerPayload,
+    connection_failure,
+    is_redirect,
     loads_json,
     read_bounded,
+    redirect_failure,
 )
 from store.enums import RunStatus, RuntimeKind
 
@@ -210,10 +213,10 @@ class TriggerDevAdapter:
                 reason, hint = exc.reason, exc.delay_s
             except TimeoutError:
                 reason, hint = "no answer in time", None
-            except aiohttp.InvalidURL as exc:
-                raise RuntimeUnavailable(f"Trigger.dev URL is invalid: {exc}") from None
+            except aiohttp.InvalidURL:
+                raise RuntimeUnavailable("Trigger.dev URL is invalid") from None
             except (aiohttp.ClientError, OSError) as exc:
-                reason, hint = _redact(f"{type(exc).__name__}: {exc}", secret), None
+                reason, hint = connection_failure(exc), None
             if attempt + 1 >= self._max_attempts:
                 break
             delay = hint if hint is not None else self._backoff_s * 2**attempt
@@ -235,17 +238,21 @@ class TriggerDevAdapter:
         limit = self._max_result_bytes + _RUN_BODY_SLACK
         try:
             async with asyncio.timeout(self._request_timeout_s):
-                async with self._session.get(url, headers=headers) as response:
+                async with self._session.get(
+                    url, headers=headers, allow_redirects=False
+                ) as response:
+                    if is_redirect(response):
+                        raise redirect_failure(response)
                     if response.status >= 300:
                         raw = await read_bounded(response.content, _MAX_ERROR_BODY)
                         _raise_for_poll(response, raw, secret)
                     raw = await read_bounded(response.content, limit + 1)
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev did not answer the run poll in time") from None
-        except aiohttp.InvalidURL as exc:
-            raise RuntimeRefused(f"Trigger.dev URL is invalid: {exc}") from None
+        except aiohttp.InvalidURL:
+            raise RuntimeRefused("Trigger.dev URL is invalid") from None
         except (aiohttp.ClientError, OSError) as exc:
-            message = _redact(f"Trigger.dev run poll failed: {type(exc).__name__}: {exc}", secret)
+            message = f"Trigger.dev run poll failed: {connection_failure(exc)}"
             raise RuntimeRetryLater(message) from None
         if len(raw) > limit:
             return RunResult(
@@ -270,16 +277,20 @@ class TriggerDevAdapter:
         secret = str(runtime.get("secret_key", ""))
         try:
             async with asyncio.timeout(self._request_timeout_s):
-                async with self._session.post(url, headers=_auth(runtime)) as response:
+                async with self._session.post(
+                    url, headers=_auth(runtime), allow_redirects=False
+                ) as response:
+                    if is_redirect(response):
+                        raise redirect_failure(response)
                     if response.status < 300:
                         return
                     raw = await read_bounded(response.content, _MAX_ERROR_BODY)
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev did not answer the cancel in time") from None
-        except aiohttp.InvalidURL as exc:
-            raise RuntimeUnavailable(f"Trigger.dev URL is invalid: {exc}") from None
+        except aiohttp.InvalidURL:
+            raise RuntimeUnavailable("Trigger.dev URL is invalid") from None
         except (aiohttp.ClientError, OSError) as exc:
-            message = _redact(f"Trigger.dev cancel failed: {type(exc).__name__}: {exc}", secret)
+            message = f"Trigger.dev cancel failed: {connection_failure(exc)}"
             raise RuntimeRetryLater(message) from None
         reason = _redact(_reason(response.status, raw), secret)
         if _is_transient(response):
@@ -312,7 +323,11 @@ class TriggerDevAdapter:
     async def _trigger_once(
         self, url: str, body: dict[str, Any], headers: dict[str, str], secret: str
     ) -> Invocation:
-        async with self._session.post(url, json=body, headers=headers) as response:
+        async with self._session.post(
+            url, json=body, headers=headers, allow_redirects=False
+        ) as response:
+            if is_redirect(response):
+                raise redirect_failure(response)
             if response.status >= 300:
                 raw = await read_bounded(response.content, _MAX_ERROR_BODY)
                 reason = _redact(_reason(response.status, raw), secret)
@@ -352,7 +367,10 @@ class TriggerDevAdapter:
         limit = self._max_result_bytes
         try:
             async with asyncio.timeout(self._request_timeout_s):
-                async with self._session.get(url) as response:
+                async with self._session.get(url, allow_redirects=False) as response:
+                    if is_redirect(response):
+                        # The presigned URL is fetched as is, never followed elsewhere.
+                        return RunResult(RunStatus.FAILED, error=str(redirect_failure(response)))
                     if response.status >= 300:
                         # The URL expires after a few minutes; the next poll gets a fresh one.
                         raise RuntimeRetryLater(
@@ -483,8 +501,10 @@ class TriggerDevRunFeed:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._session.get(
-                    self._url, params=params, headers=self._headers
+                    self._url, params=params, headers=self._headers, allow_redirects=False
                 ) as response:
+                    if is_redirect(response):
+                        raise redirect_failure(response)
                     if response.status == 409:
                         return 409, response.headers, b""
                     if response.status >= 300:
@@ -501,8 +521,8 @@ class TriggerDevRunFeed:
                     headers = response.headers
         except TimeoutError:
             raise RuntimeRetryLater("Trigger.dev realtime did not answer in time") from None
-        except aiohttp.InvalidURL as exc:
-            raise RuntimeRefused(f"Trigger.dev URL is invalid: {exc}") from None
+        except aiohttp.InvalidURL:
+            raise RuntimeRefused("Trigger.dev URL is invalid") from None
         except (aiohttp.ClientError, OSError) as exc:
             message = _redact(
                 f"Trigger.dev realtime failed: {type(exc).__name__}: {exc}", self._secret

@@ -472,6 +472,47 @@ class Settings:
         "Largest input file, in bytes.",
         **_AT_LEAST_ONE,
     )
+    execute_max_files: int = setting(
+        20,
+        "EXECUTE_MAX_FILES",
+        Group.EXECUTE,
+        "Most files (uploads and URL references) one execute request may carry, all fields "
+        "together; more is a 413 naming this setting, with nothing stored.",
+        **_AT_LEAST_ONE,
+    )
+    execute_max_files_per_field: int = setting(
+        10,
+        "EXECUTE_MAX_FILES_PER_FIELD",
+        Group.EXECUTE,
+        "Most files one files field of an execute request may carry; more is a 413 naming "
+        "this setting, with nothing stored.",
+        **_AT_LEAST_ONE,
+    )
+    execute_max_files_bytes: int = setting(
+        48 * 1024 * 1024,
+        "EXECUTE_MAX_FILES_BYTES",
+        Group.EXECUTE,
+        "Most decoded bytes of all the uploads of one execute request together (each file is "
+        "also held to MAX_FILE_BYTES); more is a 413 naming this setting, with nothing stored.",
+        **_AT_LEAST_ONE,
+    )
+    execute_large_body_bytes: int = setting(
+        1024 * 1024,
+        "EXECUTE_LARGE_BODY_BYTES",
+        Group.EXECUTE,
+        "An execute body declared larger than this (or of no declared length) is a large body: "
+        "its rate-limit token is taken before it is read, and it needs one of the replica's "
+        "EXECUTE_MAX_LARGE_BODIES slots while it is read, parsed and its files stored.",
+        **_AT_LEAST_ONE,
+    )
+    execute_max_large_bodies: int = setting(
+        4,
+        "EXECUTE_MAX_LARGE_BODIES",
+        Group.EXECUTE,
+        "Most large execute bodies (EXECUTE_LARGE_BODY_BYTES) one replica reads at a time; one "
+        "more is answered 503 with Retry-After, before its body is read.",
+        **_AT_LEAST_ONE,
+    )
     sse_ping_interval_s: float = setting(
         15.0,
         "SSE_PING_INTERVAL_S",

@@ -186,6 +186,31 @@ class FilesTooLarge(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class FileBounds:
+    """How many files one request may carry, per field and in all, and their decoded bytes
+    together; each bound is named by its setting."""
+
+    max_files: int
+    max_files_per_field: int
+    max_total_bytes: int
+
+
+class FileBoundExceeded(Exception):
+    """A request over one of its :class:`FileBounds` (found before any file is decoded)."""
+
+    def __init__(self, setting: str, limit: int, actual: int, what: str) -> None:
+        super().__init__(setting)
+        self.setting = setting
+        self.limit = limit
+        self.actual = actual
+        self.what = what
+
+    def summary(self) -> str:
+        """What was over, by how much, and the setting that bounds it."""
+        return f"{self.what}; the limit is {self.limit} ({self.setting})"
+
+
+@dataclass(frozen=True, slots=True)
 class CoercedInput:
     """A request's input after coercion.
 
@@ -211,15 +236,22 @@ class CoercedInput:
 
 
 def coerce_input(
-    fields_: list[InputField] | None, body: Mapping[str, Any], *, max_file_bytes: int
+    fields_: list[InputField] | None,
+    body: Mapping[str, Any],
+    *,
+    max_file_bytes: int,
+    bounds: FileBounds | None = None,
 ) -> CoercedInput:
     """Coerce ``body`` (the request without its control keys) against ``fields_``.
 
-    Raises :class:`InputProblems` (a 400) or, when every value is otherwise valid,
+    Raises :class:`FileBoundExceeded` (a 413) as soon as the files are over ``bounds``,
+    :class:`InputProblems` (a 400) or, when every value is otherwise valid,
     :class:`FilesTooLarge` (a 413).
     """
     if fields_ is None:
         return CoercedInput({}, dict(body), declared=False)
+    if bounds is not None:
+        _check_bounds(fields_, body, bounds)
     declared = {f.name: f for f in fields_}
     problems: dict[str, list[str]] = {}
     too_large: list[TooLargeFile] = []
@@ -245,6 +277,57 @@ def coerce_input(
         raise FilesTooLarge(too_large, max_file_bytes)
     extra = {k: v for k, v in body.items() if k not in declared}
     return CoercedInput(values, extra, declared=True)
+
+
+def _check_bounds(fields_: list[InputField], body: Mapping[str, Any], bounds: FileBounds) -> None:
+    """Count the files and their decoded bytes before any is parsed or decoded (the sizes come
+    from the lengths of their data, as :func:`_upload` works them out)."""
+    files = 0
+    total = 0
+    for spec in fields_:
+        raw = body.get(spec.name)
+        if spec.type != "files" or raw is None:
+            continue
+        items = [raw] if isinstance(raw, dict) else raw
+        if not isinstance(items, list):
+            continue  # reported as a problem of its own
+        if len(items) > bounds.max_files_per_field:
+            raise FileBoundExceeded(
+                "EXECUTE_MAX_FILES_PER_FIELD",
+                bounds.max_files_per_field,
+                len(items),
+                f"Too many files in '{spec.name}': {len(items)}",
+            )
+        files += len(items)
+        if files > bounds.max_files:
+            raise FileBoundExceeded(
+                "EXECUTE_MAX_FILES",
+                bounds.max_files,
+                files,
+                f"Too many files in the request: {files}",
+            )
+        for item in items:
+            data = item.get("data") if isinstance(item, dict) else None
+            if isinstance(data, str) and data[:5].lower() == "data:":
+                total += _approximate_size(data)
+    if total > bounds.max_total_bytes:
+        raise FileBoundExceeded(
+            "EXECUTE_MAX_FILES_BYTES",
+            bounds.max_total_bytes,
+            total,
+            f"The request's files are too large together: {total} bytes decoded",
+        )
+
+
+def _approximate_size(data: str) -> int:
+    """A data URL's decoded size, from its length (no decoding: whitespace and padding make
+    it at most a few bytes over; a percent-encoded payload is counted as its length)."""
+    comma = data.find(",", 0, _MAX_DATA_URL_HEADER)
+    if comma < 0:
+        return 0
+    payload = len(data) - comma - 1
+    header = data[:comma].lower()
+    return payload // 4 * 3 if header.endswith(";base64") else payload
 
 
 class _Problem(ValueError):

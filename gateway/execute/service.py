@@ -51,6 +51,8 @@ from gateway.execute.input_files import FileService
 from gateway.execute.input_format import (
     CONTROL_KEYS,
     CoercedInput,
+    FileBoundExceeded,
+    FileBounds,
     FilesTooLarge,
     InputFormatError,
     InputProblems,
@@ -323,7 +325,21 @@ class ExecuteService:
                 extra={"details": unstorable},
             )
         try:
-            coerced = coerce_input(declared, values, max_file_bytes=self._settings.max_file_bytes)
+            coerced = coerce_input(
+                declared,
+                values,
+                max_file_bytes=self._settings.max_file_bytes,
+                bounds=FileBounds(
+                    max_files=self._settings.execute_max_files,
+                    max_files_per_field=self._settings.execute_max_files_per_field,
+                    max_total_bytes=self._settings.execute_max_files_bytes,
+                ),
+            )
+        except FileBoundExceeded as exc:
+            raise PayloadTooLarge(
+                exc.summary(),
+                extra={"limit": {"setting": exc.setting, "value": exc.limit, "actual": exc.actual}},
+            ) from None
         except InputProblems as exc:
             raise BadRequest(exc.summary(), extra={"details": exc.problems}) from None
         except FilesTooLarge as exc:

@@ -15,6 +15,7 @@ from gateway.admin.service import AdminService
 from gateway.background import BackgroundTasks
 from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
+from gateway.execute.large_bodies import LargeBodySlots
 from gateway.execute.service import ExecuteService
 from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.http.handlers.v0 import create_v0_app
@@ -32,6 +33,7 @@ from gateway.http.keys import (
     FILE_SERVICE,
     HTTP_SESSION,
     KEY_GUARD,
+    LARGE_BODY_SLOTS,
     LIFECYCLE,
     LOOKUP_CACHE,
     METRICS,
@@ -316,6 +318,7 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
             files=files,
             background=app[BACKGROUND],
         )
+        app[LARGE_BODY_SLOTS] = LargeBodySlots(settings.execute_max_large_bodies)
         app[EXECUTION_FEEDS] = ExecutionFeeds(
             settings=settings,
             pool=app[DB_POOL],

@@ -158,6 +158,8 @@ def download_headers(run_id: int, file: DownloadFile) -> dict[str, str]:
         "Content-Disposition": file.disposition,
         "X-Run-Id": str(run_id),
         "Cache-Control": "no-store",
+        # The runtime's Content-Type is what the caller gets: no browser guesses another.
+        "X-Content-Type-Options": "nosniff",
     }
     if file.content_length is not None:
         headers["Content-Length"] = file.content_length

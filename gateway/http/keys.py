@@ -10,6 +10,7 @@ from gateway.admin.service import AdminService
 from gateway.background import BackgroundTasks
 from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
+from gateway.execute.large_bodies import LargeBodySlots
 from gateway.execute.service import ExecuteService
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
@@ -51,6 +52,7 @@ BLOB_STORE = web.AppKey[BlobStore]("blob_store")
 FILE_SERVICE = web.AppKey("file_service", FileService)
 EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
 EXECUTION_FEEDS = web.AppKey("execution_feeds", ExecutionFeeds)
+LARGE_BODY_SLOTS = web.AppKey("large_body_slots", LargeBodySlots)
 KEY_GUARD = web.AppKey("key_guard", KeyGuard)
 PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 

@@ -12,12 +12,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from gateway.errors import Conflict, Forbidden, NotFound
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
 from store import runs
 from store.enums import AgentStatus, EventType, RunStatus
+from store.jsonb import jsonb_problem
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
@@ -53,10 +54,18 @@ class CallbackService:
 
     async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it
-        was before it. 404 for a run of another agent, 409 when the run has ended."""
+        was before it. 404 for a run of another agent, 400 for an output PostgreSQL cannot
+        store (a number out of float range, a NUL), 409 when the run has ended."""
         run = await runs.get_run_of_agent(self._pool, agent.id, run_id)
         if run is None:
             raise NotFound("Run not found")
+        if "output" in body and (problem := jsonb_problem(body["output"])) is not None:
+            # Refused here, where the runtime can still send another, rather than a 202 for an
+            # output that would then fail its run (recording.storable).
+            raise BadRequest(
+                f"output cannot be stored: it {problem}",
+                extra={"details": {"output": [f"cannot be stored: it {problem}"]}},
+            )
         event = _event(run.id, body)
         if run.terminal or not await self._runs.publish(event):
             current = await runs.get_run(self._pool, run.id) or run

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import unicodedata
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 _SAFE = re.compile(r"[^A-Za-z0-9._]+")
 
@@ -30,6 +32,25 @@ def filename_from_disposition(disposition: str | None) -> str | None:
     msg["content-disposition"] = disposition
     name = msg.get_filename()
     return name or None
+
+
+def runtime_filename_is_safe(disposition: str) -> bool:
+    """Whether every file name a runtime's Content-Disposition carries (``filename`` and
+    ``filename*`` alike: a client may read either) is a bare name a caller can save as is: no
+    path (``/``, ``\\``, ``..``), no control or format characters (bidi overrides such as
+    U+202E included)."""
+    msg = Message()
+    msg["content-disposition"] = disposition
+    params = msg.get_params(header="content-disposition") or []
+    return all(
+        _bare(collapse_rfc2231_value(value)) for key, value in params if key.lower() == "filename"
+    )
+
+
+def _bare(name: str) -> bool:
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        return False
+    return all(unicodedata.category(c)[0] != "C" for c in name)
 
 
 def slug(text: str) -> str:

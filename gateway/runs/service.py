@@ -23,6 +23,7 @@ import structlog
 from adapters.base import (
     RunResult,
     RuntimeAdapter,
+    RuntimeRefused,
     RuntimeTimeout,
     RuntimeUnavailable,
     RuntimeUnsupported,
@@ -345,9 +346,10 @@ class RunService:
         except RuntimeTimeout as exc:
             await self.fail(run.id, str(exc))
             raise GatewayTimeout(str(exc), extra={"runId": run.id}) from None
-        except (RuntimeUnavailable, RuntimeUnsupported) as exc:
-            await self.fail(run.id, str(exc))
-            raise RuntimeInvocationFailed(str(exc), extra={"runId": run.id}) from None
+        except (RuntimeUnavailable, RuntimeRefused, RuntimeUnsupported) as exc:
+            message = f"Runtime invocation failed: {exc}"
+            await self.fail(run.id, message)
+            raise RuntimeInvocationFailed(message, extra={"runId": run.id}) from None
         except asyncio.CancelledError:
             self.fail_detached(run, "Caller disconnected before the runtime answered")
             raise
@@ -362,7 +364,9 @@ class RunService:
 
         raw_disposition = upstream.headers.get("Content-Disposition")
         filename = filenames.filename_from_disposition(raw_disposition)
-        if filename is None:
+        if filename is None or not filenames.runtime_filename_is_safe(raw_disposition or ""):
+            # None given, or one a caller could not save as is (a path, a control or bidi
+            # character): the contract's synthesised form, as when the runtime gave none.
             filename = filenames.derive_filename(agent.name, run.id, content_type)
             disposition = filenames.synthesized_disposition(filename)
         else:

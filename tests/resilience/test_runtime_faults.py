@@ -73,10 +73,20 @@ EARLY_DOWNLOAD_FAULTS = [
     # behaviour, options, status, the run's end
     ("hang-headers", {}, 504, "failed: Runtime did not respond within the wait window"),
     ("garbage-json", {}, 502, "failed: WorkflowReturnedInvalidJson: HTTP 200"),
-    ("garbage-http", {}, 500, "failed: Runtime answered with invalid HTTP (Bad status line)"),
+    (
+        "garbage-http",
+        {},
+        500,
+        "failed: Runtime invocation failed: Runtime answered with invalid HTTP (Bad status line)",
+    ),
     ("close-early", {}, 500, "failed: Runtime invocation failed"),
     # Bytes past the declared length arrive with the body: the answer is no valid HTTP.
-    ("long-length", {"length": 4096, "send": 100_000}, 500, "failed: Runtime answered with"),
+    (
+        "long-length",
+        {"length": 4096, "send": 100_000},
+        500,
+        "failed: Runtime invocation failed: Runtime answered with",
+    ),
 ]
 
 # Faults mid-body: the caller's transfer breaks (never a short file passing for a whole one).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestServer
 
 from store.consumer import StoreConsumer
@@ -285,20 +287,41 @@ async def test_outputs_that_are_not_a_count_are_dropped_not_refused(
     assert (run["status"], run["outputs"], run["output_data"]) == ("completed", None, {"a": 1})
 
 
-async def test_an_output_postgresql_cannot_store_fails_the_run_with_the_reason(
-    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"type": "output", "complete": True, "output": {"text": "a\u0000b"}}, "\\u0000"),
+        # 1e999 is valid JSON that parses to infinity, which jsonb cannot hold.
+        (b'{"type": "output", "output": {"progress": 1e999}}', "NaN or Infinity"),
+        (b'{"type": "output", "complete": true, "output": [-1e999]}', "NaN or Infinity"),
+    ],
+)
+async def test_an_output_postgresql_cannot_store_is_a_400_and_the_run_carries_on(
+    tenant: Tenant,
+    runtime: TestServer,
+    consumer: StoreConsumer,
+    body: dict[str, Any] | bytes,
+    problem: str,
 ) -> None:
     agent = await callback_agent(tenant, runtime)
     run_id = await start_run(tenant, agent)
 
-    status, _ = await report(
-        tenant, agent, run_id, {"type": "output", "complete": True, "output": {"text": "a\u0000b"}}
+    resp = await tenant.client.post(
+        f"/api/runs/{run_id}/callback",
+        headers={**as_agent(agent), "Content-Type": "application/json"},
+        data=json.dumps(body) if isinstance(body, dict) else body,
     )
 
+    answer = await resp.json()
+    assert resp.status == 400, answer  # before: 202, and the run failed later
+    assert answer["error"].startswith("output cannot be stored: it contains")
+    assert problem in answer["error"]
+    status, _ = await report(
+        tenant, agent, run_id, {"type": "output", "complete": True, "output": {"ok": 1}}
+    )
     assert status == 202
     run = await wait_for_run(tenant, agent["id"], run_id)
-    assert run["status"] == "failed"
-    assert run["error"].startswith("OutputNotStorable")
+    assert (run["status"], run["output_data"]) == ("completed", {"ok": 1})
 
 
 async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_another(

@@ -246,3 +246,23 @@ async def test_the_reaper_ends_a_run_nobody_reports_on_and_wakes_its_waiter(
     answer = await asyncio.wait_for(waiting, 10)
     run = await answer.json()
     assert (answer.status, run["status"], run["error"]) == (200, "failed", REAPED_ERROR)
+
+
+async def test_an_unreachable_runtime_is_named_once_and_without_its_host(
+    tenant: Tenant, consumer: StoreConsumer
+) -> None:
+    agent = await tenant.create_agent(
+        output_kind="json", runtime={"kind": "n8n", "webhook_url": "http://127.0.0.1:9/webhook/x"}
+    )
+
+    resp = await tenant.client.post(wait_url(agent["id"]), headers=tenant.auth, json={})
+
+    body = await resp.json()
+    assert resp.status == 500
+    # Before: "Runtime invocation failed: Runtime invocation failed: Cannot connect to host …"
+    assert (
+        body["error"]
+        == "Runtime invocation failed: Cannot connect to the runtime (Connection refused)"
+    )
+    run = await wait_for_run(tenant, agent["id"], body["runId"])
+    assert run["error"] == body["error"]

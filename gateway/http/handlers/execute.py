@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -19,6 +20,7 @@ from gateway.http.keys import (
     EXECUTE_SERVICE,
     EXECUTION_FEEDS,
     FILE_SERVICE,
+    LARGE_BODY_SLOTS,
     RUN_SERVICE,
     SETTINGS,
 )
@@ -55,7 +57,9 @@ async def execute(request: web.Request) -> web.StreamResponse:
     """Run the agent's workflow: its result as JSON, or (``stream: true``) live SSE frames.
 
     Errors in the order a caller fixes them: 401, 404, 403/422, then the body (413/400), then
-    429. The body is read only for an agent the key may run.
+    429. The body is read only for an agent the key may run. A large body
+    (``EXECUTE_LARGE_BODY_BYTES``, or no declared length) takes its token first (429 before
+    it is read) and one of the replica's slots (503 with Retry-After when none is free).
     """
     app = request.app
     settings = app[SETTINGS]
@@ -70,12 +74,24 @@ async def execute(request: web.Request) -> web.StreamResponse:
         service = app[EXECUTE_SERVICE]
         adapter = service.check_eligible(agent)
         detached = request.headers.get(EXECUTION_MODE_HEADER, "").strip().lower() == ASYNC_MODE
-        body = await read_large_json_object(request, limit=settings.execute_max_request_body)
-        checked = service.parse(agent, body)
-        del body  # the coerced input holds what is still needed (file data included)
-        decision = await take_token(request, EXECUTIONS, agent.id)
-        execution = await service.start(agent, adapter, checked)
-        del checked  # its file data is stored now; the execution keeps what it needs
+        declared = request.content_length
+        large = declared is None or (
+            settings.execute_large_body_bytes < declared <= settings.execute_max_request_body
+        )
+        slot: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if large:
+            # A large body costs its read and parse: a caller already refused pays nothing,
+            # and a replica reads only so many at a time.
+            decision = await take_token(request, EXECUTIONS, agent.id)
+            slot = app[LARGE_BODY_SLOTS].held()
+        with slot:
+            body = await read_large_json_object(request, limit=settings.execute_max_request_body)
+            checked = service.parse(agent, body)
+            del body  # the coerced input holds what is still needed (file data included)
+            if decision is None:
+                decision = await take_token(request, EXECUTIONS, agent.id)
+            execution = await service.start(agent, adapter, checked)
+            del checked  # its file data is stored now; the execution keeps what it needs
     except ApiError as exc:
         await _add_bucket_headers(request, agent, exc, decision)
         raise

@@ -96,7 +96,11 @@ PATHS: dict[str, Json] = {
                         },
                     },
                 ),
-                "400": error("The body is not a valid callback (`details` names each field)."),
+                "400": error(
+                    "The body is not a valid callback (`details` names each field), or its "
+                    "`output` cannot be stored (a number out of range such as `1e999`, a "
+                    "`\\u0000`): refused here, the run carries on."
+                ),
                 "401": UNAUTHORIZED,
                 "403": error("The key's agent is paused or archived: its runs cannot report."),
                 "404": error("No such run, or the key is another agent's."),

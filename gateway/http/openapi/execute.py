@@ -403,7 +403,10 @@ PATHS: dict[str, Json] = {
             "eligibility rules; each execute is a run (`trigger_kind = 'execute'`, visible "
             "with `GET /api/agents/{agentId}/runs/{runId}?include=input`). The window is "
             "`min(running_timeout_ms, HARD_CEILING_MS)`. The body is parsed as it arrives, "
-            "never held whole. Errors come in this order: 401, 404, 403/422, 413/400, 429. "
+            "never held whole. Errors come in this order: 401, 404, 403/422, 413/400, 429; "
+            "a large body (over `EXECUTE_LARGE_BODY_BYTES`, or chunked) takes its token "
+            "first (429 before it is read) and one of the replica's "
+            "`EXECUTE_MAX_LARGE_BODIES` slots (503 with `Retry-After` when none is free). "
             "The agent's own bucket: `EXECUTE_RATE_LIMIT` per `EXECUTE_RATE_WINDOW_S`; every "
             "answer once the workflow is found tells it (`RateLimit`, `RateLimit-Policy`, "
             "`X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`).",
@@ -451,7 +454,10 @@ PATHS: dict[str, Json] = {
                     error(
                         "The body is over `EXECUTE_MAX_REQUEST_BODY` (refused before it is "
                         "read whole), or a file is over `MAX_FILE_BYTES` decoded (`files` and "
-                        "`maxFileBytes`; the message names each file and its size)."
+                        "`maxFileBytes`; the message names each file and its size), or the "
+                        "files are over `EXECUTE_MAX_FILES_PER_FIELD`, `EXECUTE_MAX_FILES` or "
+                        "`EXECUTE_MAX_FILES_BYTES` (`limit`: `{setting, value, actual}`; "
+                        "nothing is stored)."
                     )
                 ),
                 "422": _with_bucket(
@@ -473,7 +479,8 @@ PATHS: dict[str, Json] = {
                 "503": _with_bucket(
                     error(
                         "PostgreSQL or Redis cannot be reached, or the input files could not "
-                        "be stored (`runId`; the run is failed); retry shortly.",
+                        "be stored (`runId`; the run is failed), or this replica already "
+                        "reads `EXECUTE_MAX_LARGE_BODIES` large bodies; retry shortly.",
                         "Retry-After",
                     )
                 ),
