@@ -180,6 +180,16 @@ async def _seed_reporting_demo(
             {"name": "Demo CRM", "type": "api_key", "data": {"api_key": "demo-crm-key"}},
         )
         state["credential_id"] = created["id"]
+    if not state.get("credential_granted"):
+        # An agent resolves only the credentials granted to it: the demo workflows that
+        # resolve it (the callback agent's, and the standalone importer's runs) get it.
+        admin = AdminService(pool, settings.secret_key)
+        for slug in ("callback", "imports"):
+            await admin.update_agent(
+                state["agents"][slug]["id"],
+                {"credential_ids": [str(state["credential_id"])]},
+            )
+        state["credential_granted"] = True
 
 
 def _banner(settings: Settings, state: dict[str, Any], runtimes: DemoRuntimes) -> str:

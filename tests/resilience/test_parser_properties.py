@@ -26,6 +26,7 @@ from gateway.runs.service import RunService
 from gateway.settings import Settings
 from gateway.validation import load
 from store.models import Agent
+from tests.support.tokens import SECRET_KEY
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None)
 
@@ -238,7 +239,7 @@ def test_any_data_url_is_decoded_exactly_or_refused_with_a_reason(data: str) -> 
 def test_any_timeout_ms_is_refused_or_capped_by_the_agent_and_the_ceiling(
     timeout_ms: Any, running_timeout_ms: int
 ) -> None:
-    settings = Settings(hard_ceiling_ms=600_000, default_wait_ms=60_000)
+    settings = Settings(hard_ceiling_ms=600_000, default_wait_ms=60_000, secret_key=SECRET_KEY)
     runs = RunService(
         settings=settings,
         pool=None,  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.runs.filenames import derive_filename
 from store.consumer import StoreConsumer
 from tests.resilience.rogue import TEN_GIB, RogueRuntime
 from tests.support.execute import body_frames
@@ -288,7 +289,8 @@ async def test_a_file_name_postgresql_cannot_store_is_recorded_all_the_same(
     live: Live, rogue: RogueRuntime
 ) -> None:
     """Regression: a NUL in the runtime's file name (``filename*=UTF-8''a%00b.pdf``) made the
-    run's completion an event the store could never apply; the run stayed running."""
+    run's completion an event the store could never apply; the run stayed running. A control
+    character makes the name unsafe: the contract's synthesised name is sent and recorded."""
     caller = await live.caller()
     agent = await live.agent(caller, rogue.url("ok", file=1, name="report%2500.pdf"))
 
@@ -299,9 +301,12 @@ async def test_a_file_name_postgresql_cannot_store_is_recorded_all_the_same(
         assert len(await resp.read()) == 4096
         run_id = resp.headers["X-Run-Id"]
 
+        synthesised = derive_filename(agent["name"], int(run_id), resp.headers["Content-Type"])
+        assert resp.headers["Content-Disposition"] == f'attachment; filename="{synthesised}"'
+
     run = await live.terminal_run(caller, agent["id"], run_id)
     assert run["status"] == "completed"
-    assert run["output_data"]["filename"] == "report\ufffd.pdf"
+    assert run["output_data"]["filename"] == synthesised
 
 
 def _in_flight_bound() -> int:
