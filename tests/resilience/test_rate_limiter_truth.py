@@ -60,7 +60,8 @@ async def test_400_concurrent_requests_on_4_replicas_one_skewed_admit_exactly_5(
         assert their_now - dt.datetime.now(dt.UTC) > dt.timedelta(seconds=SKEW_S - 60)
 
         caller = await replicas[0].caller()
-        # The webhook takes the run and never reports: an admitted request waits its 1 s.
+        # The webhook takes the run and never reports: an admitted request waits its 3 s (time
+        # for the runtime, in this process with 400 calls landing at once, to take it).
         agent = await replicas[0].agent(
             caller, str(runtime.make_url("/webhook/accepted?report=0")), output_kind="json"
         )
@@ -69,7 +70,7 @@ async def test_400_concurrent_requests_on_4_replicas_one_skewed_admit_exactly_5(
 
         async def one(i: int) -> tuple[int, int, str | None]:
             async with http.post(
-                bases[i % 4] + path, json={"timeoutMs": 1000}, headers=caller.auth
+                bases[i % 4] + path, json={"timeoutMs": 3000}, headers=caller.auth
             ) as resp:
                 await resp.read()
                 return i % 4, resp.status, resp.headers.get("Retry-After")
