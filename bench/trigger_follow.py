@@ -10,6 +10,11 @@ for each, the delay is the instant its answer arrived minus the instant the fake
 run ended. Polls per run are the retrieve calls the fake received for it.
 
 The issue's target: a waiter answered within 100 ms of Trigger.dev reporting the run terminal.
+
+Then the first runs of a new agent (issue 29): a realtime gateway is started against a fresh
+fake, and only then is an agent created on it (an environment no feed follows yet); its first
+``new_agent_runs`` trigger-and-wait calls are made one after another on short tasks, each timed
+the same way. Target: every one answered within 300 ms of its end.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from devkit.fakes.trigger_dev import POLLS, REALTIME_REQUESTS, RUNS, create_fake
 
 SECRET = "tr_bench_secret"  # noqa: S105 (the fake's own key)
 TARGET_MS = 100.0
+NEW_AGENT_TARGET_MS = 300.0
 
 
 @dataclass
@@ -42,6 +48,8 @@ class TriggerConfig:
     shortest_s: float = 1.0
     longest_s: float = 40.0
     feed_wait_s: float = 30.0
+    new_agent_runs: int = 4
+    new_agent_task_s: float = 1.5
 
 
 def config_for(*, quick: bool) -> TriggerConfig:
@@ -206,6 +214,59 @@ def _measure_mode(stack: Stack, config: TriggerConfig, *, realtime: bool) -> dic
     }
 
 
+def _measure_new_agent(stack: Stack, config: TriggerConfig) -> dict[str, Any]:
+    """A realtime gateway up before the agent exists: its first runs, one after another."""
+    with FakeThread() as fake:
+        gateway = stack.start_gateway(
+            "trigger new agent", TRIGGER_DEV_REALTIME="1", SYNC_RATE_LIMIT="1000000000"
+        )
+        try:
+            (agent_id,) = stack.create_agents(
+                [
+                    {
+                        "name": "trigger new agent",
+                        "output_kind": "json",
+                        "runtime": {
+                            "kind": "trigger.dev",
+                            "api_url": fake.url,
+                            "task_id": "bench-new-agent",
+                            "secret_key": SECRET,
+                        },
+                        "running_timeout_ms": 600_000,
+                    }
+                ]
+            )
+
+            async def one_after_another() -> list[Any]:
+                async with aiohttp.ClientSession() as session:
+                    return [
+                        await _wait_and_time(
+                            session,
+                            gateway.base,
+                            agent_id,
+                            stack.ingest_key,
+                            config.new_agent_task_s,
+                        )
+                        for _ in range(config.new_agent_runs)
+                    ]
+
+            answers = asyncio.run(one_after_another())
+        finally:
+            gateway.child.stop()
+        by_gateway_run = {
+            int(run["payload"]["runId"]): (run_id, run) for run_id, run in fake.app[RUNS].items()
+        }
+        polled = {poll["id"] for poll in fake.app[POLLS]}
+        delays_ms, polls = [], 0
+        for gateway_run, answered, answer in answers:
+            task_run, run = by_gateway_run[gateway_run]
+            if answer.get("status") != "completed" or run["terminal_at"] is None:
+                raise BenchError(f"run {gateway_run} did not complete: {answer}")
+            delays_ms.append((answered - run["terminal_at"]) * 1000)
+            polls += task_run in polled
+    return {"delays_ms": delays_ms, "max_ms": max(delays_ms), "runs_polled": polls}
+
+
 def _percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
@@ -241,10 +302,39 @@ def measure(stack: Stack, config: TriggerConfig) -> Section:
             met=realtime["polls_max"] == 0,
         )
     )
+    new_agent = _measure_new_agent(stack, config)
+    section.add(
+        Row(
+            f"new agent, its first {config.new_agent_runs} runs: run end → answer",
+            " / ".join(f"{d:.0f}" for d in new_agent["delays_ms"]) + " ms",
+            reference="at 459b252, before: 528 / 526 / 14 / 5 ms",
+            target=f"each ≤ {NEW_AGENT_TARGET_MS:.0f} ms",
+            met=at_most(new_agent["max_ms"], NEW_AGENT_TARGET_MS),
+            values=new_agent,
+        )
+    )
+    section.add(
+        Row(
+            "new agent, its first runs polled",
+            f"{new_agent['runs_polled']} of {config.new_agent_runs}",
+            reference="at 459b252, before: 3 of 4",
+            target="0 (the feed its first trigger opened answers them)",
+            met=new_agent["runs_polled"] == 0,
+        )
+    )
+    section.notes.append(
+        f"New agent: created after the realtime gateway started, {config.new_agent_runs} "
+        f"trigger-and-wait calls one after another on {config.new_agent_task_s:g} s tasks."
+    )
     section.notes.append(
         f"{config.runs} trigger-and-wait calls at once per mode, tasks of "
         f"{config.shortest_s:g} to {config.longest_s:g} s; the realtime gateway opened "
         f"{realtime['snapshots']} subscription(s) for them (one per environment)."
     )
-    section.raw = {"config": config.__dict__, "poller": poller, "realtime": realtime}
+    section.raw = {
+        "config": config.__dict__,
+        "poller": poller,
+        "realtime": realtime,
+        "new_agent": new_agent,
+    }
     return section

@@ -54,6 +54,15 @@ def _refused(exc: Exception) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, _TRANSIENT)
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Entries read from one stream: a partition's, or the pre-0.1.0 one (under partition 0)."""
+
+    partition: int
+    key: str
+    entries: list[BufferedEvent]
+
+
 @dataclass(slots=True)
 class ConsumerStats:
     """Counters a test or the metrics endpoint can read."""
@@ -138,35 +147,28 @@ class StoreConsumer:
             await self.leases.release_all()
 
     async def consume_once(self) -> int:
-        """Apply one batch from every partition held; how many entries were handled."""
+        """Apply a batch from every partition held, all in one transaction; how many entries
+        were handled."""
         held = sorted(self.leases.held)
         if not held:
             return 0
-        batches = await asyncio.gather(
-            *(self.buffer.read(partition, self._batch) for partition in held)
-        )
-        # The partitions are independent: their batches are applied side by side (as many at
-        # once as the pool has connections).
-        outcomes = await asyncio.gather(
-            *(
-                self._apply(partition, batch)
-                for partition, batch in zip(held, batches, strict=True)
-                if batch and partition in self.leases.held
-            ),
-            return_exceptions=True,
-        )
-        # Every batch has finished (applied, or left in its stream) before a failure is raised.
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        moved = sum(n for n in outcomes if isinstance(n, int))
+        batches: list[_Batch] = []
         # A release before 0.1.0 published every event to one stream: whoever drains
-        # partition 0 drains what a rolling upgrade left there too, under its lease.
+        # partition 0 drains what a rolling upgrade left there too, under its lease (first:
+        # its events are older than any of the same run in the partitions).
         if _LEGACY_PARTITION in self.leases.held and (
             legacy := await self.buffer.read_legacy(self._batch)
         ):
-            moved += await self._apply(_LEGACY_PARTITION, legacy, legacy=True)
-        return moved
+            batches.append(_Batch(_LEGACY_PARTITION, self.buffer.prefix, legacy))
+        read = await self.buffer.read_partitions(held, self._batch)
+        batches += [
+            _Batch(partition, self.buffer.stream_key(partition), entries)
+            for partition, entries in read.items()
+            if entries
+        ]
+        if not batches:
+            return 0
+        return await self._apply(batches)
 
     async def _token(self, partition: int) -> int:
         """This consumer's fencing token on ``partition`` (taken once per lease)."""
@@ -175,7 +177,7 @@ class StoreConsumer:
             # Taken only while the lease is still this consumer's: a token taken after the
             # lease passed on would fence off the consumer that holds it now.
             if not await self.leases.renew(partition):
-                raise LeaseLost(partition)
+                raise LeaseLost({partition})
             token = await new_lease_token(self._pool, self.buffer.prefix, partition)
             self.leases.held[partition] = token
         return token
@@ -186,23 +188,34 @@ class StoreConsumer:
             log.warning("runs_reaped", run_ids=reaped)
             await announce_terminal(self._redis, self.buffer.prefix, reaped)
 
-    async def _apply(
-        self, partition: int, batch: list[BufferedEvent], *, legacy: bool = False
-    ) -> int:
-        """Apply ``batch`` (from ``partition``, or the pre-0.1.0 stream when ``legacy``), then
-        remove it from its stream."""
-        for entry in batch:
-            if entry.event is None:
-                # An entry nobody can decode is set aside, not retried forever.
-                self.stats.poison += 1
-                log.error("consumer_poison_event", entry_id=entry.entry_id, error=entry.error)
-        events = [entry.event for entry in batch if entry.event is not None]
+    def _fenced(self, partition: int) -> None:
+        self.stats.leases_lost += 1
+        self.leases.held.pop(partition, None)
+        log.warning("event_partition_fenced", partition=partition, consumer=self.name)
+
+    async def _apply(self, batches: list[_Batch]) -> int:
+        """Apply ``batches`` in one transaction, then remove them from their streams."""
+        tokens: dict[int, int] = {}
+        for partition in dict.fromkeys(batch.partition for batch in batches):
+            try:
+                tokens[partition] = await self._token(partition)
+            except LeaseLost:
+                self._fenced(partition)
+        batches = [batch for batch in batches if batch.partition in tokens]
+        events: list[RunEvent] = []
+        for batch in batches:
+            for entry in batch.entries:
+                if entry.event is None:
+                    # An entry nobody can decode is set aside, not retried forever.
+                    self.stats.poison += 1
+                    log.error("consumer_poison_event", entry_id=entry.entry_id, error=entry.error)
+                else:
+                    events.append(entry.event)
         try:
-            transitions = await self._apply_events(partition, await self._token(partition), events)
-        except LeaseLost:
-            self.stats.leases_lost += 1
-            self.leases.held.pop(partition, None)
-            log.warning("event_partition_fenced", partition=partition, consumer=self.name)
+            transitions = await self._apply_events(tokens, events)
+        except LeaseLost as lost:
+            for partition in lost.partitions:
+                self._fenced(partition)
             return 0
         ended: list[int] = []
         for event, transition in zip(events, transitions, strict=True):
@@ -218,16 +231,15 @@ class StoreConsumer:
                 self.stats.refused += 1
         # Removed only after the commit; waiters on every replica learn of the ends once the
         # rows say them.
-        applied_ids = [entry.entry_id for entry in batch]
-        if legacy:
-            await self.buffer.remove_legacy(applied_ids)
-        else:
-            await self.buffer.remove(partition, applied_ids)
+        removed: dict[str, list[bytes]] = {}
+        for batch in batches:
+            removed.setdefault(batch.key, []).extend(entry.entry_id for entry in batch.entries)
+        await self.buffer.remove_entries(removed)
         await announce_terminal(self._redis, self.buffer.prefix, ended)
-        return len(batch)
+        return sum(len(batch.entries) for batch in batches)
 
     async def _apply_events(
-        self, partition: int, token: int, events: list[RunEvent]
+        self, tokens: dict[int, int], events: list[RunEvent]
     ) -> list[Transition | None]:
         """The transition of each event; ``None`` for one PostgreSQL will never take.
 
@@ -242,7 +254,7 @@ class StoreConsumer:
             try:
                 async with self._pool.acquire() as conn:
                     applied = await apply_buffered(
-                        conn, events, stream=self.buffer.prefix, partition=partition, token=token
+                        conn, events, stream=self.buffer.prefix, tokens=tokens
                     )
                 return list(applied)
             except asyncpg.TransactionRollbackError:
@@ -258,7 +270,7 @@ class StoreConsumer:
             for event in events:
                 try:
                     [one] = await apply_buffered(
-                        conn, [event], stream=self.buffer.prefix, partition=partition, token=token
+                        conn, [event], stream=self.buffer.prefix, tokens=tokens
                     )
                     transitions.append(one)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -91,21 +91,32 @@ class EventBuffer:
         entries: Any = await self._redis.xrange(self.stream_key(partition), count=count)
         return [_decode(entry_id, fields) for entry_id, fields in entries]
 
-    async def remove(self, partition: int, entry_ids: list[bytes]) -> None:
-        """Remove applied entries from ``partition``."""
-        if entry_ids:
-            await self._redis.xdel(self.stream_key(partition), *entry_ids)
+    async def read_partitions(
+        self, partitions: list[int], count: int
+    ) -> dict[int, list[BufferedEvent]]:
+        """The oldest ``count`` entries of each of ``partitions`` (one round trip per node)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.xrange(self.stream_key(partition), count=count)
+            replies: list[Any] = await pipe.execute()
+        return {
+            partition: [_decode(entry_id, fields) for entry_id, fields in entries]
+            for partition, entries in zip(partitions, replies, strict=True)
+        }
+
+    async def remove_entries(self, entry_ids: dict[str, list[bytes]]) -> None:
+        """Remove applied entries, by stream key (one round trip per node)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, ids in entry_ids.items():
+                if ids:
+                    pipe.xdel(key, *ids)
+            await pipe.execute()
 
     async def read_legacy(self, count: int) -> list[BufferedEvent]:
         """The oldest ``count`` entries of the single stream (named ``prefix``) that releases
         before 0.1.0 published every event to: left over from a rolling upgrade."""
         entries: Any = await self._redis.xrange(self.prefix, count=count)
         return [_decode(entry_id, fields) for entry_id, fields in entries]
-
-    async def remove_legacy(self, entry_ids: list[bytes]) -> None:
-        """Remove applied entries from the pre-0.1.0 stream."""
-        if entry_ids:
-            await self._redis.xdel(self.prefix, *entry_ids)
 
     async def lengths(self) -> list[int]:
         """How many events each partition holds."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,29 +210,36 @@ async def new_lease_token(db: Connection | asyncpg.Pool, stream: str, partition:
     return int(token)
 
 
-async def _holds_lease(conn: Connection, stream: str, partition: int, token: int) -> bool:
-    # FOR UPDATE: a new token cannot be taken while this transaction applies under the old one.
-    found = await conn.fetchval(
-        """SELECT token FROM event_partition_leases
-           WHERE stream = $1 AND partition = $2 FOR UPDATE""",
+async def _superseded(conn: Connection, stream: str, tokens: Mapping[int, int]) -> set[int]:
+    """Of the partitions in ``tokens``, those whose newest lease is no longer the given token.
+    FOR UPDATE: a new token cannot be taken while this transaction applies under the old one."""
+    rows = await conn.fetch(
+        """SELECT partition, token FROM event_partition_leases
+           WHERE stream = $1 AND partition = ANY($2::integer[]) ORDER BY partition FOR UPDATE""",
         stream,
-        partition,
+        list(tokens),
     )
-    return bool(found == token)
+    newest = {int(row["partition"]): int(row["token"]) for row in rows}
+    return {partition for partition, token in tokens.items() if newest.get(partition) != token}
 
 
 class LeaseLost(Exception):
-    """The partition's lease passed to another consumer: nothing was applied."""
+    """A partition's lease passed to another consumer: nothing was applied."""
+
+    def __init__(self, partitions: set[int]) -> None:
+        super().__init__(sorted(partitions))
+        self.partitions = partitions
 
 
 async def apply_buffered(
-    conn: Connection, events: Sequence[RunEvent], *, stream: str, partition: int, token: int
+    conn: Connection, events: Sequence[RunEvent], *, stream: str, tokens: Mapping[int, int]
 ) -> list[Transition]:
-    """Apply events taken from ``partition`` of the buffer ``stream`` (in its order) in one
-    transaction, under the consumer's lease ``token`` (:class:`LeaseLost` when a newer lease
-    was taken meanwhile: nothing is applied). Applying the same events again changes nothing
-    more: an end finds its run ended, any other event finds the row at least as new."""
+    """Apply events taken from the partitions of the buffer ``stream`` (each partition's in
+    its order) in one transaction, under the consumer's lease token on each partition
+    (``tokens``; :class:`LeaseLost` naming the partitions whose lease was taken over meanwhile:
+    then nothing is applied). Applying the same events again changes nothing more: an end
+    finds its run ended, any other event finds the row at least as new."""
     async with conn.transaction():
-        if not await _holds_lease(conn, stream, partition, token):
-            raise LeaseLost(partition)
+        if lost := await _superseded(conn, stream, tokens):
+            raise LeaseLost(lost)
         return await _run(conn, _APPLY_BUFFERED, events, buffered=True)

@@ -264,6 +264,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         waiters=waiters,
         background=background,
         lifecycle=app[LIFECYCLE],
+        realtime=realtime,
     )
     app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)

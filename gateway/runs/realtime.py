@@ -1,10 +1,11 @@
 """Following runs through their runtime's real-time feed (Trigger.dev) instead of polling each.
 
 Each replica opens one feed per runtime environment its agents use (found in the agents table
-every ``discover_s``), not one per run: the gateway tags the runs it triggers and the feed
-carries every run with the tag. A change the feed reports is recorded through the same
-:func:`~gateway.runs.follower.record_followed` as a poll; every replica's feed sees the same
-end, and the end claim lets exactly one of them record it.
+every ``discover_s``, and opened at once by :meth:`RealtimeFollower.ensure` when a run of an
+environment without a feed is triggered), not one per run: the gateway tags the runs it
+triggers and the feed carries every run with the tag. A change the feed reports is recorded
+through the same :func:`~gateway.runs.follower.record_followed` as a poll; every replica's
+feed sees the same end, and the end claim lets exactly one of them record it.
 
 While a feed is up, the poller leaves that environment's runs to it (they are polled once per
 fallback interval only). When the feed drops, those runs are made due at once and the poller
@@ -49,6 +50,9 @@ class _Environment:
     task: asyncio.Task[None] | None = None
     # The runs in flight the feed carries (it will report their changes): never polled.
     carried: set[str] = field(default_factory=set)
+    # When (loop time) a trigger last asked for this feed: a discovery that read the agents
+    # before then may not know the agent yet, and must not close it.
+    ensured_at: float = float("-inf")
 
 
 class RealtimeFollower:
@@ -89,6 +93,24 @@ class RealtimeFollower:
         """The end a feed reported for a run that was not yet known to be followed."""
         return self._seen_ends.get(runtime_run_id)
 
+    def ensure(self, agent_id: int, runtime: Mapping[str, Any]) -> None:
+        """Have the feed of ``runtime``'s environment open (a run of agent ``agent_id`` was just
+        triggered there): a new agent's first run is then followed from its start, not from
+        the next discovery. Nothing happens when the feed is already open or reconnecting."""
+        if self._stopping.is_set():
+            return
+        key = self._adapter.environment(runtime)
+        environment = self._environments.get(key)
+        if environment is None:
+            environment = self._environments[key] = _Environment(runtime)
+        environment.agent_ids.add(agent_id)
+        environment.ensured_at = asyncio.get_running_loop().time()
+        if environment.task is None or environment.task.done():
+            log.info("realtime_feed_ensured", environment=key, agent_id=agent_id)
+            environment.task = asyncio.create_task(
+                self._follow(key, environment), name=f"realtime-feed-{key}"
+            )
+
     @property
     def feeds_up(self) -> int:
         """How many feeds are up on this replica."""
@@ -112,18 +134,24 @@ class RealtimeFollower:
         self._stopping.set()
 
     async def _discover(self) -> None:
+        asked_at = asyncio.get_running_loop().time()
         agents = await follows.agents_of_runtime_kind(self._pool, self._kind)
         wanted: dict[str, _Environment] = {}
         for agent_id, runtime in agents:
             key = self._adapter.environment(runtime)
             wanted.setdefault(key, _Environment(runtime)).agent_ids.add(agent_id)
         for key in self._environments.keys() - wanted.keys():
+            if self._environments[key].ensured_at >= asked_at:
+                continue  # asked for by a trigger since the agents were read
             environment = self._environments.pop(key)
             if environment.task is not None:
                 environment.task.cancel()
         for key, found in wanted.items():
             environment = self._environments.setdefault(key, found)
-            environment.agent_ids = found.agent_ids
+            if environment.ensured_at >= asked_at:
+                environment.agent_ids |= found.agent_ids
+            else:
+                environment.agent_ids = found.agent_ids
             if environment.task is None or environment.task.done():
                 environment.task = asyncio.create_task(
                     self._follow(key, environment), name=f"realtime-feed-{key}"

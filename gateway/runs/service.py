@@ -34,6 +34,7 @@ from gateway.background import BackgroundTasks
 from gateway.errors import (
     ApiError,
     BadGateway,
+    Conflict,
     Forbidden,
     GatewayTimeout,
     NotFound,
@@ -276,6 +277,18 @@ class RunService:
             )
         return await runs.get_run(self._pool, run_id)
 
+    def download_replayed(self, run: Run) -> Conflict:
+        """The answer to a trigger-and-download retried with the Idempotency-Key of ``run``:
+        a download's bytes are never stored, so they cannot be sent again; the caller learns
+        the run and its status (409), and no second run is started."""
+        return Conflict(
+            f"Idempotency-Key already started run {run.id} ({run.status}); a download's file "
+            "is not stored and cannot be sent again: read the run with GET "
+            f"/api/agents/{run.agent_id}/runs/{run.id}",
+            extra={"runId": run.id, "status": run.status},
+            headers={"Idempotent-Replayed": "true"},
+        )
+
     def trigger_payload(self, agent: Agent, run: Run) -> TriggerPayload:
         """The body a runtime receives for ``run``."""
         created_ms = int(run.created_at.timestamp() * 1000)
@@ -321,22 +334,29 @@ class RunService:
         user_id: uuid.UUID | None,
         timeout_ms: float | None,
         accept_encoding: str | None,
+        idempotency: tuple[str, bytes] | None = None,
     ) -> DownloadStart:
         """Create the run, invoke the runtime, and return once it has begun sending a file.
 
         Raises 504 (no headers in the window), 500 (runtime unreachable) or 502 (the runtime
         answered JSON, an error status or nothing); in each case the run is marked failed.
+        With ``idempotency``, a key that already names a run is a 409
+        (:meth:`download_replayed`) and nothing is started.
         """
         window_ms = self.wait_window_ms(agent, timeout_ms)
         started = time.monotonic()
-        run = await self.create_run(
-            agent,
-            input_data=input_data,
-            user_id=user_id,
-            window_ms=window_ms,
-            trigger_kind=TriggerKind.DOWNLOAD,
-            started=True,
-        )
+        try:
+            run = await self.create_run(
+                agent,
+                input_data=input_data,
+                user_id=user_id,
+                window_ms=window_ms,
+                trigger_kind=TriggerKind.DOWNLOAD,
+                started=True,
+                idempotency=idempotency,
+            )
+        except IdempotentReplay as replay:
+            raise self.download_replayed(replay.run) from None
         payload = self.trigger_payload(agent, run)
         adapter = self._adapter(agent)
         try:

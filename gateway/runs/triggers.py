@@ -27,6 +27,7 @@ from gateway.background import BackgroundTasks
 from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
 from gateway.ops.drain import Lifecycle
 from gateway.runs.follower import FIRST_POLL_S
+from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.service import IdempotentReplay, RunService
 from gateway.runs.waits import RunWaiters, Watch
 from store import follows, runs
@@ -54,10 +55,12 @@ class Triggered:
 
 @dataclass(frozen=True, slots=True)
 class Waited:
-    """The outcome of ``trigger-and-wait``: the run, terminal unless ``timed_out``."""
+    """The outcome of ``trigger-and-wait``: the run, terminal unless ``timed_out``;
+    ``replayed`` when an Idempotency-Key named a run started before (the wait attached to it)."""
 
     run: Run
     timed_out: bool
+    replayed: bool = False
 
 
 class TriggerService:
@@ -71,11 +74,14 @@ class TriggerService:
         waiters: RunWaiters,
         background: BackgroundTasks,
         lifecycle: Lifecycle | None = None,
+        realtime: RealtimeFollower | None = None,
     ) -> None:
         self._pool = pool
         self._runs = runs
         self._waiters = waiters
         self._background = background
+        # Asked for a feed of a followed run's environment as soon as the runtime took the run.
+        self._realtime = realtime
         # Tells a held request the drain cut from one whose caller left.
         self._lifecycle = lifecycle
 
@@ -162,6 +168,10 @@ class TriggerService:
             await follows.start_following(
                 self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
             )
+            if self._realtime is not None:
+                # The first run of a new environment: its feed opens now, not at the next
+                # discovery, and its snapshot carries this run (whose id is stored by now).
+                self._realtime.ensure(agent.id, agent.runtime)
             # A cancel that came while the trigger call was on its way could not name the
             # runtime's run; cancel() looks for the id after claiming the end, this looks for
             # the claim after storing the id, so one of the two always asks the runtime.
@@ -176,25 +186,47 @@ class TriggerService:
         input_data: Mapping[str, Any],
         user_id: uuid.UUID | None,
         timeout_ms: float | None,
+        idempotency: tuple[str, bytes] | None = None,
     ) -> Waited:
         """Trigger-and-wait: start the run and hold on until it ends or the wait window elapses.
 
         Raises 504 when the runtime did not answer the invocation within the window and 500
-        when it could not be invoked at all; in both cases the run is marked failed.
+        when it could not be invoked at all; in both cases the run is marked failed. With
+        ``idempotency``, a key that already names a run (a request committed it a moment ago)
+        attaches to that run instead, as :meth:`attach` does.
         """
         adapter = self._runs.adapter_for(agent)
         window_ms = self._runs.wait_window_ms(agent, timeout_ms)
         deadline = asyncio.get_running_loop().time() + window_ms / 1000
-        run = await self._runs.create_run(
-            agent,
-            input_data=input_data,
-            user_id=user_id,
-            window_ms=window_ms,
-            trigger_kind=TriggerKind.WAIT,
-            # A followed runtime says when the run starts; a webhook starts it with this call.
-            started=not adapter.followed,
-        )
+        try:
+            run = await self._runs.create_run(
+                agent,
+                input_data=input_data,
+                user_id=user_id,
+                window_ms=window_ms,
+                trigger_kind=TriggerKind.WAIT,
+                # A followed runtime says when the run starts; a webhook starts it with this call.
+                started=not adapter.followed,
+                idempotency=idempotency,
+            )
+        except IdempotentReplay as replay:
+            return await self._attach(replay.run, deadline=deadline)
         return await self.run_and_wait(agent, adapter, run, deadline=deadline)
+
+    async def attach(self, agent: Agent, run: Run, *, timeout_ms: float | None) -> Waited:
+        """Trigger-and-wait retried with its Idempotency-Key: wait for the run the key named,
+        within this call's window, never invoking the runtime again. A run that has ended
+        answers at once; one still going answers when it ends, or ``timed_out`` when the
+        window elapses first (it goes on, as any waited run does)."""
+        window_ms = self._runs.wait_window_ms(agent, timeout_ms)
+        deadline = asyncio.get_running_loop().time() + window_ms / 1000
+        return await self._attach(run, deadline=deadline)
+
+    async def _attach(self, run: Run, *, deadline: float) -> Waited:
+        ended = await self._waiters.wait(run.id, deadline=deadline)
+        if ended is None:
+            ended = await self._reload(run)
+        return Waited(ended, timed_out=not ended.terminal, replayed=True)
 
     async def run_and_wait(
         self,

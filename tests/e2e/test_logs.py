@@ -126,7 +126,9 @@ async def test_logs_are_json_name_runs_and_never_contain_a_secret(
     status, body = await call(
         "POST",
         f"/api/agents/{task['id']}/runs/trigger-and-wait",
-        json={"timeoutMs": 10_000},
+        # A task that moves on its own, as a real one does: the realtime feed the trigger
+        # opens reports its end (a fake run that moved only when polled would wait forever).
+        json={"input": {"advance": "time"}, "timeoutMs": 10_000},
         headers=auth,
     )
     assert (status, body["status"]) == (200, "completed"), body

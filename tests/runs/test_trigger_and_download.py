@@ -643,3 +643,79 @@ async def test_a_download_streaming_past_its_runs_deadline_is_spared_by_the_reap
         "mimeType": "application/octet-stream",
         "sizeBytes": size,
     }
+
+
+async def test_a_download_retried_with_its_key_is_a_409_naming_the_run_never_a_second_run(
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool
+) -> None:
+    """The file is never stored, so a retry cannot be sent it again: it learns the run the key
+    started and where that run stands, and the workflow is not run twice."""
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.csv"))
+    headers = {**tenant.auth, "Idempotency-Key": "export-2026-11"}
+    body = {"input": {"rows": 3}}
+
+    first = await tenant.client.post(download_url(agent["id"]), headers=headers, json=body)
+    assert first.status == 200, await first.text()
+    await first.read()
+    run_id = int(first.headers["X-Run-Id"])
+    await wait_for_run(tenant, agent["id"], run_id)
+    retry = await tenant.client.post(download_url(agent["id"]), headers=headers, json=body)
+
+    assert retry.status == 409
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    answer = await retry.json()
+    assert (answer["runId"], answer["status"]) == (run_id, "completed")
+    assert f"/api/agents/{agent['id']}/runs/{run_id}" in answer["error"]
+    assert len(received(runtime)) == 1
+    ids = await db.fetch("SELECT id FROM runs WHERE agent_id = $1", agent["id"])
+    assert [r["id"] for r in ids] == [run_id]
+
+
+async def test_a_download_retried_while_the_first_call_still_waits_learns_the_run_is_running(
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool
+) -> None:
+    """The caller gave up on its first call (its balancer timed out) while the replica still
+    waits for the runtime's file: the retry is told the run is running, and starts nothing."""
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.pdf?delay_ms=3000"))
+    headers = {**tenant.auth, "Idempotency-Key": "pdf-7"}
+
+    async with aiohttp.ClientSession() as session:
+        asking = asyncio.create_task(
+            session.post(tenant.client.make_url(download_url(agent["id"])), headers=headers)
+        )
+        for _ in range(500):
+            if received(runtime) or asking.done():
+                break
+            await asyncio.sleep(0.01)
+        retry = await tenant.client.post(download_url(agent["id"]), headers=headers)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+
+    run_id = received(runtime)[0]["payload"]["runId"]
+    assert retry.status == 409
+    answer = await retry.json()
+    assert (answer["runId"], answer["status"]) == (run_id, "running")
+    assert len(received(runtime)) == 1
+    assert await db.fetchval("SELECT count(*) FROM runs WHERE agent_id = $1", agent["id"]) == 1
+
+
+async def test_a_download_key_reused_with_another_body_is_a_422(
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool
+) -> None:
+    agent = await tenant.create_agent(runtime=webhook(runtime, "report.csv"))
+    headers = {**tenant.auth, "Idempotency-Key": "export-k"}
+
+    first = await tenant.client.post(
+        download_url(agent["id"]), headers=headers, json={"input": {"rows": 1}}
+    )
+    await first.read()
+    other = await tenant.client.post(
+        download_url(agent["id"]), headers=headers, json={"input": {"rows": 2}}
+    )
+
+    assert other.status == 422
+    answer = await other.json()
+    assert "Idempotency-Key" in answer["error"]
+    assert answer["runId"] == int(first.headers["X-Run-Id"])
+    assert len(received(runtime)) == 1

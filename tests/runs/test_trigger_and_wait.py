@@ -417,3 +417,135 @@ async def test_held_waits_are_read_again_in_one_statement_per_interval_however_m
     answers = [await (await call).json() for call in calls]
     assert sorted(a["runId"] for a in answers) == sorted(run_ids)
     assert all(a["output_data"] == {"run": a["runId"]} for a in answers)
+
+
+async def runs_of(db: asyncpg.Pool, agent_id: int) -> list[int]:
+    """The ids of every run the agent has, oldest first."""
+    rows = await db.fetch("SELECT id FROM runs WHERE agent_id = $1 ORDER BY id", agent_id)
+    return [row["id"] for row in rows]
+
+
+async def test_a_wait_cut_mid_run_and_retried_with_its_key_answers_the_one_run_at_its_end(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    """A balancer cuts the caller's connection while the workflow is still working; the caller
+    retries with the same Idempotency-Key and gets that run's result, not a second run."""
+    agent = await json_agent(tenant, runtime, "json?delay_ms=2000")
+    headers = {**tenant.auth, "Idempotency-Key": "invoice-run-41"}
+    body = {"input": {"result": {"invoice": 41}}, "timeoutMs": 20_000}
+
+    cut = asyncio.ensure_future(
+        tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+    )
+    while not received(runtime):
+        await asyncio.sleep(0.02)
+    cut.cancel()
+    run_id = received(runtime)[0]["payload"]["runId"]
+    assert await db.fetchval("SELECT status FROM runs WHERE id = $1", run_id) == "running"
+    retry = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+
+    assert retry.status == 200, await retry.text()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    run = await retry.json()
+    assert (run["runId"], run["status"]) == (run_id, "completed")
+    assert run["output_data"] == {"invoice": 41}
+    assert len(received(runtime)) == 1
+    assert await runs_of(db, agent["id"]) == [run_id]
+
+
+async def test_a_wait_retried_after_its_run_ended_answers_the_terminal_row_at_once(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    agent = await json_agent(tenant, runtime, "json")
+    headers = {**tenant.auth, "Idempotency-Key": "weekly-digest-2026-48"}
+    body = {"input": {"result": {"digest": "ready"}}}
+
+    first = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+    again = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+
+    assert (first.status, again.status) == (200, 200)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json()
+    assert len(received(runtime)) == 1
+    assert len(await runs_of(db, agent["id"])) == 1
+
+
+async def test_a_retry_waits_within_its_own_window_and_answers_202_until_the_run_ends(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    """The workflow reports through callbacks, later than the caller's window: each retry waits
+    its window and answers 202 with the same run; once the run ended, the retry answers 200."""
+    agent = await json_agent(tenant, runtime, "accepted?report=0")
+    headers = {**tenant.auth, "Idempotency-Key": "slow-report"}
+    body = {"input": {"topic": "Q4"}, "timeoutMs": 300}
+
+    first = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+    retry = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+    first_body, retry_body = await first.json(), await retry.json()
+    run_id = first_body["runId"]
+    done = await tenant.client.post(
+        f"/api/runs/{run_id}/callback",
+        headers=as_agent(agent),
+        json={"type": "output", "complete": True, "output": {"pages": 12}},
+    )
+    assert done.status == 202, await done.text()
+    after = await tenant.client.post(wait_url(agent["id"]), headers=headers, json=body)
+
+    assert (first.status, retry.status) == (202, 202)
+    assert (
+        retry_body
+        == {**first_body, "status": "running"}
+        == {
+            "runId": run_id,
+            "agentId": agent["id"],
+            "status": "running",
+            "timedOut": True,
+        }
+    )
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert after.status == 200
+    assert after.headers["Idempotent-Replayed"] == "true"
+    assert (await after.json())["output_data"] == {"pages": 12}
+    assert len(received(runtime)) == 1
+    assert await runs_of(db, agent["id"]) == [run_id]
+
+
+async def test_a_key_reused_with_another_body_or_on_another_route_is_a_422(
+    tenant: Tenant, runtime: TestServer, consumer: StoreConsumer, db: asyncpg.Pool
+) -> None:
+    agent = await json_agent(tenant, runtime, "json")
+    headers = {**tenant.auth, "Idempotency-Key": "k-77"}
+
+    first = await tenant.client.post(
+        wait_url(agent["id"]), headers=headers, json={"input": {"topic": "Q3"}}
+    )
+    other_body = await tenant.client.post(
+        wait_url(agent["id"]), headers=headers, json={"input": {"topic": "Q4"}}
+    )
+    other_route = await tenant.client.post(
+        f"/api/agents/{agent['id']}/runs/trigger", headers=headers, json={"input": {"topic": "Q3"}}
+    )
+
+    run_id = (await first.json())["runId"]
+    for refused in (other_body, other_route):
+        assert refused.status == 422
+        answer = await refused.json()
+        assert "Idempotency-Key" in answer["error"]
+        assert answer["runId"] == run_id
+    assert len(received(runtime)) == 1
+    assert await runs_of(db, agent["id"]) == [run_id]
+
+
+async def test_a_malformed_key_on_trigger_and_wait_is_a_400_and_starts_nothing(
+    tenant: Tenant, runtime: TestServer, db: asyncpg.Pool
+) -> None:
+    agent = await json_agent(tenant, runtime, "json")
+
+    resp = await tenant.client.post(
+        wait_url(agent["id"]), headers={**tenant.auth, "Idempotency-Key": "two words"}, json={}
+    )
+
+    assert resp.status == 400
+    assert "Idempotency-Key" in (await resp.json())["error"]
+    assert await runs_of(db, agent["id"]) == []

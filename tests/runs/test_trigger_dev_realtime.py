@@ -324,3 +324,38 @@ async def test_an_end_the_feed_reports_before_the_trigger_answer_arrives_is_not_
     task_run = await task_run_of(db, run["runId"])
     assert polls_of(slow_trigger_dev, task_run) == 0
     assert await ends_recorded(db, run["runId"]) == 1
+
+
+async def test_a_new_agents_first_run_is_answered_from_the_feed_its_trigger_opened(
+    make_gateway: GatewayFactory,
+    trigger_dev: TestServer,
+    consumer: StoreConsumer,
+    db: asyncpg.Pool,
+) -> None:
+    """A Trigger.dev agent created a moment ago, on an environment no feed follows yet: its
+    first trigger-and-wait opens the environment's feed, and the feed answers it. This replica
+    looks for new environments and for due polls once an hour, so neither discovery nor a
+    poll can be what answered within the call's window."""
+    client = await make_gateway(
+        trigger_dev_realtime=True, trigger_dev_discover_s=3600.0, follow_tick_s=3600.0
+    )
+    tenant = await tenant_on(client)
+    runtime = task_runtime(trigger_dev)
+    agent = await tenant.create_agent(output_kind="json", runtime=runtime)
+    assert fake(trigger_dev)[REALTIME_REQUESTS] == []  # no feed follows the environment yet
+    task = {"statuses": ["EXECUTING", "COMPLETED"], "output": {"summary": "first"}}
+
+    waiting = asyncio.create_task(trigger_and_wait(tenant, agent, task, timeout_ms=15_000))
+    run_id = await newest_run(db, agent["id"])
+    task_run = await task_run_of(db, run_id)
+    await feed_up(client, runtime)
+    advance_run(fake(trigger_dev), task_run)
+    status, run = await asyncio.wait_for(waiting, 20)
+
+    assert status == 200, run
+    assert run["output_data"] == {"summary": "first"}
+    assert polls_of(trigger_dev, task_run) == 0
+    feed = fake(trigger_dev)[REALTIME_REQUESTS]
+    assert {request["path"] for request in feed} == {"/realtime/v1/runs"}
+    assert feed[0]["query"]["offset"] == "-1"  # a snapshot, then live requests
+    assert await ends_recorded(db, run_id) == 1

@@ -81,9 +81,7 @@ async def test_a_batch_leaves_every_run_as_applying_its_events_one_by_one_would(
         mixed = [e for pair in zip(mine, theirs, strict=True) for e in pair]
         outcomes = [
             t.outcome is Outcome.APPLIED
-            for t in await apply_buffered(
-                conn, mixed, stream="test:batches", partition=0, token=token
-            )
+            for t in await apply_buffered(conn, mixed, stream="test:batches", tokens={0: token})
         ]
 
     assert outcomes[0::2] == sequential == [True, True, True, True, True, False, False]
@@ -176,7 +174,7 @@ async def test_a_batch_applied_but_not_acknowledged_is_not_applied_again_when_re
     async def redis_gone(*_: object) -> None:
         raise ConnectionError("the consumer died before removing what it applied")
 
-    monkeypatch.setattr(crashing.buffer, "remove", redis_gone)
+    monkeypatch.setattr(crashing.buffer, "remove_entries", redis_gone)
     with pytest.raises(ConnectionError):
         await crashing.consume_once()
     await crashing.leases.release_all()

@@ -148,9 +148,9 @@ async def test_a_buffered_output_older_than_the_row_is_refused_but_an_end_never_
     token = await new_lease_token(db, STREAM, 0)
     async with db.acquire() as conn:
         stale, ended = await apply_buffered(
-            conn, [old_output, old_end], stream=STREAM, partition=0, token=token
+            conn, [old_output, old_end], stream=STREAM, tokens={0: token}
         )
-        [again] = await apply_buffered(conn, [old_end], stream=STREAM, partition=0, token=token)
+        [again] = await apply_buffered(conn, [old_end], stream=STREAM, tokens={0: token})
 
     assert (stale.outcome, ended.outcome, again.outcome) == (
         Outcome.STALE,
@@ -175,8 +175,7 @@ async def test_a_consumer_whose_lease_was_taken_over_applies_nothing(
                 conn,
                 [RunEvent(run_id, EventType.COMPLETED)],
                 stream=STREAM,
-                partition=3,
-                token=paused,
+                tokens={3: paused},
             )
         except LeaseLost:
             pass
@@ -187,7 +186,6 @@ async def test_a_consumer_whose_lease_was_taken_over_applies_nothing(
             conn,
             [RunEvent(run_id, EventType.COMPLETED)],
             stream=STREAM,
-            partition=3,
-            token=successor,
+            tokens={3: successor},
         )
     assert applied.outcome is Outcome.APPLIED

@@ -67,9 +67,7 @@ async def trigger(request: web.Request) -> web.Response:
     """The agent SDK's ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
     app = request.app
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    key = _idempotency_key(request)
     request_hash = _request_hash(body)
     service = app[TRIGGER_SERVICE]
     # A replay answers before the rate limit: it starts nothing.
@@ -92,29 +90,58 @@ async def trigger(request: web.Request) -> web.Response:
 @routes.post("/api/agents/{agentId}/runs/trigger-and-wait")
 @checks_key_guard_with_its_token
 async def trigger_and_wait(request: web.Request) -> web.Response:
-    """Trigger-and-wait: 200 with the run when it ends in the window, else 202 ``timedOut``."""
+    """Trigger-and-wait: 200 with the run when it ends in the window, else 202 ``timedOut``.
+
+    Retried with its Idempotency-Key, it waits for the run the key started (never a second
+    one): its terminal row at once, or its end within this call's window."""
     agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
-    await take_token(request, SYNC_RUNS, agent.id)
-    waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
-        agent, input_data=body["input"], user_id=body["userId"], timeout_ms=body["timeoutMs"]
-    )
+    key = _idempotency_key(request)
+    request_hash = _request_hash(body, route="trigger-and-wait")
+    service = request.app[TRIGGER_SERVICE]
+    # A replay waits before the rate limit: it starts nothing.
+    existing = await service.replay(agent, key, request_hash)
+    if existing is not None:
+        note_run(request, run_id=existing.id)
+        waited = await service.attach(agent, existing, timeout_ms=body["timeoutMs"])
+    else:
+        await take_token(request, SYNC_RUNS, agent.id)
+        waited = await service.trigger_and_wait(
+            agent,
+            input_data=body["input"],
+            user_id=body["userId"],
+            timeout_ms=body["timeoutMs"],
+            idempotency=None if key is None else (key, request_hash),
+        )
     run = waited.run
     note_run(request, run_id=run.id)
+    headers = {"Idempotent-Replayed": "true"} if waited.replayed else {}
     if waited.timed_out:
         return web.json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
             status=202,
+            headers=headers,
         )
-    return web.json_response(run_view(run))
+    return web.json_response(run_view(run), headers=headers)
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-download")
 @checks_key_guard_with_its_token
 async def trigger_and_download(request: web.Request) -> web.StreamResponse:
-    """Trigger-and-download: start a run and stream the runtime's file straight through."""
+    """Trigger-and-download: start a run and stream the runtime's file straight through.
+
+    Retried with its Idempotency-Key: 409 with the run the key started and its status (the
+    file is never stored, so it cannot be sent again), never a second run."""
     agent, body = await _eligible_agent(request, output_kinds=(OutputKind.FILE_DOWNLOAD,))
-    await take_token(request, SYNC_RUNS, agent.id)
+    key = _idempotency_key(request)
+    request_hash = _request_hash(body, route="trigger-and-download")
     runs = request.app[RUN_SERVICE]
+    if key is not None:
+        # A replay is refused before the rate limit: it starts nothing.
+        existing = await runs.idempotent_run(agent, key, request_hash)
+        if existing is not None:
+            note_run(request, run_id=existing.id)
+            raise runs.download_replayed(existing)
+    await take_token(request, SYNC_RUNS, agent.id)
     try:
         start = await runs.start_download(
             agent,
@@ -122,6 +149,7 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
             user_id=body["userId"],
             timeout_ms=body["timeoutMs"],
             accept_encoding=request.headers.get("Accept-Encoding"),
+            idempotency=None if key is None else (key, request_hash),
         )
     except DownloadAcknowledged as acknowledged:
         # No file comes in this answer: the run reports through callbacks; poll it.
@@ -215,7 +243,22 @@ async def ingest_run(request: web.Request) -> web.Response:
     )
 
 
-def _request_hash(body: dict[str, Any]) -> bytes:
-    """A fingerprint of what was asked, to tell a replay from a reused key."""
+def _idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key, if it sent one; 400 when it is malformed."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key
+
+
+def _request_hash(body: dict[str, Any], *, route: str | None = None) -> bytes:
+    """A fingerprint of what was asked, to tell a replay from a reused key.
+
+    An agent's keys are shared by its trigger routes: the route is part of what was asked
+    (a key that started a trigger-and-wait names nothing a download can replay). ``/trigger``
+    hashes its body alone, as it did before the other routes took keys, so its keys stored by
+    an earlier release still replay."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    if route is not None:
+        canonical = f"{route}\n{canonical}"
     return hashlib.sha256(canonical.encode()).digest()

@@ -31,6 +31,19 @@ _NOT_ELIGIBLE = error(
     "fit this endpoint (the message lists which)."
 )
 _FORBIDDEN = error("`allow_external_triggers` is off for this agent.")
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when an Idempotency-Key named an earlier run, which is the answer.",
+        "schema": {"const": "true"},
+    }
+}
+_BAD_KEY = error(
+    "As for the other triggers, or an Idempotency-Key that is not 1-255 visible ASCII characters."
+)
+_KEY_REUSED = error(
+    "Not eligible (as for trigger-and-wait), or the Idempotency-Key was used with a different "
+    "body (`runId` names its run)."
+)
 _COMMON = {
     "400": BAD_BODY,
     "401": UNAUTHORIZED,
@@ -166,24 +179,11 @@ PATHS: dict[str, Json] = {
             responses={
                 "202": {
                     **json_response("The run was created.", ref("RunAccepted")),
-                    "headers": {
-                        **headers(),
-                        "Idempotent-Replayed": {
-                            "description": "`true` when an Idempotency-Key named an earlier "
-                            "run, which is the answer.",
-                            "schema": {"const": "true"},
-                        },
-                    },
+                    "headers": {**headers(), **_REPLAYED},
                 },
                 **_COMMON,
-                "400": error(
-                    "As for the other triggers, or an Idempotency-Key that is not 1-255 "
-                    "visible ASCII characters."
-                ),
-                "422": error(
-                    "Not eligible (as for trigger-and-wait), or the Idempotency-Key was "
-                    "used with a different body (`runId` names its run)."
-                ),
+                "400": _BAD_KEY,
+                "422": _KEY_REUSED,
                 "429": RATE_LIMITED,
                 "503": UNAVAILABLE,
             },
@@ -195,18 +195,31 @@ PATHS: dict[str, Json] = {
             "triggerAndWait",
             "Start a run and wait for its result",
             "Seed 002. Holds the connection until the run ends or the wait window elapses. "
-            "Shares a 5-a-minute bucket per agent with trigger-and-download.",
+            "Shares a 5-a-minute bucket per agent with trigger-and-download. Retried with its "
+            "`Idempotency-Key` (same body) within 24 h, it starts nothing and waits for the run "
+            "the key started: its terminal row at once, or its end within this call's window "
+            "(200, or 202 `timedOut`), with `Idempotent-Replayed: true`; the runtime is not "
+            "invoked again, and no bucket token is taken.",
+            parameters=[param("Idempotency-Key")],
             requestBody=_TRIGGER_BODY,
             responses={
-                "200": json_response(
-                    "The run ended in the window (`completed`, `failed` or `cancelled`).",
-                    ref("Run"),
-                ),
-                "202": json_response(
-                    "The window elapsed first; poll `GET .../runs/{runId}`.", ref("RunTimedOut")
-                ),
+                "200": {
+                    **json_response(
+                        "The run ended in the window (`completed`, `failed` or `cancelled`).",
+                        ref("Run"),
+                    ),
+                    "headers": {**headers(), **_REPLAYED},
+                },
+                "202": {
+                    **json_response(
+                        "The window elapsed first; poll `GET .../runs/{runId}`.",
+                        ref("RunTimedOut"),
+                    ),
+                    "headers": {**headers(), **_REPLAYED},
+                },
                 **_COMMON,
-                "422": _NOT_ELIGIBLE,
+                "400": _BAD_KEY,
+                "422": _KEY_REUSED,
                 "429": RATE_LIMITED,
                 "500": error(
                     "The runtime could not be invoked (unreachable, or it refused the call); "
@@ -227,7 +240,11 @@ PATHS: dict[str, Json] = {
             "Start a run and stream its file",
             "Seed 000. The runtime's file is streamed straight through, never buffered. If "
             "the runtime fails mid-file the connection is aborted (no clean end of body). "
-            "Shares a 5-a-minute bucket per agent with trigger-and-wait.",
+            "Shares a 5-a-minute bucket per agent with trigger-and-wait. Retried with its "
+            "`Idempotency-Key` (same body) within 24 h: 409 with the run the key started and "
+            "its status; the file is never stored, so it cannot be sent again, and no second "
+            "run is started.",
+            parameters=[param("Idempotency-Key")],
             requestBody=_TRIGGER_BODY,
             responses={
                 "200": {
@@ -263,7 +280,15 @@ PATHS: dict[str, Json] = {
                     },
                 ),
                 **_COMMON,
-                "422": _NOT_ELIGIBLE,
+                "400": _BAD_KEY,
+                "409": {
+                    **error(
+                        "The Idempotency-Key already started a run: `runId` and its `status` "
+                        "(read it with `GET .../runs/{runId}`); nothing was started."
+                    ),
+                    "headers": {**headers(), **_REPLAYED},
+                },
+                "422": _KEY_REUSED,
                 "429": RATE_LIMITED,
                 "500": error("The runtime could not be invoked; the run is failed (`runId`)."),
                 "502": error(

@@ -152,8 +152,9 @@ PARAMETERS: dict[str, Json] = {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "1-255 visible ASCII characters. A repeat within 24 h answers the same "
-        "run and starts nothing; the same key with another body is a 422.",
+        "description": "1-255 visible ASCII characters, per agent. A repeat within 24 h "
+        "(across replicas) names the same run and starts nothing (what it answers depends on "
+        "the route); the same key with another body, or on another trigger route, is a 422.",
         "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
     },
 }
