@@ -28,6 +28,7 @@ from tests.runs.test_trigger_dev_runs import task_runtime
 from tests.support.backends import Backends
 from tests.support.console import failure_line, run_console
 from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_url
 from tests.support.tenants import new_tenant
 from tests.support.tokens import ADMIN
 
@@ -117,7 +118,7 @@ async def run_task(replica: Client, tenant: Any, task: dict[str, Any], output: i
     """A trigger-and-wait of the Trigger.dev agent ``task`` through ``replica``: it
     authenticates to the fake with the agent's (sealed) secret key."""
     resp = await replica.post(
-        f"/api/agents/{task['id']}/trigger-and-wait",
+        wait_url(task["id"]),
         json={"input": {"statuses": ["COMPLETED"], "output": output}, "timeoutMs": 10_000},
         headers=tenant.auth,
     )
@@ -149,6 +150,9 @@ async def test_the_rotation_procedure(
     new_token = await register(rotated, tenant, agent, "after")
     assert f"_{key_id(NEW)}_" in new_token
     await run_task(rotated, tenant, task, 2)
+    # Every replica is rotated: none runs on the old ring alone any more (its follower could
+    # not open what the re-seal below seals under the new key).
+    await before.close()
 
     # 2. agent-gateway admin reseal: every stored secret under the new key; the agents whose
     # API key the old key derived are listed, and rotated.
