@@ -97,9 +97,7 @@ class AdminService:
             agent = await self._store_runtime(conn, created.id, runtime)
         return CreatedAgent(agent, api_key)
 
-    async def _store_runtime(
-        self, conn: Executor, agent_id: int, runtime: dict[str, Any]
-    ) -> Agent:
+    async def _store_runtime(self, conn: Executor, agent_id: int, runtime: dict[str, Any]) -> Agent:
         public, sealed = self._runtime_secrets.seal(agent_id, runtime)
         agent = await agents.set_runtime(conn, agent_id, public, sealed)
         if agent is None:
