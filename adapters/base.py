@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -40,6 +40,17 @@ async def read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+OpenSecrets = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""What an adapter opens an agent's runtime with before it calls the runtime: the gateway's
+sealed runtime secrets (``gateway.security.runtime_secrets``) in plaintext, for that call only.
+It raises :class:`RuntimeRefused` when they do not open."""
+
+
+def keep_runtime(runtime: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The runtime as given (nothing sealed in it): the adapters' default opener."""
+    return runtime
 
 
 class RuntimeFailure(Exception):

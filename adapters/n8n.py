@@ -39,6 +39,7 @@ import aiohttp
 from adapters.base import (
     CHUNK_TYPES,
     Invocation,
+    OpenSecrets,
     RunResult,
     RuntimeFailure,
     RuntimeRefused,
@@ -49,6 +50,7 @@ from adapters.base import (
     TriggerPayload,
     connection_failure,
     is_redirect,
+    keep_runtime,
     loads_json,
     read_bounded,
     redirect_failure,
@@ -85,10 +87,15 @@ class N8nAdapter:
     streams: ClassVar[bool] = True
 
     def __init__(
-        self, session: aiohttp.ClientSession, *, max_result_bytes: int = 10 * 1024 * 1024
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_result_bytes: int = 10 * 1024 * 1024,
+        open_secrets: OpenSecrets = keep_runtime,
     ) -> None:
         self._session = session
         self._max_result_bytes = max_result_bytes
+        self._open_secrets = open_secrets
 
     def acknowledges(self, runtime: Mapping[str, Any], status: int, body: Any) -> bool:
         """A 2xx of a callback agent, or n8n's own acknowledgement (:func:`is_acknowledgement`)
@@ -106,6 +113,7 @@ class N8nAdapter:
         accept_encoding: str | None,
     ) -> aiohttp.ClientResponse:
         """Invoke the webhook and hand back its response as soon as the headers are in."""
+        runtime = self._open_secrets(runtime)
         headers = _headers(runtime)
         # The caller's own Accept-Encoding travels on, so that an encoded body and its
         # Content-Encoding/Content-Length reach the caller together and untouched.
@@ -156,6 +164,7 @@ class N8nAdapter:
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
     ) -> Invocation:
         """Call the webhook and read its answer whole, all within ``wait_s``."""
+        runtime = self._open_secrets(runtime)
         try:
             async with asyncio.timeout(wait_s):
                 async with self._session.post(

@@ -25,6 +25,7 @@ The secret key never appears in an error message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -39,6 +40,7 @@ from adapters.base import (
     ChunkStream,
     FeedBatch,
     Invocation,
+    OpenSecrets,
     RunChange,
     RunResult,
     RuntimeRefused,
@@ -48,6 +50,7 @@ from adapters.base import (
     TriggerPayload,
     connection_failure,
     is_redirect,
+    keep_runtime,
     loads_json,
     read_bounded,
     redirect_failure,
@@ -148,6 +151,7 @@ class TriggerDevAdapter:
         backoff_s: float = 0.25,
         run_tag: str | None = None,
         feed_timeout_s: float = 30.0,
+        open_secrets: OpenSecrets = keep_runtime,
     ) -> None:
         if run_tag is not None and (
             not run_tag or len(run_tag) > MAX_TAG_LENGTH or UNSAFE_TAG_CHARS.search(run_tag)
@@ -160,6 +164,7 @@ class TriggerDevAdapter:
         self._request_timeout_s = request_timeout_s
         self._max_attempts = max_attempts
         self._backoff_s = backoff_s
+        self._open_secrets = open_secrets
 
     def acknowledges(self, runtime: Mapping[str, Any], status: int, body: Any) -> bool:
         """Never: a task's trigger answer names the run, which is then followed."""
@@ -191,6 +196,7 @@ class TriggerDevAdapter:
         key, invalid payload) and :class:`RuntimeUnavailable` when it could not be reached or
         kept failing until the retries or ``wait_s`` ran out.
         """
+        runtime = self._open_secrets(runtime)
         url = f"{_api_url(runtime)}/api/v1/tasks/{quote(str(runtime['task_id']), safe='')}/trigger"
         options: dict[str, Any] = {"idempotencyKey": payload.idempotency_key or str(payload.run_id)}
         if self._run_tag is not None:
@@ -232,6 +238,7 @@ class TriggerDevAdapter:
         limited, 5xx, network, a broken body) and :class:`RuntimeRefused` when Trigger.dev
         will never answer for this run (bad key, unknown run).
         """
+        runtime = self._open_secrets(runtime)
         url = f"{_api_url(runtime)}/api/v3/runs/{quote(runtime_run_id, safe='')}"
         headers = {**_auth(runtime), "x-trigger-api-version": API_VERSION}
         secret = str(runtime.get("secret_key", ""))
@@ -273,6 +280,7 @@ class TriggerDevAdapter:
         Trigger.dev refuses (bad key, unknown or already finished run), and
         :class:`RuntimeUnavailable` when the URL is unusable.
         """
+        runtime = self._open_secrets(runtime)
         url = f"{_api_url(runtime)}/api/v2/runs/{quote(runtime_run_id, safe='')}/cancel"
         secret = str(runtime.get("secret_key", ""))
         try:
@@ -302,6 +310,9 @@ class TriggerDevAdapter:
     def environment(self, runtime: Mapping[str, Any]) -> str:
         """The Trigger.dev environment of an agent's runtime: its API URL and secret key (each
         key belongs to one environment). The key is hashed: this names logs and metrics."""
+        # One that does not open is grouped apart, under its sealed form: its runs fail anyway.
+        with contextlib.suppress(RuntimeRefused):
+            runtime = self._open_secrets(runtime)
         digest = hashlib.sha256(str(runtime.get("secret_key", "")).encode()).hexdigest()[:16]
         return f"{_api_url(runtime)}#{digest}"
 
@@ -314,7 +325,7 @@ class TriggerDevAdapter:
             raise ValueError("runs are not tagged: there is no feed to follow")
         return TriggerDevRunFeed(
             self._session,
-            runtime,
+            self._open_secrets(runtime),
             tag=self._run_tag,
             timeout_s=self._feed_timeout_s,
             max_result_bytes=self._max_result_bytes,

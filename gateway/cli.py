@@ -236,6 +236,7 @@ async def run_admin(
         return {
             "key_id": key_ring(settings).primary_id,
             "credentials": await credentials.reseal(),
+            "runtime_secrets": await service.reseal_runtime_secrets(),
             "agent_keys_to_rotate": await service.agents_on_old_keys(),
         }
 

@@ -12,11 +12,30 @@ from store.enums import AgentStatus, ManagedBy, OutputKind
 from store.models import AGENT_SETTABLE_FIELDS, Agent
 from store.pool import Executor
 
-_AGENT_COLUMNS = ", ".join(column.name for column in dataclasses.fields(Agent))
+# ``runtime_secrets`` (migration 0009) is no field of ``Agent``: it travels in ``runtime``.
+_AGENT_COLUMNS = ", ".join(
+    [*(column.name for column in dataclasses.fields(Agent)), "runtime_secrets"]
+)
+
+# Where the sealed runtime secrets sit in an ``Agent``'s ``runtime`` in memory (never stored
+# there): ``{"agent_id": <the row's id>, "<field>": "<base64 sealed value>", ...}``. The row's
+# own id is what the seal is checked against, so a value copied to another row does not open.
+SEALED = "_sealed"
+
+
+def with_sealed(
+    runtime: dict[str, Any], agent_id: int, sealed: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The runtime as the gateway holds it: the stored one with its row's sealed secrets."""
+    runtime = {k: v for k, v in runtime.items() if k != SEALED}
+    if sealed:
+        runtime[SEALED] = {**sealed, "agent_id": agent_id}
+    return runtime
 
 
 def _agent(row: asyncpg.Record) -> Agent:
     values = dict(row)
+    values["runtime"] = with_sealed(values["runtime"], values["id"], values.pop("runtime_secrets"))
     values["managed_by"] = ManagedBy(values["managed_by"])
     values["status"] = AgentStatus(values["status"])
     values["output_kind"] = OutputKind(values["output_kind"])
@@ -75,6 +94,36 @@ async def set_api_key(
         api_key_hash,
     )
     return None if row is None else _agent(row)
+
+
+async def set_runtime(
+    db: Executor,
+    agent_id: int,
+    runtime: dict[str, Any],
+    sealed: dict[str, str],
+    *,
+    if_runtime: dict[str, Any] | None = None,
+    if_sealed: dict[str, Any] | None = None,
+) -> Agent | None:
+    """Store the agent's runtime (without its secrets) and its sealed secrets; ``None`` when
+    the agent does not exist or, given ``if_runtime``/``if_sealed``, no longer holds those."""
+    guard = ""
+    args: list[Any] = [agent_id, runtime, sealed]
+    if if_runtime is not None:
+        args += [if_runtime, if_sealed or {}]
+        guard = " AND runtime = $4 AND runtime_secrets = $5"
+    row = await db.fetchrow(
+        f"""UPDATE agents SET runtime = $2, runtime_secrets = $3, updated_at = now()
+            WHERE id = $1{guard} RETURNING {_AGENT_COLUMNS}""",
+        *args,
+    )
+    return None if row is None else _agent(row)
+
+
+async def stored_runtimes(db: Executor) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """``(id, runtime, runtime_secrets)`` of every agent, as stored, by id."""
+    rows = await db.fetch("SELECT id, runtime, runtime_secrets FROM agents ORDER BY id")
+    return [(int(r["id"]), r["runtime"], r["runtime_secrets"]) for r in rows]
 
 
 async def revoke_credential_grants(db: Executor, credential_id: uuid.UUID) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from store import agents
 from store.pool import Executor
 
 
@@ -56,7 +57,7 @@ async def claim_runs_to_follow(db: Executor, *, lease_s: float, limit: int) -> l
                ORDER BY follow_at
                LIMIT $2
                FOR UPDATE SKIP LOCKED)
-           RETURNING r.id, r.agent_id, r.status, a.runtime, r.runtime_run_id,
+           RETURNING r.id, r.agent_id, r.status, a.runtime, a.runtime_secrets, r.runtime_run_id,
                      r.follow_attempts""",
         lease_s,
         limit,
@@ -89,15 +90,21 @@ async def release_follows(db: Executor, run_ids: list[int]) -> None:
 async def agents_of_runtime_kind(db: Executor, kind: str) -> list[tuple[int, dict[str, Any]]]:
     """Every agent whose runtime is of ``kind``, with its runtime config (archived ones too:
     their runs in flight are still followed)."""
-    rows = await db.fetch("SELECT id, runtime FROM agents WHERE runtime->>'kind' = $1", kind)
-    return [(row["id"], row["runtime"]) for row in rows]
+    rows = await db.fetch(
+        "SELECT id, runtime, runtime_secrets FROM agents WHERE runtime->>'kind' = $1", kind
+    )
+    return [
+        (row["id"], agents.with_sealed(row["runtime"], row["id"], row["runtime_secrets"]))
+        for row in rows
+    ]
 
 
 async def followed_by_runtime_ids(db: Executor, runtime_run_ids: list[str]) -> list[FollowedRun]:
     """The runs still followed among those the runtime names ``runtime_run_ids`` (not claimed:
     a feed that reports them changes nothing of their polls)."""
     rows = await db.fetch(
-        """SELECT r.id, r.agent_id, r.status, a.runtime, r.runtime_run_id, r.follow_attempts
+        """SELECT r.id, r.agent_id, r.status, a.runtime, a.runtime_secrets, r.runtime_run_id,
+                  r.follow_attempts
            FROM runs AS r JOIN agents AS a ON a.id = r.agent_id
            WHERE r.runtime_run_id = ANY($1) AND r.follow_at IS NOT NULL
              AND r.status IN ('queued', 'running', 'waiting')""",
@@ -121,7 +128,7 @@ def _followed(row: asyncpg.Record) -> FollowedRun:
         run_id=row["id"],
         agent_id=row["agent_id"],
         status=row["status"],
-        runtime=row["runtime"],
+        runtime=agents.with_sealed(row["runtime"], row["agent_id"], row["runtime_secrets"]),
         runtime_run_id=row["runtime_run_id"],
         attempts=row["follow_attempts"],
     )

@@ -14,11 +14,14 @@ import asyncpg
 from gateway.admin import schemas
 from gateway.errors import BadRequest, NotFound
 from gateway.security import apikeys
+from gateway.security.cipher import CredentialCipher, CredentialUnreadable
 from gateway.security.keyring import KeyRing
+from gateway.security.runtime_secrets import SECRET_FIELDS, RuntimeSecrets
 from gateway.validation import load
 from store import agents, credentials, orgs
 from store.lookup_cache import LookupCache
 from store.models import Agent, IngestKey, Org
+from store.pool import Executor
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,8 @@ class AdminService:
         # New agent keys are derived under the newest key of the ring.
         self._ring = KeyRing.of(keys)
         self._secret_key = self._ring.primary
+        # The runtime's secrets are sealed for the agent's row before they are stored.
+        self._runtime_secrets = RuntimeSecrets(CredentialCipher(self._ring))
         # This process's cache, told at once (other processes hear of it from PostgreSQL).
         self._lookups = lookups
 
@@ -83,8 +88,21 @@ class AdminService:
         await self._check_grants(org_id, data)
         salt = apikeys.new_agent_key_salt()
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
-        agent = await agents.create_agent(self._pool, org_id, salt, apikeys.hash_key(api_key), data)
+        runtime = data.pop("runtime")
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Inserted without its secrets: they are sealed for the id the row was given.
+            created = await agents.create_agent(
+                conn, org_id, salt, apikeys.hash_key(api_key), {**data, "runtime": {}}
+            )
+            agent = await self._store_runtime(conn, created.id, runtime)
         return CreatedAgent(agent, api_key)
+
+    async def _store_runtime(self, conn: Executor, agent_id: int, runtime: dict[str, Any]) -> Agent:
+        public, sealed = self._runtime_secrets.seal(agent_id, runtime)
+        agent = await agents.set_runtime(conn, agent_id, public, sealed)
+        if agent is None:
+            raise NotFound("Agent not found")
+        return agent
 
     async def list_agents(self, org_id: uuid.UUID) -> list[Agent]:
         """The organisation's agents, oldest first."""
@@ -103,9 +121,16 @@ class AdminService:
         data = load(schemas.AgentBody(), body, partial=True)
         if "credential_ids" in data:
             await self._check_grants((await self.get_agent(agent_id)).org_id, data)
-        agent = await agents.update_agent(self._pool, agent_id, data)
-        if agent is None:
-            raise NotFound("Agent not found")
+        async with self._pool.acquire() as conn, conn.transaction():
+            runtime = data.pop("runtime", None)
+            agent = await agents.update_agent(conn, agent_id, data)
+            if agent is None:
+                raise NotFound("Agent not found")
+            if runtime is None and any(name in agent.runtime for name in SECRET_FIELDS):
+                # A row from before sealing: its plaintext secrets are sealed on this write.
+                runtime = agent.runtime
+            if runtime is not None:
+                agent = await self._store_runtime(conn, agent_id, runtime)
         if self._lookups is not None:
             self._lookups.invalidate_agent(agent_id)
         return agent
@@ -121,6 +146,37 @@ class AdminService:
         if self._lookups is not None:
             self._lookups.invalidate_agent(agent_id)
         return CreatedAgent(agent, api_key)
+
+    async def reseal_runtime_secrets(self) -> dict[str, Any]:
+        """Seal every agent's runtime secrets under the newest key: how many agents held them
+        in plaintext (``sealed``), how many under an older key (``resealed``), how many were
+        already sealed under the newest or hold none (``current``), and the ids of those whose
+        sealed values open under no key of the ring (left as they are).
+
+        Running it twice does nothing the second time. A row changed meanwhile is left to
+        its own write (which seals it).
+        """
+        counts: dict[str, Any] = {"sealed": 0, "resealed": 0, "current": 0, "unreadable": []}
+        for agent_id, runtime, sealed in await agents.stored_runtimes(self._pool):
+            if not self._runtime_secrets.needs_reseal(runtime, sealed):
+                counts["current"] += 1
+                continue
+            plaintext = any(name in runtime for name in SECRET_FIELDS)
+            try:
+                public, resealed = self._runtime_secrets.seal(
+                    agent_id, agents.with_sealed(runtime, agent_id, sealed)
+                )
+            except CredentialUnreadable:
+                counts["unreadable"].append(agent_id)
+                continue
+            changed = await agents.set_runtime(
+                self._pool, agent_id, public, resealed, if_runtime=runtime, if_sealed=sealed
+            )
+            if changed is not None:
+                counts["sealed" if plaintext else "resealed"] += 1
+                if self._lookups is not None:
+                    self._lookups.invalidate_agent(agent_id)
+        return counts
 
     async def agents_on_old_keys(self) -> list[int]:
         """The agents whose API key was derived under a key other than the newest: rotate

@@ -67,10 +67,12 @@ from gateway.runs.recording import RunRecorder
 from gateway.runs.service import RunService
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
+from gateway.security.cipher import CredentialCipher
 from gateway.security.credentials import CredentialService
 from gateway.security.key_guard import KeyGuard
 from gateway.security.keyring import key_ring
 from gateway.security.ratelimit import RateLimiter
+from gateway.security.runtime_secrets import RuntimeSecrets
 from gateway.security.signing import UrlSigner
 from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
@@ -203,15 +205,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         waiters,
         observe=metrics.observe_event,
     )
+    # Each runtime call opens the agent's sealed runtime secrets for itself, in memory only.
+    open_secrets = RuntimeSecrets(CredentialCipher(key_ring(settings))).opener()
     trigger_dev = TriggerDevAdapter(
         session,
         max_result_bytes=settings.max_result_body,
         run_tag=settings.trigger_dev_run_tag,
         feed_timeout_s=settings.trigger_dev_realtime_timeout_s,
+        open_secrets=open_secrets,
     )
     adapters = metrics.metered_adapters(
         {
-            N8nAdapter.kind: N8nAdapter(session, max_result_bytes=settings.max_result_body),
+            N8nAdapter.kind: N8nAdapter(
+                session, max_result_bytes=settings.max_result_body, open_secrets=open_secrets
+            ),
             TriggerDevAdapter.kind: trigger_dev,
         }
     )

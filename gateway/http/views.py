@@ -13,6 +13,7 @@ from gateway.admin.service import CreatedAgent
 from gateway.execute.service import ChunkFrame, Outcome
 from gateway.packages.service import PackageTicket
 from gateway.security.credentials import ResolvedCredential
+from store.agents import SEALED
 from store.credentials import CredentialInfo
 from store.enums import JobStatus
 from store.models import Agent, IngestKey, Org, Run, iso
@@ -56,9 +57,14 @@ def ingest_key_view(key: IngestKey) -> dict[str, Any]:
 
 def agent_view(agent: Agent) -> dict[str, Any]:
     """The agent as the admin API shows it (never the runtime's secrets)."""
+    sealed = agent.runtime.get(SEALED) or {}
     runtime = {
-        k: ("***" if k in _MASKED_RUNTIME_KEYS and v else v) for k, v in agent.runtime.items()
+        k: ("***" if k in _MASKED_RUNTIME_KEYS and v else v)
+        for k, v in agent.runtime.items()
+        if k != SEALED
     }
+    # Sealed at rest (gateway.security.runtime_secrets): shown as set, never opened here.
+    runtime.update({k: "***" for k in _MASKED_RUNTIME_KEYS if k in sealed})
     return {
         "id": agent.id,
         "org_id": str(agent.org_id),

@@ -6,6 +6,7 @@ docs/operations.md, walked step by step."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import uuid
@@ -16,15 +17,18 @@ import asyncpg
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.security.cipher import CredentialCipher, CredentialUnreadable
 from gateway.security.keyring import KeyRing, key_id
 from gateway.security.signing import SignatureError, UrlSigner
 from gateway.security.tokens import CredentialsTokens, TokenInvalid
+from store.consumer import StoreConsumer
+from tests.runs.test_trigger_dev_runs import task_runtime
 from tests.support.backends import Backends
 from tests.support.console import failure_line, run_console
 from tests.support.gateways import GatewayFactory
+from tests.support.runs import wait_url
 from tests.support.tenants import new_tenant
 from tests.support.tokens import ADMIN
 
@@ -110,8 +114,25 @@ async def register(replica: Client, tenant: Any, agent: dict[str, Any], external
     return token
 
 
+async def run_task(replica: Client, tenant: Any, task: dict[str, Any], output: int) -> None:
+    """A trigger-and-wait of the Trigger.dev agent ``task`` through ``replica``: it
+    authenticates to the fake with the agent's (sealed) secret key."""
+    resp = await replica.post(
+        wait_url(task["id"]),
+        json={"input": {"statuses": ["COMPLETED"], "output": output}, "timeoutMs": 10_000},
+        headers=tenant.auth,
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["output_data"] == output
+
+
 async def test_the_rotation_procedure(
-    make_gateway: GatewayFactory, backends: Backends, db: asyncpg.Pool
+    make_gateway: GatewayFactory,
+    backends: Backends,
+    db: asyncpg.Pool,
+    trigger_dev: TestServer,
+    consumer: StoreConsumer,
 ) -> None:
     # Before: one key.
     before = await make_gateway(secret_key=OLD, secret_keys_previous="")
@@ -119,12 +140,19 @@ async def test_the_rotation_procedure(
     agent = await tenant.create_agent(output_kind="json")
     credential_id = await tenant.create_credential({"token": "kept"}, grant_to=agent)
     old_token = await register(before, tenant, agent, "before")
+    # A runtime secret, sealed under the old key.
+    task = await tenant.create_agent(output_kind="json", runtime=task_runtime(trigger_dev))
+    await run_task(before, tenant, task, 1)
 
     # 1. SECRET_KEY=<new>, SECRET_KEYS_PREVIOUS=<old> on every replica.
     rotated = await make_gateway(secret_key=NEW, secret_keys_previous=OLD)
     assert (await resolve(rotated, credential_id, agent["api_key"], old_token))[0] == 200
     new_token = await register(rotated, tenant, agent, "after")
     assert f"_{key_id(NEW)}_" in new_token
+    await run_task(rotated, tenant, task, 2)
+    # Every replica is rotated: none runs on the old ring alone any more (its follower could
+    # not open what the re-seal below seals under the new key).
+    await before.close()
 
     # 2. agent-gateway admin reseal: every stored secret under the new key; the agents whose
     # API key the old key derived are listed, and rotated.
@@ -141,6 +169,12 @@ async def test_the_rotation_procedure(
         "SELECT sealed_data FROM credentials WHERE id = $1::uuid", credential_id
     )
     assert bytes(sealed)[1:5] == bytes.fromhex(key_id(NEW))
+    assert report["runtime_secrets"]["resealed"] >= 1
+    assert task["id"] not in report["runtime_secrets"]["unreadable"]
+    sealed_runtime = await db.fetchval(
+        "SELECT runtime_secrets->>'secret_key' FROM agents WHERE id = $1", task["id"]
+    )
+    assert base64.b64decode(sealed_runtime)[1:5] == bytes.fromhex(key_id(NEW))
     resp = await rotated.post(f"/admin/agents/{agent['id']}/api-key", headers=ADMIN)
     agent["api_key"] = (await resp.json())["api_key"]
     again = await asyncio.to_thread(
@@ -148,6 +182,7 @@ async def test_the_rotation_procedure(
     )
     assert agent["id"] not in json.loads(again.stdout)["agent_keys_to_rotate"]
     assert json.loads(again.stdout)["credentials"]["resealed"] == 0
+    assert json.loads(again.stdout)["runtime_secrets"]["resealed"] == 0
 
     # 3. Retire the old key: what it signed is refused; the re-sealed data still opens.
     retired = await make_gateway(secret_key=NEW, secret_keys_previous="")
@@ -156,6 +191,7 @@ async def test_the_rotation_procedure(
     status, body = await resolve(retired, credential_id, agent["api_key"], new_token)
     assert status == 200, body
     assert body["data"] == {"token": "kept"}
+    await run_task(retired, tenant, task, 3)
 
 
 @pytest.mark.parametrize(

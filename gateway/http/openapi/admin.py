@@ -88,7 +88,8 @@ SCHEMAS: dict[str, Json] = {
                     "headers": {
                         "type": "object",
                         "additionalProperties": {"type": "string"},
-                        "description": "Sent with every call (e.g. header auth); never shown back.",
+                        "description": "Sent with every call (e.g. header auth); sealed at rest "
+                        "(bound to the agent), never shown back (`***`).",
                     },
                     "result_delivery": {
                         "enum": [delivery.value for delivery in ResultDelivery],
@@ -114,7 +115,8 @@ SCHEMAS: dict[str, Json] = {
                         "type": "string",
                         "minLength": 1,
                         "maxLength": 1024,
-                        "description": "Never shown back.",
+                        "description": "Sealed at rest (bound to the agent); never shown "
+                        "back (`***`).",
                     },
                 },
             },
@@ -142,7 +144,8 @@ SCHEMAS: dict[str, Json] = {
             "runtime": {
                 "type": "object",
                 "required": ["kind"],
-                "description": "As configured, with `secret_key` and `headers` shown as `***`.",
+                "description": "As configured, with `secret_key` and `headers` (sealed at "
+                "rest) shown as `***`.",
                 "properties": {"kind": {"enum": [kind.value for kind in RuntimeKind]}},
             },
             "input_format": {},
