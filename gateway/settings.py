@@ -420,6 +420,21 @@ class Settings:
         "Window of REPORT_RATE_LIMIT.",
         **_AT_LEAST_ONE,
     )
+    callback_rate_limit: int = setting(
+        600,
+        "CALLBACK_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "POST /api/runs/{runId}/callback calls per agent per window (all its runs together): "
+        "far above what a runtime reporting progress sends.",
+        **_AT_LEAST_ONE,
+    )
+    callback_rate_window_s: int = setting(
+        60,
+        "CALLBACK_RATE_WINDOW_S",
+        Group.RATE_LIMITS,
+        "Window of CALLBACK_RATE_LIMIT.",
+        **_AT_LEAST_ONE,
+    )
     execute_rate_limit: int = setting(
         60,
         "EXECUTE_RATE_LIMIT",

@@ -359,3 +359,34 @@ async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_a
         "completed",
         {"answer": 42},
     )
+
+
+async def test_an_agent_flooding_callbacks_is_refused_429_by_its_own_bucket(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    consumer: StoreConsumer,
+) -> None:
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(callback_rate_limit=2, callback_rate_window_s=3600)
+    agent = await callback_agent(tenant, runtime)
+    quiet = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    statuses = [
+        (await report(tenant, agent, run_id, {"type": "output", "output": n}))[0] for n in range(3)
+    ]
+    assert statuses == [202, 202, 429]
+    refused = await tenant.client.post(
+        f"/api/runs/{run_id}/callback",
+        headers=as_agent(agent),
+        json={"type": "output", "complete": True, "output": "late"},
+    )
+    assert refused.status == 429
+    assert refused.headers["RateLimit-Policy"] == "2;w=3600"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "callbacks" in (await refused.json())["error"]
+    # Nothing past the bucket was recorded; another agent's callbacks have their own bucket.
+    assert (await row(db, run_id))["status"] == "running"
+    other_run = await start_run(tenant, quiet)
+    assert (await report(tenant, quiet, other_run, {"type": "started"}))[0] == 202
