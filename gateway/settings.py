@@ -319,6 +319,14 @@ class Settings:
         "Bytes a stream buffers from the runtime before reading pauses (aiohttp's read_bufsize).",
         minimum=1024,
     )
+    runtime_max_connections_per_host: int = setting(
+        256,
+        "RUNTIME_MAX_CONNECTIONS_PER_HOST",
+        Group.WAITS,
+        "Most connections one replica holds open to one runtime host (host and port) at once; "
+        "a call past it waits for a free one, within its own window.",
+        **_AT_LEAST_ONE,
+    )
     stream_splice: bool = setting(
         True,
         "STREAM_SPLICE",

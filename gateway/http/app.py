@@ -177,7 +177,13 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding",),
         read_bufsize=settings.stream_read_buffer,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+        # No overall bound, one per runtime host: a slow runtime cannot take every socket, and
+        # a call past the bound waits for a connection within its request's window.
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=settings.runtime_max_connections_per_host,
+            enable_cleanup_closed=True,
+        ),
     )
     app[HTTP_SESSION] = session
     yield
