@@ -104,7 +104,10 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     """Run the store consumer until SIGTERM/SIGINT; the batches in hand are finished first."""
     redis = connect_redis(settings.redis_url, cluster=settings.redis_cluster)
     pool = await create_pool(
-        settings.database_url, min_size=1, max_size=settings.consumer_db_pool_max_size
+        settings.database_url,
+        min_size=1,
+        max_size=settings.consumer_db_pool_max_size,
+        acquire_timeout_s=settings.db_pool_acquire_timeout_s,
     )
     consumer = StoreConsumer(
         redis,

@@ -262,6 +262,14 @@ class Settings:
         "Most PostgreSQL connections one store consumer opens.",
         **_AT_LEAST_ONE,
     )
+    db_pool_acquire_timeout_s: float = setting(
+        5.0,
+        "DB_POOL_ACQUIRE_TIMEOUT_S",
+        Group.BACKENDS,
+        "Longest a query waits for a free connection of a full pool; past it the request is "
+        "503 with Retry-After (a run event is held in the Redis buffer instead).",
+        **_POSITIVE,
+    )
     dependency_probe_interval_s: float = setting(
         5.0,
         "DEPENDENCY_PROBE_INTERVAL_S",

@@ -101,6 +101,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         settings.database_url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
+        acquire_timeout_s=settings.db_pool_acquire_timeout_s,
     )
     try:
         # Before anything listens: code newer than its schema would fail request by request.
