@@ -745,6 +745,14 @@ class Settings:
         minimum=1,
         maximum=1024,
     )
+    events_buffer_max_per_partition: int = setting(
+        100_000,
+        "EVENTS_BUFFER_MAX_PER_PARTITION",
+        Group.CONSUMER,
+        "Most run events one partition of the Redis buffer holds while PostgreSQL is away; an "
+        "event past it is refused (503 with Retry-After), never one held trimmed.",
+        **_AT_LEAST_ONE,
+    )
     auth_cache_reconnect_s: float = setting(
         1.0,
         None,

@@ -206,7 +206,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     metrics.run_waits.set_function(lambda: len(waiters))
     recorder = RunRecorder(
         app[DB_POOL],
-        EventBuffer(app[REDIS], settings.events_stream, settings.events_partitions),
+        EventBuffer(
+            app[REDIS],
+            settings.events_stream,
+            settings.events_partitions,
+            max_per_partition=settings.events_buffer_max_per_partition,
+        ),
         waiters,
         observe=metrics.observe_event,
     )
