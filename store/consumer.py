@@ -1,4 +1,4 @@
-"""The store consumer: applies the events the Redis buffer holds, and runs the reaper.
+"""The store consumer: applies the events the Redis buffer holds, runs the reaper and retention.
 
 Runs as its own process (``agent-gateway consume``). Events reach the buffer only while
 PostgreSQL cannot take them on the caller's path (:mod:`store.event_buffer`). The consumer
@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -26,6 +26,7 @@ from store.announcements import announce_terminal
 from store.event_buffer import BufferedEvent, EventBuffer, PartitionLeases
 from store.reaper import reap_overdue
 from store.redis_client import RedisClient
+from store.retention import expire_idempotency_keys
 from store.run_events import RunEvent
 from store.transitions import LeaseLost, Outcome, Transition, apply_buffered, new_lease_token
 
@@ -64,6 +65,8 @@ class ConsumerStats:
     poison: int = 0
     reaped: int = 0
     leases_lost: int = 0
+    # Rows deleted by retention, by kind (store/retention.py).
+    expired: dict[str, int] = field(default_factory=dict)
 
 
 class StoreConsumer:
@@ -125,6 +128,7 @@ class StoreConsumer:
                     # Buffered events first, then the reaper: an event already on its way
                     # wins over the deadline.
                     await self._reap()
+                    await self._expire()
                     next_reap = loop.time() + self._reap_every_s
                 if moved:
                     idle_s = _FIRST_POLL_S
@@ -185,6 +189,14 @@ class StoreConsumer:
             self.stats.reaped += len(reaped)
             log.warning("runs_reaped", run_ids=reaped)
             await announce_terminal(self._redis, self.buffer.prefix, reaped)
+
+    async def _expire(self) -> None:
+        """Retention: one bounded batch of each kind per turn of the reaper."""
+        if expired := await expire_idempotency_keys(self._pool):
+            self.stats.expired["idempotency_keys"] = (
+                self.stats.expired.get("idempotency_keys", 0) + expired
+            )
+            log.info("retention_deleted", kind="idempotency_keys", rows=expired)
 
     async def _apply(
         self, partition: int, batch: list[BufferedEvent], *, legacy: bool = False

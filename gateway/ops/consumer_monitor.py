@@ -62,6 +62,14 @@ class _StatsCollector(Collector):
             "Runs failed by the reaper because their deadline passed",
             value=stats.reaped,
         )
+        deleted = CounterMetricFamily(
+            "agent_gateway_store_retention_deleted",
+            "Rows deleted by retention, by kind (docs/operations.md, Retention)",
+            labels=["kind"],
+        )
+        for kind in ("idempotency_keys",):
+            deleted.add_metric([kind], stats.expired.get(kind, 0))
+        yield deleted
         yield CounterMetricFamily(
             "agent_gateway_store_partition_leases_lost",
             "Batches not applied because the partition's lease had passed to another consumer",
