@@ -685,6 +685,43 @@ class Settings:
         minimum=10,
         maximum=10_000,
     )
+    # Retention (store/retention.py; docs/operations.md, Retention): run by the consumer on the
+    # reaper's schedule. Runs, their files and packages are the caller's data: kept by default.
+    retention_runs_days: int = setting(
+        0,
+        "RETENTION_RUNS_DAYS",
+        Group.CONSUMER,
+        "Terminal runs that ended this many days ago are deleted by the consumer, with their "
+        "applied events, stored files (rows and blobs) and package (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_input_files_days: int = setting(
+        0,
+        "RETENTION_INPUT_FILES_DAYS",
+        Group.CONSUMER,
+        "Uploaded input files of terminal runs, stored this many days ago, are deleted by the "
+        "consumer (rows and blobs; the run stays) (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_packages_days: int = setting(
+        0,
+        "RETENTION_PACKAGES_DAYS",
+        Group.CONSUMER,
+        "Job download packages nobody asked for in this many days are deleted by the consumer "
+        "(a later request makes a new one, with a new id) (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_batch: int = setting(
+        500,
+        "RETENTION_BATCH",
+        Group.CONSUMER,
+        "Rows of each kind one consumer deletes at most per pass (every 15 s).",
+        minimum=1,
+        maximum=10_000,
+    )
 
     # Hostile callers (docs/reliability.md)
     keepalive_timeout_s: float = setting(

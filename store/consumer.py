@@ -26,7 +26,15 @@ from store.announcements import announce_terminal
 from store.event_buffer import BufferedEvent, EventBuffer, PartitionLeases
 from store.reaper import reap_overdue
 from store.redis_client import RedisClient
-from store.retention import expire_idempotency_keys
+from store.retention import (
+    RETENTION_KINDS,
+    BlobDeleter,
+    RetentionPolicy,
+    expire_idempotency_keys,
+    expire_input_files,
+    expire_packages,
+    expire_runs,
+)
 from store.run_events import RunEvent
 from store.transitions import LeaseLost, Outcome, Transition, apply_buffered, new_lease_token
 
@@ -83,6 +91,8 @@ class StoreConsumer:
         poll_ms: int = 1000,
         lease_s: float = 10.0,
         reap_every_s: float = 15.0,
+        retention: RetentionPolicy | None = None,
+        blobs: BlobDeleter | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -92,6 +102,11 @@ class StoreConsumer:
         self._batch = batch
         self._poll_s = poll_ms / 1000
         self._reap_every_s = reap_every_s
+        self._retention = retention or RetentionPolicy()
+        # Runs and input files name blobs: without a blob store they are kept (see _expire).
+        self._blobs = blobs
+        if blobs is None and (self._retention.runs_days or self._retention.input_files_days):
+            log.warning("retention_without_blob_store", kept=["runs", "input_files"])
         self.leases = PartitionLeases(buffer, redis, self.name, lease_s)
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
@@ -192,11 +207,28 @@ class StoreConsumer:
 
     async def _expire(self) -> None:
         """Retention: one bounded batch of each kind per turn of the reaper."""
-        if expired := await expire_idempotency_keys(self._pool):
-            self.stats.expired["idempotency_keys"] = (
-                self.stats.expired.get("idempotency_keys", 0) + expired
-            )
-            log.info("retention_deleted", kind="idempotency_keys", rows=expired)
+        policy, limit = self._retention, self._retention.limit
+        self._count("idempotency_keys", await expire_idempotency_keys(self._pool, limit=limit))
+        self._count(
+            "packages", await expire_packages(self._pool, days=policy.packages_days, limit=limit)
+        )
+        if self._blobs is None:
+            return
+        self._count(
+            "input_files",
+            await expire_input_files(
+                self._pool, self._blobs, days=policy.input_files_days, limit=limit
+            ),
+        )
+        self._count(
+            "runs", await expire_runs(self._pool, self._blobs, days=policy.runs_days, limit=limit)
+        )
+
+    def _count(self, kind: str, deleted: int) -> None:
+        assert kind in RETENTION_KINDS
+        if deleted:
+            self.stats.expired[kind] = self.stats.expired.get(kind, 0) + deleted
+            log.info("retention_deleted", kind=kind, rows=deleted)
 
     async def _apply(
         self, partition: int, batch: list[BufferedEvent], *, legacy: bool = False

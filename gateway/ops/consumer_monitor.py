@@ -24,6 +24,7 @@ from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
 from store.consumer import StoreConsumer
 from store.redis_client import RedisClient
+from store.retention import RETENTION_KINDS
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,7 @@ class _StatsCollector(Collector):
             "Rows deleted by retention, by kind (docs/operations.md, Retention)",
             labels=["kind"],
         )
-        for kind in ("idempotency_keys",):
+        for kind in RETENTION_KINDS:
             deleted.add_metric([kind], stats.expired.get(kind, 0))
         yield deleted
         yield CounterMetricFamily(
