@@ -34,12 +34,13 @@ from gateway.ops.log_config import configure_logging, log_failure
 from gateway.security.credentials import CredentialService
 from gateway.security.keyring import key_ring
 from gateway.settings import Settings, SettingsError
-from gateway.storage.blobs import BlobStoreError
+from gateway.storage.blobs import BlobStoreError, open_blob_store
 from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
 from store.migrate import SchemaBehind, check_schema, migrate_url, migration_status_url
 from store.pool import create_pool
 from store.redis_client import connect_redis
+from store.retention import RetentionPolicy
 
 # Commands installed by other distributions (the dev kit's ``dev``), so this package never
 # imports dev-only code.
@@ -104,22 +105,34 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     """Run the store consumer until SIGTERM/SIGINT; the batches in hand are finished first."""
     redis = connect_redis(settings.redis_url, cluster=settings.redis_cluster)
     pool = await create_pool(
-        settings.database_url, min_size=1, max_size=settings.consumer_db_pool_max_size
+        settings.database_url,
+        min_size=1,
+        max_size=settings.consumer_db_pool_max_size,
+        acquire_timeout_s=settings.db_pool_acquire_timeout_s,
     )
-    consumer = StoreConsumer(
-        redis,
-        pool,
-        buffer=EventBuffer(redis, settings.events_stream, settings.events_partitions),
-        name=name,
-        poll_ms=settings.consumer_poll_ms,
-        lease_s=settings.consumer_lease_s,
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
     try:
-        await check_schema(pool)
         async with contextlib.AsyncExitStack() as stack:
+            # Retention deletes the blobs of the runs and input files it deletes.
+            blobs = await stack.enter_async_context(open_blob_store(settings))
+            consumer = StoreConsumer(
+                redis,
+                pool,
+                buffer=EventBuffer(redis, settings.events_stream, settings.events_partitions),
+                name=name,
+                poll_ms=settings.consumer_poll_ms,
+                lease_s=settings.consumer_lease_s,
+                retention=RetentionPolicy(
+                    runs_days=settings.retention_runs_days,
+                    input_files_days=settings.retention_input_files_days,
+                    packages_days=settings.retention_packages_days,
+                    limit=settings.retention_batch,
+                ),
+                blobs=blobs,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, consumer.stop)
+            await check_schema(pool)
             if settings.consumer_port:
                 await stack.enter_async_context(
                     serve_monitor(

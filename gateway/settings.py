@@ -262,6 +262,14 @@ class Settings:
         "Most PostgreSQL connections one store consumer opens.",
         **_AT_LEAST_ONE,
     )
+    db_pool_acquire_timeout_s: float = setting(
+        5.0,
+        "DB_POOL_ACQUIRE_TIMEOUT_S",
+        Group.BACKENDS,
+        "Longest a query waits for a free connection of a full pool; past it the request is "
+        "503 with Retry-After (a run event is held in the Redis buffer instead).",
+        **_POSITIVE,
+    )
     dependency_probe_interval_s: float = setting(
         5.0,
         "DEPENDENCY_PROBE_INTERVAL_S",
@@ -318,6 +326,14 @@ class Settings:
         Group.WAITS,
         "Bytes a stream buffers from the runtime before reading pauses (aiohttp's read_bufsize).",
         minimum=1024,
+    )
+    runtime_max_connections_per_host: int = setting(
+        256,
+        "RUNTIME_MAX_CONNECTIONS_PER_HOST",
+        Group.WAITS,
+        "Most connections one replica holds open to one runtime host (host and port) at once; "
+        "a call past it waits for a free one, within its own window.",
+        **_AT_LEAST_ONE,
     )
     stream_splice: bool = setting(
         True,
@@ -418,6 +434,21 @@ class Settings:
         "REPORT_RATE_WINDOW_S",
         Group.RATE_LIMITS,
         "Window of REPORT_RATE_LIMIT.",
+        **_AT_LEAST_ONE,
+    )
+    callback_rate_limit: int = setting(
+        600,
+        "CALLBACK_RATE_LIMIT",
+        Group.RATE_LIMITS,
+        "POST /api/runs/{runId}/callback calls per agent per window (all its runs together): "
+        "far above what a runtime reporting progress sends.",
+        **_AT_LEAST_ONE,
+    )
+    callback_rate_window_s: int = setting(
+        60,
+        "CALLBACK_RATE_WINDOW_S",
+        Group.RATE_LIMITS,
+        "Window of CALLBACK_RATE_LIMIT.",
         **_AT_LEAST_ONE,
     )
     execute_rate_limit: int = setting(
@@ -654,6 +685,43 @@ class Settings:
         minimum=10,
         maximum=10_000,
     )
+    # Retention (store/retention.py; docs/operations.md, Retention): run by the consumer on the
+    # reaper's schedule. Runs, their files and packages are the caller's data: kept by default.
+    retention_runs_days: int = setting(
+        0,
+        "RETENTION_RUNS_DAYS",
+        Group.CONSUMER,
+        "Terminal runs that ended this many days ago are deleted by the consumer, with their "
+        "applied events, stored files (rows and blobs) and package (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_input_files_days: int = setting(
+        0,
+        "RETENTION_INPUT_FILES_DAYS",
+        Group.CONSUMER,
+        "Uploaded input files of terminal runs, stored this many days ago, are deleted by the "
+        "consumer (rows and blobs; the run stays) (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_packages_days: int = setting(
+        0,
+        "RETENTION_PACKAGES_DAYS",
+        Group.CONSUMER,
+        "Job download packages nobody asked for in this many days are deleted by the consumer "
+        "(a later request makes a new one, with a new id) (0: kept forever).",
+        minimum=0,
+        maximum=36_500,
+    )
+    retention_batch: int = setting(
+        500,
+        "RETENTION_BATCH",
+        Group.CONSUMER,
+        "Rows of each kind one consumer deletes at most per pass (every 15 s).",
+        minimum=1,
+        maximum=10_000,
+    )
 
     # Hostile callers (docs/reliability.md)
     keepalive_timeout_s: float = setting(
@@ -713,6 +781,14 @@ class Settings:
         "it only while the buffer is empty.",
         minimum=1,
         maximum=1024,
+    )
+    events_buffer_max_per_partition: int = setting(
+        100_000,
+        "EVENTS_BUFFER_MAX_PER_PARTITION",
+        Group.CONSUMER,
+        "Most run events one partition of the Redis buffer holds while PostgreSQL is away; an "
+        "event past it is refused (503 with Retry-After), never one held trimmed.",
+        **_AT_LEAST_ONE,
     )
     auth_cache_reconnect_s: float = setting(
         1.0,

@@ -1,4 +1,4 @@
-"""The store consumer: applies the events the Redis buffer holds, and runs the reaper.
+"""The store consumer: applies the events the Redis buffer holds, runs the reaper and retention.
 
 Runs as its own process (``agent-gateway consume``). Events reach the buffer only while
 PostgreSQL cannot take them on the caller's path (:mod:`store.event_buffer`). The consumer
@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -26,6 +26,15 @@ from store.announcements import announce_terminal
 from store.event_buffer import BufferedEvent, EventBuffer, PartitionLeases
 from store.reaper import reap_overdue
 from store.redis_client import RedisClient
+from store.retention import (
+    RETENTION_KINDS,
+    BlobDeleter,
+    RetentionPolicy,
+    expire_idempotency_keys,
+    expire_input_files,
+    expire_packages,
+    expire_runs,
+)
 from store.run_events import RunEvent
 from store.transitions import LeaseLost, Outcome, Transition, apply_buffered, new_lease_token
 
@@ -73,6 +82,8 @@ class ConsumerStats:
     poison: int = 0
     reaped: int = 0
     leases_lost: int = 0
+    # Rows deleted by retention, by kind (store/retention.py).
+    expired: dict[str, int] = field(default_factory=dict)
 
 
 class StoreConsumer:
@@ -89,6 +100,8 @@ class StoreConsumer:
         poll_ms: int = 1000,
         lease_s: float = 10.0,
         reap_every_s: float = 15.0,
+        retention: RetentionPolicy | None = None,
+        blobs: BlobDeleter | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -98,6 +111,11 @@ class StoreConsumer:
         self._batch = batch
         self._poll_s = poll_ms / 1000
         self._reap_every_s = reap_every_s
+        self._retention = retention or RetentionPolicy()
+        # Runs and input files name blobs: without a blob store they are kept (see _expire).
+        self._blobs = blobs
+        if blobs is None and (self._retention.runs_days or self._retention.input_files_days):
+            log.warning("retention_without_blob_store", kept=["runs", "input_files"])
         self.leases = PartitionLeases(buffer, redis, self.name, lease_s)
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
@@ -134,6 +152,7 @@ class StoreConsumer:
                     # Buffered events first, then the reaper: an event already on its way
                     # wins over the deadline.
                     await self._reap()
+                    await self._expire()
                     next_reap = loop.time() + self._reap_every_s
                 if moved:
                     idle_s = _FIRST_POLL_S
@@ -187,6 +206,31 @@ class StoreConsumer:
             self.stats.reaped += len(reaped)
             log.warning("runs_reaped", run_ids=reaped)
             await announce_terminal(self._redis, self.buffer.prefix, reaped)
+
+    async def _expire(self) -> None:
+        """Retention: one bounded batch of each kind per turn of the reaper."""
+        policy, limit = self._retention, self._retention.limit
+        self._count("idempotency_keys", await expire_idempotency_keys(self._pool, limit=limit))
+        self._count(
+            "packages", await expire_packages(self._pool, days=policy.packages_days, limit=limit)
+        )
+        if self._blobs is None:
+            return
+        self._count(
+            "input_files",
+            await expire_input_files(
+                self._pool, self._blobs, days=policy.input_files_days, limit=limit
+            ),
+        )
+        self._count(
+            "runs", await expire_runs(self._pool, self._blobs, days=policy.runs_days, limit=limit)
+        )
+
+    def _count(self, kind: str, deleted: int) -> None:
+        assert kind in RETENTION_KINDS
+        if deleted:
+            self.stats.expired[kind] = self.stats.expired.get(kind, 0) + deleted
+            log.info("retention_deleted", kind=kind, rows=deleted)
 
     def _fenced(self, partition: int) -> None:
         self.stats.leases_lost += 1

@@ -41,6 +41,29 @@ end
 return 0
 """
 
+# Append to a partition's stream (KEYS[1]) unless it already holds ARGV[1] entries: the length
+# and the append in one step, on the one key. 1: appended; 0: refused (nothing dropped).
+_APPEND_UNLESS_FULL = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+return 1
+"""
+
+# The default cap of one partition (the EVENTS_BUFFER_MAX_PER_PARTITION setting).
+DEFAULT_MAX_PER_PARTITION = 100_000
+
+
+class EventBufferFull(Exception):
+    """A partition of the buffer already holds its cap: the event was not held (the buffer
+    never drops or trims an event it took; the caller is told to retry instead)."""
+
+    def __init__(self, partition: int, held: int) -> None:
+        super().__init__(f"run-event buffer partition {partition} holds its cap of {held} events")
+        self.partition = partition
+        self.held = held
+
 
 @dataclass(frozen=True, slots=True)
 class BufferedEvent:
@@ -54,10 +77,19 @@ class BufferedEvent:
 class EventBuffer:
     """The partitioned streams under ``prefix`` (the ``EVENTS_STREAM`` setting)."""
 
-    def __init__(self, redis: RedisClient, prefix: str, partitions: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        prefix: str,
+        partitions: int,
+        *,
+        max_per_partition: int = DEFAULT_MAX_PER_PARTITION,
+    ) -> None:
         self._redis = redis
         self.prefix = prefix
         self.partitions = partitions
+        self.max_per_partition = max_per_partition
+        self._append_unless_full = redis.register_script(_APPEND_UNLESS_FULL)
 
     @property
     def redis(self) -> RedisClient:
@@ -82,9 +114,18 @@ class EventBuffer:
         return f"{{{self.prefix}}}:consumers"
 
     async def append(self, event: RunEvent) -> None:
-        """Hold ``event`` until the consumer applies it (one command, on one key)."""
-        fields: dict[Any, Any] = event.encode()
-        await self._redis.xadd(self.stream_key(self.partition_of(event.run_id)), fields)
+        """Hold ``event`` until the consumer applies it (one script, on one key).
+
+        Raises :class:`EventBufferFull` when its partition already holds ``max_per_partition``
+        events: the buffer refuses the new event rather than trim one not yet applied.
+        """
+        partition = self.partition_of(event.run_id)
+        args: list[Any] = [self.max_per_partition]
+        for name, value in event.encode().items():
+            args += [name, value]
+        appended = await self._append_unless_full(keys=[self.stream_key(partition)], args=args)
+        if not appended:
+            raise EventBufferFull(partition, self.max_per_partition)
 
     async def read(self, partition: int, count: int) -> list[BufferedEvent]:
         """The oldest ``count`` entries of ``partition``, in order."""

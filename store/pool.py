@@ -1,11 +1,12 @@
-"""The asyncpg pool, with JSON columns decoded to Python values."""
+"""The asyncpg pool, with JSON columns decoded to Python values and a bounded acquire."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 # Anything a query can run on: the pool, a connection, or one taken from the pool.
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
@@ -26,17 +27,49 @@ async def _rollback_if_in_transaction(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    """Open a pool whose connections read and write ``json``/``jsonb`` as Python values."""
-    pool = await asyncpg.create_pool(
+class BoundedPool(asyncpg.Pool):
+    """A pool whose every acquire gives up after ``acquire_timeout_s`` (``TimeoutError``).
+
+    asyncpg's ``pool.fetch(...)`` and the like acquire without a timeout: on a saturated pool a
+    request would wait forever. Here an acquire that names no timeout takes the pool's, so
+    every query, through the pool or a connection taken from it, fails within it; the HTTP
+    middleware answers that ``TimeoutError`` as a 503 with ``Retry-After``.
+    """
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+async def create_pool(
+    database_url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    acquire_timeout_s: float = 5.0,
+) -> asyncpg.Pool:
+    """Open a pool whose connections read and write ``json``/``jsonb`` as Python values, and
+    whose acquires give up after ``acquire_timeout_s`` (the ``DB_POOL_ACQUIRE_TIMEOUT_S``
+    setting): a :class:`BoundedPool`."""
+    # What asyncpg.create_pool passes for what is not given here (it has no pool_class).
+    pool = BoundedPool(
         database_url,
+        acquire_timeout_s=acquire_timeout_s,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         init=_init_connection,
         reset=_rollback_if_in_transaction,
         # A dead server must surface as an error quickly, not as a hang.
         timeout=10,
         command_timeout=30,
     )
-    assert pool is not None
+    await pool
     return pool

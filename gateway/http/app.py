@@ -103,6 +103,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         settings.database_url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
+        acquire_timeout_s=settings.db_pool_acquire_timeout_s,
     )
     try:
         # Before anything listens: code newer than its schema would fail request by request.
@@ -179,7 +180,13 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("Accept-Encoding",),
         read_bufsize=settings.stream_read_buffer,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True),
+        # No overall bound, one per runtime host: a slow runtime cannot take every socket, and
+        # a call past the bound waits for a connection within its request's window.
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=settings.runtime_max_connections_per_host,
+            enable_cleanup_closed=True,
+        ),
     )
     app[HTTP_SESSION] = session
     yield
@@ -201,7 +208,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     metrics.run_waits.set_function(lambda: len(waiters))
     recorder = RunRecorder(
         app[DB_POOL],
-        EventBuffer(app[REDIS], settings.events_stream, settings.events_partitions),
+        EventBuffer(
+            app[REDIS],
+            settings.events_stream,
+            settings.events_partitions,
+            max_per_partition=settings.events_buffer_max_per_partition,
+        ),
         waiters,
         observe=metrics.observe_event,
     )

@@ -34,6 +34,7 @@ from gateway.http.request_info import (
     route_template,
 )
 from gateway.security.key_guard import KeyGuard
+from store.event_buffer import EventBufferFull
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,8 @@ BACKEND_OUTAGES: tuple[type[BaseException], ...] = (
     # A backend that answers nothing: asyncpg's connect and command timeouts.
     TimeoutError,
 )
+# A full event buffer drains only once PostgreSQL is back: a retry sooner would only be refused.
+EVENT_BUFFER_FULL_RETRY_AFTER_S = 5
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -190,6 +193,13 @@ v0_errors_to_json = json_errors(v0_api_error)
 
 def _error_response(request: web.Request, exc: Exception, shape: ErrorShape) -> web.StreamResponse:
     """The JSON response for an exception raised before any header was sent."""
+    if isinstance(exc, EventBufferFull):
+        # PostgreSQL is away and the run's partition of the buffer is full: not recorded.
+        log.warning("event_buffer_full", path=request.path, error=str(exc))
+        exc = ServiceUnavailable(
+            "Service temporarily unavailable: the event was not recorded; retry shortly",
+            headers={"Retry-After": str(EVENT_BUFFER_FULL_RETRY_AFTER_S)},
+        )
     if isinstance(exc, BACKEND_OUTAGES):
         log.warning("backend_unavailable", path=request.path, error=repr(exc))
         exc = ServiceUnavailable(

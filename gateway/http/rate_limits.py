@@ -41,6 +41,12 @@ RUN_REPORTS = AgentBucket(
     "this agent's run reports",
     lambda s: (s.report_rate_limit, s.report_rate_window_s),
 )
+# Callbacks (started, output, waiting) of all of an agent's runs; taken before the body is read.
+CALLBACKS = AgentBucket(
+    "callback",
+    "this agent's callbacks",
+    lambda s: (s.callback_rate_limit, s.callback_rate_window_s),
+)
 EXECUTIONS = AgentBucket(
     "execute",
     "this workflow's executions",

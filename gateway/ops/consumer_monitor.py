@@ -24,6 +24,7 @@ from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
 from store.consumer import StoreConsumer
 from store.redis_client import RedisClient
+from store.retention import RETENTION_KINDS
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,14 @@ class _StatsCollector(Collector):
             "Runs failed by the reaper because their deadline passed",
             value=stats.reaped,
         )
+        deleted = CounterMetricFamily(
+            "agent_gateway_store_retention_deleted",
+            "Rows deleted by retention, by kind (docs/operations.md, Retention)",
+            labels=["kind"],
+        )
+        for kind in RETENTION_KINDS:
+            deleted.add_metric([kind], stats.expired.get(kind, 0))
+        yield deleted
         yield CounterMetricFamily(
             "agent_gateway_store_partition_leases_lost",
             "Batches not applied because the partition's lease had passed to another consumer",

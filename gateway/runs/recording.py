@@ -11,7 +11,9 @@ finished), :meth:`RunRecorder.record` does the same five steps:
    read shows, on any replica;
 3. if PostgreSQL cannot be reached, **hold it in the Redis buffer** instead
    (:mod:`store.event_buffer`): the store consumer applies it, in the run's order, once
-   PostgreSQL is back;
+   PostgreSQL is back; a partition that already holds its cap refuses it
+   (:class:`store.event_buffer.EventBufferFull`, a 503 to the caller), never trimming one
+   held;
 4. **answer this process's waiters** with the terminal row at once;
 5. **announce the end** to the other replicas' waiters, after the answer (best effort: a
    waiter that misses it finds the end at its next recheck).
@@ -37,7 +39,7 @@ from gateway.ops.metrics import (
 from gateway.runs.waits import RunWaiters
 from store.announcements import announce_terminal
 from store.enums import EventType
-from store.event_buffer import EventBuffer
+from store.event_buffer import EventBuffer, EventBufferFull
 from store.group_commit import GroupCommit
 from store.jsonb import jsonb_problem, storable_text
 from store.run_events import RunEvent
@@ -79,17 +81,22 @@ class RunRecorder:
         self._buffer = buffer
         self._waiters = waiters
         self._observe = observe or (lambda event_type, outcome: None)
-        self._commits: GroupCommit[RunEvent, Transition] = GroupCommit(self._write)
+        self._commits: GroupCommit[RunEvent, Transition | EventBufferFull] = GroupCommit(
+            self._write
+        )
         self._announcing: set[asyncio.Task[None]] = set()
 
     async def record(self, event: RunEvent) -> Transition:
         """Record ``event``; what it did (see :class:`store.transitions.Outcome`)."""
         event = storable(event)
         transition = await self._commits.submit(event)
+        if isinstance(transition, EventBufferFull):
+            # Not recorded and not held: the caller is told (503), nothing is dropped.
+            raise transition
         self._observe(event.type, _OBSERVED.get(transition.outcome, EVENT_VIA_DATABASE))
         return transition
 
-    async def _write(self, events: Sequence[RunEvent]) -> list[Transition]:
+    async def _write(self, events: Sequence[RunEvent]) -> Sequence[Transition | EventBufferFull]:
         """Steps 2 to 5 for the events submitted together."""
         try:
             transitions = await record_events(self._pool, events)
@@ -97,7 +104,7 @@ class RunRecorder:
             log.warning(
                 "run_events_buffered", runs=sorted({e.run_id for e in events}), error=str(exc)
             )
-            return [await self._hold(event) for event in events]
+            return await self._hold_all(events)
         ended = [run for t in transitions if (run := t.ended_run) is not None]
         for run in ended:
             self._waiters.deliver(run)
@@ -105,15 +112,31 @@ class RunRecorder:
             self._announce([run.id for run in ended])
         return transitions
 
-    async def _hold(self, event: RunEvent) -> Transition:
-        """PostgreSQL failed: keep ``event`` in the buffer (in order: one at a time)."""
-        self._observe(event.type, EVENT_DATABASE_FAILED)
-        try:
-            await self._buffer.append(event)
-        except (RedisError, OSError):
-            self._observe(event.type, EVENT_FAILED)
-            raise
-        return Transition(Outcome.BUFFERED)
+    async def _hold_all(self, events: Sequence[RunEvent]) -> list[Transition | EventBufferFull]:
+        """PostgreSQL failed: keep the events in the buffer, in order, one at a time. Once a
+        partition refuses one (it holds its cap), the batch's later events for it are refused
+        too, so that none is held after an earlier one its caller must send again."""
+        full: dict[int, EventBufferFull] = {}
+        results: list[Transition | EventBufferFull] = []
+        for event in events:
+            self._observe(event.type, EVENT_DATABASE_FAILED)
+            partition = self._buffer.partition_of(event.run_id)
+            refused = full.get(partition)
+            if refused is None:
+                try:
+                    await self._buffer.append(event)
+                except EventBufferFull as exc:
+                    log.warning("run_event_buffer_full", run_id=event.run_id, error=str(exc))
+                    refused = full[partition] = exc
+                except (RedisError, OSError):
+                    self._observe(event.type, EVENT_FAILED)
+                    raise
+            if refused is not None:
+                self._observe(event.type, EVENT_FAILED)
+                results.append(refused)
+            else:
+                results.append(Transition(Outcome.BUFFERED))
+        return results
 
     def _announce(self, run_ids: list[int]) -> None:
         # Other replicas' waiters, one message for the batch; nobody's answer waits for it.

@@ -357,10 +357,17 @@ def test_the_kit_trusts_its_load_balancer_and_keeps_blobs_off_the_pods() -> None
     assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
     passed = {env["name"] for env in gateway["env"]}
     assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} <= passed
+    # The consumer's retention deletes blobs: it reads the same store (ConfigMap and keys).
+    consumer = container(objects["Deployment/agent-gateway-consumer"])
+    assert {"configMapRef": {"name": "agent-gateway"}} in consumer["envFrom"]
+    assert {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"} <= {env["name"] for env in consumer["env"]}
 
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     environment = compose["services"]["gateway"]["environment"]
     assert environment["BLOB_BACKEND"] == "s3"
+    consumer_env = compose["services"]["consumer"]["environment"]
+    for key in ("BLOB_BACKEND", "S3_BUCKET", "S3_ENDPOINT_URL", "S3_ACCESS_KEY_ID"):
+        assert consumer_env[key] == environment[key], key
     assert environment["TRUSTED_PROXIES"]
     assert "minio" in compose["services"]
 

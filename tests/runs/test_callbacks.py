@@ -8,9 +8,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
+from gateway.runs import recording
+from gateway.settings import Settings
 from store.consumer import StoreConsumer
+from tests.support.consumers import event_buffer
 from tests.support.gateways import GatewayFactory
 from tests.support.runs import wait_for_run
 from tests.support.runtimes import as_agent, callbacks_answered, first_invoked_run, webhook
@@ -359,3 +363,76 @@ async def test_a_wait_held_by_one_replica_is_answered_by_a_callback_landing_on_a
         "completed",
         {"answer": 42},
     )
+
+
+async def test_an_agent_flooding_callbacks_is_refused_429_by_its_own_bucket(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    db: asyncpg.Pool,
+    consumer: StoreConsumer,
+) -> None:
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(callback_rate_limit=2, callback_rate_window_s=3600)
+    agent = await callback_agent(tenant, runtime)
+    quiet = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    statuses = [
+        (await report(tenant, agent, run_id, {"type": "output", "output": n}))[0] for n in range(3)
+    ]
+    assert statuses == [202, 202, 429]
+    refused = await tenant.client.post(
+        f"/api/runs/{run_id}/callback",
+        headers=as_agent(agent),
+        json={"type": "output", "complete": True, "output": "late"},
+    )
+    assert refused.status == 429
+    assert refused.headers["RateLimit-Policy"] == "2;w=3600"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "callbacks" in (await refused.json())["error"]
+    # Nothing past the bucket was recorded; another agent's callbacks have their own bucket.
+    assert (await row(db, run_id))["status"] == "running"
+    other_run = await start_run(tenant, quiet)
+    assert (await report(tenant, quiet, other_run, {"type": "started"}))[0] == 202
+
+
+async def test_callbacks_past_a_full_event_buffer_are_503_and_nothing_held_is_trimmed(
+    make_gateway: GatewayFactory,
+    make_tenant: TenantFactory,
+    runtime: TestServer,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = await make_tenant()
+    tenant.client = await make_gateway(events_buffer_max_per_partition=3)
+    agent = await callback_agent(tenant, runtime)
+    run_id = await start_run(tenant, agent)
+    await first_invoked_run(runtime)
+
+    async def postgresql_away(*_: object) -> None:
+        raise ConnectionRefusedError("PostgreSQL is away")
+
+    # PostgreSQL stops taking events (no consumer runs): the buffer holds them.
+    monkeypatch.setattr(recording, "record_events", postgresql_away)
+    statuses = [
+        (await report(tenant, agent, run_id, {"type": "output", "output": {"step": n}}))[0]
+        for n in range(3)
+    ]
+    assert statuses == [202, 202, 202]
+    refused = await tenant.client.post(
+        f"/api/runs/{run_id}/callback",
+        headers=as_agent(agent),
+        json={"type": "output", "output": {"step": 3}},
+    )
+    assert refused.status == 503
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "not recorded" in (await refused.json())["error"]
+
+    buffer = event_buffer(settings, redis_client)
+    held = await buffer.read(buffer.partition_of(run_id), 10)
+    assert [entry.event.output_data for entry in held if entry.event] == [
+        {"step": 0},
+        {"step": 1},
+        {"step": 2},
+    ]

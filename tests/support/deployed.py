@@ -175,9 +175,9 @@ def host_overrides(work: Workload, *, blob_backend: str, s3_endpoint: str, **hos
 
     ``host`` holds the values to set (``GATEWAY_HOST``, ``GATEWAY_PORT``, …); a key is only
     set for a workload whose role uses it (see the call sites). With the ``s3`` blob backend
-    the S3 endpoint is this host's. A pod the manifests give no S3 keys (the consumer, which
-    never touches the blob store) gets none here either: if it ever needed them, the check
-    would say so.
+    the S3 endpoint is this host's (the gateway's and the consumer's, whose retention deletes
+    blobs). A pod the manifests give no S3 keys gets none here either: if it ever needed them,
+    the check would say so.
     """
     changes = dict(host)
     if blob_backend == "s3" and work.env.get("BLOB_BACKEND") == "s3":

@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.http import schemas
 from gateway.http.keys import CALLBACK_SERVICE, SETTINGS
 from gateway.http.path_ids import path_id
+from gateway.http.rate_limits import CALLBACKS, take_token
 from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
 from gateway.runs.callbacks import status_after
@@ -21,11 +22,14 @@ _CALLBACK_BODY = schemas.CallbackBody()
 async def callback(request: web.Request) -> web.Response:
     """``started``, ``output`` (intermediate, ``complete`` or ``failed``) and ``waiting``.
 
-    202 once the event is recorded; 409 when the run has already ended.
+    202 once the event is recorded; 409 when the run has already ended; 429 past the agent's
+    callback bucket (``CALLBACK_RATE_LIMIT``).
     """
     service = request.app[CALLBACK_SERVICE]
     run_id = path_id(request, "runId", "Run")
     agent = await service.authenticate(request.headers.get("Authorization"))
+    # Before the body (up to MAX_RESULT_BODY) is read: a flood costs a Redis call each.
+    await take_token(request, CALLBACKS, agent.id)
     raw = await read_json_object(request, limit=request.app[SETTINGS].max_result_body)
     body = load(_CALLBACK_BODY, raw)
     run = await service.report(agent, run_id, body)

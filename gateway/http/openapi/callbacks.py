@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.http.openapi.components import (
+    RATE_LIMITED,
     TOO_LARGE,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -106,6 +107,7 @@ PATHS: dict[str, Json] = {
                 "404": error("No such run, or the key is another agent's."),
                 "409": error("The run has already ended (`runId`, `status`)."),
                 "413": TOO_LARGE,
+                "429": RATE_LIMITED,
                 "503": UNAVAILABLE,
             },
         },
