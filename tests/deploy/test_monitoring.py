@@ -119,12 +119,16 @@ def test_the_pod_monitors_scrape_the_pods_the_deployments_make() -> None:
         doc = monitors[monitor]
         assert doc["kind"] == "PodMonitor"
         template = objects[deployment]["spec"]["template"]
-        assert doc["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        assert (
+            doc["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        )
         [endpoint] = doc["spec"]["podMetricsEndpoints"]
         [port] = template["spec"]["containers"][0]["ports"]
         assert endpoint == {"port": port["name"], "path": "/metrics", "interval": "30s"}
         assert port["name"] == path_port
-        assert port["containerPort"] == int(template["metadata"]["annotations"]["prometheus.io/port"])
+        assert port["containerPort"] == int(
+            template["metadata"]["annotations"]["prometheus.io/port"]
+        )
     kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == ["podmonitors.yaml", "prometheus-rules.yaml"]
 
@@ -137,15 +141,19 @@ def test_the_consumer_service_selects_the_consumer_pods_on_its_metrics_port() ->
     assert port["targetPort"] == consumer["spec"]["containers"][0]["ports"][0]["name"]
     assert port["port"] == consumer["spec"]["containers"][0]["ports"][0]["containerPort"]
     kubernetes_validate.validate(service, kubernetes_validate.latest_version(), strict=True)
-    assert "consumer-service.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())[
-        "resources"
-    ]
+    assert (
+        "consumer-service.yaml"
+        in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    )
 
 
 # --- Every query names exported metrics --------------------------------------------------------
 
 # Words of PromQL that are not metric names: functions, aggregations, operators, modifiers.
-_PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
+_PROMQL_WORDS = {
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+    "group_right",
+}  # fmt: skip
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 
 

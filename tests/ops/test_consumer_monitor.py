@@ -97,7 +97,8 @@ async def test_the_backlog_shows_buffered_events_and_drops_once_they_are_applied
     assert 0 <= after["agent_gateway_store_loop_age_seconds"] < 90
     assert "agent_gateway_store_db_pool_connections[max]" not in after
     assert after["agent_gateway_store_db_pool_connections[in_use]"] >= 0
-    build = f"agent_gateway_build_info[{metrics.installed_version()}][{platform.python_version()}]"
+    # The exposition sorts labels: python, then version.
+    build = f"agent_gateway_build_info[{platform.python_version()}][{metrics.installed_version()}]"
     assert after[build] == 1
 
 
