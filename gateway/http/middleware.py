@@ -79,6 +79,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 # A request whose caller left before any response was prepared (nginx's convention).
 _CLIENT_CLOSED = 499
+# When observe_requests began timing the request (time.monotonic()); on_prepare takes it to
+# observe the time to first byte, once.
+_STARTED = web.RequestKey("observe_requests_started", float)
 
 
 @web.middleware
@@ -93,6 +96,7 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
     lifecycle.request_started()
     metrics.requests_in_flight.inc()
     started = time.monotonic()
+    request[_STARTED] = started
     status = 500
     response: web.StreamResponse | None = None
     try:
@@ -238,6 +242,13 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
     if info is not None and not isinstance(response, web.Response) and metrics is not None:
         info.streamed = True
         metrics.streams_in_flight.labels(route_template(request)).inc()
+    started = request.pop(_STARTED, None)
+    if started is not None and metrics is not None:
+        # The headers go out now: for a whole response after its handler, for a download or a
+        # stream when its body begins (the duration histogram covers the whole body).
+        metrics.time_to_first_byte.labels(
+            route_template(request), method_label(request.method)
+        ).observe(time.monotonic() - started)
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id

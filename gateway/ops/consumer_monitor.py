@@ -98,6 +98,12 @@ class ConsumerMonitor:
             registry=self.registry,
         )
         self.partitions_held.set_function(lambda: len(consumer.leases.held))
+        self.loop_age = Gauge(
+            "agent_gateway_store_loop_age_seconds",
+            f"Seconds since the consume loop last turned (/healthz fails past {STUCK_AFTER_S:g})",
+            registry=self.registry,
+        )
+        self.loop_age.set_function(lambda: time.monotonic() - consumer.heartbeat)
         self.oldest_age = Gauge(
             "agent_gateway_store_oldest_event_age_seconds",
             "Age of the oldest event in the buffer (0 when it is empty)",

@@ -9,8 +9,10 @@ kinds rather than URLs, and never a run id.
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar
 
 import aiohttp
@@ -57,25 +59,52 @@ EVENT_FAILED = "failed"
 
 
 class PoolCollector(Collector):
-    """``<prefix>_db_pool_connections{state}``: in use, idle and the maximum, read at scrape
-    time from an asyncpg pool (none before the pool is opened)."""
+    """``<prefix>_db_pool_connections{state}`` (in use, idle) and the pool's capacity,
+    ``<prefix>_db_pool_max_connections``, read at scrape time from an asyncpg pool (none
+    before the pool is opened). Capacity is a gauge of its own, so that summing the states is
+    the connections open and ``in_use / max`` is a plain division."""
 
     def __init__(self, prefix: str, pool: Callable[[], asyncpg.Pool | None]) -> None:
         self._name = f"{prefix}_db_pool_connections"
+        self._max_name = f"{prefix}_db_pool_max_connections"
         self._pool = pool
 
     def collect(self) -> Iterator[Metric]:
-        """One gauge with a sample per state."""
+        """The connections by state, and the maximum."""
         family = GaugeMetricFamily(
-            self._name, "Database pool connections by state", labels=["state"]
+            self._name, "Database pool connections by state (in_use, idle)", labels=["state"]
+        )
+        capacity = GaugeMetricFamily(
+            self._max_name, "Most connections the database pool opens (its max_size)"
         )
         pool = self._pool()
         if pool is not None:
             size, idle = pool.get_size(), pool.get_idle_size()
             family.add_metric(["in_use"], size - idle)
             family.add_metric(["idle"], idle)
-            family.add_metric(["max"], pool.get_max_size())
+            capacity.add_metric([], pool.get_max_size())
         yield family
+        yield capacity
+
+
+def installed_version() -> str:
+    """This package's version from its metadata (``unknown`` when it is not installed)."""
+    try:
+        return version("agent-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_info(registry: CollectorRegistry) -> Gauge:
+    """``agent_gateway_build_info{version,python}``, always 1: which release a process runs."""
+    gauge = Gauge(
+        "agent_gateway_build_info",
+        "1; the labels say which release (package version) and Python this process runs",
+        ["version", "python"],
+        registry=registry,
+    )
+    gauge.labels(installed_version(), platform.python_version()).set(1)
+    return gauge
 
 
 class LookupCacheCollector(Collector):
@@ -109,11 +138,13 @@ class LookupCacheCollector(Collector):
 
 
 def new_registry() -> CollectorRegistry:
-    """A registry with the process, platform and garbage-collector collectors."""
+    """A registry with the process, platform and garbage-collector collectors, and
+    ``agent_gateway_build_info``."""
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(GC_COLLECTOR)
+    build_info(registry)
     return registry
 
 
@@ -153,6 +184,14 @@ class GatewayMetrics:
             "agent_gateway_http_request_duration_seconds",
             "Time from the request reaching the application to its handler finishing "
             "(the whole body for streamed responses)",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_byte = Histogram(
+            "agent_gateway_http_time_to_first_byte_seconds",
+            "Time from the request reaching the application to its response headers being "
+            "sent (for a download or a stream, when its body begins)",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
             registry=r,

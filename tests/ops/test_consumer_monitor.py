@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.http.monitor import monitor_app
+from gateway.ops import metrics
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
@@ -91,7 +93,13 @@ async def test_the_backlog_shows_buffered_events_and_drops_once_they_are_applied
     assert after["agent_gateway_store_buffered_events"] == 0
     assert after["agent_gateway_store_oldest_event_age_seconds"] == 0
     assert after["agent_gateway_store_partitions_held"] == settings.events_partitions
-    assert after["agent_gateway_store_db_pool_connections[max]"] == 4
+    assert after["agent_gateway_store_db_pool_max_connections"] == 4
+    assert 0 <= after["agent_gateway_store_loop_age_seconds"] < 90
+    assert "agent_gateway_store_db_pool_connections[max]" not in after
+    assert after["agent_gateway_store_db_pool_connections[in_use]"] >= 0
+    # The exposition sorts labels: python, then version.
+    build = f"agent_gateway_build_info[{platform.python_version()}][{metrics.installed_version()}]"
+    assert after[build] == 1
 
 
 async def test_healthz_is_ok_while_the_loop_turns_and_503_once_stopping(

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.ops import metrics
 from gateway.runs import recording
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
@@ -48,7 +49,7 @@ DOWNLOAD_ROUTE = "/api/agents/{agentId}/runs/trigger-and-download"
 BOUNDED_LABELS = {
     "route", "method", "status", "le", "bucket", "decision", "runtime", "operation",
     "outcome", "type", "via", "stage", "state", "generation", "dependency",
-    "implementation", "major", "minor", "patchlevel", "version",
+    "implementation", "major", "minor", "patchlevel", "version", "python",
 }  # fmt: skip
 
 
@@ -102,8 +103,15 @@ async def test_a_download_is_counted_by_route_template_with_its_bytes_runtime_ca
         )
         == 1
     )
-    assert value(samples, "agent_gateway_db_pool_connections", state="max") == 20
+    # Capacity is its own gauge: the states are connections, and they sum to those open.
+    assert value(samples, "agent_gateway_db_pool_max_connections") == 20
+    assert value(samples, "agent_gateway_db_pool_connections", state="max") == 0
     assert value(samples, "agent_gateway_db_pool_connections", state="in_use") >= 0
+    build = [labels for name, labels in samples if name == "agent_gateway_build_info"]
+    assert len(build) == 1
+    assert dict(build[0]).keys() == {"version", "python"}
+    assert dict(build[0])["version"] == metrics.installed_version() != "unknown"
+    assert value(samples, "agent_gateway_build_info", **dict(build[0])) == 1
     # Bounded labels: route templates, never a raw path, an agent or a run id.
     label_names = {name for _metric, labels in samples for name, _value in labels}
     assert label_names <= BOUNDED_LABELS
@@ -143,6 +151,15 @@ async def test_a_stream_in_flight_is_visible_while_it_streams(
     assert (
         value(after, "agent_gateway_streamed_bytes_total", route=DOWNLOAD_ROUTE) == 4 * 256 * 1024
     )
+    # The first byte went out when the body began; the duration covers the paced body.
+    labels = {"route": DOWNLOAD_ROUTE, "method": "POST"}
+    ttfb = "agent_gateway_http_time_to_first_byte_seconds"
+    duration = "agent_gateway_http_request_duration_seconds"
+    assert value(during, f"{ttfb}_count", **labels) == 1
+    assert value(during, f"{duration}_count", **labels) == 0
+    assert value(after, f"{ttfb}_count", **labels) == 1
+    assert value(after, f"{duration}_count", **labels) == 1
+    assert value(after, f"{ttfb}_sum", **labels) < value(after, f"{duration}_sum", **labels)
 
 
 async def test_rate_limit_decisions_and_429s_are_counted(
