@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import hdrs, web
-from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from aiohttp.typedefs import Middleware
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.instrumentation.aiohttp_server import (
     AioHttpServerInstrumentor,
     create_aiohttp_middleware,

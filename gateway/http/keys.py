@@ -38,7 +38,7 @@ REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 LOOKUP_CACHE = web.AppKey("lookup_cache", LookupCache)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 # The process's tracing (gateway/ops/tracing.py) when the OTEL_* variables turn it on, else None.
-TRACING = web.AppKey("tracing", Tracing | None)  # type: ignore[arg-type]
+TRACING = web.AppKey[Tracing | None]("tracing")
 RECORDER = web.AppKey("recorder", RunRecorder)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKGROUND = web.AppKey("background", BackgroundTasks)

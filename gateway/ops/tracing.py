@@ -135,7 +135,7 @@ def setup_tracing(
             _exporters = _Exporters()
             _provider.add_span_processor(_exporters)
             trace.set_tracer_provider(_provider)
-            AsyncPGInstrumentor().instrument(tracer_provider=_provider)
+            AsyncPGInstrumentor().instrument(tracer_provider=_provider)  # type: ignore[no-untyped-call]
             RedisInstrumentor().instrument(tracer_provider=_provider)
     processor = BatchSpanProcessor(OTLPSpanExporter())
     _exporters.add(processor)

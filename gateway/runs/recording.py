@@ -88,7 +88,10 @@ class RunRecorder:
         event = storable(event)
         with tracing.span(
             "run event apply",
-            attributes={"agent_gateway.run.id": str(event.run_id), "agent_gateway.event": event.type},
+            attributes={
+                "agent_gateway.run.id": str(event.run_id),
+                "agent_gateway.event": event.type,
+            },
         ) as span:
             transition = await self._commits.submit(event)
             span.set_attribute("agent_gateway.event.outcome", str(transition.outcome))

@@ -70,9 +70,7 @@ class Watch:
                 watched.add(interrupt)
             # The wait itself, in its own span (a no-op one when tracing is off).
             with tracing.span("run wait", attributes={"agent_gateway.run.id": str(self.run_id)}):
-                await asyncio.wait(
-                    watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if not self._ended.done():
                 return None
         return self._ended.result()

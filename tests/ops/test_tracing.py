@@ -37,9 +37,9 @@ async def _export(request: web.Request) -> web.Response:
     message = ExportTraceServiceRequest()
     message.ParseFromString(await request.read())
     for resource_spans in message.resource_spans:
-        service = {
-            a.key: a.value.string_value for a in resource_spans.resource.attributes
-        }.get("service.name")
+        service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}.get(
+            "service.name"
+        )
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 request.app[SPANS].append(
@@ -146,7 +146,9 @@ async def test_one_trace_from_the_callers_traceparent_to_the_callbacks_apply(
     assert callback["attributes"]["agent_gateway.run.id"].string_value == str(run_id)
     assert callback["parent"] in by_id
     assert callback["links"]  # the callback request's own server span, a trace of its own
-    applies = [s for s in ours if s["name"] == "run event apply" and s["parent"] == callback["span_id"]]
+    applies = [
+        s for s in ours if s["name"] == "run event apply" and s["parent"] == callback["span_id"]
+    ]
     assert applies
     # The database was traced too (asyncpg instrumentation).
     assert any(s["name"].startswith(("SELECT", "INSERT", "UPDATE", "WITH")) for s in ours)
