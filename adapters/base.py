@@ -143,6 +143,10 @@ class TriggerPayload:
     # Declared input fields, also given at the top level of the payload (workflow execute's
     # <api.fieldName> beside <api.input.fieldName>); the payload's own keys always win.
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # Headers the runtime call carries for the request that started the run, never in the
+    # body: ``X-Request-Id`` and the W3C ``traceparent``/``tracestate`` (the gateway fills
+    # them; adapters only pass them on, under the agent's own configured headers).
+    trace_headers: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The payload as the JSON body the runtime sees."""

@@ -114,7 +114,7 @@ class N8nAdapter:
     ) -> aiohttp.ClientResponse:
         """Invoke the webhook and hand back its response as soon as the headers are in."""
         runtime = self._open_secrets(runtime)
-        headers = _headers(runtime)
+        headers = _headers(runtime, payload)
         # The caller's own Accept-Encoding travels on, so that an encoded body and its
         # Content-Encoding/Content-Length reach the caller together and untouched.
         if accept_encoding:
@@ -170,7 +170,7 @@ class N8nAdapter:
                 async with self._session.post(
                     runtime["webhook_url"],
                     json=payload.to_json(),
-                    headers=_headers(runtime),
+                    headers=_headers(runtime, payload),
                     allow_redirects=False,
                 ) as response:
                     if is_redirect(response):
@@ -404,8 +404,10 @@ def _not_http(exc: aiohttp.ClientResponseError) -> str:
     return f"Runtime answered with invalid HTTP ({what[:120]})"
 
 
-def _headers(runtime: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (runtime.get("headers") or {}).items()}
+def _headers(runtime: Mapping[str, Any], payload: TriggerPayload) -> dict[str, str]:
+    # The request's id and trace context first: the agent's configured headers win a clash.
+    configured = {str(k): str(v) for k, v in (runtime.get("headers") or {}).items()}
+    return {**payload.trace_headers, **configured}
 
 
 def _message(raw: bytes) -> str:

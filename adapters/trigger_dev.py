@@ -203,7 +203,9 @@ class TriggerDevAdapter:
             # What the environment's realtime feed follows (one subscription for all runs).
             options["tags"] = [self._run_tag]
         body = {"payload": payload.to_json(), "options": options}
-        headers = _auth(runtime)
+        # The request's id and trace context (Trigger.dev's trigger path reads the
+        # traceparent), under the environment's auth.
+        headers = {**payload.trace_headers, **_auth(runtime)}
         secret = str(runtime.get("secret_key", ""))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s

@@ -169,6 +169,71 @@ def cpu_rows(section: Section, gateway: dict[str, Any], bare: dict[str, Any]) ->
     )
 
 
+def _traced(
+    stack: Stack, cfg: SmallConfig, loaded: list[int], single: list[int], origin_pid: int | None
+) -> dict[str, Any]:
+    """The loaded and single-connection runs again on a gateway with tracing on."""
+    sink_port = free_port()
+    sink = stack.start_module("otlp-sink", "otlp_sink", "--port", str(sink_port), port=sink_port)
+    traced = stack.start_gateway(
+        "small-traced",
+        SYNC_RATE_LIMIT="100000000",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
+        OTEL_SERVICE_NAME="agent-gateway-bench",
+    )
+    try:
+        route = f"{traced.base}/api/agents/{{id}}/runs/trigger-and-wait"
+        common = {"conns": cfg.conns, "duration": cfg.duration, "warmup": cfg.warmup}
+        one = {"conns": 1, "duration": cfg.single_duration, "warmup": cfg.warmup}
+        return {
+            "traced": _load(
+                stack,
+                route,
+                **common,
+                ids=loaded,
+                gateway=True,
+                watch={"proxy": traced.pid, "runtime": origin_pid},
+                label="gateway, tracing on",
+            ),
+            "traced_single": _load(
+                stack, route, **one, ids=single, gateway=True, label="tracing on, 1 connection"
+            ),
+        }
+    finally:
+        traced.child.stop()
+        sink.stop()
+
+
+def _tracing_rows(section: Section, cfg: SmallConfig, results: dict[str, Any]) -> None:
+    """Tracing on (every span exported) against off (the default), same load, same agents."""
+    on, off = results["traced"], results["gateway"]
+    section.add(
+        Row(
+            f"req/s, {cfg.conns} connections, tracing on",
+            f"{on['rps']:.0f}",
+            f"tracing off {off['rps']:.0f}",
+            ratio(on["rps"], off["rps"]),
+            "-",
+            None,
+            {"traced_rps": on["rps"], "untraced_rps": off["rps"]},
+        )
+    )
+    for p in ("p50", "p99"):
+        mine = results["traced_single"]["latency_s"][p] * 1000
+        theirs = results["gateway_single"]["latency_s"][p] * 1000
+        section.add(
+            Row(
+                f"{p} latency, 1 connection, tracing on",
+                f"{mine:.2f} ms (+{mine - theirs:.2f})",
+                f"tracing off {theirs:.2f} ms",
+                ratio(mine, theirs),
+                "-",
+                None,
+                {"traced_ms": mine, "untraced_ms": theirs},
+            )
+        )
+
+
 def measure(stack: Stack, cfg: SmallConfig) -> Section:
     """Runtime, bare pass-through and gateway under the same load; then one connection."""
     section = Section("small", "3. Small requests: trigger-and-wait vs a bare aiohttp pass-through")
@@ -235,6 +300,10 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
             gateway=True,
             label="gateway, 1 connection",
         )
+        if cfg.agents:
+            # The same busy agents through a replica with tracing on, exporting every span to a
+            # local OTLP/HTTP sink (bench/otlp_sink.py): what tracing costs when it is used.
+            results.update(_traced(stack, cfg, ids[:loaded], ids[loaded:-1], origin_pid))
     finally:
         gateway.child.stop()
         bare.stop()
@@ -276,6 +345,8 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
                     {"gateway_ms": mine, "bare_ms": theirs, "added_ms": added},
                 )
             )
+    if "traced" in results:
+        _tracing_rows(section, cfg, results)
     cpu_rows(section, gw, ref)
     bad = {k: v for k, v in gw["statuses"].items() if k != "200"}
     section.notes.append(

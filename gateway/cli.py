@@ -31,6 +31,7 @@ from gateway.http.views import (
 )
 from gateway.ops.consumer_monitor import ConsumerMonitor
 from gateway.ops.log_config import configure_logging, log_failure
+from gateway.ops.tracing import setup_tracing
 from gateway.security.credentials import CredentialService
 from gateway.security.keyring import key_ring
 from gateway.settings import Settings, SettingsError
@@ -103,6 +104,8 @@ def serve(settings: Settings) -> None:
 
 async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     """Run the store consumer until SIGTERM/SIGINT; the batches in hand are finished first."""
+    # Its asyncpg and Redis calls traced when the OTEL_* variables say so (gateway/ops/tracing.py).
+    tracing = setup_tracing(service_name="agent-gateway-consumer")
     redis = connect_redis(settings.redis_url, cluster=settings.redis_cluster)
     pool = await create_pool(
         settings.database_url,
@@ -145,6 +148,8 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
     finally:
         await pool.close()
         await redis.aclose()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
 
 def _admin_parser(sub: Any) -> None:

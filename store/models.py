@@ -93,6 +93,9 @@ class Run:
     runtime_run_id: str | None
     deadline: dt.datetime | None
     waiting_for: dict[str, Any] | None = None
+    # The W3C traceparent the run was started in (migration 0009), when tracing was on: its
+    # callbacks are recorded in that trace.
+    trace_parent: str | None = None
 
     @property
     def terminal(self) -> bool:

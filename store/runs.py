@@ -34,15 +34,17 @@ async def insert_run(
     deadline: dt.datetime,
     trigger_kind: str,
     started: bool = False,
+    trace_parent: str | None = None,
 ) -> Run:
     """Create a run row in ``queued``, or already ``running`` (started now) when ``started``:
-    a run the gateway invokes at once needs no separate started event."""
+    a run the gateway invokes at once needs no separate started event. ``trace_parent`` is the
+    W3C trace context it starts in, when tracing is on."""
     row = await db.fetchrow(
         f"""INSERT INTO runs (agent_id, org_id, input, created_by, deadline, trigger_kind,
-                              status, started_at)
+                              status, started_at, trace_parent)
             VALUES ($1, $2, $3, $4, $5, $6,
                     CASE WHEN $7::boolean THEN 'running' ELSE 'queued' END,
-                    CASE WHEN $7::boolean THEN now() END)
+                    CASE WHEN $7::boolean THEN now() END, $8)
             RETURNING {RUN_COLUMNS}""",
         agent.id,
         agent.org_id,
@@ -51,6 +53,7 @@ async def insert_run(
         deadline,
         trigger_kind,
         started,
+        trace_parent,
     )
     assert row is not None
     return run_from_row(row)

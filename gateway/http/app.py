@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+from opentelemetry.instrumentation.aiohttp_server import (
+    AioHttpServerInstrumentor,
+    create_aiohttp_middleware,
+)
 
 from adapters.n8n import N8nAdapter
 from adapters.trigger_dev import TriggerDevAdapter
@@ -45,6 +52,7 @@ from gateway.http.keys import (
     RUN_SERVICE,
     RUN_WAITERS,
     SETTINGS,
+    TRACING,
     TRIGGER_SERVICE,
 )
 from gateway.http.middleware import (
@@ -57,6 +65,7 @@ from gateway.http.middleware import (
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
 from gateway.ops.metrics import GatewayMetrics
+from gateway.ops.tracing import setup_tracing
 from gateway.packages.archive import Archiver
 from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
@@ -172,9 +181,23 @@ async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
     await asyncio.wait([probing], timeout=_LOOP_STOP_S)
 
 
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """First in, last out: spans still held are exported once everything else has stopped."""
+    yield
+    tracing = app[TRACING]
+    if tracing is not None:
+        # The exporter posts from its own thread; the loop keeps serving other apps meanwhile.
+        await asyncio.to_thread(tracing.shutdown)
+
+
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    trace_configs = []
+    if app[TRACING] is not None:
+        # A client span per runtime call, its traceparent injected into the call's headers.
+        trace_configs.append(create_trace_config())
     session = aiohttp.ClientSession(
+        trace_configs=trace_configs,
         # Bytes pass through untouched: never decompress, never ask for compression ourselves.
         auto_decompress=False,
         skip_auto_headers=("Accept-Encoding",),
@@ -388,12 +411,34 @@ async def _start_draining(app: web.Application) -> None:
     app[METRICS].draining.set(1)
 
 
+def _server_span_middleware() -> Middleware:
+    """The aiohttp server instrumentation's middleware, for the gateway's application alone.
+
+    Its instrumentor sets up the middleware's module state (excluded URLs, the semantic
+    conventions' mode, its meters) and swaps ``web.Application`` for a subclass that adds the
+    middleware to every application the process creates (the consumer's monitor, a test's fake
+    runtime): the state is kept, the swap undone, and the middleware added here only.
+    """
+    instrumentor = AioHttpServerInstrumentor()
+    with warnings.catch_warnings():
+        # That subclass, which aiohttp discourages; never used (the swap is undone at once).
+        warnings.filterwarnings("ignore", "Inheritance class", DeprecationWarning)
+        instrumentor.instrument()
+    instrumentor.uninstrument()
+    middleware: Middleware = create_aiohttp_middleware()
+    return middleware
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the gateway application for ``settings``."""
-    app = web.Application(
-        middlewares=[request_context, observe_requests, errors_to_json, guard_keys],
-        client_max_size=settings.max_request_body,
-    )
+    # Tracing, when the standard OTEL_* variables turn it on (gateway/ops/tracing.py): the
+    # server span, continuing the caller's traceparent, encloses everything else.
+    tracing = setup_tracing()
+    middlewares = [request_context, observe_requests, errors_to_json, guard_keys]
+    if tracing is not None:
+        middlewares.insert(0, _server_span_middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_request_body)
+    app[TRACING] = tracing
     app[SETTINGS] = settings
     app[LIFECYCLE] = Lifecycle()
     app[METRICS] = GatewayMetrics(
@@ -403,6 +448,7 @@ def create_app(settings: Settings) -> web.Application:
     # Order matters: cleanup runs in reverse, so services drain before pools close.
     app.cleanup_ctx.extend(
         [
+            _tracing,
             _database,
             _lookup_cache,
             _redis,

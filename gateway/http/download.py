@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.http import splice
 from gateway.http.keys import LIFECYCLE
 from gateway.http.request_info import note_streamed_bytes
+from gateway.ops import tracing
 from gateway.runs.service import DownloadFile, DownloadStart, RunService
 
 log = structlog.get_logger(__name__)
@@ -57,10 +58,12 @@ async def send_download(
     pass for a whole one, and the run fails. However long the body takes, the reaper leaves
     the run alone while it streams (:meth:`RunService.kept_alive`), until its end is recorded.
     """
-    async with runs.kept_alive(start.run):
-        return await _send(
-            request, start, runs, idle_timeout_s=idle_timeout_s, allow_splice=allow_splice
-        )
+    # The body's relay, first byte to last, in its own span (the request's covers more).
+    with tracing.span("download stream", attributes={"agent_gateway.run.id": str(start.run.id)}):
+        async with runs.kept_alive(start.run):
+            return await _send(
+                request, start, runs, idle_timeout_s=idle_timeout_s, allow_splice=allow_splice
+            )
 
 
 async def _send(

@@ -15,6 +15,7 @@ from gateway.execute.service import ExecuteService
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
 from gateway.ops.metrics import GatewayMetrics
+from gateway.ops.tracing import Tracing
 from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
 from gateway.runs.external import ExternalRunService
@@ -36,6 +37,8 @@ DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 LOOKUP_CACHE = web.AppKey("lookup_cache", LookupCache)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+# The process's tracing (gateway/ops/tracing.py) when the OTEL_* variables turn it on, else None.
+TRACING = web.AppKey[Tracing | None]("tracing")
 RECORDER = web.AppKey("recorder", RunRecorder)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKGROUND = web.AppKey("background", BackgroundTasks)

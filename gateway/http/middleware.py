@@ -33,6 +33,7 @@ from gateway.http.request_info import (
     note_run,
     route_template,
 )
+from gateway.ops import tracing
 from gateway.security.key_guard import KeyGuard
 from store.event_buffer import EventBufferFull
 
@@ -74,6 +75,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_INFO] = RequestInfo(request_id)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    # For the runtime calls this request makes (gateway/ops/tracing.py, outbound_headers).
+    tracing.REQUEST_ID.set(request_id)
+    traceparent = request.headers.get("traceparent")
+    if traceparent:
+        caller = {"traceparent": traceparent}
+        if tracestate := request.headers.get("tracestate"):
+            caller["tracestate"] = tracestate
+        tracing.CALLER_TRACE.set(caller)
+    else:
+        tracing.CALLER_TRACE.set(None)
     return await handler(request)
 
 

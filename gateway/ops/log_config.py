@@ -10,6 +10,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 # Probes and scrapes arrive every few seconds; their access lines are DEBUG, not INFO.
 QUIET_ROUTES = frozenset({"/healthz", "/healthz/dependencies", "/readyz", "/metrics"})
@@ -101,9 +102,22 @@ def redact_secrets(
     return event_dict
 
 
+def add_trace_ids(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ``trace_id`` and ``span_id`` (hex, as OTLP backends show them) of
+    the span current when the line is written, when one records (tracing on and sampled)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid and "trace_id" not in event_dict:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

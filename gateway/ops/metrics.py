@@ -42,6 +42,7 @@ from adapters.base import (
     RuntimeUnsupported,
     TriggerPayload,
 )
+from gateway.ops import tracing
 from store.enums import RuntimeKind
 from store.lookup_cache import LookupCache
 
@@ -329,11 +330,16 @@ class _MeteredAdapter:
         self._histogram = histogram
 
     @contextlib.contextmanager
-    def _timed(self, operation: str) -> Iterator[None]:
+    def _timed(self, operation: str, payload: TriggerPayload | None = None) -> Iterator[None]:
         started = time.monotonic()
         failure: BaseException | None = None
+        # The runtime call's span (gateway/ops/tracing.py): a no-op one when tracing is off.
+        attributes = {"agent_gateway.runtime.kind": str(self.kind)}
+        if payload is not None:
+            attributes["agent_gateway.run.id"] = str(payload.run_id)
         try:
-            yield
+            with tracing.span(f"runtime {operation}", attributes=attributes):
+                yield
         except BaseException as exc:
             failure = exc
             raise
@@ -350,7 +356,7 @@ class _MeteredAdapter:
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
     ) -> ChunkStream:
         """Time until the runtime's streamed answer began."""
-        with self._timed("open_stream"):
+        with self._timed("open_stream", payload):
             return await self._inner.open_stream(runtime, payload, wait_s=wait_s)
 
     async def open_download(
@@ -362,7 +368,7 @@ class _MeteredAdapter:
         accept_encoding: str | None,
     ) -> aiohttp.ClientResponse:
         """Time until the runtime's response headers arrived."""
-        with self._timed("open_download"):
+        with self._timed("open_download", payload):
             return await self._inner.open_download(
                 runtime, payload, wait_s=wait_s, accept_encoding=accept_encoding
             )
@@ -371,7 +377,7 @@ class _MeteredAdapter:
         self, runtime: Mapping[str, Any], payload: TriggerPayload, *, wait_s: float
     ) -> Invocation:
         """Time the invocation, answer included."""
-        with self._timed("invoke"):
+        with self._timed("invoke", payload):
             return await self._inner.invoke(runtime, payload, wait_s=wait_s)
 
     async def poll(self, runtime: Mapping[str, Any], runtime_run_id: str) -> RunResult:

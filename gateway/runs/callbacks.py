@@ -7,12 +7,15 @@ key reports nothing: 403). A run that has ended refuses every callback (409).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import asyncpg
 import structlog
+from opentelemetry import trace
 
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from gateway.ops import tracing
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
 from gateway.security.auth import agent_for_api_key
@@ -67,7 +70,9 @@ class CallbackService:
                 extra={"details": {"output": [f"cannot be stored: it {problem}"]}},
             )
         event = _event(run.id, body)
-        if run.terminal or not await self._runs.publish(event):
+        with _in_runs_trace(run):
+            published = not run.terminal and await self._runs.publish(event)
+        if not published:
             current = await runs.get_run(self._pool, run.id) or run
             log.info("callback_refused", run_id=run.id, type=event.type, status=current.status)
             raise Conflict(
@@ -75,6 +80,28 @@ class CallbackService:
                 extra={"runId": run.id, "status": current.status},
             )
         return run
+
+
+def _in_runs_trace(run: Run) -> contextlib.AbstractContextManager[Any]:
+    """The span a callback is applied in (docs/operations.md, "Tracing").
+
+    A callback that carries its own ``traceparent`` is applied in that trace (its server span's
+    child), linked to the trace its run started in. One that carries none (the usual case: a
+    workflow's HTTP node sends no trace context) is applied as a child of the run's own stored
+    context, so that the run's whole story is one trace; its server span, a trace of its own,
+    is linked. With tracing off, or a run started without it, it is a plain (no-op) span.
+    """
+    attributes = {"agent_gateway.run.id": str(run.id)}
+    stored = tracing.context_of(run.trace_parent)
+    if stored is None or not tracing.active():
+        return tracing.span("run callback", attributes=attributes)
+    here = trace.get_current_span().get_span_context()
+    there = trace.get_current_span(stored).get_span_context()
+    if tracing.CALLER_TRACE.get() is not None:
+        return tracing.span("run callback", attributes=attributes, links=[trace.Link(there)])
+    return tracing.span(
+        "run callback", attributes=attributes, parent=stored, links=[trace.Link(here)]
+    )
 
 
 def status_after(body: dict[str, Any]) -> RunStatus:

@@ -29,6 +29,7 @@ import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
+from gateway.ops import tracing
 from gateway.ops.metrics import (
     EVENT_DATABASE_FAILED,
     EVENT_FAILED,
@@ -89,10 +90,18 @@ class RunRecorder:
     async def record(self, event: RunEvent) -> Transition:
         """Record ``event``; what it did (see :class:`store.transitions.Outcome`)."""
         event = storable(event)
-        transition = await self._commits.submit(event)
-        if isinstance(transition, EventBufferFull):
-            # Not recorded and not held: the caller is told (503), nothing is dropped.
-            raise transition
+        with tracing.span(
+            "run event apply",
+            attributes={
+                "agent_gateway.run.id": str(event.run_id),
+                "agent_gateway.event": event.type,
+            },
+        ) as span:
+            transition = await self._commits.submit(event)
+            if isinstance(transition, EventBufferFull):
+                # Not recorded and not held: the caller is told (503), nothing is dropped.
+                raise transition
+            span.set_attribute("agent_gateway.event.outcome", str(transition.outcome))
         self._observe(event.type, _OBSERVED.get(transition.outcome, EVENT_VIA_DATABASE))
         return transition
 

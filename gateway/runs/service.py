@@ -42,6 +42,7 @@ from gateway.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
+from gateway.ops import tracing
 from gateway.runs import filenames
 from gateway.runs.outputs import header_outputs, lift_outputs
 from gateway.runs.recording import RunRecorder
@@ -217,6 +218,8 @@ class RunService:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(
             milliseconds=window_ms + agent.running_timeout_ms
         )
+        # Its callbacks, later and elsewhere, are recorded in the trace the run starts in.
+        trace_parent = tracing.current_traceparent()
         if idempotency is None:
             # One statement: no transaction to open and commit around it.
             return await runs.insert_run(
@@ -227,6 +230,7 @@ class RunService:
                 deadline=deadline,
                 trigger_kind=trigger_kind,
                 started=started,
+                trace_parent=trace_parent,
             )
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -238,6 +242,7 @@ class RunService:
                     deadline=deadline,
                     trigger_kind=trigger_kind,
                     started=started,
+                    trace_parent=trace_parent,
                 )
                 if not await runs.claim_idempotency_key(
                     conn,
@@ -303,6 +308,7 @@ class RunService:
                 run.id, at_least_s=run.seconds_to_deadline()
             ).token,
             idempotency_key=f"agent-gateway-run-{run.id}-{created_ms}",
+            trace_headers=tracing.outbound_headers(),
         )
 
     def _agent_api_key(self, agent: Agent) -> str:

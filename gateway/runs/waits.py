@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
+from gateway.ops import tracing
 from store import runs
 from store.announcements import parse_announcement
 from store.models import Run
@@ -67,7 +68,9 @@ class Watch:
             watched: set[asyncio.Future[Any]] = {self._ended}
             if interrupt is not None:
                 watched.add(interrupt)
-            await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            # The wait itself, in its own span (a no-op one when tracing is off).
+            with tracing.span("run wait", attributes={"agent_gateway.run.id": str(self.run_id)}):
+                await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             if not self._ended.done():
                 return None
         return self._ended.result()
