@@ -23,11 +23,16 @@ class Processes:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m gateway.cli ARGS``; ``cwd`` matters to ``-m``, which puts the
+        working directory first on ``sys.path`` (before ``PYTHONPATH``)."""
         with open(log, "wb") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", *args],
                 env=env,
+                cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
