@@ -269,7 +269,7 @@ class StoreConsumer:
                 self.stats.duplicates += 1
             elif transition.outcome is Outcome.APPLIED:
                 self.stats.applied += 1
-                if transition.ended_run is not None:
+                if transition.ended:
                     ended.append(event.run_id)
             else:
                 self.stats.refused += 1

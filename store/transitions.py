@@ -29,7 +29,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from store.models import Run
 from store.run_events import RunEvent
-from store.runs import QUALIFIED_RUN_COLUMNS, run_from_row
+from store.runs import QUALIFIED_RUN_COLUMNS, RUN_COLUMNS, run_from_row
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -48,10 +48,12 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """One event's outcome, with the run's row after it when it was applied."""
+    """One event's outcome, with the run's row after it when it was applied on the caller's
+    path (a buffered event's answer carries only whether it ended its run: ``ended``)."""
 
     outcome: Outcome
     run: Run | None = None
+    ended: bool = False
 
     @property
     def ended_run(self) -> Run | None:
@@ -62,6 +64,8 @@ class Transition:
 
 
 _TERMINAL = "('completed', 'failed', 'cancelled')"
+_TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+_RUN_COLUMN_NAMES = tuple(name.strip() for name in RUN_COLUMNS.split(","))
 # The event's columns, one array each ($1..$10), unnested into ``e``. JSON travels as text and
 # is cast in SQL: arrays of jsonb would need a codec per array.
 _EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -101,40 +105,36 @@ _SET = f"""
     updated_at = now()"""
 _GUARD = f"""r.status NOT IN {_TERMINAL}
     AND (e.type <> 'started' OR r.status IN ('queued', 'waiting'))"""
-# A buffered event must not have been applied before, and unless it is an end it must be newer
-# than the last event the row took.
-_NOT_STALE = f"""NOT e.applied_before
-    AND (e.type IN {_TERMINAL} OR r.event_at IS NULL OR e.at > r.event_at)"""
-
-
-def _statement(guard: str) -> str:
-    # ``locked`` takes the row locks in id order before the UPDATE (which would take them in
-    # whatever order its plan reads the rows) and says what each run was before. Every event
-    # a row took is marked in ``applied_events``: the run's history of applied events, and
-    # what tells a buffered event read again after a crash from a new one. The UPDATE runs
-    # before the INSERT (which reads its rows), so each run's lock comes before its key.
-    return f"""
-WITH e AS MATERIALIZED (
-  SELECT e.*, EXISTS (SELECT 1 FROM applied_events a WHERE a.event_id = e.event_id)
-              AS applied_before
-  FROM {_UNNEST}),
+# ``locked`` takes the row locks in id order before the UPDATE (which would take them in
+# whatever order its plan reads the rows; the UPDATE waits for it through its IN) and says
+# what each run was before. Every event a row took is marked in ``applied_events``: the run's
+# history of applied events, and what tells a buffered event read again after a crash from a
+# new one. No two of the statement's CTEs are joined to each other (the planner takes each
+# for 100 rows and joins them by nested loops, quadratic in a large batch): the answer is the
+# before rows and the changed rows one after the other (UNION ALL), matched to the events by
+# run id in Python. The runs are named by their ids ($2) as well as joined, so that the
+# planner reads them by index even while its statistics lag behind the table.
+_RECORD = f"""
+WITH e AS MATERIALIZED (SELECT * FROM {_UNNEST}),
 locked AS MATERIALIZED (
-  SELECT id, status, event_at FROM runs WHERE id IN (SELECT run_id FROM e) ORDER BY id FOR UPDATE),
+  SELECT e.run_id, r.status AS status_before
+  FROM runs AS r JOIN e ON e.run_id = r.id
+  WHERE r.id = ANY($2::bigint[]) ORDER BY r.id FOR UPDATE OF r),
 changed AS (
   UPDATE runs AS r SET {_SET}
-  FROM e WHERE r.id = e.run_id AND r.id IN (SELECT id FROM locked) AND {guard}
-  RETURNING {QUALIFIED_RUN_COLUMNS}),
+  FROM e WHERE r.id = e.run_id AND r.id = ANY($2::bigint[])
+    AND r.id IN (SELECT run_id FROM locked) AND {_GUARD}
+  RETURNING {QUALIFIED_RUN_COLUMNS}, e.event_id AS changed_event_id,
+            e.type AS changed_event_type),
 marked AS (
   INSERT INTO applied_events (event_id, run_id, type, changed)
-  SELECT e.event_id, e.run_id, e.type, true FROM e JOIN changed ON changed.id = e.run_id
+  SELECT changed_event_id, id, changed_event_type, true FROM changed
   ON CONFLICT (event_id) DO NOTHING)
-SELECT e.run_id AS event_run_id, e.applied_before, locked.status AS status_before,
-       (locked.event_at IS NOT NULL AND e.at <= locked.event_at) AS older, changed.*
-FROM e LEFT JOIN locked ON locked.id = e.run_id LEFT JOIN changed ON changed.id = e.run_id"""
-
-
-_RECORD = _statement(_GUARD)
-_APPLY_BUFFERED = _statement(f"{_GUARD} AND {_NOT_STALE}")
+SELECT run_id AS event_run_id, status_before,
+       {", ".join(f"NULL AS {name}" for name in _RUN_COLUMN_NAMES)}
+FROM locked
+UNION ALL
+SELECT NULL, NULL, {RUN_COLUMNS} FROM changed"""
 
 
 def _arguments(events: Sequence[RunEvent]) -> list[list[Any]]:
@@ -148,45 +148,51 @@ def _arguments(events: Sequence[RunEvent]) -> list[list[Any]]:
     return [[value(event, name) for event in events] for name, _kind in _EVENT_COLUMNS]
 
 
-def _transition(row: asyncpg.Record, *, buffered: bool) -> Transition:
-    if row["status_before"] is None:
+def _transition(
+    run_id: int, before: Mapping[int, asyncpg.Record], changed: Mapping[int, asyncpg.Record]
+) -> Transition:
+    if (row := changed.get(run_id)) is not None:
+        values = {key: value for key, value in row.items() if key in _RUN_COLUMN_NAMES}
+        run = run_from_row(values)  # type: ignore[arg-type]
+        return Transition(Outcome.APPLIED, run, run.terminal)
+    if (was := before.get(run_id)) is None:
         return Transition(Outcome.MISSING)
-    if row["id"] is not None:
-        values = {key: value for key, value in row.items() if key not in _EXTRA_COLUMNS}
-        return Transition(Outcome.APPLIED, run_from_row(values))  # type: ignore[arg-type]
-    if buffered and row["applied_before"]:
-        return Transition(Outcome.DUPLICATE)
-    if row["status_before"] in ("completed", "failed", "cancelled"):
+    if was["status_before"] in _TERMINAL_STATUSES:
         return Transition(Outcome.ENDED)
-    if buffered and row["older"]:
-        return Transition(Outcome.STALE)
     return Transition(Outcome.UNCHANGED)
 
 
-_EXTRA_COLUMNS = frozenset({"event_run_id", "applied_before", "status_before", "older"})
+# Events one statement takes at most (a consumer's turn holds every partition's batch).
+_STATEMENT_EVENTS = 500
 
 
-async def _run(
-    db: Connection | asyncpg.Pool, statement: str, events: Sequence[RunEvent], *, buffered: bool
-) -> list[Transition]:
-    """``events`` through ``statement`` in rounds: round ``k`` holds the ``k``-th event of
+async def _record(db: Connection | asyncpg.Pool, events: Sequence[RunEvent]) -> list[Transition]:
+    """``events`` through :data:`_RECORD` in rounds: round ``k`` holds the ``k``-th event of
     every run, so that one statement changes a run at most once and sees the rounds before."""
     transitions: list[Transition | None] = [None] * len(events)
+    for round_ in _rounds(events, range(len(events))):
+        for start in range(0, len(round_), _STATEMENT_EVENTS):
+            chunk = round_[start : start + _STATEMENT_EVENTS]
+            rows = await db.fetch(_RECORD, *_arguments([events[i] for i in chunk]))
+            before = {int(r["event_run_id"]): r for r in rows if r["event_run_id"] is not None}
+            changed = {int(r["id"]): r for r in rows if r["id"] is not None}
+            for index in chunk:
+                transitions[index] = _transition(events[index].run_id, before, changed)
+    return [t for t in transitions if t is not None]
+
+
+def _rounds(events: Sequence[RunEvent], indexes: Sequence[int]) -> list[list[int]]:
+    """``indexes`` (into ``events``) in rounds: the ``k``-th event of every run in round ``k``."""
     rounds: list[list[int]] = []
     seen: dict[int, int] = {}
-    for index, event in enumerate(events):
-        k = seen.get(event.run_id, 0)
-        seen[event.run_id] = k + 1
+    for index in indexes:
+        run_id = events[index].run_id
+        k = seen.get(run_id, 0)
+        seen[run_id] = k + 1
         if k == len(rounds):
             rounds.append([])
         rounds[k].append(index)
-    for round_ in rounds:
-        batch = [events[i] for i in round_]
-        rows = await db.fetch(statement, *_arguments(batch))
-        by_run = {int(row["event_run_id"]): row for row in rows}
-        for index in round_:
-            transitions[index] = _transition(by_run[events[index].run_id], buffered=buffered)
-    return [t for t in transitions if t is not None]
+    return rounds
 
 
 async def record_events(
@@ -194,7 +200,7 @@ async def record_events(
 ) -> list[Transition]:
     """Record ``events`` (in the order given) on their runs' rows: one statement, one round
     trip, unless a run has several events here (then one statement per event of that run)."""
-    return await _run(db, _RECORD, events, buffered=False)
+    return await _record(db, events)
 
 
 async def new_lease_token(db: Connection | asyncpg.Pool, stream: str, partition: int) -> int:
@@ -231,15 +237,90 @@ class LeaseLost(Exception):
         self.partitions = partitions
 
 
+# A buffered event's statement: the plain UPDATE of each run it moves (the consumer's
+# transaction has locked the runs and sorted out what was applied before; a non-terminal
+# event older than the row's last one is refused), answering which runs changed and how.
+_APPLY_BUFFERED = f"""
+UPDATE runs AS r SET {_SET}
+FROM {_UNNEST}
+WHERE r.id = e.run_id AND {_GUARD}
+  AND (e.type IN {_TERMINAL} OR r.event_at IS NULL OR e.at > r.event_at)
+RETURNING r.id, r.status, r.event_at"""
+
+
 async def apply_buffered(
     conn: Connection, events: Sequence[RunEvent], *, stream: str, tokens: Mapping[int, int]
 ) -> list[Transition]:
     """Apply events taken from the partitions of the buffer ``stream`` (each partition's in
     its order) in one transaction, under the consumer's lease token on each partition
     (``tokens``; :class:`LeaseLost` naming the partitions whose lease was taken over meanwhile:
-    then nothing is applied). Applying the same events again changes nothing more: an end
-    finds its run ended, any other event finds the row at least as new."""
+    then nothing is applied). Applying the same events again changes nothing more: an event
+    found in ``applied_events`` is a duplicate, an end finds its run ended, any other event
+    finds the row at least as new.
+
+    The same outcome as applying them one by one, in a few set-based statements: the runs are
+    locked in id order (two consumers' batches never deadlock) and read, the events already
+    applied are looked up by key, then round ``k`` updates every run with its ``k``-th event.
+    """
+    transitions: list[Transition | None] = [None] * len(events)
     async with conn.transaction():
         if lost := await _superseded(conn, stream, tokens):
             raise LeaseLost(lost)
-        return await _run(conn, _APPLY_BUFFERED, events, buffered=True)
+        rows = await conn.fetch(
+            """SELECT id, status, event_at FROM runs WHERE id = ANY($1::bigint[])
+               ORDER BY id FOR UPDATE""",
+            sorted({event.run_id for event in events}),
+        )
+        status = {int(row["id"]): str(row["status"]) for row in rows}
+        last_at = {int(row["id"]): row["event_at"] for row in rows}
+        done = {
+            row["event_id"]
+            for row in await conn.fetch(
+                "SELECT event_id FROM applied_events WHERE event_id = ANY($1::uuid[])",
+                [event.event_id for event in events],
+            )
+        }
+        fresh: list[int] = []
+        for index, event in enumerate(events):
+            if event.event_id in done:
+                transitions[index] = Transition(Outcome.DUPLICATE)
+            elif event.run_id not in status:
+                transitions[index] = Transition(Outcome.MISSING)
+            else:
+                fresh.append(index)
+            done.add(event.event_id)  # the same event twice in one batch: once
+        rounds = _rounds(events, fresh)
+        applied: list[RunEvent] = []
+        for round_ in rounds:
+            for start in range(0, len(round_), _STATEMENT_EVENTS):
+                chunk = round_[start : start + _STATEMENT_EVENTS]
+                changed = {
+                    int(row["id"]): row
+                    for row in await conn.fetch(
+                        _APPLY_BUFFERED, *_arguments([events[i] for i in chunk])
+                    )
+                }
+                for index in chunk:
+                    event = events[index]
+                    run_id = event.run_id
+                    if (row := changed.get(run_id)) is not None:
+                        status[run_id], last_at[run_id] = str(row["status"]), row["event_at"]
+                        ended = status[run_id] in _TERMINAL_STATUSES
+                        transitions[index] = Transition(Outcome.APPLIED, ended=ended)
+                        applied.append(event)
+                    elif status[run_id] in _TERMINAL_STATUSES:
+                        transitions[index] = Transition(Outcome.ENDED)
+                    elif last_at[run_id] is not None and event.at <= last_at[run_id]:
+                        transitions[index] = Transition(Outcome.STALE)
+                    else:
+                        transitions[index] = Transition(Outcome.UNCHANGED)
+        if applied:
+            await conn.execute(
+                """INSERT INTO applied_events (event_id, run_id, type, changed)
+                   SELECT *, true FROM unnest($1::uuid[], $2::bigint[], $3::text[])
+                   ON CONFLICT (event_id) DO NOTHING""",
+                [event.event_id for event in applied],
+                [event.run_id for event in applied],
+                [str(event.type) for event in applied],
+            )
+    return [t for t in transitions if t is not None]

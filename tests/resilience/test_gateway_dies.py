@@ -42,7 +42,7 @@ async def _waits_on_the_row_lock(db: asyncpg.Pool, *, bound_s: float) -> None:
     while loop.time() < deadline:
         waiting = await db.fetchval(
             """SELECT count(*) FROM pg_stat_activity
-               WHERE wait_event_type = 'Lock' AND query LIKE '%applied_before%'"""
+               WHERE wait_event_type = 'Lock' AND query LIKE '%AS status_before%'"""
         )
         if waiting:
             return
