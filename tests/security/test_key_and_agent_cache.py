@@ -159,6 +159,14 @@ async def test_a_cached_answer_reads_nothing_from_postgresql(
     tenant = await new_tenant(a)
     agent = await json_agent(tenant, runtime, "json")
     assert await trigger(b, tenant, agent["id"]) == 202
+    # The creates' own notifications may reach B after its first read (a loaded machine):
+    # until B answers from memory, what it holds could still be dropped by one of them.
+    for _ in range(100):
+        hits = cache_of(b).stats.hits
+        assert await trigger(b, tenant, agent["id"]) == 202
+        if cache_of(b).stats.hits == hits + 2:
+            break
+        await asyncio.sleep(0.02)
 
     await change_unannounced(db, "UPDATE agents SET status = 'paused' WHERE id = $1", agent["id"])
     await change_unannounced(
@@ -180,6 +188,14 @@ async def test_a_lost_invalidation_lasts_no_longer_than_the_ttl(
     tenant = await new_tenant(a)
     agent = await json_agent(tenant, runtime, "json")
     assert await trigger(b, tenant, agent["id"]) == 202
+    # The creates' own notifications may reach B after its first read (a loaded machine):
+    # until B answers from memory, what it holds could still be dropped by one of them.
+    for _ in range(100):
+        hits = cache_of(b).stats.hits
+        assert await trigger(b, tenant, agent["id"]) == 202
+        if cache_of(b).stats.hits == hits + 2:
+            break
+        await asyncio.sleep(0.02)
 
     await change_unannounced(db, "UPDATE agents SET status = 'paused' WHERE id = $1", agent["id"])
 
