@@ -1,9 +1,10 @@
 """Run transitions in PostgreSQL: what an event does to its run's row.
 
-One statement takes any number of events (at most one per run) and moves each run as its event
-says, guarded: a terminal run never changes (a late event is refused), ``started`` only moves a
-run that is queued or waiting. The rows are locked in id order first, so two statements over
-overlapping runs never deadlock; whoever commits first is first in the run's order.
+One set-based UPDATE takes any number of events (at most one per run) and moves each run as
+its event says (``_SET``), guarded: a terminal run never changes (a late event is refused),
+``started`` only moves a run that is queued or waiting. The rows are locked in id order first,
+so two statements over overlapping runs never deadlock; whoever commits first is first in the
+run's order. Several events of one run go in rounds (the ``k``-th of every run in round ``k``).
 
 Two callers use it:
 
