@@ -31,10 +31,11 @@ async def final_rows(db: asyncpg.Pool, run_ids: list[int]) -> dict[int, tuple[ob
     return {r["id"]: (r["status"], r["output_data"], r["outputs"]) for r in rows}
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, bound_s: float = 20.0) -> None:
+async def until(check: Callable[[], Awaitable[bool] | bool], *, bound_s: float = 20.0) -> None:
+    """Return once ``check`` (a plain or an async predicate) holds; fail after ``bound_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound_s
-    while not await check():
+    while not await _value(check()):
         assert loop.time() < deadline, "not reached in time"
         await asyncio.sleep(0.02)
 
@@ -124,7 +125,7 @@ async def test_a_consumer_stalled_past_its_lease_applies_nothing_after_its_succe
         b = await make_consumer(name="b", lease_s=0.5)
         await until(lambda: _all_ended(db, run_ids))
         wake.set()
-        await until(lambda: _true(a.stats.leases_lost >= 1))
+        await until(lambda: a.stats.leases_lost >= 1)
     finally:
         wake.set()
         a.stop()
@@ -135,8 +136,8 @@ async def test_a_consumer_stalled_past_its_lease_applies_nothing_after_its_succe
     assert a.stats.applied == 0
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _value(outcome: Awaitable[bool] | bool) -> bool:
+    return outcome if isinstance(outcome, bool) else await outcome
 
 
 async def test_a_consumer_that_dies_holding_partitions_hands_them_on_after_its_lease(
@@ -167,11 +168,11 @@ async def test_consumers_share_the_partitions_and_a_stopped_one_gives_its_share_
     second = await make_consumer(name="second", lease_s=0.6)
     half = settings.events_partitions // 2
 
-    await until(lambda: _true(len(first.leases.held) == len(second.leases.held) == half))
+    await until(lambda: len(first.leases.held) == len(second.leases.held) == half)
     assert not set(first.leases.held) & set(second.leases.held)
 
     second.stop()
-    await until(lambda: _true(len(first.leases.held) == settings.events_partitions))
+    await until(lambda: len(first.leases.held) == settings.events_partitions)
 
 
 async def test_an_undecodable_entry_is_set_aside_not_retried_forever(
