@@ -65,9 +65,12 @@ async def test_two_consumers_leave_every_run_as_its_last_event_says(
     make_consumer: ConsumerFactory,
 ) -> None:
     run_ids = [await new_run(db, agent) for _ in range(60)]
+    first = await make_consumer(batch=7, lease_s=0.6)
+    second = await make_consumer(batch=7, lease_s=0.6)
+    # Both hold a share before anything arrives: 60 runs in a row cover every partition.
+    half = settings.events_partitions // 2
+    await until(lambda: len(first.leases.held) == len(second.leases.held) == half)
     await buffer_outputs_then_complete(event_buffer(settings, redis_client), run_ids)
-
-    first, second = await make_consumer(batch=7), await make_consumer(batch=7)
 
     await until(lambda: _all_ended(db, run_ids))
     assert await final_rows(db, run_ids) == last_sent(run_ids)
