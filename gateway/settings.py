@@ -319,7 +319,8 @@ class Settings:
         "A runtime that sends no byte for this long mid-body is treated as dead.",
         **_POSITIVE,
     )
-    # 64 KiB measured best for chunked bodies and lowest in memory per stream (bench/README.md).
+    # 64 KiB measured best for chunked bodies and lowest in memory per stream
+    # (bench/history/2026-11-23-read-buffer-sweeps.md).
     stream_read_buffer: int = setting(
         64 * 1024,
         "STREAM_READ_BUFFER",
