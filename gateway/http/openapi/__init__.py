@@ -32,7 +32,7 @@ from gateway.http.openapi import (
     packages,
 )
 from gateway.http.openapi.components import Json
-from gateway.http.openapi.plugin import BodySchemas
+from gateway.http.openapi.plugin import BodySchemas, drop_const_defaults
 
 ROUTE_GROUPS: tuple[ModuleType, ...] = (
     agent_runs,
@@ -92,8 +92,10 @@ def build_document() -> Json:
         for name, schema in getattr(group, "JSON_SCHEMAS", {}).items():
             spec.components.schema(name, schema)
     for group in (components, *ROUTE_GROUPS):
+        described = getattr(group, "SCHEMA_DESCRIPTIONS", {})
         for name, body in getattr(group, "SCHEMAS", {}).items():
-            spec.components.schema(name, schema=body)
+            extra = {"description": described[name]} if name in described else None
+            spec.components.schema(name, extra, schema=body)
     paths: Json = {}
     for group in ROUTE_GROUPS:
         spec.tag(group.TAG)
@@ -106,6 +108,8 @@ def build_document() -> Json:
         operations = {method: op for method, op in item.items() if method in _METHODS}
         spec.path(path, operations=operations, parameters=item.get("parameters", []))
     document: Json = spec.to_dict()
+    # Bodies written in place (not components) did not pass through the plugin's cleanup.
+    drop_const_defaults(document)
     return document
 
 

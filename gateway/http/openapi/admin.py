@@ -33,7 +33,10 @@ SCHEMAS: dict[str, type[Schema] | Schema] = {
     # The same schema, loaded with partial=True by the PATCH: any of the fields.
     "AgentPatch": bodies.AgentBody(partial=True),
     "Agent": response_bodies.Agent,
+    "CredentialInfo": response_bodies.CredentialInfo,
 }
+# What the schema alone does not say of a component.
+SCHEMA_DESCRIPTIONS = {"AgentPatch": "Any of the agent's fields."}
 
 _SECURITY: list[Json] = [{"adminToken": []}]
 _UNAUTHORIZED = error("Missing or invalid admin token, or the admin API is disabled.")

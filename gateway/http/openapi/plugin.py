@@ -66,18 +66,18 @@ class BodySchemas(MarshmallowPlugin):
         if instance.unknown != EXCLUDE:
             result["additionalProperties"] = instance.unknown == INCLUDE
         result.update(getattr(instance.Meta, "json_schema", {}))
-        _drop_const_defaults(result)
+        drop_const_defaults(result)
         return result
 
 
-def _drop_const_defaults(node: Any) -> None:
+def drop_const_defaults(node: Any) -> None:
     """A constant's ``default`` (marshmallow's ``Constant`` loads its value) says nothing
     ``const`` does not: left out."""
     if isinstance(node, dict):
         if "const" in node and node.get("default", object()) == node["const"]:
             del node["default"]
         for value in node.values():
-            _drop_const_defaults(value)
+            drop_const_defaults(value)
     elif isinstance(node, list):
         for value in node:
-            _drop_const_defaults(value)
+            drop_const_defaults(value)
