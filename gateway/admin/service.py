@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.admin import schemas
+from gateway.admin import bodies
 from gateway.errors import BadRequest, NotFound
 from gateway.security import apikeys
 from gateway.security.cipher import CredentialCipher, CredentialUnreadable
@@ -53,7 +53,7 @@ class AdminService:
 
     async def create_org(self, body: Any) -> dict[str, Any]:
         """``{name}`` → ``{id, name}``."""
-        data = load(schemas.OrgBody(), body)
+        data = load(bodies.ORG_BODY, body)
         org_id = await orgs.create_org(self._pool, data["name"])
         return {"id": str(org_id), "name": data["name"]}
 
@@ -77,14 +77,14 @@ class AdminService:
     async def create_user(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
         """``{email}`` → ``{id}``; the user becomes a member of the organisation."""
         await self._require_org(org_id)
-        data = load(schemas.UserBody(), body)
+        data = load(bodies.USER_BODY, body)
         user_id = await orgs.create_member(self._pool, org_id, data["email"])
         return {"id": str(user_id)}
 
     async def create_agent(self, org_id: uuid.UUID, body: Any) -> CreatedAgent:
         """An agent with its API key, shown this once."""
         await self._require_org(org_id)
-        data = load(schemas.AgentBody(), body)
+        data = load(bodies.AGENT_BODY, body)
         await self._check_grants(org_id, data)
         salt = apikeys.new_agent_key_salt()
         api_key = apikeys.derive_agent_api_key(self._secret_key, salt)
@@ -118,7 +118,7 @@ class AdminService:
 
     async def update_agent(self, agent_id: int, body: Any) -> Agent:
         """Change any of the agent's settings."""
-        data = load(schemas.AgentBody(), body, partial=True)
+        data = load(bodies.AGENT_BODY, body, partial=True)
         if "credential_ids" in data:
             await self._check_grants((await self.get_agent(agent_id)).org_id, data)
         async with self._pool.acquire() as conn, conn.transaction():

@@ -47,6 +47,7 @@ from gateway.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
+from gateway.execute.bodies import STREAMED_ATTRIBUTE, load_controls
 from gateway.execute.input_files import FileService
 from gateway.execute.input_format import (
     CONTROL_KEYS,
@@ -74,9 +75,6 @@ from store.run_events import RunEvent
 log = structlog.get_logger(__name__)
 
 EXECUTE_KINDS = (OutputKind.JSON, OutputKind.STREAM)
-# The one attribute of a block that is streamed: the text it produces.
-STREAMED_ATTRIBUTE = "content"
-MAX_SELECTED_OUTPUTS = 100
 # A usage report shows the buckets of at most this many of an organisation's workflows.
 MAX_REPORTED_WORKFLOWS = 100
 
@@ -123,18 +121,10 @@ class Selection:
         return chunk.node_id in self.ids or block_key(chunk.node_name) in self.keys
 
 
-def resolve_selected_outputs(agent: Agent, raw: Any) -> Selection:
-    """``selectedOutputs`` (``["blockName.attribute", ...]``) resolved against the agent's
-    declared blocks; an unknown block or attribute is a 400 listing what is known."""
-    if raw is None:
-        return Selection()
-    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-        raise BadRequest(
-            'selectedOutputs must be a list of "blockName.attribute" strings',
-            extra={"details": {"selectedOutputs": ["Must be a list of strings."]}},
-        )
-    if len(raw) > MAX_SELECTED_OUTPUTS:
-        raise BadRequest(f"selectedOutputs may name at most {MAX_SELECTED_OUTPUTS} outputs")
+def resolve_selected_outputs(agent: Agent, raw: list[str] | None) -> Selection:
+    """``selectedOutputs`` (``["blockName.attribute", ...]``, checked by the body's schema)
+    resolved against the agent's declared blocks; an unknown block or attribute is a 400
+    listing what is known."""
     if not raw:
         return Selection()
     blocks = agent_blocks(agent)
@@ -300,13 +290,9 @@ class ExecuteService:
 
         400 naming each bad field, 413 naming each file over the per-file limit.
         """
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise BadRequest(
-                "stream must be true or false",
-                extra={"details": {"stream": ["Must be true or false."]}},
-            )
-        selection = resolve_selected_outputs(agent, body.get("selectedOutputs"))
+        controls = load_controls({k: body[k] for k in CONTROL_KEYS if k in body})
+        stream: bool = controls["stream"]
+        selection = resolve_selected_outputs(agent, controls["selectedOutputs"])
         try:
             declared = parse_input_format(agent.input_format)
         except InputFormatError as exc:

@@ -1,4 +1,5 @@
-"""The HTTP edge: app factory, middleware, request parsing, schemas, handlers, OpenAPI, streaming.
+"""The HTTP edge: app factory, middleware, request parsing, request and response bodies,
+handlers, OpenAPI, streaming.
 
 The only package that imports ``aiohttp.web``.
 """

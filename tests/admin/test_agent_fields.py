@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.admin.schemas import AgentBody
+from gateway.admin.bodies import AgentBody
 from gateway.http.openapi import build_document
 from store.models import AGENT_SETTABLE_FIELDS, Agent
 

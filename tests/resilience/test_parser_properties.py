@@ -16,9 +16,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import BadRequest
+from gateway.execute.bodies import load_controls
 from gateway.execute.input_format import InputField, InputProblems, coerce_input
-from gateway.execute.service import resolve_selected_outputs
-from gateway.http import schemas
+from gateway.execute.service import Selection, resolve_selected_outputs
+from gateway.http import request_bodies
 from gateway.http.attachments import utf8_disposition
 from gateway.runs import filenames
 from gateway.runs.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs
@@ -134,10 +135,17 @@ BLOCKS = [
 ]
 
 
+def _select(agent: Agent, raw: Any) -> Selection:
+    """``selectedOutputs`` as execute reads it: checked by the body's schema, then resolved."""
+    return resolve_selected_outputs(
+        agent, load_controls({"selectedOutputs": raw})["selectedOutputs"]
+    )
+
+
 @PROPERTY
 @given(json_values | st.lists(st.text(max_size=20), max_size=5))
 def test_any_selected_outputs_value_is_resolved_or_refused_with_a_400(raw: Any) -> None:
-    refusal = _refusal(BadRequest, resolve_selected_outputs, _agent(BLOCKS), raw)
+    refusal = _refusal(BadRequest, _select, _agent(BLOCKS), raw)
     if isinstance(refusal, BadRequest):
         assert refusal.status == 400
         assert refusal.message
@@ -248,7 +256,7 @@ def test_any_timeout_ms_is_refused_or_capped_by_the_agent_and_the_ceiling(
         background=None,  # type: ignore[arg-type]
         tokens=None,  # type: ignore[arg-type]
     )
-    body = _refusal(BadRequest, load, schemas.TriggerBody(), {"timeoutMs": timeout_ms})
+    body = _refusal(BadRequest, load, request_bodies.TriggerBody(), {"timeoutMs": timeout_ms})
     if isinstance(body, BadRequest):
         assert "timeoutMs" in body.extra["details"]
         return

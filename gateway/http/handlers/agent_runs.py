@@ -11,7 +11,7 @@ from aiohttp import web
 from marshmallow import Schema
 
 from gateway.errors import BadRequest
-from gateway.http import schemas
+from gateway.http import request_bodies
 from gateway.http.authentication import ingest_key_org
 from gateway.http.download import send_download
 from gateway.http.keys import EXTERNAL_RUN_SERVICE, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
@@ -34,9 +34,9 @@ from store.models import Agent
 routes = web.RouteTableDef()
 
 # Built once: a marshmallow schema costs more to construct than to load a body with.
-_TRIGGER_BODY = schemas.TriggerBody()
-_REGISTER_BODY = schemas.RegisterBody()
-_INGEST_BODY = schemas.IngestBody()
+_TRIGGER_BODY = request_bodies.TriggerBody()
+_REGISTER_BODY = request_bodies.RegisterBody()
+_INGEST_BODY = request_bodies.IngestBody()
 
 # Runs that hand back JSON; a file agent is served by trigger-and-download only.
 _JSON_KINDS = (OutputKind.JSON, OutputKind.STREAM)

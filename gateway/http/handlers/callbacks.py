@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import schemas
+from gateway.http import request_bodies
 from gateway.http.keys import CALLBACK_SERVICE, SETTINGS
 from gateway.http.path_ids import path_id
 from gateway.http.rate_limits import CALLBACKS, take_token
@@ -15,7 +15,7 @@ from gateway.validation import load
 
 routes = web.RouteTableDef()
 # Built once: a marshmallow schema costs more to construct than to load a body with.
-_CALLBACK_BODY = schemas.CallbackBody()
+_CALLBACK_BODY = request_bodies.CallbackBody()
 
 
 @routes.post("/api/runs/{runId}/callback")

@@ -1,18 +1,24 @@
 """The OpenAPI 3.1 document of every public route, assembled from one module per route group.
 
 Each group module (``agent_runs``, ``callbacks``, ``credentials``, ``execute``, ``files``,
-``admin``, ``ops``) holds a ``TAG``, its
-``PATHS`` and, optionally, ``SCHEMAS`` of its own; shared pieces live in ``components``. To
-document a new route, add its path to its group's ``PATHS`` (or add a module and list it in
-``ROUTE_GROUPS``). ``tests/http/test_openapi.py`` fails for any route the application
+``admin``, ``ops``, ``packages``) holds a ``TAG``, its ``PATHS`` (the per-route prose: summary,
+description, what each status means) and, optionally, ``SCHEMAS``: the marshmallow schemas of
+its bodies, by component name. The bodies are not described again here: apispec's marshmallow
+plugin (``plugin.BodySchemas``) writes each component from the schema that validates the
+request (``gateway.http.request_bodies``, ``gateway.admin.bodies``) or declares the response
+(``gateway.http.response_bodies``). ``JSON_SCHEMAS`` holds the little that is not a body (an
+event-stream event). Shared pieces live in ``components``. To document a new route, add its
+path to its group's ``PATHS`` (or add a module and list it in ``ROUTE_GROUPS``).
+``tests/http/test_openapi.py`` fails for any route the application
 registers that the document does not describe.
 """
 
 from __future__ import annotations
 
-import copy
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
+
+from apispec import APISpec
 
 from gateway.http.openapi import (
     admin,
@@ -26,6 +32,7 @@ from gateway.http.openapi import (
     packages,
 )
 from gateway.http.openapi.components import Json
+from gateway.http.openapi.plugin import BodySchemas, drop_const_defaults
 
 ROUTE_GROUPS: tuple[ModuleType, ...] = (
     agent_runs,
@@ -50,6 +57,12 @@ with `runId` once a run exists.
 """
 
 
+_LICENSE = {"name": "Proprietary: for the organisation's internal callers"}
+# Relative: the document describes whichever gateway serves it (each replica, any host name).
+_SERVERS = [{"url": "/", "description": "The gateway that serves this document."}]
+_METHODS = ("get", "put", "post", "patch", "delete")
+
+
 def _version() -> str:
     try:
         return version("agent-gateway")
@@ -59,75 +72,52 @@ def _version() -> str:
 
 def build_document() -> Json:
     """The whole document, freshly built (callers may cache it)."""
+    spec = APISpec(
+        title="agent-gateway",
+        version=_version(),
+        openapi_version="3.1.0",
+        plugins=[BodySchemas()],
+        info={"description": _DESCRIPTION, "license": _LICENSE},
+        servers=_SERVERS,
+    )
+    for name, component in components.PARAMETERS.items():
+        spec.components.parameter(name, component["in"], component)
+    for name, header in components.HEADERS.items():
+        spec.components.header(name, header)
+    for name, scheme in components.SECURITY_SCHEMES.items():
+        spec.components.security_scheme(name, scheme)
+    # Hand-written JSON Schema first (what marshmallow cannot say), then the marshmallow
+    # schemas: a nested schema registered before the one that holds it is cited by name.
+    for group in (components, *ROUTE_GROUPS):
+        for name, schema in getattr(group, "JSON_SCHEMAS", {}).items():
+            spec.components.schema(name, schema)
+    for group in (components, *ROUTE_GROUPS):
+        described = getattr(group, "SCHEMA_DESCRIPTIONS", {})
+        for name, body in getattr(group, "SCHEMAS", {}).items():
+            extra = {"description": described[name]} if name in described else None
+            spec.components.schema(name, extra, schema=body)
     paths: Json = {}
-    schemas: Json = dict(components.SCHEMAS)
-    tags = []
     for group in ROUTE_GROUPS:
-        tags.append(group.TAG)
+        spec.tag(group.TAG)
         for path, item in group.PATHS.items():
             if path in paths:
                 raise ValueError(f"{path} is documented twice")
             paths[path] = item
-        for name, schema in getattr(group, "SCHEMAS", {}).items():
-            if name in schemas:
-                raise ValueError(f"schema {name} is defined twice")
-            schemas[name] = schema
     _add_abuse_rows(paths)
-    document: Json = {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "agent-gateway",
-            "version": _version(),
-            "description": _DESCRIPTION,
-        },
-        "tags": tags,
-        "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "parameters": components.PARAMETERS,
-            "headers": components.HEADERS,
-            "securitySchemes": {
-                "ingestKey": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An organisation's ingest key (`igk_...`).",
-                },
-                "agentKey": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "The agent API key from the run's trigger payload (`agk_...`).",
-                },
-                "v0Key": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "An ingest key, bare (`Authorization: igk_...`), as seed 003 "
-                    "sends it; `Bearer igk_...` works too.",
-                },
-                "apiKey": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "X-API-Key",
-                    "description": "An organisation's ingest key (`igk_...`), as seed 004 "
-                    "sends it.",
-                },
-                "adminToken": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "The operator's `ADMIN_TOKEN`.",
-                },
-            },
-        },
-    }
-    # The group modules' dicts are shared; hand out a copy nobody can alter them through.
-    return copy.deepcopy(document)
+    for path, item in paths.items():
+        operations = {method: op for method, op in item.items() if method in _METHODS}
+        spec.path(path, operations=operations, parameters=item.get("parameters", []))
+    document: Json = spec.to_dict()
+    # Bodies written in place (not components) did not pass through the plugin's cleanup.
+    drop_const_defaults(document)
+    return document
 
 
 def _add_abuse_rows(paths: Json) -> None:
     """Every operation that takes a key may be refused for its address's failed attempts
     (429), and every one that takes a body may time out reading it (408)."""
     for item in paths.values():
-        for method in ("get", "put", "post", "patch", "delete"):
+        for method in _METHODS:
             operation = item.get(method)
             if operation is None:
                 continue

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import Schema
+
+from gateway.admin import bodies
+from gateway.http import response_bodies
 from gateway.http.openapi.components import (
     TOO_LARGE,
     UNAVAILABLE,
@@ -15,8 +19,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
-from store.enums import AgentStatus, ManagedBy, OutputKind, ResultDelivery, RuntimeKind
-from store.models import AGENT_SETTABLE_FIELDS
+from gateway.security.credentials import CredentialBody, CredentialDataBody
 
 TAG = {
     "name": "admin",
@@ -24,141 +27,16 @@ TAG = {
     "`Authorization: Bearer <ADMIN_TOKEN>`; disabled (401) while `ADMIN_TOKEN` is unset.",
 }
 
-_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
-_HTTP_URL = {"type": "string", "format": "uri", "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]+)?/"}
-_AGENT_FIELDS: Json = {
-    "name": _NAME,
-    "managed_by": {"enum": [kind.value for kind in ManagedBy]},
-    "status": {"enum": [status.value for status in AgentStatus]},
-    "allow_external_triggers": {"type": "boolean"},
-    "output_kind": {"enum": [kind.value for kind in OutputKind]},
-    "runtime": ref("RuntimeConfig"),
-    "default_input": {"type": "object"},
-    "input_format": {"description": "Any JSON value describing the agent's input."},
-    "running_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 86_400_000},
-    "blocks": {
-        "type": "array",
-        "maxItems": 100,
-        "description": "The workflow's blocks that stream (n8n nodes), which a workflow "
-        "execute's `selectedOutputs` name. Ids, and names ignoring case and spaces, are unique.",
-        "items": {
-            "type": "object",
-            "required": ["id", "name"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "minLength": 1, "maxLength": 200},
-                "name": {"type": "string", "minLength": 1, "maxLength": 200},
-            },
-        },
-    },
-    "credential_ids": {
-        "type": "array",
-        "maxItems": 1000,
-        "items": {"type": "string", "format": "uuid"},
-        "description": "The credentials this agent's runs may resolve (each one of the agent's "
-        "organisation; another is a 400). None unless granted: any other credential answers "
-        "403 to the agent. Deleting a credential takes it off every list.",
-    },
+SCHEMAS: dict[str, type[Schema] | Schema] = {
+    "RuntimeConfig": bodies.RuntimeConfig,
+    "AgentBody": bodies.AgentBody,
+    # The same schema, loaded with partial=True by the PATCH: any of the fields.
+    "AgentPatch": bodies.AgentBody(partial=True),
+    "Agent": response_bodies.Agent,
+    "CredentialInfo": response_bodies.CredentialInfo,
 }
-
-_CREDENTIAL_INFO: Json = {
-    "type": "object",
-    "required": ["id", "name", "type", "created_at", "updated_at"],
-    "properties": {
-        "id": {"type": "string", "format": "uuid"},
-        "name": {"type": "string"},
-        "type": {"type": "string"},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-    },
-}
-
-SCHEMAS: dict[str, Json] = {
-    "RuntimeConfig": {
-        "description": "Where the agent runs.",
-        "oneOf": [
-            {
-                "type": "object",
-                "title": "n8n",
-                "required": ["kind", "webhook_url"],
-                "additionalProperties": False,
-                "properties": {
-                    "kind": {"const": RuntimeKind.N8N.value},
-                    "webhook_url": _HTTP_URL,
-                    "headers": {
-                        "type": "object",
-                        "additionalProperties": {"type": "string"},
-                        "description": "Sent with every call (e.g. header auth); sealed at rest "
-                        "(bound to the agent), never shown back (`***`).",
-                    },
-                    "result_delivery": {
-                        "enum": [delivery.value for delivery in ResultDelivery],
-                        "default": ResultDelivery.RESPONSE.value,
-                        "description": "How the workflow delivers a run's result: `response`, "
-                        "in the webhook's answer (a Respond to Webhook node); `callback`, "
-                        "through the payload's `callbackUrl`, when any 2xx answer only "
-                        "acknowledges the run. Either way 202, 204, an empty body and n8n's "
-                        '`200 {"message": "Workflow was started"}` acknowledge the run.',
-                    },
-                },
-            },
-            {
-                "type": "object",
-                "title": "trigger.dev",
-                "required": ["kind", "api_url", "task_id", "secret_key"],
-                "additionalProperties": False,
-                "properties": {
-                    "kind": {"const": RuntimeKind.TRIGGER_DEV.value},
-                    "api_url": _HTTP_URL,
-                    "task_id": {"type": "string", "minLength": 1, "maxLength": 512},
-                    "secret_key": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": 1024,
-                        "description": "Sealed at rest (bound to the agent); never shown "
-                        "back (`***`).",
-                    },
-                },
-            },
-        ],
-    },
-    "AgentBody": {
-        "type": "object",
-        "required": ["name", "runtime"],
-        "additionalProperties": False,
-        "properties": _AGENT_FIELDS,
-    },
-    "AgentPatch": {
-        "type": "object",
-        "description": "Any of the agent's fields.",
-        "additionalProperties": False,
-        "properties": _AGENT_FIELDS,
-    },
-    "Agent": {
-        "type": "object",
-        "required": ["id", "org_id", *AGENT_SETTABLE_FIELDS, "created_at", "updated_at"],
-        "properties": {
-            "id": {"type": "integer"},
-            "org_id": {"type": "string", "format": "uuid"},
-            **_AGENT_FIELDS,
-            "runtime": {
-                "type": "object",
-                "required": ["kind"],
-                "description": "As configured, with `secret_key` and `headers` (sealed at "
-                "rest) shown as `***`.",
-                "properties": {"kind": {"enum": [kind.value for kind in RuntimeKind]}},
-            },
-            "input_format": {},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "api_key": {
-                "type": "string",
-                "description": "The agent API key (`agk_...`), in the create and rotate "
-                "answers only.",
-            },
-        },
-    },
-}
+# What the schema alone does not say of a component.
+SCHEMA_DESCRIPTIONS = {"AgentPatch": "Any of the agent's fields."}
 
 _SECURITY: list[Json] = [{"adminToken": []}]
 _UNAUTHORIZED = error("Missing or invalid admin token, or the admin API is disabled.")
@@ -191,27 +69,8 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "createOrg",
             "Create an organisation",
-            requestBody=json_body(
-                {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {"name": _NAME},
-                }
-            ),
-            responses={
-                "201": json_response(
-                    "Created.",
-                    {
-                        "type": "object",
-                        "required": ["id", "name"],
-                        "properties": {
-                            "id": {"type": "string", "format": "uuid"},
-                            "name": {"type": "string"},
-                        },
-                    },
-                )
-            },
+            requestBody=json_body(bodies.OrgBody),
+            responses={"201": json_response("Created.", response_bodies.OrgCreated)},
         ),
     },
     "/admin/orgs/{orgId}/keys": {
@@ -221,17 +80,7 @@ PATHS: dict[str, Json] = {
             "Create an ingest key (shown once)",
             requestBody=json_body({"type": "object"}, required=False),
             responses={
-                "201": json_response(
-                    "The key, shown this once.",
-                    {
-                        "type": "object",
-                        "required": ["id", "key"],
-                        "properties": {
-                            "id": {"type": "string", "format": "uuid"},
-                            "key": {"type": "string", "description": "`igk_...`"},
-                        },
-                    },
-                ),
+                "201": json_response("The key, shown this once.", response_bodies.IngestKeyCreated),
                 "404": _ORG_NOT_FOUND,
             },
         ),
@@ -255,22 +104,11 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "createUser",
             "Add a member to an organisation",
-            requestBody=json_body(
-                {
-                    "type": "object",
-                    "required": ["email"],
-                    "additionalProperties": False,
-                    "properties": {"email": {"type": "string", "format": "email"}},
-                }
-            ),
+            requestBody=json_body(bodies.UserBody),
             responses={
                 "201": json_response(
                     "The user (created, or found by email) is a member.",
-                    {
-                        "type": "object",
-                        "required": ["id"],
-                        "properties": {"id": {"type": "string", "format": "uuid"}},
-                    },
+                    response_bodies.UserAdded,
                 ),
                 "404": _ORG_NOT_FOUND,
             },
@@ -294,7 +132,9 @@ PATHS: dict[str, Json] = {
             "listCredentials",
             "List an organisation's credentials (never their data)",
             responses={
-                "200": json_response("Oldest first.", {"type": "array", "items": _CREDENTIAL_INFO}),
+                "200": json_response(
+                    "Oldest first.", {"type": "array", "items": response_bodies.CredentialInfo}
+                ),
                 "404": _ORG_NOT_FOUND,
             },
         ),
@@ -304,36 +144,9 @@ PATHS: dict[str, Json] = {
             description="The data is sealed at rest (AES-256-GCM under a key derived from "
             "`SECRET_KEY`, bound to the row); a run of an agent that lists it in its "
             "`credential_ids` reads it with `GET /api/credentials/{credentialId}/resolve`.",
-            requestBody=json_body(
-                {
-                    "type": "object",
-                    "required": ["name", "type", "data"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": _NAME,
-                        "type": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": 100,
-                            "examples": ["api_key"],
-                        },
-                        "data": {"type": "object", "description": "Any JSON object."},
-                    },
-                }
-            ),
+            requestBody=json_body(CredentialBody),
             responses={
-                "201": json_response(
-                    "Stored.",
-                    {
-                        "type": "object",
-                        "required": ["id", "name", "type"],
-                        "properties": {
-                            "id": {"type": "string", "format": "uuid"},
-                            "name": {"type": "string"},
-                            "type": {"type": "string"},
-                        },
-                    },
-                ),
+                "201": json_response("Stored.", response_bodies.CredentialStored),
                 "404": _ORG_NOT_FOUND,
             },
         ),
@@ -358,16 +171,11 @@ PATHS: dict[str, Json] = {
             "Replace a credential's data (same id)",
             description="The new data is sealed like the first; agents keep their grant and "
             "the next resolve answers the new data.",
-            requestBody=json_body(
-                {
-                    "type": "object",
-                    "required": ["data"],
-                    "additionalProperties": False,
-                    "properties": {"data": {"type": "object", "description": "Any JSON object."}},
-                }
-            ),
+            requestBody=json_body(CredentialDataBody),
             responses={
-                "200": json_response("The credential (never its data).", _CREDENTIAL_INFO),
+                "200": json_response(
+                    "The credential (never its data).", response_bodies.CredentialInfo
+                ),
                 "404": error("The organisation has no such credential."),
             },
         ),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import Schema
+
+from gateway.http import request_bodies, response_bodies
 from gateway.http.openapi.components import (
     BAD_BODY,
     NOT_FOUND_AGENT,
@@ -53,90 +56,12 @@ _COMMON = {
 }
 
 
-_EXTERNAL_RUN_ID = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 255,
-    "description": "The runtime's own id for the run (unique per agent): a repeat names the "
-    "same run.",
-}
-
-SCHEMAS: dict[str, Json] = {
-    "RegisterBody": {
-        "type": "object",
-        "description": "Other keys are ignored.",
-        "required": ["externalRunId"],
-        "properties": {"externalRunId": _EXTERNAL_RUN_ID},
-    },
-    "Registration": {
-        "type": "object",
-        "required": ["runId", "credentialsToken", "expiresInSeconds"],
-        "properties": {
-            "runId": {"type": "integer"},
-            "credentialsToken": {
-                "type": "string",
-                "pattern": "^crt_",
-                "description": "For `X-Credentials-Token` on `GET /api/credentials/{id}/"
-                "resolve`; fresh on every registration.",
-            },
-            "expiresInSeconds": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "`CREDENTIALS_TOKEN_TTL_S`, or longer: the token lasts at least "
-                "until the run's deadline.",
-            },
-        },
-    },
-    "IngestBody": {
-        "type": "object",
-        "description": "A standalone agent's report on a run it ran itself. Other keys are "
-        "ignored.",
-        "required": ["externalRunId", "status"],
-        "properties": {
-            "externalRunId": _EXTERNAL_RUN_ID,
-            "status": {
-                **ref("RunStatus"),
-                "description": "`queued` creates the run if new and never moves one back; "
-                "`running` starts it (with `output`: an intermediate output); `waiting`; "
-                "`completed` ends it with `output`; `failed` ends it with `error`; "
-                "`cancelled` ends it.",
-            },
-            "output": {"description": "Any JSON value."},
-            "outputs": {
-                "description": "Kept when a non-negative integer (else dropped); lifted from a "
-                "top-level integer `outputs` in `output` when absent."
-            },
-            "error": {
-                "description": "`failed`: the reason, recorded as `<name>: <message>`.",
-                "oneOf": [
-                    {"type": "null"},
-                    {"type": "string"},
-                    {
-                        "type": "object",
-                        "required": ["message"],
-                        "properties": {
-                            "message": {"type": "string"},
-                            "name": {"type": "string"},
-                            "stack": {"type": "string"},
-                        },
-                    },
-                ],
-            },
-        },
-    },
-    "Ingested": {
-        "type": "object",
-        "required": ["runId", "status", "created"],
-        "properties": {
-            "runId": {"type": "integer"},
-            "status": {
-                **ref("RunStatus"),
-                "description": "What the report moves the run to (for `queued`: the run's "
-                "current status).",
-            },
-            "created": {"type": "boolean", "description": "This report created the run."},
-        },
-    },
+SCHEMAS: dict[str, type[Schema]] = {
+    "TriggerBody": request_bodies.TriggerBody,
+    "RegisterBody": request_bodies.RegisterBody,
+    "Registration": response_bodies.Registration,
+    "IngestBody": request_bodies.IngestBody,
+    "Ingested": response_bodies.Ingested,
 }
 
 _REPORT_TOO_LARGE = error("The body is over `MAX_RESULT_BODY` (the most a run may report).")
@@ -171,7 +96,7 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "triggerRun",
             "Start a run; answer at once",
-            "Creates the run and invokes the runtime in the background (seed 001 "
+            "Creates the run and invokes the runtime in the background (the agent SDK's "
             "`triggerRun`). Has its own per-agent bucket (`TRIGGER_RATE_LIMIT` per "
             "`TRIGGER_RATE_WINDOW_S`).",
             parameters=[param("Idempotency-Key")],
@@ -194,7 +119,7 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "triggerAndWait",
             "Start a run and wait for its result",
-            "Seed 002. Holds the connection until the run ends or the wait window elapses. "
+            "Holds the connection until the run ends or the wait window elapses. "
             "Shares a 5-a-minute bucket per agent with trigger-and-download. Retried with its "
             "`Idempotency-Key` (same body) within 24 h, it starts nothing and waits for the run "
             "the key started: its terminal row at once, or its end within this call's window "
@@ -238,7 +163,8 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "triggerAndDownload",
             "Start a run and stream its file",
-            "Seed 000. The runtime's file is streamed straight through, never buffered. If "
+            "For an agent whose `output_kind` is `file_download`. The runtime's file is "
+            "streamed straight through, never buffered. If "
             "the runtime fails mid-file the connection is aborted (no clean end of body). "
             "Shares a 5-a-minute bucket per agent with trigger-and-wait. Retried with its "
             "`Idempotency-Key` (same body) within 24 h: 409 with the run the key started and "
@@ -269,15 +195,7 @@ PATHS: dict[str, Json] = {
                     "`runtime.result_delivery` is `callback`). The run goes on, reported "
                     "through callbacks (and failed at its deadline otherwise); poll "
                     "`GET .../runs/{runId}`.",
-                    {
-                        "type": "object",
-                        "required": ["runId", "agentId", "status"],
-                        "properties": {
-                            "runId": {"type": "integer"},
-                            "agentId": {"type": "integer"},
-                            "status": {"const": "running"},
-                        },
-                    },
+                    response_bodies.DownloadAcknowledged,
                 ),
                 **_COMMON,
                 "400": _BAD_KEY,
@@ -307,7 +225,8 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "registerRun",
             "Make a run the runtime started itself known",
-            "Seed 001 `registerRun`, for a run started by a schedule or another trigger. The "
+            "The agent SDK's `registerRun`, for a run started by a schedule or another "
+            "trigger. The "
             "run is created `running`, with a deadline of the agent's `running_timeout_ms`; its "
             "code reports through `POST /api/runs/{runId}/callback` with the agent API key. "
             "The same `externalRunId` again (per agent) names the same run, however many "
@@ -349,7 +268,7 @@ PATHS: dict[str, Json] = {
         "post": _operation(
             "ingestRun",
             "Report a standalone agent's run",
-            "Seed 001 `ingestRun`: the run is found by `externalRunId` or created, and the "
+            "The agent SDK's `ingestRun`: the run is found by `externalRunId` or created, and the "
             "reported status recorded (through the same event stream as callbacks, so `GET` "
             "shows it once the store consumer has applied it). Errors come in this order: "
             "401, 413/400, 404, 429, 422, 409. Shares a per-agent bucket with register.",
@@ -408,14 +327,7 @@ PATHS: dict[str, Json] = {
             responses={
                 "200": json_response(
                     "The run is cancelled.",
-                    {
-                        "type": "object",
-                        "required": ["runId", "status"],
-                        "properties": {
-                            "runId": {"type": "integer"},
-                            "status": {"const": "cancelled"},
-                        },
-                    },
+                    response_bodies.RunCancelled,
                 ),
                 "401": UNAUTHORIZED,
                 "404": error("No such agent or run for this key."),

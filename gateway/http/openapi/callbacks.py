@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from marshmallow import Schema
+
+from gateway.http import request_bodies, response_bodies
 from gateway.http.openapi.components import (
     RATE_LIMITED,
     TOO_LARGE,
@@ -14,65 +17,14 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
-from gateway.runs.callbacks import STATUSES_AFTER
 
 TAG = {
     "name": "callbacks",
-    "description": "What a run's own code reports (seed 001 `createAgentClient`). "
+    "description": "What a run's own code reports (the agent SDK's `createAgentClient`). "
     "`Authorization: Bearer <agentApiKey from the trigger payload>`.",
 }
 
-SCHEMAS: dict[str, Json] = {
-    "CallbackBody": {
-        "type": "object",
-        "description": "`started()`: `{type: started}`; `output()`: `{type: output, output, "
-        "outputs?}`; `complete()`: the same with `complete: true`; `fail()`: `{type: output, "
-        "failed: true, error: {message, name?, stack?}}`; `waiting()`: `{type: waiting, "
-        "tokenId, description, output?}`. An `outputs` that is not a non-negative integer is "
-        "dropped.",
-        "required": ["type"],
-        "properties": {
-            "type": {"enum": ["started", "output", "waiting"]},
-            "complete": {"type": "boolean"},
-            "failed": {"type": "boolean"},
-            "output": {"description": "Any JSON value."},
-            "outputs": {"description": "Kept when a non-negative integer."},
-            "error": {
-                "oneOf": [
-                    {"type": "null"},
-                    {"type": "string"},
-                    {
-                        "type": "object",
-                        "required": ["message"],
-                        "properties": {
-                            "message": {"type": "string"},
-                            "name": {"type": "string"},
-                            "stack": {"type": "string"},
-                        },
-                    },
-                ]
-            },
-            "tokenId": {"type": "string", "minLength": 1, "maxLength": 1024},
-            "description": {"type": ["string", "null"], "maxLength": 10000},
-        },
-        "allOf": [
-            {
-                "if": {"properties": {"type": {"const": "waiting"}}},
-                "then": {"required": ["tokenId"]},
-            },
-            {
-                "if": {"properties": {"type": {"enum": ["started", "waiting"]}}},
-                "then": {"properties": {"complete": {"const": False}, "failed": {"const": False}}},
-            },
-            {
-                "not": {
-                    "required": ["complete", "failed"],
-                    "properties": {"complete": {"const": True}, "failed": {"const": True}},
-                }
-            },
-        ],
-    },
-}
+SCHEMAS: dict[str, type[Schema]] = {"CallbackBody": request_bodies.CallbackBody}
 
 PATHS: dict[str, Json] = {
     "/api/runs/{runId}/callback": {
@@ -88,14 +40,7 @@ PATHS: dict[str, Json] = {
             "responses": {
                 "202": json_response(
                     "Recorded; `status` is what the run becomes.",
-                    {
-                        "type": "object",
-                        "required": ["runId", "status"],
-                        "properties": {
-                            "runId": {"type": "integer"},
-                            "status": {"enum": STATUSES_AFTER},
-                        },
-                    },
+                    response_bodies.CallbackRecorded,
                 ),
                 "400": error(
                     "The body is not a valid callback (`details` names each field), or its "

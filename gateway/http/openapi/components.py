@@ -1,4 +1,5 @@
-"""Schemas, parameters and responses shared by the route groups, and helpers to cite them.
+"""Parameters, headers, security schemes, response rows and bodies shared by the route
+groups, and helpers to cite them.
 
 A route group's module builds its operations from these helpers, so that adding a route is a
 local edit there (see ``gateway/http/openapi/__init__.py``).
@@ -8,15 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from store.enums import RunStatus
+from marshmallow import Schema
+
+from gateway.http import response_bodies
 
 Json = dict[str, Any]
-
-RUN_STATUSES = [status.value for status in RunStatus]
-# A run that is still going (a wait that timed out answers with one of these).
-IN_FLIGHT = [status.value for status in RunStatus if not status.terminal]
-_TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-03-01T12:00:05.250Z"]}
-_NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
 
 
 def ref(name: str) -> Json:
@@ -24,9 +21,9 @@ def ref(name: str) -> Json:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def param(name: str) -> Json:
-    """A reference to a shared parameter."""
-    return {"$ref": f"#/components/parameters/{name}"}
+def param(name: str) -> str:
+    """A reference to a shared parameter (apispec writes the ``$ref`` for its name)."""
+    return name
 
 
 def _header(description: str, schema: Json, *, required: bool = False) -> Json:
@@ -57,7 +54,7 @@ def headers(*names: str) -> Json:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in ("X-Request-Id", *names)}
 
 
-def json_response(description: str, schema: Json, *header_names: str) -> Json:
+def json_response(description: str, schema: Json | type[Schema], *header_names: str) -> Json:
     """A JSON response with ``schema``."""
     return {
         "description": description,
@@ -71,7 +68,7 @@ def error(description: str, *header_names: str) -> Json:
     return json_response(description, ref("Error"), *header_names)
 
 
-def json_body(schema: Json, *, required: bool = True, description: str = "") -> Json:
+def json_body(schema: Json | type[Schema], *, required: bool = True, description: str = "") -> Json:
     """A JSON request body."""
     body: Json = {"required": required, "content": {"application/json": {"schema": schema}}}
     if description:
@@ -159,121 +156,45 @@ PARAMETERS: dict[str, Json] = {
     },
 }
 
-SCHEMAS: dict[str, Json] = {
-    "Error": {
-        "type": "object",
-        "description": "Every error of the agent and admin APIs.",
-        "required": ["error"],
-        "properties": {
-            "error": {"type": "string", "description": "What went wrong."},
-            "runId": {"type": "integer", "description": "The run, once one exists."},
-            "status": {"enum": RUN_STATUSES, "description": "The run's status (409)."},
-            "details": {
-                "type": "object",
-                "description": "Each invalid field with its messages (400).",
-            },
-            "retryAfterMs": {"type": "integer", "minimum": 0, "description": "429 only."},
-            "requestId": {"type": "string", "description": "500 only: quote it to operators."},
-            "knownBlocks": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Workflow execute, an unknown block in `selectedOutputs` (400): "
-                "the agent's declared block names.",
-            },
-            "files": {
-                "type": "array",
-                "description": "Workflow execute, files over `MAX_FILE_BYTES` (413): each one.",
-                "items": {
-                    "type": "object",
-                    "required": ["field", "index", "name", "size"],
-                    "properties": {
-                        "field": {"type": "string"},
-                        "index": {"type": "integer", "minimum": 0},
-                        "name": {"type": "string"},
-                        "size": {"type": "integer", "minimum": 0},
-                    },
-                },
-            },
-            "maxFileBytes": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Workflow execute (413): the per-file limit.",
-            },
-        },
+SECURITY_SCHEMES: dict[str, Json] = {
+    "ingestKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An organisation's ingest key (`igk_...`).",
     },
-    "RunStatus": {"enum": RUN_STATUSES},
-    "Run": {
-        "type": "object",
-        "description": "A run, as seed 002's 200 and the poll target show it.",
-        "required": [
-            "runId",
-            "agentId",
-            "status",
-            "output_data",
-            "outputs",
-            "error",
-            "duration_ms",
-            "started_at",
-            "completed_at",
-            "created_at",
-        ],
-        "properties": {
-            "runId": {"type": "integer"},
-            "agentId": {"type": "integer"},
-            "status": ref("RunStatus"),
-            "output_data": {
-                "description": "The result (any JSON), or for a download `{kind, filename, "
-                "mimeType, sizeBytes}`; `null` when there is none."
-            },
-            "outputs": {"type": ["integer", "null"], "minimum": 0},
-            "error": {"type": ["string", "null"]},
-            "duration_ms": {"type": ["integer", "null"], "minimum": 0},
-            "started_at": _NULLABLE_TIMESTAMP,
-            "completed_at": _NULLABLE_TIMESTAMP,
-            "created_at": _TIMESTAMP,
-            "input": {
-                "type": "object",
-                "description": "The input the run was given (a workflow execute's names its "
-                "files); with `?include=input` only.",
-            },
-        },
+    "agentKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The agent API key from the run's trigger payload (`agk_...`).",
     },
-    "TriggerBody": {
-        "type": "object",
-        "description": "Every field is optional; an empty body is `{}`.",
-        "properties": {
-            "input": {
-                "type": "object",
-                "description": "Merged over the agent's `default_input` (the caller wins).",
-            },
-            "userId": {
-                "type": ["string", "null"],
-                "format": "uuid",
-                "description": "Recorded as `created_by` when a member of the agent's "
-                "organisation.",
-            },
-            "timeoutMs": {
-                "type": ["number", "null"],
-                "exclusiveMinimum": 0,
-                "description": "Wait window: `min(timeoutMs or 60000, running_timeout_ms, "
-                "HARD_CEILING_MS)`.",
-            },
-        },
+    "v0Key": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "An ingest key, bare (`Authorization: igk_...`), as the /v0 job "
+        "package clients send it; `Bearer igk_...` works too.",
     },
-    "RunAccepted": {
-        "type": "object",
-        "required": ["runId", "status"],
-        "properties": {"runId": {"type": "integer"}, "status": ref("RunStatus")},
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An organisation's ingest key (`igk_...`), in the header Sim's SDKs "
+        "send it in.",
     },
-    "RunTimedOut": {
-        "type": "object",
-        "description": "The wait window elapsed first; the run goes on (poll it).",
-        "required": ["runId", "agentId", "status", "timedOut"],
-        "properties": {
-            "runId": {"type": "integer"},
-            "agentId": {"type": "integer"},
-            "status": {"enum": IN_FLIGHT},
-            "timedOut": {"const": True},
-        },
+    "adminToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The operator's `ADMIN_TOKEN`.",
     },
+}
+
+# Public operations: no credential of any kind (an empty requirement overrides any default).
+PUBLIC: list[Json] = []
+
+# Response bodies shared by the route groups (request bodies are each group's own).
+SCHEMAS: dict[str, type[Schema]] = {
+    "Error": response_bodies.Error,
+    "Run": response_bodies.Run,
+    "RunAccepted": response_bodies.RunAccepted,
+    "RunTimedOut": response_bodies.RunTimedOut,
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from marshmallow import Schema
+
+from gateway.http import response_bodies
 from gateway.http.openapi.components import (
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -15,25 +18,14 @@ from gateway.http.openapi.components import (
 
 TAG = {
     "name": "credentials",
-    "description": "What a run's own code reads (seed 001 `createAgentClient`): its "
+    "description": "What a run's own code reads (the agent SDK's `createAgentClient`): its "
     "organisation's credentials, while the run lasts. `Authorization: Bearer <agentApiKey>` "
     "and `X-Credentials-Token: <credentialsToken>`, both from the trigger payload (or the "
     "token from `register`). Credentials are stored with `POST /admin/orgs/{orgId}/"
     "credentials`.",
 }
 
-SCHEMAS: dict[str, Json] = {
-    "Credential": {
-        "type": "object",
-        "required": ["id", "name", "type", "data"],
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "name": {"type": "string"},
-            "type": {"type": "string", "examples": ["api_key"]},
-            "data": {"type": "object", "description": "As stored (sealed at rest)."},
-        },
-    },
-}
+SCHEMAS: dict[str, type[Schema]] = {"Credential": response_bodies.Credential}
 
 _NO_STORE = {
     "Cache-Control": {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from marshmallow import Schema
+
+from gateway.execute import bodies
+from gateway.http import response_bodies
 from gateway.http.openapi.components import (
-    IN_FLIGHT,
     RATE_LIMITED,
     Json,
     error,
@@ -13,258 +16,28 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
-from store.enums import JobStatus
 
 TAG = {
     "name": "workflow execute",
-    "description": "Seed 004: run an agent's workflow and get its result, or its output live "
+    "description": "Sim-compatible workflow execution: run an agent's workflow and get its "
+    "result, or its output live "
     "as Server-Sent Events. `X-API-Key: <ingest key>` (`Authorization: Bearer <ingest key>` "
     "works too).",
 }
 
-JOB_STATUSES = [status.value for status in JobStatus]
-_TIMESTAMP = {"type": "string", "format": "date-time", "examples": ["2026-03-01T12:00:05.250Z"]}
-_NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
-
-_DURATION = {
-    "type": "object",
-    "required": ["duration"],
-    "properties": {"duration": {"type": "integer", "minimum": 0, "description": "ms"}},
-}
-
-SCHEMAS: dict[str, Json] = {
-    "ExecuteBody": {
-        "type": "object",
-        "description": "The input itself, plus two controls (`stream`, `selectedOutputs`). "
-        "When the agent declares an `input_format`, each declared field is coerced to its "
-        'type: `number` from `"3"`, `"0.5"`, `"1e3"`; `boolean` from `true/false/1/0/'
-        "yes/no/on/off`; `string` from a number or a boolean; `json` from an object, an array "
-        "or a string holding one; `files` from one `ExecuteFile` or a list of them; `null` is "
-        "kept. Undeclared keys are passed on under `input` only. With no input format, the "
-        "whole body (less the controls) is the input.",
-        "properties": {
-            "stream": {
-                "type": "boolean",
-                "default": False,
-                "description": "`true`: answer with Server-Sent Events as the workflow "
-                "produces output.",
-            },
-            "selectedOutputs": {
-                "type": "array",
-                "maxItems": 100,
-                "description": "Which blocks to stream (all when absent or empty): "
-                "`<blockName>.content`, the block named by its declared name (case-insensitive, "
-                "spaces ignored) or id; see the agent's `blocks`.",
-                "items": {"type": "string", "pattern": "^[^.]+\\.content$"},
-                "examples": [["agent1.content"]],
-            },
-        },
-        "additionalProperties": {"description": "An input value."},
-    },
-    "ExecuteFile": {
-        "type": "object",
-        "description": "A value of a `files` field: a base64 data URL (stored, at most "
-        "`MAX_FILE_BYTES` decoded, handed to the runtime as `{url, name, size, type, "
-        "uploadedAt, expiresAt}` with `url` a signed `GET /files/{key}` URL) or an http(s) URL "
-        "(passed on as `{url, name, size, type}`, never fetched).",
-        "required": ["data"],
-        "properties": {
-            "type": {
-                "enum": ["file", "url"],
-                "description": "Default: `file` for a `data:` URL, else `url`.",
-            },
-            "data": {
-                "type": "string",
-                "minLength": 1,
-                "examples": ["data:application/pdf;base64,JVBERi0xLjQK"],
-                "description": "`data:<type>;base64,<data>` (line-wrapped base64 and "
-                "percent-encoded data URLs are fine), or an http(s) URL.",
-            },
-            "name": {"type": "string"},
-            "mime": {"type": "string", "examples": ["application/pdf"]},
-            "size": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "A `url` file's size, passed on when given.",
-            },
-        },
-    },
-    "ExecuteResult": {
-        "type": "object",
-        "description": "Seed 004's serialized execution result.",
-        "required": ["success", "output", "error", "metadata", "runId"],
-        "properties": {
-            "success": {"type": "boolean"},
-            "output": {
-                "description": "The result: a `stream` agent's `{blockId: {content}}` (with "
-                "`truncated: true` past `MAX_RESULT_BODY`), a `json` agent's result."
-            },
-            "error": {
-                "type": ["string", "null"],
-                "description": "Why the run failed or was cancelled.",
-            },
-            "metadata": _DURATION,
-            "runId": {"type": "integer"},
-        },
-    },
-    "ExecuteTimedOut": {
-        "type": "object",
-        "description": "The window elapsed first; the run goes on (poll it).",
-        "required": ["runId", "status", "timedOut"],
-        "properties": {
-            "runId": {"type": "integer"},
-            "status": {"enum": IN_FLIGHT},
-            "timedOut": {"const": True},
-        },
-    },
-    "ExecuteAccepted": {
-        "type": "object",
-        "description": "`X-Execution-Mode: async`: the run goes on as a `trigger` does; poll "
-        "it with `GET /api/jobs/{taskId}` (Sim's async execution shape), or follow its frames "
-        "live at `links.stream`.",
-        "required": ["success", "taskId", "status", "createdAt", "links"],
-        "properties": {
-            "success": {"const": True},
-            "taskId": {"type": "string", "description": "The run's id, as a string."},
-            "status": {"const": "queued"},
-            "createdAt": _TIMESTAMP,
-            "links": {
-                "type": "object",
-                "required": ["status", "stream"],
-                "properties": {
-                    "status": {"type": "string", "examples": ["/api/jobs/42"]},
-                    "stream": {
-                        "type": "string",
-                        "description": "Where its frames are followed live (SSE).",
-                        "examples": ["/api/workflows/7/executions/42/stream"],
-                    },
-                },
-            },
-        },
-    },
-    "JobStatus": {
-        "type": "object",
-        "description": "An async execute's task (Sim's job status shape). `output` once "
-        "`completed`; `error` once `failed` or `cancelled`.",
-        "required": ["success", "taskId", "status", "metadata"],
-        "properties": {
-            "success": {"const": True},
-            "taskId": {"type": "string"},
-            "status": {
-                "enum": JOB_STATUSES,
-                "description": "The run's status in Sim's words: `queued`; `processing` "
-                "(running or waiting); `completed`, `failed`, `cancelled`.",
-            },
-            "metadata": {
-                "type": "object",
-                "required": ["workflowId", "runId", "startedAt"],
-                "properties": {
-                    "workflowId": {"type": "string"},
-                    "runId": {"type": "integer"},
-                    "startedAt": _NULLABLE_TIMESTAMP,
-                    "completedAt": {
-                        **_NULLABLE_TIMESTAMP,
-                        "description": "Once the task has ended.",
-                    },
-                    "duration": {
-                        "type": ["integer", "null"],
-                        "minimum": 0,
-                        "description": "ms, once the task has ended.",
-                    },
-                },
-            },
-            "output": {"description": "The run's result, as in `ExecuteResult`."},
-            "error": {"type": "string"},
-        },
-    },
-    "WorkflowStatus": {
-        "type": "object",
-        "description": "Sim's workflow status. `isDeployed`: the agent can be executed now "
-        "(the execute eligibility rules hold); `deployedAt`: the agent's last change then.",
-        "required": ["isDeployed", "deployedAt", "needsRedeployment"],
-        "properties": {
-            "isDeployed": {"type": "boolean"},
-            "deployedAt": _NULLABLE_TIMESTAMP,
-            "needsRedeployment": {
-                "const": False,
-                "description": "An agent's configuration takes effect at once.",
-            },
-        },
-    },
-    "UsageLimits": {
-        "type": "object",
-        "description": "Sim's usage limits: what the key's organisation may still execute. "
-        "Sync and async executes take from the same per-workflow bucket "
-        "(`EXECUTE_RATE_LIMIT` per `EXECUTE_RATE_WINDOW_S`): `sync` and `async` are the same "
-        "figures, the workflow with the fewest executions left; `workflows` has each one's "
-        "(the first 100 of the organisation's workflows).",
-        "required": ["success", "rateLimit", "usage"],
-        "properties": {
-            "success": {"const": True},
-            "rateLimit": {
-                "type": "object",
-                "required": ["sync", "async", "authType", "workflows"],
-                "properties": {
-                    "sync": ref("UsageBucket"),
-                    "async": ref("UsageBucket"),
-                    "authType": {"const": "api"},
-                    "workflows": {
-                        "type": "object",
-                        "description": "By workflow id.",
-                        "additionalProperties": ref("UsageBucket"),
-                    },
-                },
-            },
-            "usage": {
-                "type": "object",
-                "description": "The gateway meters no cost.",
-                "required": ["currentPeriodCost", "limit", "plan"],
-                "properties": {
-                    "currentPeriodCost": {"const": 0},
-                    "limit": {"type": "null"},
-                    "plan": {"const": "gateway"},
-                },
-            },
-        },
-    },
-    "UsageBucket": {
-        "type": "object",
-        "required": ["isLimited", "limit", "remaining", "windowSeconds", "resetAt"],
-        "properties": {
-            "isLimited": {"type": "boolean", "description": "No execution is left."},
-            "limit": {"type": "integer", "minimum": 1},
-            "remaining": {"type": "integer", "minimum": 0},
-            "windowSeconds": {"type": "integer", "minimum": 1},
-            "resetAt": {
-                **_TIMESTAMP,
-                "description": "When the bucket is full again (the next token, when empty).",
-            },
-        },
-    },
-    "ExecuteChunkFrame": {
-        "type": "object",
-        "description": "Event stream: a piece of a selected block's output, as it came.",
-        "required": ["blockId", "chunk"],
-        "properties": {"blockId": {"type": "string"}, "chunk": {"type": "string"}},
-    },
-    "ExecuteDoneFrame": {
-        "type": "object",
-        "description": "Event stream: the run completed.",
-        "required": ["event", "success", "output", "metadata"],
-        "properties": {
-            "event": {"const": "done"},
-            "success": {"const": True},
-            "output": {"description": "As in `ExecuteResult`."},
-            "metadata": _DURATION,
-        },
-    },
-    "ExecuteErrorFrame": {
-        "type": "object",
-        "description": "Event stream: the run failed, was cancelled or did not finish in the "
-        "window, or the runtime broke off.",
-        "required": ["event", "error"],
-        "properties": {"event": {"const": "error"}, "error": {"type": "string"}},
-    },
+SCHEMAS: dict[str, type[Schema]] = {
+    "ExecuteBody": bodies.ExecuteBody,
+    "ExecuteFile": bodies.ExecuteFile,
+    "ExecuteResult": response_bodies.ExecuteResult,
+    "ExecuteTimedOut": response_bodies.ExecuteTimedOut,
+    "ExecuteAccepted": response_bodies.ExecuteAccepted,
+    "JobStatus": response_bodies.JobStatusView,
+    "WorkflowStatus": response_bodies.WorkflowStatus,
+    "UsageBucket": response_bodies.UsageBucket,
+    "UsageLimits": response_bodies.UsageLimits,
+    "ExecuteChunkFrame": response_bodies.ExecuteChunkFrame,
+    "ExecuteDoneFrame": response_bodies.ExecuteDoneFrame,
+    "ExecuteErrorFrame": response_bodies.ExecuteErrorFrame,
 }
 
 _STREAM = """\
@@ -291,7 +64,8 @@ after `EXECUTE_DISCONNECT_GRACE_S` unless someone follows it there. For example:
 
 # One event of the stream, as OpenAPI 3.2 (``itemSchema``) and tools reading a 3.1 document's
 # event-stream ``schema`` per event describe it: its fields, ``data`` holding JSON.
-SCHEMAS["ExecuteEvent"] = {
+JSON_SCHEMAS: dict[str, Json] = {}
+JSON_SCHEMAS["ExecuteEvent"] = {
     "type": "object",
     "description": "One Server-Sent Event of the stream (its `id:` and `data:` fields; no "
     "`event:` field is sent).",

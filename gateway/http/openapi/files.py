@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http.openapi.components import Json, error, headers, param
+from gateway.http.openapi.components import PUBLIC, Json, error, headers, param
 
 TAG = {
     "name": "files",
@@ -42,6 +42,7 @@ PATHS: dict[str, Json] = {
         ],
         "get": {
             "tags": [TAG["name"]],
+            "security": PUBLIC,
             "operationId": "getSignedFile",
             "summary": "Download a stored input file",
             "description": "The URL is a file object's `url` (valid for `FILE_URL_TTL_S`). "

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from gateway.http.openapi.components import Json, headers, json_response, param, ref
+from marshmallow import Schema
+
+from gateway.http import response_bodies
+from gateway.http.openapi.components import PUBLIC, Json, headers, json_response, param, ref
 
 TAG = {
     "name": "job packages",
@@ -11,32 +14,9 @@ TAG = {
     "`Authorization: <ingest key>` (bare; `Bearer` accepted too).",
 }
 
-SCHEMAS: dict[str, Json] = {
-    "V0Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "details"],
-                "properties": {
-                    "code": {"type": "string", "examples": ["forbidden"]},
-                    "message": {"type": "string"},
-                    "details": {"description": "Anything that helps; `null` when nothing."},
-                },
-            }
-        },
-    },
-    "PackageTicket": {
-        "type": "object",
-        "required": ["id", "status", "signed_url", "workflowId"],
-        "properties": {
-            "id": {"type": "string", "format": "uuid", "description": "The job's package."},
-            "status": {"enum": ["pending", "ready"]},
-            "signed_url": {"type": "string", "format": "uri"},
-            "workflowId": {"type": "string"},
-        },
-    },
+SCHEMAS: dict[str, type[Schema]] = {
+    "V0Error": response_bodies.V0Error,
+    "PackageTicket": response_bodies.PackageTicket,
 }
 
 
@@ -99,6 +79,7 @@ PATHS: dict[str, Json] = {
         "get": {
             "tags": [TAG["name"]],
             "operationId": "fetchJobPackage",
+            "security": PUBLIC,
             "summary": "The package's ZIP (the signed URL)",
             "description": "Streamed: manifest.json, input.json, inputs/, output.json, outputs/.",
             "responses": {

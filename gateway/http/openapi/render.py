@@ -69,6 +69,8 @@ def _operation(document: Json, path: str, method: str, op: Json, shared: list[Js
     if op.get("security"):
         schemes = ", ".join(name for req in op["security"] for name in req)
         parts.append(f"<p>Auth: <code>{html.escape(schemes)}</code></p>")
+    elif op.get("security") == []:
+        parts.append("<p>Auth: none (public).</p>")
     params = [_resolve(document, p) for p in [*shared, *op.get("parameters", [])]]
     if params:
         rows = "".join(

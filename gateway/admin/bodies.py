@@ -39,6 +39,9 @@ class UserBody(StorableBody):
     email = fields.Email(required=True)
 
 
+_HTTP_URL = {"format": "uri", "description": "An http(s) URL."}
+
+
 class RuntimeConfig(Schema):
     """An agent's runtime: ``n8n`` (a webhook) or ``trigger.dev`` (a task).
 
@@ -49,14 +52,54 @@ class RuntimeConfig(Schema):
 
     class Meta:
         unknown = RAISE
+        description = "Where the agent runs."
+        # What _fields_of_kind checks, for readers of the OpenAPI document.
+        json_schema = {
+            "oneOf": [
+                {
+                    "title": RuntimeKind.N8N.value,
+                    "properties": {"kind": {"const": RuntimeKind.N8N.value}},
+                    "required": ["webhook_url"],
+                },
+                {
+                    "title": RuntimeKind.TRIGGER_DEV.value,
+                    "properties": {"kind": {"const": RuntimeKind.TRIGGER_DEV.value}},
+                    "required": ["api_url", "task_id", "secret_key"],
+                    "not": {"required": ["result_delivery"]},
+                },
+            ]
+        }
 
     kind = fields.String(required=True, validate=validate.OneOf([k.value for k in RuntimeKind]))
-    webhook_url = fields.String()
-    headers = fields.Dict(keys=fields.String(), values=fields.String())
-    result_delivery = fields.String(validate=validate.OneOf([d.value for d in ResultDelivery]))
-    api_url = fields.String()
+    webhook_url = fields.String(metadata=_HTTP_URL)
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={
+            "description": "n8n: sent with every call (e.g. header auth); sealed at rest (bound "
+            "to the agent), never shown back (`***`)."
+        },
+    )
+    result_delivery = fields.String(
+        validate=validate.OneOf([d.value for d in ResultDelivery]),
+        metadata={
+            "default": ResultDelivery.RESPONSE.value,
+            "description": "n8n only. How the workflow delivers a run's result: `response`, "
+            "in the webhook's answer (a Respond to Webhook node); `callback`, through the "
+            "payload's `callbackUrl`, when any 2xx answer only acknowledges the run. Either way "
+            '202, 204, an empty body and n8n\'s `200 {"message": "Workflow was started"}` '
+            "acknowledge the run.",
+        },
+    )
+    api_url = fields.String(metadata=_HTTP_URL)
     task_id = fields.String(validate=validate.Length(min=1, max=512))
-    secret_key = fields.String(validate=validate.Length(min=1, max=1024))
+    secret_key = fields.String(
+        validate=validate.Length(min=1, max=1024),
+        metadata={
+            "description": "Trigger.dev: sealed at rest (bound to the agent); never shown back "
+            "(`***`)."
+        },
+    )
 
     @validates("webhook_url")
     def _webhook(self, value: str, **_: Any) -> None:
@@ -129,11 +172,28 @@ class AgentBody(StorableBody):
     output_kind = fields.String(validate=validate.OneOf([kind.value for kind in OutputKind]))
     runtime = fields.Nested(RuntimeConfig, required=True)
     default_input = JsonObject()
-    input_format = fields.Raw(allow_none=True)
+    input_format = fields.Raw(
+        allow_none=True, metadata={"description": "Any JSON value describing the agent's input."}
+    )
     running_timeout_ms = fields.Integer(strict=True, validate=validate.Range(min=1, max=86_400_000))
-    blocks = fields.List(fields.Nested(BlockBody), validate=validate.Length(max=100))
-    # The credentials the agent's runs may resolve (each one of the agent's organisation).
-    credential_ids = fields.List(fields.UUID(), validate=validate.Length(max=1000))
+    blocks = fields.List(
+        fields.Nested(BlockBody),
+        validate=validate.Length(max=100),
+        metadata={
+            "description": "The workflow's blocks that stream (n8n nodes), which a workflow "
+            "execute's `selectedOutputs` name. Ids, and names ignoring case and spaces, are "
+            "unique."
+        },
+    )
+    credential_ids = fields.List(
+        fields.UUID(),
+        validate=validate.Length(max=1000),
+        metadata={
+            "description": "The credentials this agent's runs may resolve (each one of the "
+            "agent's organisation; another is a 400). None unless granted: any other credential "
+            "answers 403 to the agent. Deleting a credential takes it off every list."
+        },
+    )
 
     @validates("input_format")
     def _input_format(self, value: Any, **_: Any) -> None:
@@ -153,3 +213,9 @@ class AgentBody(StorableBody):
         keys = ["".join(b["name"].split()).lower() for b in value]
         if len(set(keys)) != len(keys) or len({b["id"] for b in value}) != len(value):
             raise ValidationError("Block ids and names (ignoring case and spaces) must be unique.")
+
+
+# Built once: the admin service validates every body with these.
+ORG_BODY = OrgBody()
+USER_BODY = UserBody()
+AGENT_BODY = AgentBody()
