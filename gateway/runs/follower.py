@@ -29,7 +29,7 @@ from adapters.base import (
     RuntimeRefused,
     RuntimeRetryLater,
 )
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunTransitions
 from store import follows
 from store.enums import RunStatus
 
@@ -62,13 +62,13 @@ class RealtimeCoverage(Protocol):
 
 
 async def record_followed(
-    pool: asyncpg.Pool, runs: RunService, item: follows.FollowedRun, result: RunResult
+    pool: asyncpg.Pool, runs: RunTransitions, item: follows.FollowedRun, result: RunResult
 ) -> bool:
     """Record what the runtime says of a followed run: its end (then it is no longer followed)
     or its move to running or waiting. ``True`` when the run has ended.
 
     The poller and the real-time feeds of every replica may report the same end: the end claim
-    in :meth:`RunService.record_result` lets exactly one of them record it.
+    in :meth:`RunTransitions.record_result` lets exactly one of them record it.
     """
     if result.terminal:
         await runs.record_result(item.run_id, result)
@@ -85,7 +85,7 @@ class RunFollower:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        runs: RunService,
+        runs: RunTransitions,
         adapters: Mapping[str, RuntimeAdapter],
         *,
         tick_s: float,

@@ -28,7 +28,7 @@ import structlog
 
 from adapters.base import FeedBatch, FollowsInRealTime, RunResult, RuntimeAdapter, RuntimeFailure
 from gateway.runs.follower import record_followed
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunTransitions
 from store import follows
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,7 @@ class RealtimeFollower:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        runs: RunService,
+        runs: RunTransitions,
         adapter: FollowsInRealTime,
         pollers: Mapping[str, RuntimeAdapter],
         *,
