@@ -61,6 +61,10 @@ class RuntimeUnavailable(RuntimeFailure):
     """The runtime could not be invoked at all (refused, unresolvable, reset before headers)."""
 
 
+# What a run that timed out waiting for its runtime says, wherever the window elapsed.
+WINDOW_ELAPSED = "Runtime did not respond within the wait window"
+
+
 class RuntimeTimeout(RuntimeFailure):
     """The runtime sent no answer within the wait window."""
 

@@ -38,6 +38,7 @@ import aiohttp
 
 from adapters.base import (
     CHUNK_TYPES,
+    WINDOW_ELAPSED,
     Invocation,
     OpenSecrets,
     RunResult,
@@ -128,7 +129,7 @@ class N8nAdapter:
                     allow_redirects=False,
                 )
         except TimeoutError:
-            raise RuntimeTimeout("Runtime did not respond within the wait window") from None
+            raise RuntimeTimeout(WINDOW_ELAPSED) from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             raise RuntimeUnavailable(connection_failure(exc)) from exc
         except aiohttp.ClientResponseError as exc:
@@ -177,7 +178,7 @@ class N8nAdapter:
                         raise redirect_failure(response)
                     return await self._read_answer(response, result_delivery(runtime))
         except TimeoutError:
-            raise RuntimeTimeout("Runtime did not respond within the wait window") from None
+            raise RuntimeTimeout(WINDOW_ELAPSED) from None
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             raise RuntimeUnavailable(connection_failure(exc)) from exc
         except aiohttp.ClientResponseError as exc:

@@ -43,6 +43,33 @@ class EventType(StrEnum):
 # The transitions that end a run (the statuses of the same names).
 TERMINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 
+# The status each transition moves a run to: ``started`` and ``output`` both mean running, every
+# other event names its status. The one table both directions are read from
+# (:func:`status_after`, :func:`event_to`); store/transitions.py applies the same rule in SQL.
+_STATUS_AFTER = {
+    EventType.STARTED: RunStatus.RUNNING,
+    EventType.OUTPUT: RunStatus.RUNNING,
+    EventType.WAITING: RunStatus.WAITING,
+    EventType.COMPLETED: RunStatus.COMPLETED,
+    EventType.FAILED: RunStatus.FAILED,
+    EventType.CANCELLED: RunStatus.CANCELLED,
+}
+# The event that moves a run to each status (the first listed above: ``started`` for running).
+_EVENT_TO = {status: event for event, status in reversed(_STATUS_AFTER.items())}
+
+
+def status_after(event: EventType) -> RunStatus:
+    """The status ``event`` moves a run to."""
+    return _STATUS_AFTER[event]
+
+
+def event_to(status: RunStatus, *, with_output: bool = False) -> EventType | None:
+    """The event that moves a run to ``status``; ``None`` for ``queued`` (no event goes back
+    there). A run reported running with an output moves by ``output``."""
+    if status == RunStatus.RUNNING and with_output:
+        return EventType.OUTPUT
+    return _EVENT_TO.get(status)
+
 
 class OutputKind(StrEnum):
     """What an agent's run gives back: inline JSON, a file streamed through, or a live stream."""

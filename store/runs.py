@@ -73,6 +73,11 @@ async def get_run(db: Executor, run_id: int) -> Run | None:
     return None if row is None else run_from_row(row)
 
 
+async def current(db: Executor, run: Run) -> Run:
+    """``run`` as its row reads now (``run`` itself should the row be gone)."""
+    return await get_run(db, run.id) or run
+
+
 async def extend_deadline(db: Executor, run_id: int, *, lease_s: float) -> float | None:
     """Move an in-flight run's deadline to at least ``lease_s`` seconds from now (never
     earlier); return the seconds left to it, by the database's clock, or ``None`` when the run

@@ -26,6 +26,7 @@ import asyncpg
 import structlog
 
 from adapters.base import (
+    WINDOW_ELAPSED,
     RunResult,
     RuntimeAdapter,
     RuntimeFailure,
@@ -60,10 +61,12 @@ from gateway.execute.input_format import (
     coerce_input,
     parse_input_format,
 )
+from gateway.runs.creation import RunCreation
+from gateway.runs.lookups import RunLookups
 from gateway.runs.outputs import lift_outputs
-from gateway.runs.service import MAX_ERROR_LEN, RunService
+from gateway.runs.recording import MAX_ERROR_LEN, RunTransitions
 from gateway.runs.triggers import TriggerService
-from gateway.runs.waits import RunWaiters
+from gateway.runs.waits import SETTLE_S, RunWaiters
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStoreError
 from store import agents, run_files, runs
@@ -242,7 +245,9 @@ class ExecuteService:
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        runs: RunService,
+        lookups: RunLookups,
+        creation: RunCreation,
+        transitions: RunTransitions,
         triggers: TriggerService,
         waiters: RunWaiters,
         files: FileService,
@@ -250,7 +255,9 @@ class ExecuteService:
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._runs = runs
+        self._lookups = lookups
+        self._creation = creation
+        self._transitions = transitions
         self._triggers = triggers
         self._waiters = waiters
         self._files = files
@@ -258,8 +265,8 @@ class ExecuteService:
 
     def check_eligible(self, agent: Agent) -> RuntimeAdapter:
         """403/422 unless the agent may be executed from outside; its runtime adapter."""
-        self._runs.check_eligible(agent, output_kinds=EXECUTE_KINDS)
-        adapter = self._runs.adapter_for(agent)
+        self._lookups.check_eligible(agent, output_kinds=EXECUTE_KINDS)
+        adapter = self._lookups.adapter_for(agent)
         if agent.output_kind == OutputKind.STREAM and not adapter.streams:
             raise Unprocessable(
                 f"Agent output_kind is 'stream' but its runtime ({adapter.kind}) cannot stream"
@@ -353,7 +360,7 @@ class ExecuteService:
             **coerced.extra,
             **{k: self._files.placeholder(v) for k, v in coerced.values.items()},
         }
-        run = await self._runs.create_run(
+        run = await self._creation.create(
             agent,
             input_data=recorded,
             user_id=None,
@@ -367,7 +374,7 @@ class ExecuteService:
                 values = await self._files.store(run.id, agent.org_id, coerced)
             except BlobStoreError as exc:
                 log.error("input_files_not_stored", run_id=run.id, error=str(exc))
-                await self._runs.fail(run.id, "Input files could not be stored")
+                await self._transitions.fail(run.id, "Input files could not be stored")
                 raise ServiceUnavailable(
                     "Input files could not be stored; try again shortly",
                     extra={"runId": run.id},
@@ -380,7 +387,7 @@ class ExecuteService:
             await run_files.set_run_input(self._pool, run.id, full_input)
             run = dataclasses.replace(run, input=full_input)
         payload = dataclasses.replace(
-            self._runs.trigger_payload(agent, run), fields=values if coerced.declared else {}
+            self._creation.trigger_payload(agent, run), fields=values if coerced.declared else {}
         )
         # The uploads' encoded data is not needed any more: a long stream must not keep it.
         request = dataclasses.replace(
@@ -439,20 +446,19 @@ class ExecuteService:
         ended = False
         frames = 0
         try:
-            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
+            await self._transitions.publish(RunEvent(run.id, EventType.STARTED))
             try:
                 stream = await ex.adapter.open_stream(
                     ex.agent.runtime, ex.payload, wait_s=max(0.001, ex.deadline - loop.time())
                 )
             except RuntimeTimeout:
                 ended = True
-                message = "Runtime did not respond within the wait window"
-                await self._runs.fail(run.id, message)
-                raise GatewayTimeout(message, extra={"runId": run.id}) from None
+                await self._transitions.fail(run.id, WINDOW_ELAPSED)
+                raise GatewayTimeout(WINDOW_ELAPSED, extra={"runId": run.id}) from None
             except (RuntimeUnavailable, RuntimeRefused, RuntimeUnsupported) as exc:
                 ended = True
                 message = f"Runtime invocation failed: {exc}"
-                await self._runs.fail(run.id, message)
+                await self._transitions.fail(run.id, message)
                 raise RuntimeInvocationFailed(message, extra={"runId": run.id}) from None
             collector = _Collector(self._settings.max_result_body)
             answer: RunResult | None = None
@@ -513,7 +519,9 @@ class ExecuteService:
             if not ended:
                 log.error("execute_internal_error", run_id=run.id, exc_info=exc)
                 self._background.spawn(
-                    self._runs.fail(run.id, f"Gateway error mid-stream: {exc.__class__.__name__}"),
+                    self._transitions.fail(
+                        run.id, f"Gateway error mid-stream: {exc.__class__.__name__}"
+                    ),
                     name=f"fail-run-{run.id}",
                 )
             raise
@@ -538,7 +546,7 @@ class ExecuteService:
         elif answer is not None and answer.status == RunStatus.RUNNING:
             # The workflow took the run and reports through callbacks: wait for its end.
             ended = await self._waiters.wait(run.id, deadline=ex.deadline)
-            return self._outcome_of(ex, ended or await self._reload(run))
+            return self._outcome_of(ex, ended or await runs.current(self._pool, run))
         elif answer is not None and answer.status == RunStatus.FAILED:
             event = RunEvent(
                 run.id,
@@ -557,7 +565,7 @@ class ExecuteService:
                 duration_ms=duration_ms,
             )
         # Recorded even if the caller leaves right now: the run's end is known.
-        if await asyncio.shield(self._runs.publish(event)):
+        if await asyncio.shield(self._transitions.publish(event)):
             return Outcome(
                 run_id=run.id,
                 agent_id=run.agent_id,
@@ -568,9 +576,11 @@ class ExecuteService:
                 duration_ms=duration_ms,
             )
         # The run ended another way first (cancelled, or an output that could not be stored).
-        settle = asyncio.get_running_loop().time() + 2.0
+        settle = asyncio.get_running_loop().time() + SETTLE_S
         return self._outcome_of(
-            ex, await self._waiters.wait(run.id, deadline=settle) or await self._reload(run)
+            ex,
+            await self._waiters.wait(run.id, deadline=settle)
+            or await runs.current(self._pool, run),
         )
 
     def _outcome_of(self, ex: Execution, run: Run) -> Outcome:
@@ -603,9 +613,6 @@ class ExecuteService:
             duration_ms=duration,
         )
 
-    async def _reload(self, run: Run) -> Run:
-        return await runs.get_run(self._pool, run.id) or run
-
     @staticmethod
     def _elapsed_ms(ex: Execution) -> int:
         return max(0, int((asyncio.get_running_loop().time() - ex.started) * 1000))
@@ -614,6 +621,6 @@ class ExecuteService:
         """Record that the caller left: the run is cancelled, with the reason."""
         log.info("execute_caller_left", run_id=run.id, reason=reason)
         self._background.spawn(
-            self._runs.publish(RunEvent(run.id, EventType.CANCELLED, error=reason)),
+            self._transitions.publish(RunEvent(run.id, EventType.CANCELLED, error=reason)),
             name=f"cancel-run-{run.id}",
         )

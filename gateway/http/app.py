@@ -34,6 +34,7 @@ from gateway.http.keys import (
     CREDENTIAL_SERVICE,
     DB_POOL,
     DEPENDENCIES,
+    DOWNLOAD_SERVICE,
     EXECUTE_SERVICE,
     EXECUTION_FEEDS,
     EXTERNAL_RUN_SERVICE,
@@ -49,7 +50,9 @@ from gateway.http.keys import (
     REALTIME_FOLLOWER,
     RECORDER,
     REDIS,
-    RUN_SERVICE,
+    RUN_CREATION,
+    RUN_LOOKUPS,
+    RUN_TRANSITIONS,
     RUN_WAITERS,
     SETTINGS,
     TRACING,
@@ -69,11 +72,13 @@ from gateway.ops.tracing import setup_tracing
 from gateway.packages.archive import Archiver
 from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
+from gateway.runs.creation import RunCreation
+from gateway.runs.downloads import DownloadService
 from gateway.runs.external import ExternalRunService
 from gateway.runs.follower import RunFollower
+from gateway.runs.lookups import RunLookups
 from gateway.runs.realtime import RealtimeFollower
-from gateway.runs.recording import RunRecorder
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunRecorder, RunTransitions
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
 from gateway.security.cipher import CredentialCipher
@@ -258,20 +263,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         }
     )
     tokens = CredentialsTokens(key_ring(settings), ttl_s=settings.credentials_token_ttl_s)
-    runs = RunService(
-        settings=settings,
-        pool=app[DB_POOL],
-        recorder=recorder,
-        adapters=adapters,
-        background=background,
-        tokens=tokens,
-        lookups=app[LOOKUP_CACHE],
+    lookups = RunLookups(
+        settings=settings, pool=app[DB_POOL], adapters=adapters, cache=app[LOOKUP_CACHE]
     )
+    creation = RunCreation(settings=settings, pool=app[DB_POOL], tokens=tokens)
+    transitions = RunTransitions(pool=app[DB_POOL], recorder=recorder, background=background)
     realtime: RealtimeFollower | None = None
     if settings.trigger_dev_realtime:
         realtime = app[REALTIME_FOLLOWER] = RealtimeFollower(
             app[DB_POOL],
-            runs,
+            transitions,
             trigger_dev,
             adapters,
             kind=TriggerDevAdapter.kind,
@@ -280,7 +281,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         metrics.trigger_dev_feeds_up.set_function(lambda: app[REALTIME_FOLLOWER].feeds_up)
     follower = RunFollower(
         app[DB_POOL],
-        runs,
+        transitions,
         adapters,
         tick_s=settings.follow_tick_s,
         lease_s=settings.follow_lease_s,
@@ -299,17 +300,29 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         window_s=settings.auth_failure_window_s,
         trusted_proxies=settings.trusted_proxies,
     )
-    app[RUN_SERVICE] = runs
+    app[RUN_LOOKUPS] = lookups
+    app[RUN_CREATION] = creation
+    app[RUN_TRANSITIONS] = transitions
     app[TRIGGER_SERVICE] = TriggerService(
         pool=app[DB_POOL],
-        runs=runs,
+        lookups=lookups,
+        creation=creation,
+        transitions=transitions,
         waiters=waiters,
         background=background,
         lifecycle=app[LIFECYCLE],
         realtime=realtime,
     )
-    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], runs)
-    app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], runs, tokens)
+    app[DOWNLOAD_SERVICE] = DownloadService(
+        settings=settings,
+        pool=app[DB_POOL],
+        lookups=lookups,
+        creation=creation,
+        transitions=transitions,
+        lifecycle=app[LIFECYCLE],
+    )
+    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], transitions, lookups.cache)
+    app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], transitions, tokens)
     app[CREDENTIAL_SERVICE] = CredentialService.for_settings(
         app[DB_POOL], settings, tokens, app[LOOKUP_CACHE]
     )
@@ -355,7 +368,9 @@ async def _execute(app: web.Application) -> AsyncIterator[None]:
         app[EXECUTE_SERVICE] = ExecuteService(
             settings=settings,
             pool=app[DB_POOL],
-            runs=app[RUN_SERVICE],
+            lookups=app[RUN_LOOKUPS],
+            creation=app[RUN_CREATION],
+            transitions=app[RUN_TRANSITIONS],
             triggers=app[TRIGGER_SERVICE],
             waiters=app[RUN_WAITERS],
             files=files,

@@ -18,10 +18,12 @@ from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.tracing import Tracing
 from gateway.packages.service import PackageService
 from gateway.runs.callbacks import CallbackService
+from gateway.runs.creation import RunCreation
+from gateway.runs.downloads import DownloadService
 from gateway.runs.external import ExternalRunService
+from gateway.runs.lookups import RunLookups
 from gateway.runs.realtime import RealtimeFollower
-from gateway.runs.recording import RunRecorder
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunRecorder, RunTransitions
 from gateway.runs.triggers import TriggerService
 from gateway.runs.waits import RunWaiters
 from gateway.security.credentials import CredentialService
@@ -42,9 +44,12 @@ TRACING = web.AppKey[Tracing | None]("tracing")
 RECORDER = web.AppKey("recorder", RunRecorder)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 BACKGROUND = web.AppKey("background", BackgroundTasks)
-RUN_SERVICE = web.AppKey("run_service", RunService)
+RUN_LOOKUPS = web.AppKey("run_lookups", RunLookups)
+RUN_CREATION = web.AppKey("run_creation", RunCreation)
+RUN_TRANSITIONS = web.AppKey("run_transitions", RunTransitions)
 ADMIN_SERVICE = web.AppKey("admin_service", AdminService)
 TRIGGER_SERVICE = web.AppKey("trigger_service", TriggerService)
+DOWNLOAD_SERVICE = web.AppKey("download_service", DownloadService)
 CALLBACK_SERVICE = web.AppKey("callback_service", CallbackService)
 EXTERNAL_RUN_SERVICE = web.AppKey("external_run_service", ExternalRunService)
 CREDENTIAL_SERVICE = web.AppKey("credential_service", CredentialService)

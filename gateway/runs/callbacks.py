@@ -14,42 +14,47 @@ import asyncpg
 import structlog
 from opentelemetry import trace
 
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.ops import tracing
+from gateway.runs.lookups import already_ended
 from gateway.runs.outputs import json_outputs, lift_outputs
-from gateway.runs.service import MAX_ERROR_LEN, RunService
+from gateway.runs.recording import MAX_ERROR_LEN, RunTransitions
 from gateway.security.auth import agent_for_api_key
-from store import runs
+from store import enums, runs
 from store.enums import AgentStatus, EventType, RunStatus
 from store.jsonb import jsonb_problem
+from store.lookup_cache import LookupCache
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
 log = structlog.get_logger(__name__)
 
-# The status a run moves to for each kind of callback.
-_STATUS_AFTER = {
-    EventType.STARTED: RunStatus.RUNNING,
-    EventType.OUTPUT: RunStatus.RUNNING,
-    EventType.WAITING: RunStatus.WAITING,
-    EventType.COMPLETED: RunStatus.COMPLETED,
-    EventType.FAILED: RunStatus.FAILED,
-}
+# The kinds of event a callback reports (``cancelled`` is the gateway's own).
+_CALLBACK_EVENTS = (
+    EventType.STARTED,
+    EventType.OUTPUT,
+    EventType.WAITING,
+    EventType.COMPLETED,
+    EventType.FAILED,
+)
 # What a run can be after a callback (the callback route's 202 names it).
-STATUSES_AFTER = [status.value for status in dict.fromkeys(_STATUS_AFTER.values())]
+STATUSES_AFTER = [s.value for s in dict.fromkeys(map(enums.status_after, _CALLBACK_EVENTS))]
 
 
 class CallbackService:
     """Turns callbacks into run events."""
 
-    def __init__(self, pool: asyncpg.Pool, runs: RunService) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, transitions: RunTransitions, agents: LookupCache
+    ) -> None:
         self._pool = pool
-        self._runs = runs
+        self._transitions = transitions
+        self._agents = agents
 
     async def authenticate(self, authorization: str | None) -> Agent:
         """The agent whose API key the callback carries; 401 otherwise (before its body is
         looked at); 403 for an agent that is not active."""
-        agent = await agent_for_api_key(self._runs.lookups, authorization)
+        agent = await agent_for_api_key(self._agents, authorization)
         if agent.status != AgentStatus.ACTIVE:
             log.warning("callback_refused_agent_not_active", agent_id=agent.id, status=agent.status)
             raise Forbidden(f"The agent is {agent.status}: its runs cannot report")
@@ -71,14 +76,13 @@ class CallbackService:
             )
         event = _event(run.id, body)
         with _in_runs_trace(run):
-            published = not run.terminal and await self._runs.publish(event)
+            published = not run.terminal and await self._transitions.publish(event)
         if not published:
-            current = await runs.get_run(self._pool, run.id) or run
-            log.info("callback_refused", run_id=run.id, type=event.type, status=current.status)
-            raise Conflict(
-                f"Run has already ended ({current.status}); the callback changed nothing",
-                extra={"runId": run.id, "status": current.status},
+            refusal = await already_ended(self._pool, run, changed="callback")
+            log.info(
+                "callback_refused", run_id=run.id, type=event.type, status=refusal.extra["status"]
             )
+            raise refusal
         return run
 
 
@@ -106,7 +110,7 @@ def _in_runs_trace(run: Run) -> contextlib.AbstractContextManager[Any]:
 
 def status_after(body: dict[str, Any]) -> RunStatus:
     """The status a callback moves its run to."""
-    return _STATUS_AFTER[_event_type(body)]
+    return enums.status_after(_event_type(body))
 
 
 def _event_type(body: dict[str, Any]) -> EventType:

@@ -13,13 +13,14 @@ from typing import Any
 
 import asyncpg
 
-from gateway.errors import Conflict, Unprocessable
+from gateway.errors import Unprocessable
 from gateway.runs.callbacks import failure_reason
+from gateway.runs.lookups import already_ended, platform_problems
 from gateway.runs.outputs import json_outputs, lift_outputs
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunTransitions
 from gateway.security.tokens import CredentialsTokens, IssuedToken
 from store import runs
-from store.enums import AgentStatus, EventType, ManagedBy, RunStatus, TriggerKind
+from store.enums import EventType, ManagedBy, RunStatus, TriggerKind, event_to
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
@@ -45,9 +46,11 @@ class Ingested:
 class ExternalRunService:
     """Registers externally triggered runs and ingests standalone agents' reports."""
 
-    def __init__(self, pool: asyncpg.Pool, runs: RunService, tokens: CredentialsTokens) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, transitions: RunTransitions, tokens: CredentialsTokens
+    ) -> None:
         self._pool = pool
-        self._runs = runs
+        self._transitions = transitions
         self._tokens = tokens
 
     async def register(self, agent: Agent, external_run_id: str) -> Registration:
@@ -55,13 +58,7 @@ class ExternalRunService:
 
         Only for platform-managed, active agents: a standalone agent reports through ingest.
         """
-        problems = []
-        if agent.managed_by != ManagedBy.PLATFORM:
-            problems.append(
-                f"managed_by is '{agent.managed_by}', not 'platform' (standalone agents use ingest)"
-            )
-        if agent.status != AgentStatus.ACTIVE:
-            problems.append(f"status is '{agent.status}', not 'active'")
+        problems = platform_problems(agent, standalone_hint=" (standalone agents use ingest)")
         if problems:
             raise Unprocessable("Agent cannot register runs: " + "; ".join(problems))
         run, created = await runs.register_external_run(
@@ -96,12 +93,8 @@ class ExternalRunService:
             trigger_kind=TriggerKind.INGEST,
         )
         event = _event(run.id, body)
-        if run.terminal or (event is not None and not await self._runs.publish(event)):
-            current = await runs.get_run(self._pool, run.id) or run
-            raise Conflict(
-                f"Run has already ended ({current.status}); the report changed nothing",
-                extra={"runId": run.id, "status": current.status},
-            )
+        if run.terminal or (event is not None and not await self._transitions.publish(event)):
+            raise await already_ended(self._pool, run, changed="report")
         if event is None:
             # 'queued' only names a run that has not started: it never moves one back.
             status = run.status
@@ -115,19 +108,17 @@ def _deadline(agent: Agent) -> dt.datetime:
 
 def _event(run_id: int, body: dict[str, Any]) -> RunEvent | None:
     """The event a reported status becomes; ``None`` for ``queued`` (nothing to record)."""
-    status = body["status"]
     extra: dict[str, Any] = {}
     if "output" in body:
         extra["output_data"] = body["output"]
-    if status == RunStatus.QUEUED:
+    kind = event_to(RunStatus(body["status"]), with_output=bool(extra))
+    if kind is None:
         return None
-    if status == RunStatus.RUNNING:
-        return RunEvent(run_id, EventType.OUTPUT if extra else EventType.STARTED, **extra)
-    if status == RunStatus.COMPLETED:
+    if kind == EventType.COMPLETED:
         outputs = (
             json_outputs(body["outputs"]) if "outputs" in body else lift_outputs(body.get("output"))
         )
-        return RunEvent(run_id, EventType.COMPLETED, outputs=outputs, **extra)
-    if status == RunStatus.FAILED:
-        return RunEvent(run_id, EventType.FAILED, error=failure_reason(body.get("error")), **extra)
-    return RunEvent(run_id, EventType(status), **extra)
+        return RunEvent(run_id, kind, outputs=outputs, **extra)
+    if kind == EventType.FAILED:
+        return RunEvent(run_id, kind, error=failure_reason(body.get("error")), **extra)
+    return RunEvent(run_id, kind, **extra)

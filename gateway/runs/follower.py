@@ -29,7 +29,7 @@ from adapters.base import (
     RuntimeRefused,
     RuntimeRetryLater,
 )
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunTransitions
 from store import follows
 from store.enums import RunStatus
 
@@ -62,20 +62,20 @@ class RealtimeCoverage(Protocol):
 
 
 async def record_followed(
-    pool: asyncpg.Pool, runs: RunService, item: follows.FollowedRun, result: RunResult
+    pool: asyncpg.Pool, transitions: RunTransitions, item: follows.FollowedRun, result: RunResult
 ) -> bool:
     """Record what the runtime says of a followed run: its end (then it is no longer followed)
     or its move to running or waiting. ``True`` when the run has ended.
 
     The poller and the real-time feeds of every replica may report the same end: the end claim
-    in :meth:`RunService.record_result` lets exactly one of them record it.
+    in :meth:`RunTransitions.record_result` lets exactly one of them record it.
     """
     if result.terminal:
-        await runs.record_result(item.run_id, result)
+        await transitions.record_result(item.run_id, result)
         await follows.stop_following(pool, item.run_id)
         return True
     if result.status != item.status and result.status in {RunStatus.RUNNING, RunStatus.WAITING}:
-        await runs.record_result(item.run_id, result)
+        await transitions.record_result(item.run_id, result)
     return False
 
 
@@ -85,7 +85,7 @@ class RunFollower:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        runs: RunService,
+        transitions: RunTransitions,
         adapters: Mapping[str, RuntimeAdapter],
         *,
         tick_s: float,
@@ -95,7 +95,7 @@ class RunFollower:
         fallback_s: float = 30.0,
     ) -> None:
         self._pool = pool
-        self._runs = runs
+        self._transitions = transitions
         self._adapters = adapters
         self._tick_s = tick_s
         self._lease_s = lease_s
@@ -145,14 +145,16 @@ class RunFollower:
     async def _poll_once(self, item: follows.FollowedRun) -> None:
         adapter = self._adapters.get(str(item.runtime.get("kind")))
         if adapter is None:
-            await self._runs.fail(item.run_id, "The agent's runtime can no longer be followed")
+            await self._transitions.fail(
+                item.run_id, "The agent's runtime can no longer be followed"
+            )
             await follows.stop_following(self._pool, item.run_id)
             return
         if self._realtime is not None and self._realtime.covers(item.runtime):
             seen = self._realtime.seen_end(item.runtime_run_id)
             if seen is not None:
                 # The feed saw the end before the run's id was stored: no poll needed.
-                await record_followed(self._pool, self._runs, item, seen)
+                await record_followed(self._pool, self._transitions, item, seen)
                 return
             if item.attempts <= 1 or self._realtime.carries(item.runtime_run_id):
                 # The feed reports this run's changes; a run it does not carry (not tagged,
@@ -167,7 +169,7 @@ class RunFollower:
             await follows.schedule_follow(self._pool, item.run_id, in_s=max(delay, FIRST_POLL_S))
             return
         except RuntimeRefused as exc:
-            await self._runs.fail(item.run_id, f"RuntimeRefused: {exc}")
+            await self._transitions.fail(item.run_id, f"RuntimeRefused: {exc}")
             await follows.stop_following(self._pool, item.run_id)
             return
         except RuntimeFailure as exc:
@@ -176,7 +178,7 @@ class RunFollower:
                 self._pool, item.run_id, in_s=poll_interval_s(item.attempts)
             )
             return
-        if await record_followed(self._pool, self._runs, item, result):
+        if await record_followed(self._pool, self._transitions, item, result):
             return
         interval = poll_interval_s(item.attempts)
         if self._realtime is not None and self._realtime.covers(item.runtime):

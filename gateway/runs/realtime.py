@@ -28,7 +28,7 @@ import structlog
 
 from adapters.base import FeedBatch, FollowsInRealTime, RunResult, RuntimeAdapter, RuntimeFailure
 from gateway.runs.follower import record_followed
-from gateway.runs.service import RunService
+from gateway.runs.recording import RunTransitions
 from store import follows
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,7 @@ class RealtimeFollower:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        runs: RunService,
+        transitions: RunTransitions,
         adapter: FollowsInRealTime,
         pollers: Mapping[str, RuntimeAdapter],
         *,
@@ -69,7 +69,7 @@ class RealtimeFollower:
         discover_s: float,
     ) -> None:
         self._pool = pool
-        self._runs = runs
+        self._transitions = transitions
         self._adapter = adapter
         self._pollers = pollers
         self._kind = kind
@@ -231,7 +231,7 @@ class RealtimeFollower:
                 except RuntimeFailure as exc:
                     log.info("realtime_output_not_read", run_id=item.run_id, reason=str(exc))
                     continue  # the poller reads it at its next interval
-            await record_followed(self._pool, self._runs, item, result)
+            await record_followed(self._pool, self._transitions, item, result)
 
     def _remember_end(self, runtime_run_id: str, result: RunResult) -> None:
         self._seen_ends[runtime_run_id] = result

@@ -17,18 +17,24 @@ finished), :meth:`RunRecorder.record` does the same five steps:
 4. **answer this process's waiters** with the terminal row at once;
 5. **announce the end** to the other replicas' waiters, after the answer (best effort: a
    waiter that misses it finds the end at its next recheck).
+
+:class:`RunTransitions` is what the use cases record through: an event, a runtime's result, a
+failure, and a failure or an end that must be recorded though its request is being cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 from redis.exceptions import RedisError
 
+from adapters.base import RunResult
+from gateway.background import BackgroundTasks
 from gateway.ops import tracing
 from gateway.ops.metrics import (
     EVENT_DATABASE_FAILED,
@@ -37,9 +43,11 @@ from gateway.ops.metrics import (
     EVENT_VIA_BUFFER,
     EVENT_VIA_DATABASE,
 )
+from gateway.runs.outputs import lift_outputs
 from gateway.runs.waits import RunWaiters
+from store import runs
 from store.announcements import announce_terminal
-from store.enums import EventType
+from store.enums import EventType, RunStatus, event_to
 from store.event_buffer import EventBuffer, EventBufferFull
 from store.group_commit import GroupCommit
 from store.jsonb import jsonb_problem, storable_text
@@ -47,6 +55,10 @@ from store.run_events import RunEvent
 from store.transitions import Outcome, Transition, record_events
 
 log = structlog.get_logger(__name__)
+
+# The run's error column holds a short reason.
+MAX_ERROR_LEN = 2000
+_T = TypeVar("_T")
 
 # PostgreSQL cannot take the statement now (the same statement may pass later).
 _DATABASE_AWAY: tuple[type[BaseException], ...] = (
@@ -186,3 +198,62 @@ def storable(event: RunEvent) -> RunEvent:
             duration_ms=event.duration_ms,
         )
     return event
+
+
+class RunTransitions:
+    """Records what happens to runs, for every use case (through :class:`RunRecorder`)."""
+
+    def __init__(
+        self, *, pool: asyncpg.Pool, recorder: RunRecorder, background: BackgroundTasks
+    ) -> None:
+        self._pool = pool
+        self._recorder = recorder
+        self._background = background
+
+    async def publish(self, event: RunEvent) -> bool:
+        """Record a transition (:meth:`RunRecorder.record`); ``False`` when the run had
+        already ended, so that the event changed nothing."""
+        return (await self._recorder.record(event)).outcome is not Outcome.ENDED
+
+    async def was_cancelled(self, run_id: int) -> bool:
+        """Whether the run's row says it was cancelled."""
+        run = await runs.get_run(self._pool, run_id)
+        return run is not None and run.status == RunStatus.CANCELLED
+
+    async def record_result(self, run_id: int, result: RunResult) -> bool:
+        """Record what the runtime says about a run; ``False`` when the run had ended.
+
+        A run's ``duration_ms`` is from its start to this end, as the store computes it.
+        """
+        output: dict[str, Any] = {"output_data": result.output} if result.has_output else {}
+        # A runtime that names a run queued has at least taken it: it counts as started.
+        kind = event_to(result.status) or EventType.STARTED
+        if kind == EventType.COMPLETED:
+            event = RunEvent(run_id, kind, outputs=lift_outputs(result.output), **output)
+        elif kind == EventType.FAILED:
+            reason = result.error or "The runtime reported the run failed"
+            log.info("run_failed", run_id=run_id, reason=reason[:300])
+            event = RunEvent(run_id, kind, error=reason[:MAX_ERROR_LEN], **output)
+        elif kind == EventType.STARTED:
+            event = RunEvent(run_id, kind)
+        else:
+            event = RunEvent(run_id, kind, **output)
+        return await self.publish(event)
+
+    async def fail(self, run_id: int, reason: str, *, output_data: Any = None) -> bool:
+        """Record that a run failed, with ``reason``; ``False`` when it had already ended."""
+        result = RunResult(
+            RunStatus.FAILED, output=output_data, has_output=output_data is not None, error=reason
+        )
+        return await self.record_result(run_id, result)
+
+    def fail_detached(self, run_id: int, reason: str) -> None:
+        """Record a failure from a task that is being cancelled (the caller left)."""
+        self._background.spawn(self.fail(run_id, reason), name=f"fail-run-{run_id}")
+
+    async def record_surely(self, record: Coroutine[Any, Any, _T], *, name: str) -> _T:
+        """Await ``record`` (a run's end, recorded once its response is out) so that it
+        completes even if the request is cancelled meanwhile: a caller that hangs up the
+        moment its last byte arrives cancels the handler, and the run must still end. It
+        runs as background work (waited for on shutdown)."""
+        return await asyncio.shield(self._background.spawn(record, name=name))

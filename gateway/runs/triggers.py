@@ -2,14 +2,15 @@
 
 Domain code: no ``aiohttp.web`` here. How a runtime reports a run's end differs (an n8n
 webhook answers with the result or calls back later, a Trigger.dev task is followed by
-polling); the response shapes and timeout rules are the same for every runtime (trigger-and-wait).
+polling); the outcomes and timeout rules are the same for every runtime. Each use case is one
+method, from the agent's eligibility to its outcome (:class:`Triggered`, :class:`Waited`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import asyncpg
 import structlog
 
 from adapters.base import (
+    WINDOW_ELAPSED,
     Invocation,
     RuntimeAdapter,
     RuntimeFailure,
@@ -24,25 +26,29 @@ from adapters.base import (
     TriggerPayload,
 )
 from gateway.background import BackgroundTasks
-from gateway.errors import ApiError, Conflict, GatewayTimeout, RuntimeInvocationFailed
+from gateway.errors import ApiError, GatewayTimeout, RuntimeInvocationFailed
 from gateway.ops.drain import Lifecycle
+from gateway.runs.creation import IdempotencyKey, IdempotentReplay, RunCreation
 from gateway.runs.follower import FIRST_POLL_S
+from gateway.runs.lookups import RunLookups, already_ended
 from gateway.runs.realtime import RealtimeFollower
-from gateway.runs.service import IdempotentReplay, RunService
-from gateway.runs.waits import RunWaiters, Watch
+from gateway.runs.recording import RunTransitions
+from gateway.runs.waits import SETTLE_S, RunWaiters, Watch
 from store import follows, runs
-from store.enums import EventType, RunStatus, TriggerKind
+from store.enums import EventType, OutputKind, RunStatus, TriggerKind
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
 log = structlog.get_logger(__name__)
 
-WINDOW_ELAPSED = "Runtime did not respond within the wait window"
 RUNNING_TIMEOUT = "Runtime did not respond within the agent's running timeout"
 STOPPED_BEFORE_ANSWER = "The gateway shut down before the runtime answered"
-# After a run's end has been claimed elsewhere, how long a request that lost the race waits
-# for the store to show that end before answering with what it sees.
-_SETTLE_S = 2.0
+# Runs that hand back JSON (:meth:`RunLookups.check_eligible`); a file agent is served by
+# trigger-and-download only.
+JSON_KINDS = (OutputKind.JSON, OutputKind.STREAM)
+# Takes the caller's rate-limit token (raising when it is refused): called once a request is
+# known to start something new, never for a replay.
+Admit = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +76,18 @@ class TriggerService:
         self,
         *,
         pool: asyncpg.Pool,
-        runs: RunService,
+        lookups: RunLookups,
+        creation: RunCreation,
+        transitions: RunTransitions,
         waiters: RunWaiters,
         background: BackgroundTasks,
         lifecycle: Lifecycle | None = None,
         realtime: RealtimeFollower | None = None,
     ) -> None:
         self._pool = pool
-        self._runs = runs
+        self._lookups = lookups
+        self._creation = creation
+        self._transitions = transitions
         self._waiters = waiters
         self._background = background
         # Asked for a feed of a followed run's environment as soon as the runtime took the run.
@@ -85,41 +95,43 @@ class TriggerService:
         # Tells a held request the drain cut from one whose caller left.
         self._lifecycle = lifecycle
 
-    async def replay(self, agent: Agent, key: str | None, request_hash: bytes) -> Run | None:
-        """The run an Idempotency-Key already names for this agent, if any."""
-        if key is None:
-            return None
-        return await self._runs.idempotent_run(agent, key, request_hash)
-
     async def trigger(
         self,
         agent: Agent,
         *,
         input_data: Mapping[str, Any],
         user_id: uuid.UUID | None,
-        idempotency: tuple[str, bytes] | None,
+        idempotency: IdempotencyKey | None,
+        admit: Admit,
     ) -> Triggered:
-        """Create the run and start it on its runtime without waiting for the result."""
-        adapter = self._runs.adapter_for(agent)
-        try:
-            run = await self._runs.create_run(
-                agent,
-                input_data=input_data,
-                user_id=user_id,
-                window_ms=0,
-                trigger_kind=TriggerKind.TRIGGER,
-                idempotency=idempotency,
-            )
-        except IdempotentReplay as replay:
-            return Triggered(replay.run, replayed=True)
+        """Create the run and start it on its runtime without waiting for the result.
+
+        ``agent`` is one :data:`JSON_KINDS` allows. A key that already names a run answers
+        with that run, before ``admit`` (a replay starts nothing)."""
+        existing = await self._creation.replay(agent, idempotency)
+        if existing is not None:
+            return Triggered(existing, replayed=True)
+        await admit()
+        adapter = self._lookups.adapter_for(agent)
+        created = await self._creation.create_once(
+            agent,
+            input_data=input_data,
+            user_id=user_id,
+            window_ms=0,
+            trigger_kind=TriggerKind.TRIGGER,
+            idempotency=idempotency,
+        )
+        if isinstance(created, IdempotentReplay):
+            return Triggered(created.run, replayed=True)
+        run = created.run
         self._background.spawn(self._drive(agent, adapter, run), name=f"drive-run-{run.id}")
         return Triggered(run, replayed=False)
 
     async def _drive(self, agent: Agent, adapter: RuntimeAdapter, run: Run) -> None:
         """Invoke the runtime for a run nobody waits on, and record how it took it."""
         if not adapter.followed:
-            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
-        payload = self._runs.trigger_payload(agent, run)
+            await self._transitions.publish(RunEvent(run.id, EventType.STARTED))
+        payload = self._creation.trigger_payload(agent, run)
         outcome: Invocation | RuntimeFailure
         try:
             outcome = await adapter.invoke(
@@ -154,16 +166,16 @@ class TriggerService:
         the run's end (it may have ended another way first: then there is nothing to report).
         """
         if isinstance(outcome, RuntimeTimeout):
-            if await self._runs.fail(run.id, timeout_reason):
+            if await self._transitions.fail(run.id, timeout_reason):
                 return GatewayTimeout(timeout_reason, extra={"runId": run.id})
             return None
         if isinstance(outcome, RuntimeFailure):
             message = f"Runtime invocation failed: {outcome}"
-            if await self._runs.fail(run.id, message):
+            if await self._transitions.fail(run.id, message):
                 return RuntimeInvocationFailed(message, extra={"runId": run.id})
             return None
         if outcome.result is not None:
-            await self._runs.record_result(run.id, outcome.result)
+            await self._transitions.record_result(run.id, outcome.result)
         elif outcome.runtime_run_id is not None:
             await follows.start_following(
                 self._pool, run.id, outcome.runtime_run_id, first_poll_in_s=FIRST_POLL_S
@@ -175,7 +187,7 @@ class TriggerService:
             # A cancel that came while the trigger call was on its way could not name the
             # runtime's run; cancel() looks for the id after claiming the end, this looks for
             # the claim after storing the id, so one of the two always asks the runtime.
-            if await self._runs.was_cancelled(run.id):
+            if await self._transitions.was_cancelled(run.id):
                 await self._cancel_on_runtime(agent, outcome.runtime_run_id)
         return None
 
@@ -186,46 +198,47 @@ class TriggerService:
         input_data: Mapping[str, Any],
         user_id: uuid.UUID | None,
         timeout_ms: float | None,
-        idempotency: tuple[str, bytes] | None = None,
+        idempotency: IdempotencyKey | None,
+        admit: Admit,
     ) -> Waited:
         """Trigger-and-wait: start the run and hold on until it ends or the wait window elapses.
 
-        Raises 504 when the runtime did not answer the invocation within the window and 500
-        when it could not be invoked at all; in both cases the run is marked failed. With
-        ``idempotency``, a key that already names a run (a request committed it a moment ago)
-        attaches to that run instead, as :meth:`attach` does.
+        ``agent`` is one :data:`JSON_KINDS` allows. Raises 504 when the runtime did not
+        answer the invocation within the window and 500 when it could not be invoked at all;
+        in both cases the run is marked failed. With ``idempotency``, a key that already names
+        a run waits for that run instead, within this call's window, never invoking the
+        runtime again (and before ``admit``: it starts nothing). A run that has ended answers
+        at once; one still going answers when it ends, or ``timed_out`` when the window
+        elapses first (it goes on, as any waited run does).
         """
-        adapter = self._runs.adapter_for(agent)
-        window_ms = self._runs.wait_window_ms(agent, timeout_ms)
+        window_ms = self._lookups.wait_window_ms(agent, timeout_ms)
+        existing = await self._creation.replay(agent, idempotency)
+        if existing is not None:
+            deadline = asyncio.get_running_loop().time() + window_ms / 1000
+            return await self._attach(existing, deadline=deadline)
+        await admit()
+        adapter = self._lookups.adapter_for(agent)
         deadline = asyncio.get_running_loop().time() + window_ms / 1000
-        try:
-            run = await self._runs.create_run(
-                agent,
-                input_data=input_data,
-                user_id=user_id,
-                window_ms=window_ms,
-                trigger_kind=TriggerKind.WAIT,
-                # A followed runtime says when the run starts; a webhook starts it with this call.
-                started=not adapter.followed,
-                idempotency=idempotency,
-            )
-        except IdempotentReplay as replay:
-            return await self._attach(replay.run, deadline=deadline)
-        return await self.run_and_wait(agent, adapter, run, deadline=deadline)
-
-    async def attach(self, agent: Agent, run: Run, *, timeout_ms: float | None) -> Waited:
-        """Trigger-and-wait retried with its Idempotency-Key: wait for the run the key named,
-        within this call's window, never invoking the runtime again. A run that has ended
-        answers at once; one still going answers when it ends, or ``timed_out`` when the
-        window elapses first (it goes on, as any waited run does)."""
-        window_ms = self._runs.wait_window_ms(agent, timeout_ms)
-        deadline = asyncio.get_running_loop().time() + window_ms / 1000
-        return await self._attach(run, deadline=deadline)
+        created = await self._creation.create_once(
+            agent,
+            input_data=input_data,
+            user_id=user_id,
+            window_ms=window_ms,
+            trigger_kind=TriggerKind.WAIT,
+            # A followed runtime says when the run starts; a webhook starts it with this call.
+            started=not adapter.followed,
+            idempotency=idempotency,
+        )
+        if isinstance(created, IdempotentReplay):
+            # A request with the same key committed its run a moment ago.
+            return await self._attach(created.run, deadline=deadline)
+        return await self.run_and_wait(agent, adapter, created.run, deadline=deadline)
 
     async def _attach(self, run: Run, *, deadline: float) -> Waited:
+        """Wait for the run an Idempotency-Key named (see :meth:`trigger_and_wait`)."""
         ended = await self._waiters.wait(run.id, deadline=deadline)
         if ended is None:
-            ended = await self._reload(run)
+            ended = await runs.current(self._pool, run)
         return Waited(ended, timed_out=not ended.terminal, replayed=True)
 
     async def run_and_wait(
@@ -269,9 +282,9 @@ class TriggerService:
     ) -> Waited:
         loop = asyncio.get_running_loop()
         if not adapter.followed and run.status == RunStatus.QUEUED:
-            await self._runs.publish(RunEvent(run.id, EventType.STARTED))
+            await self._transitions.publish(RunEvent(run.id, EventType.STARTED))
         if payload is None:
-            payload = self._runs.trigger_payload(agent, run)
+            payload = self._creation.trigger_payload(agent, run)
         invoke = asyncio.ensure_future(
             adapter.invoke(agent.runtime, payload, wait_s=max(0.001, deadline - loop.time()))
         )
@@ -286,7 +299,7 @@ class TriggerService:
                 if error is not None:
                     raise error
                 # A refused failure means the run ended another way: give the store a moment.
-                settle = deadline if isinstance(outcome, Invocation) else loop.time() + _SETTLE_S
+                settle = deadline if isinstance(outcome, Invocation) else loop.time() + SETTLE_S
                 ended = await watch.wait(deadline=settle)
         except asyncio.CancelledError:
             if cancel_on_leave:
@@ -317,7 +330,7 @@ class TriggerService:
             else:
                 invoke.cancel()
         if ended is None:
-            ended = await self._reload(run)
+            ended = await runs.current(self._pool, run)
         return Waited(ended, timed_out=not ended.terminal)
 
     async def _leave(
@@ -330,7 +343,7 @@ class TriggerService:
         """The caller left a run it asked to cancel then: cancel it, and stop its runtime."""
         if not adapter.followed:
             invoke.cancel()
-        await self._runs.publish(
+        await self._transitions.publish(
             RunEvent(run.id, EventType.CANCELLED, error="Caller disconnected before the run ended")
         )
         if adapter.followed:
@@ -352,7 +365,7 @@ class TriggerService:
         except asyncio.CancelledError:
             invoke.cancel()
             if fail_on_stop:
-                await self._runs.fail(run.id, STOPPED_BEFORE_ANSWER)
+                await self._transitions.fail(run.id, STOPPED_BEFORE_ANSWER)
             else:
                 self._hand_on(run)
             raise
@@ -364,31 +377,24 @@ class TriggerService:
 
     async def cancel(self, org_id: uuid.UUID, agent_id: int, run_id: int) -> Run:
         """Mark a run cancelled (and ask its runtime to stop it); 409 when it has ended."""
-        run = await self._runs.get_run(org_id, agent_id, run_id)
-        if run.terminal or not await self._runs.publish(RunEvent(run.id, EventType.CANCELLED)):
-            current = await self._reload(run)
-            raise Conflict(
-                f"Run has already ended ({current.status})",
-                extra={"runId": run.id, "status": current.status},
-            )
+        run = await self._lookups.get_run(org_id, agent_id, run_id)
+        cancelled = RunEvent(run.id, EventType.CANCELLED)
+        if run.terminal or not await self._transitions.publish(cancelled):
+            raise await already_ended(self._pool, run)
         # Read after the end is claimed: an id stored later is seen by _record_invocation.
-        runtime_run_id = (await self._reload(run)).runtime_run_id
+        runtime_run_id = (await runs.current(self._pool, run)).runtime_run_id
         if runtime_run_id is not None:
             await follows.stop_following(self._pool, run.id)
-            agent = await self._runs.agent_for(org_id, agent_id)
+            agent = await self._lookups.agent_for(org_id, agent_id)
             self._background.spawn(
                 self._cancel_on_runtime(agent, runtime_run_id), name=f"cancel-run-{run.id}"
             )
         log.info("run_cancelled", run_id=run.id, agent_id=agent_id)
         return run
 
-    async def _reload(self, run: Run) -> Run:
-        current = await runs.get_run(self._pool, run.id)
-        return current if current is not None else run
-
     async def _cancel_on_runtime(self, agent: Agent, runtime_run_id: str) -> None:
         try:
-            await self._runs.adapter_for(agent).cancel(agent.runtime, runtime_run_id)
+            await self._lookups.adapter_for(agent).cancel(agent.runtime, runtime_run_id)
         except RuntimeFailure as exc:
             log.warning("runtime_cancel_failed", agent_id=agent.id, error=str(exc))
 

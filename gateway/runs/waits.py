@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 
 # How many run ids one recheck statement names at most.
 _RECHECK_CHUNK = 10_000
+# After a run's end has been claimed elsewhere (the end a request meant to record was refused),
+# how long that request waits for the store to show the end before answering with what it sees.
+SETTLE_S = 2.0
 # Why rows of waited runs were read: a full recheck once per interval, or runs announced ended.
 READ_EVERY_INTERVAL = "interval"
 READ_ANNOUNCED = "announced"

@@ -22,8 +22,8 @@ from gateway.execute.service import Selection, resolve_selected_outputs
 from gateway.http import request_bodies
 from gateway.http.attachments import utf8_disposition
 from gateway.runs import filenames
+from gateway.runs.lookups import RunLookups
 from gateway.runs.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs
-from gateway.runs.service import RunService
 from gateway.settings import Settings
 from gateway.validation import load
 from store.models import Agent
@@ -248,14 +248,7 @@ def test_any_timeout_ms_is_refused_or_capped_by_the_agent_and_the_ceiling(
     timeout_ms: Any, running_timeout_ms: int
 ) -> None:
     settings = Settings(hard_ceiling_ms=600_000, default_wait_ms=60_000, secret_key=SECRET_KEY)
-    runs = RunService(
-        settings=settings,
-        pool=None,  # type: ignore[arg-type]
-        recorder=None,  # type: ignore[arg-type]
-        adapters={},
-        background=None,  # type: ignore[arg-type]
-        tokens=None,  # type: ignore[arg-type]
-    )
+    runs = RunLookups(settings=settings, pool=None, adapters={})  # type: ignore[arg-type]
     body = _refusal(BadRequest, load, request_bodies.TriggerBody(), {"timeoutMs": timeout_ms})
     if isinstance(body, BadRequest):
         assert "timeoutMs" in body.extra["details"]

@@ -14,7 +14,13 @@ from gateway.errors import BadRequest
 from gateway.http import request_bodies
 from gateway.http.authentication import ingest_key_org
 from gateway.http.download import send_download
-from gateway.http.keys import EXTERNAL_RUN_SERVICE, RUN_SERVICE, SETTINGS, TRIGGER_SERVICE
+from gateway.http.keys import (
+    DOWNLOAD_SERVICE,
+    EXTERNAL_RUN_SERVICE,
+    RUN_LOOKUPS,
+    SETTINGS,
+    TRIGGER_SERVICE,
+)
 from gateway.http.path_ids import path_id
 from gateway.http.rate_limits import (
     RUN_REPORTS,
@@ -26,9 +32,9 @@ from gateway.http.rate_limits import (
 from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
 from gateway.http.views import run_view
-from gateway.runs.service import DownloadAcknowledged
+from gateway.runs.downloads import FILE_KINDS, DownloadAcknowledged
+from gateway.runs.triggers import JSON_KINDS
 from gateway.validation import load
-from store.enums import OutputKind
 from store.models import Agent
 
 routes = web.RouteTableDef()
@@ -37,9 +43,6 @@ routes = web.RouteTableDef()
 _TRIGGER_BODY = request_bodies.TriggerBody()
 _REGISTER_BODY = request_bodies.RegisterBody()
 _INGEST_BODY = request_bodies.IngestBody()
-
-# Runs that hand back JSON; a file agent is served by trigger-and-download only.
-_JSON_KINDS = (OutputKind.JSON, OutputKind.STREAM)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
@@ -47,17 +50,18 @@ async def _eligible_agent(
     request: web.Request, *, output_kinds: tuple[str, ...]
 ) -> tuple[Agent, dict[str, Any]]:
     """Authenticate, read the trigger body and find the agent, in the order the contract lists
-    their errors: 401, then 400/404, then 403/422."""
+    their errors: 401, then 400/404, then 403/422 (``output_kinds``: those the use case
+    serves)."""
     app = request.app
     org_id = await ingest_key_org(request)
     body = load(
         _TRIGGER_BODY,
         await read_json_object(request, limit=app[SETTINGS].max_request_body, allow_empty=True),
     )
-    runs = app[RUN_SERVICE]
-    agent = await runs.agent_for(org_id, path_id(request, "agentId", "Agent"))
+    lookups = app[RUN_LOOKUPS]
+    agent = await lookups.agent_for(org_id, path_id(request, "agentId", "Agent"))
     note_run(request, agent_id=agent.id)
-    runs.check_eligible(agent, output_kinds=output_kinds)
+    lookups.check_eligible(agent, output_kinds=output_kinds)
     return agent, body
 
 
@@ -65,25 +69,19 @@ async def _eligible_agent(
 @checks_key_guard_with_its_token
 async def trigger(request: web.Request) -> web.Response:
     """The agent SDK's ``triggerRun``: start a run, answer 202 ``{runId, status}`` at once."""
-    app = request.app
-    agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
+    agent, body = await _eligible_agent(request, output_kinds=JSON_KINDS)
     key = _idempotency_key(request)
     request_hash = _request_hash(body)
-    service = app[TRIGGER_SERVICE]
-    # A replay answers before the rate limit: it starts nothing.
-    run = await service.replay(agent, key, request_hash)
-    replayed = run is not None
-    if run is None:
-        await take_token(request, TRIGGERS, agent.id)
-        triggered = await service.trigger(
-            agent,
-            input_data=body["input"],
-            user_id=body["userId"],
-            idempotency=None if key is None else (key, request_hash),
-        )
-        run, replayed = triggered.run, triggered.replayed
+    triggered = await request.app[TRIGGER_SERVICE].trigger(
+        agent,
+        input_data=body["input"],
+        user_id=body["userId"],
+        idempotency=None if key is None else (key, request_hash),
+        admit=lambda: take_token(request, TRIGGERS, agent.id),
+    )
+    run = triggered.run
     note_run(request, run_id=run.id)
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    headers = {"Idempotent-Replayed": "true"} if triggered.replayed else {}
     return web.json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
 
 
@@ -94,24 +92,17 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
 
     Retried with its Idempotency-Key, it waits for the run the key started (never a second
     one): its terminal row at once, or its end within this call's window."""
-    agent, body = await _eligible_agent(request, output_kinds=_JSON_KINDS)
+    agent, body = await _eligible_agent(request, output_kinds=JSON_KINDS)
     key = _idempotency_key(request)
     request_hash = _request_hash(body, route="trigger-and-wait")
-    service = request.app[TRIGGER_SERVICE]
-    # A replay waits before the rate limit: it starts nothing.
-    existing = await service.replay(agent, key, request_hash)
-    if existing is not None:
-        note_run(request, run_id=existing.id)
-        waited = await service.attach(agent, existing, timeout_ms=body["timeoutMs"])
-    else:
-        await take_token(request, SYNC_RUNS, agent.id)
-        waited = await service.trigger_and_wait(
-            agent,
-            input_data=body["input"],
-            user_id=body["userId"],
-            timeout_ms=body["timeoutMs"],
-            idempotency=None if key is None else (key, request_hash),
-        )
+    waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
+        agent,
+        input_data=body["input"],
+        user_id=body["userId"],
+        timeout_ms=body["timeoutMs"],
+        idempotency=None if key is None else (key, request_hash),
+        admit=lambda: take_token(request, SYNC_RUNS, agent.id),
+    )
     run = waited.run
     note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if waited.replayed else {}
@@ -131,39 +122,31 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
 
     Retried with its Idempotency-Key: 409 with the run the key started and its status (the
     file is never stored, so it cannot be sent again), never a second run."""
-    agent, body = await _eligible_agent(request, output_kinds=(OutputKind.FILE_DOWNLOAD,))
+    agent, body = await _eligible_agent(request, output_kinds=FILE_KINDS)
     key = _idempotency_key(request)
     request_hash = _request_hash(body, route="trigger-and-download")
-    runs = request.app[RUN_SERVICE]
-    if key is not None:
-        # A replay is refused before the rate limit: it starts nothing.
-        existing = await runs.idempotent_run(agent, key, request_hash)
-        if existing is not None:
-            note_run(request, run_id=existing.id)
-            raise runs.download_replayed(existing)
-    await take_token(request, SYNC_RUNS, agent.id)
-    try:
-        start = await runs.start_download(
-            agent,
-            input_data=body["input"],
-            user_id=body["userId"],
-            timeout_ms=body["timeoutMs"],
-            accept_encoding=request.headers.get("Accept-Encoding"),
-            idempotency=None if key is None else (key, request_hash),
-        )
-    except DownloadAcknowledged as acknowledged:
+    downloads = request.app[DOWNLOAD_SERVICE]
+    started = await downloads.start(
+        agent,
+        input_data=body["input"],
+        user_id=body["userId"],
+        timeout_ms=body["timeoutMs"],
+        accept_encoding=request.headers.get("Accept-Encoding"),
+        idempotency=None if key is None else (key, request_hash),
+        admit=lambda: take_token(request, SYNC_RUNS, agent.id),
+    )
+    note_run(request, run_id=started.run.id)
+    if isinstance(started, DownloadAcknowledged):
         # No file comes in this answer: the run reports through callbacks; poll it.
-        run = acknowledged.run
-        note_run(request, run_id=run.id)
+        run = started.run
         return web.json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status}, status=202
         )
     settings = request.app[SETTINGS]
-    note_run(request, run_id=start.run.id)
     return await send_download(
         request,
-        start,
-        runs,
+        started,
+        downloads,
         idle_timeout_s=settings.stream_idle_timeout_s,
         allow_splice=settings.stream_splice,
     )
@@ -175,7 +158,7 @@ async def get_run(request: web.Request) -> web.Response:
     200). ``?include=input`` adds the input it ran on (an execute's names its files)."""
     app = request.app
     org_id = await ingest_key_org(request)
-    run = await app[RUN_SERVICE].get_run(
+    run = await app[RUN_LOOKUPS].get_run(
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
     note_run(request, run_id=run.id, agent_id=run.agent_id)
@@ -203,7 +186,7 @@ async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent,
     app = request.app
     org_id = await ingest_key_org(request)
     body = load(schema, await read_json_object(request, limit=app[SETTINGS].max_result_body))
-    agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "agentId", "Agent"))
+    agent = await app[RUN_LOOKUPS].agent_for(org_id, path_id(request, "agentId", "Agent"))
     await take_token(request, RUN_REPORTS, agent.id)
     return agent, body
 

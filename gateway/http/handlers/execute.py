@@ -21,7 +21,7 @@ from gateway.http.keys import (
     EXECUTION_FEEDS,
     FILE_SERVICE,
     LARGE_BODY_SLOTS,
-    RUN_SERVICE,
+    RUN_LOOKUPS,
     SETTINGS,
 )
 from gateway.http.path_ids import path_id
@@ -65,7 +65,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     org_id = await execute_key_org(request)
     try:
-        agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
+        agent = await app[RUN_LOOKUPS].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
         raise NotFound("Workflow not found") from None
     # From here on every answer, errors and 429 included, tells the agent's execute bucket.
@@ -154,7 +154,7 @@ async def workflow_status(request: web.Request) -> web.Response:
     app = request.app
     org_id = await execute_key_org(request)
     try:
-        agent = await app[RUN_SERVICE].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
+        agent = await app[RUN_LOOKUPS].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
         raise NotFound("Workflow not found") from None
     deployed = app[EXECUTE_SERVICE].is_deployed(agent)
