@@ -17,8 +17,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.http import splice
-from gateway.http.keys import LIFECYCLE
+from gateway.http import chunked, memory_trim, splice
+from gateway.http.keys import LIFECYCLE, SETTINGS
 from gateway.http.request_info import note_streamed_bytes
 from gateway.ops import tracing
 from gateway.runs.service import DownloadFile, DownloadStart, RunService
@@ -60,10 +60,12 @@ async def send_download(
     """
     # The body's relay, first byte to last, in its own span (the request's covers more).
     with tracing.span("download stream", attributes={"agent_gateway.run.id": str(start.run.id)}):
+        burst = request.app[SETTINGS].stream_trim_burst
         async with runs.kept_alive(start.run):
-            return await _send(
-                request, start, runs, idle_timeout_s=idle_timeout_s, allow_splice=allow_splice
-            )
+            with memory_trim.BURSTS.stream(burst):
+                return await _send(
+                    request, start, runs, idle_timeout_s=idle_timeout_s, allow_splice=allow_splice
+                )
 
 
 async def _send(
@@ -201,22 +203,25 @@ async def _copy_chunks(
 @dataclass(frozen=True, slots=True)
 class _Sockets:
     runtime_fd: int
-    length: int
+    # ``None``: a chunked body (forwarded with its framing re-emitted).
+    length: int | None
 
 
 def _spliceable(request: web.Request, start: DownloadStart) -> _Sockets | None:
     """Both sockets, when the rest of this body may move socket to socket; else ``None``."""
     length = start.file.content_length
-    if not splice.AVAILABLE or length is None:
-        return None
     upstream = start.upstream
+    if not splice.AVAILABLE:
+        return None
+    if length is None and "chunked" not in upstream.headers.get("Transfer-Encoding", ""):
+        return None
     connection = upstream.connection
     if connection is None or upstream.url.scheme != "http" or upstream.content.is_eof():
         return None
     runtime_fd = splice.plain_socket_fd(connection.transport)
     if runtime_fd is None or splice.plain_socket_fd(request.transport) is None:
         return None
-    return _Sockets(runtime_fd, int(length))
+    return _Sockets(runtime_fd, None if length is None else int(length))
 
 
 async def _copy_spliced(
@@ -242,7 +247,20 @@ async def _copy_spliced(
         await _write_all(response, held, progress)
         return
     connection.protocol.pause_reading()
-    remaining = sockets.length - upstream.content.total_bytes
+    framing: chunked.ChunkFraming | None = None
+    if sockets.length is None:
+        # Spliced only under our own chunk headers, and only from a known place in the framing.
+        if response.headers.get("Transfer-Encoding") == "chunked":
+            framing = chunked.take_over(connection.protocol, upstream.content.total_bytes)
+        if framing is None:
+            connection.protocol.resume_reading()
+            await _write_all(response, held, progress)
+            if not progress.caller_gone:
+                await _copy_chunks(response, upstream, progress, idle_timeout_s)
+            return
+        remaining = 1
+    else:
+        remaining = sockets.length - upstream.content.total_bytes
     await _write_all(response, held, progress)
     if progress.caller_gone or remaining <= 0:
         return
@@ -263,14 +281,26 @@ async def _copy_spliced(
     def count(n: int) -> None:
         progress.sent += n
 
+    threads = request.app[SETTINGS].stream_splice_threads
     try:
-        await splice.splice_copy(
-            sockets.runtime_fd,
-            caller_fd,
-            remaining,
-            idle_timeout_s=idle_timeout_s,
-            on_progress=count,
-        )
+        if framing is None:
+            await splice.splice_copy(
+                sockets.runtime_fd,
+                caller_fd,
+                remaining,
+                idle_timeout_s=idle_timeout_s,
+                on_progress=count,
+                threads=threads,
+            )
+        else:
+            await chunked.forward_chunked(
+                sockets.runtime_fd,
+                caller_fd,
+                framing,
+                idle_timeout_s=idle_timeout_s,
+                on_progress=count,
+                threads=threads,
+            )
     except splice.CallerGone:
         progress.caller_gone = True
     except splice.SpliceStalled as exc:
