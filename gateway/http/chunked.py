@@ -57,6 +57,12 @@ class RecordingHandler(ResponseHandler):
             else:
                 self.raw = None
         super().data_received(data)
+        if self.raw is not None:
+            # A whole response (a JSON answer) needs no take-over: an idle pooled connection
+            # must not hold on to its bytes.
+            payload = getattr(self, "_payload", None)
+            if payload is not None and payload.is_eof():
+                self.raw = None
 
     def forget_raw(self) -> None:
         """Drop the kept bytes (the take-over is decided)."""

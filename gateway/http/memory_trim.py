@@ -52,7 +52,8 @@ class BurstTrim:
     """Counts the streams in flight; after ``burst`` or more were in flight at once and all have
     ended, trims the heap once (in a thread, ``_SETTLE_S`` later). ``burst`` 0 turns it off."""
 
-    def __init__(self) -> None:
+    def __init__(self, settle_s: float = _SETTLE_S) -> None:
+        self._settle_s = settle_s
         self._active = 0
         self._peak = 0
         self._pending: asyncio.TimerHandle | None = None
@@ -76,7 +77,7 @@ class BurstTrim:
                 peak, self._peak = self._peak, 0
                 if AVAILABLE and burst and peak >= burst:
                     loop = asyncio.get_running_loop()
-                    self._pending = loop.call_later(_SETTLE_S, self._start, loop)
+                    self._pending = loop.call_later(self._settle_s, self._start, loop)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._pending = None
