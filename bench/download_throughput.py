@@ -61,7 +61,7 @@ from bench.processes import (
     memory_kib,
     python_module,
 )
-from bench.report import Row, at_least, ratio
+from bench.report import Row, at_least, at_most, ratio
 from bench.stack import Gateway, Stack, agent_body, find_nginx
 
 MODES = ("content-length", "chunked")
@@ -592,7 +592,9 @@ def summary_rows(results: Results) -> list[Row]:
                     values,
                 )
             )
-            if mode == "content-length" and variant.gateway.settings.get("STREAM_SPLICE") == "1":
+            if variant.gateway.settings.get("STREAM_SPLICE") != "1":
+                continue
+            if mode == "content-length":
                 rows.append(
                     Row(
                         what,
@@ -602,6 +604,33 @@ def summary_rows(results: Results) -> list[Row]:
                         "stretch (splice): ≥ 0.8x direct",
                         at_least(vs_direct, 0.8),
                         values,
+                    )
+                )
+            # The byte-path issue's targets: past nginx with splicing on, on both body kinds.
+            bound = 1.2 if mode == "content-length" else 1.0
+            rows.append(
+                Row(
+                    what,
+                    figure,
+                    f"nginx {_gbps(nginx)} GB/s",
+                    vs_nginx,
+                    f"splice: ≥ {bound:g}x nginx",
+                    at_least(vs_nginx, bound),
+                    values,
+                )
+            )
+            if mode == "chunked":
+                own = results.proxy_cpu_per_gb(mode, variant.key)
+                theirs = results.proxy_cpu_per_gb(mode, "nginx")
+                rows.append(
+                    Row(
+                        f"{what}: proxy CPU s/GB",
+                        "n/a" if own is None else f"{own:.2f}",
+                        "nginx n/a" if theirs is None else f"nginx {theirs:.2f}",
+                        ratio(own, theirs),
+                        "splice: ≤ nginx's CPU/GB",
+                        None if theirs is None else at_most(own, theirs),
+                        {"gateway_cpu_s_per_gb": own, "nginx_cpu_s_per_gb": theirs},
                     )
                 )
     return rows

@@ -7,7 +7,8 @@ VmRSS a moment after the scenario ended are read from ``/proc/<pid>/status``:
 
 - a 1 MiB and a 1 GiB download (curl);
 - a reader limited to 1 MB/s (``bench/loadgen.py slow``) on a 1 GiB body for a bounded time,
-  then leaving, once with Content-Length (the splice path) and once chunked (the copy path).
+  then leaving, once with Content-Length and once chunked (both spliced with the default
+  settings: the chunked one has its chunk headers read by the gateway).
   How far the gateway reads ahead of it is the bytes it has read from sockets minus the bytes
   it has written to sockets (``rchar - wchar`` of ``/proc/<pid>/io``, sampled while the reader
   reads); the origin's own count of bytes written, less what the reader consumed, is shown
@@ -341,8 +342,9 @@ def measure(stack: Stack, cfg: MemoryConfig) -> Section:
         "256,000 B) may cross that; the chunk in hand is at most as much again; the "
         "transport's write buffer holds up to 64 KiB. 'Origin ahead' also counts the "
         "kernel's socket buffers on both hops and the reader's own buffer. With STREAM_SPLICE "
-        "on, a Content-Length body moves through a kernel pipe and never reaches the gateway's "
-        "own memory: rchar - wchar stays near 0 and only 'origin ahead' says how far it got.",
+        "on, a body moves through a kernel pipe and never reaches the gateway's own memory "
+        "(a chunked one but for its chunk headers and the few bytes read with them): "
+        "rchar - wchar stays near 0 and only 'origin ahead' says how far it got.",
         f"{cfg.concurrent} concurrent downloads took "
         f"{scenarios[4].extra.get('seconds', 0):.1f} s "
         f"({scenarios[4].extra.get('bytes', 0) / 1e9:.2f} GB). The second round shows whether "

@@ -123,9 +123,9 @@ def _download(stack: Stack, plan: Plan) -> Section:
     if stack.nginx_base is None:
         section.notes.append("nginx: skipped (binary not found); its rows are n/a")
     section.notes.append(
-        "STREAM_SPLICE=1 moves a Content-Length body socket to socket with os.splice; a "
-        "chunked body takes the copy path whatever the setting, so its two rows measure the "
-        "same code (their gap is the noise)."
+        "STREAM_SPLICE=1 moves the body socket to socket with os.splice (a chunked one between "
+        "chunk headers the gateway reads and re-emits); STREAM_SPLICE=0 copies both through "
+        "the process."
     )
     section.raw = {"size_bytes": args.size_mb * 1024 * 1024, "runs": args.runs, **results.raw()}
     return section

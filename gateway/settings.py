@@ -340,7 +340,25 @@ class Settings:
         True,
         "STREAM_SPLICE",
         Group.WAITS,
-        "Move a Content-Length body socket to socket with os.splice when neither side is TLS.",
+        "Move a download's body socket to socket with os.splice when neither side is TLS "
+        "(a chunked body with its chunk framing re-emitted).",
+    )
+    stream_splice_threads: int = setting(
+        16,
+        "STREAM_SPLICE_THREADS",
+        Group.WAITS,
+        "Spliced downloads that each get a thread of their own (blocking splice, no event-loop "
+        "wake-ups between pipe moves); past it, a spliced download is driven by the event loop.",
+        minimum=0,
+        maximum=1024,
+    )
+    stream_trim_burst: int = setting(
+        32,
+        "STREAM_TRIM_BURST",
+        Group.WAITS,
+        "After at least this many downloads streamed at once have all ended, freed heap memory "
+        "is handed back to the system (glibc malloc_trim); 0 turns it off.",
+        minimum=0,
     )
     wait_recheck_s: float = setting(
         2.0,

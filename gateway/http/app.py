@@ -24,6 +24,7 @@ from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
 from gateway.execute.large_bodies import LargeBodySlots
 from gateway.execute.service import ExecuteService
+from gateway.http.chunked import RecordingConnector
 from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
 from gateway.http.handlers.v0 import create_v0_app
 from gateway.http.keys import (
@@ -210,7 +211,7 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         # No overall bound, one per runtime host: a slow runtime cannot take every socket, and
         # a call past the bound waits for a connection within its request's window.
-        connector=aiohttp.TCPConnector(
+        connector=RecordingConnector(
             limit=0,
             limit_per_host=settings.runtime_max_connections_per_host,
             enable_cleanup_closed=True,

@@ -4,7 +4,9 @@ Memory per stream is bounded by the client's read buffer plus one chunk in the s
 write buffer: ``StreamResponse.write`` waits for the caller to drain before the next read.
 
 When the body has a ``Content-Length`` and neither side uses TLS, the rest of the body after
-the first bytes is moved socket to socket by the kernel (``gateway.http.splice``). Either way
+the first bytes is moved socket to socket by the kernel (``gateway.http.splice``); a chunked
+body is moved the same way between chunk headers the gateway parses and writes again
+(``gateway.http.chunked``). Either way
 this module only copies and reports what happened (:class:`~gateway.runs.downloads.Copied`);
 the download service records what that makes of the run.
 """
@@ -18,7 +20,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.http import splice
+from gateway.http import chunked, memory_trim, splice
+from gateway.http.keys import SETTINGS
 from gateway.http.request_info import note_streamed_bytes
 from gateway.runs.downloads import (
     Copied,
@@ -72,7 +75,9 @@ async def send_download(
         finally:
             note_streamed_bytes(request, copied.sent)
 
-    await downloads.relay(started, copy)
+    # A burst of downloads ending leaves the heap fragmented: it is trimmed once the burst ends.
+    with memory_trim.BURSTS.stream(request.app[SETTINGS].stream_trim_burst):
+        await downloads.relay(started, copy)
     return response
 
 
@@ -168,18 +173,19 @@ async def _copy_chunks(
 @dataclass(frozen=True, slots=True)
 class _Sockets:
     runtime_fd: int
-    length: int
+    # ``None``: a chunked body (forwarded with its framing re-emitted).
+    length: int | None
 
 
 def _spliceable(request: web.Request, started: DownloadStarted) -> _Sockets | None:
     """Both sockets, when the rest of this body may move socket to socket; else ``None``."""
     length = started.file.content_length
-    if not splice.AVAILABLE or length is None:
+    if not splice.AVAILABLE or (length is None and not started.body.chunked):
         return None
     runtime_fd = splice.plain_socket_fd(started.body.plain_transport())
     if runtime_fd is None or splice.plain_socket_fd(request.transport) is None:
         return None
-    return _Sockets(runtime_fd, int(length))
+    return _Sockets(runtime_fd, None if length is None else int(length))
 
 
 async def _copy_spliced(
@@ -193,6 +199,17 @@ async def _copy_spliced(
     """Hand what aiohttp already read to the caller, then splice the rest of the body."""
     copied = state.copied
     held, remaining = body.take_socket(sockets.length)
+    framing: chunked.ChunkFraming | None = None
+    if sockets.length is None and remaining > 0:
+        # Spliced only under our own chunk headers, and only from a known place in the framing.
+        if response.headers.get("Transfer-Encoding") == "chunked":
+            framing = chunked.take_over(body.client_protocol(), body.bytes_read)
+        if framing is None:
+            body.resume_reading()
+            await _write_all(response, held, state)
+            if copied.end is not CopyEnd.CALLER_GONE:
+                await _copy_chunks(response, body, state, idle_timeout_s)
+            return
     await _write_all(response, held, state)
     if copied.end is CopyEnd.CALLER_GONE or remaining <= 0:
         return
@@ -213,14 +230,26 @@ async def _copy_spliced(
     def count(n: int) -> None:
         copied.sent += n
 
+    threads = request.app[SETTINGS].stream_splice_threads
     try:
-        await splice.splice_copy(
-            sockets.runtime_fd,
-            caller_fd,
-            remaining,
-            idle_timeout_s=idle_timeout_s,
-            on_progress=count,
-        )
+        if framing is None:
+            await splice.splice_copy(
+                sockets.runtime_fd,
+                caller_fd,
+                remaining,
+                idle_timeout_s=idle_timeout_s,
+                on_progress=count,
+                threads=threads,
+            )
+        else:
+            await chunked.forward_chunked(
+                sockets.runtime_fd,
+                caller_fd,
+                framing,
+                idle_timeout_s=idle_timeout_s,
+                on_progress=count,
+                threads=threads,
+            )
     except splice.CallerGone:
         copied.end = CopyEnd.CALLER_GONE
     except splice.SpliceStalled as exc:

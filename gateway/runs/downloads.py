@@ -110,9 +110,20 @@ class RuntimeBody:
             return None
         return connection.transport
 
-    def take_socket(self, length: int) -> tuple[list[bytes], int]:
+    @property
+    def chunked(self) -> bool:
+        """Whether the runtime frames the body in chunks (``Transfer-Encoding: chunked``)."""
+        return "chunked" in self._upstream.headers.get("Transfer-Encoding", "")
+
+    @property
+    def bytes_read(self) -> int:
+        """How many body bytes the client has parsed so far."""
+        return self._upstream.content.total_bytes
+
+    def take_socket(self, length: int | None) -> tuple[list[bytes], int]:
         """For the splice path: the bytes the client has already read, and how many of the
-        body's ``length`` are still in the socket (0 when the whole body has arrived).
+        body's ``length`` are still in the socket (0 when the whole body has arrived; for a
+        chunked body, ``length`` ``None``, 1 while its end is still to come).
 
         Draining may resume the client's parser, which feeds bytes it had held back, so it is
         drained until nothing is left; while bytes remain, it then reads the socket no more
@@ -124,11 +135,20 @@ class RuntimeBody:
             held.append(chunk)
         if content.is_eof():
             return held, 0
+        self.client_protocol().pause_reading()
+        return held, 1 if length is None else length - content.total_bytes
+
+    def client_protocol(self) -> aiohttp.client_proto.ResponseHandler:
+        """The runtime connection's client protocol: where a chunked body's framing is taken
+        over from (the splice path re-emits it around spliced payloads)."""
         connection = self._upstream.connection
         assert connection is not None
         assert connection.protocol is not None
-        connection.protocol.pause_reading()
-        return held, length - content.total_bytes
+        return connection.protocol
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`take_socket`'s pause: the client reads the rest of the body itself."""
+        self.client_protocol().resume_reading()
 
     def end(self, *, reusable: bool) -> None:
         """Let the runtime's connection go: back to the pool when ``reusable`` (the body was

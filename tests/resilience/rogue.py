@@ -16,6 +16,10 @@ the webhook path, ``/<behaviour>?<options>``:
 ``endless``       claims 10 GiB (``chunked=1``: chunked) and writes as fast as it is read
 ``close-early``   closes the socket without answering
 ``close-mid-body`` headers, ``send`` bytes of ``length``, then closes
+``chunks``        a chunked file in chunks of ``sizes`` (comma-separated, each header written
+                  apart from its payload, one with an extension), then trailers with
+                  ``trailers=1``; ``die=N``: closes halfway through the payload of chunk N
+                  (``then=continue``: goes on with the next chunk instead)
 ``stream``        an n8n streaming answer: one chunk line, then ``then=hang|close|garbage``
 
 Every connection is counted while open, so a test can tell that the gateway let go of each.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -256,6 +261,39 @@ async def _close_mid_body(
     await rogue._send(w, _head("200 OK", _file_headers(length)) + _BLOCK[:send])
 
 
+def chunks_payload(size: int) -> bytes:
+    """The payload ``chunks`` sends, ``size`` bytes in all (no period that could hide a shift)."""
+    return random.Random(30).randbytes(size)
+
+
+async def _chunks(
+    rogue: RogueRuntime, reader: asyncio.StreamReader, w: asyncio.StreamWriter, o: dict[str, str]
+) -> None:
+    sizes = [int(size) for size in o["sizes"].split(",")]
+    die = int(o.get("die", -1))
+    payload = chunks_payload(sum(sizes))
+    await rogue._send(w, _head("200 OK", _file_headers(None)))
+    at = 0
+    for index, size in enumerate(sizes):
+        # Header and payload apart, and the header split too: framing across reads.
+        header = b"%x;name=value\r\n" % size if index == 1 else b"%X\r\n" % size
+        await rogue._send(w, header[:1])
+        await asyncio.sleep(0.001)
+        await rogue._send(w, header[1:])
+        if index == die:
+            await rogue._send(w, payload[at : at + size // 2])
+            if o.get("then") != "continue":
+                return
+            # Framing broken: the next chunk follows a payload shorter than its header said.
+            at += size
+            continue
+        await rogue._send(w, payload[at : at + size] + b"\r\n")
+        at += size
+    trailers = b"X-Checksum: 1234\r\nX-Other: 5\r\n" if o.get("trailers") else b""
+    await rogue._send(w, b"0\r\n" + trailers + b"\r\n")
+    await _until_peer_leaves(reader)
+
+
 async def _stream(
     rogue: RogueRuntime, reader: asyncio.StreamReader, w: asyncio.StreamWriter, o: dict[str, str]
 ) -> None:
@@ -285,5 +323,6 @@ _BEHAVIOURS = {
     "endless": _endless,
     "close-early": _close_early,
     "close-mid-body": _close_mid_body,
+    "chunks": _chunks,
     "stream": _stream,
 }
