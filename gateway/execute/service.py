@@ -263,9 +263,11 @@ class _ReadTimer:
 
     async def read(self, chunks: AsyncIterator[Any], seconds: float) -> Any:
         """The next item of ``chunks``; ``TimeoutError`` when it takes over ``seconds``."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
+        task = self._task
+        if task is None:
+            # Always the same task: the one that iterates the execution's events.
+            task = self._task = asyncio.current_task()
+            assert task is not None
         self._due = self._loop.time() + seconds
         if self._handle is None or self._handle.when() > self._due:
             if self._handle is not None:

@@ -26,6 +26,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -49,7 +50,15 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 
 def encode_data(data: Mapping[str, Any]) -> bytes:
     """A frame's data: compact JSON."""
-    return _ENCODER.encode(data).encode()
+    for value in data.values():
+        if type(value) is not str:
+            return _ENCODER.encode(data).encode()
+    # A chunk's frame: orjson writes strings byte for byte as the encoder does, in a fraction
+    # of the time (a lone surrogate, which neither can write, takes the slow way to its error).
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(data).encode()
 
 
 def error_data(error: BaseException) -> bytes:
