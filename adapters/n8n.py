@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
+import orjson
 
 from adapters.base import (
     CHUNK_TYPES,
@@ -368,7 +369,7 @@ def collect_chunks(raw: bytes) -> RunResult | None:
 def _chunk(line: bytes) -> StreamChunk | None:
     """``line`` as an n8n ``StructuredChunk``; ``None`` when it is not one."""
     try:
-        value = loads_json(line)
+        value = _parse_chunk(line)
     except (ValueError, RecursionError):
         return None
     if not isinstance(value, dict) or value.get("type") not in CHUNK_TYPES:
@@ -392,6 +393,36 @@ def _chunk(line: bytes) -> StreamChunk | None:
         item_index=_int(metadata.get("itemIndex")),
         run_index=_int(metadata.get("runIndex")),
     )
+
+
+def _parse_chunk(line: bytes) -> Any:
+    """A line parsed as :func:`loads_json` would, faster for the usual chunk.
+
+    orjson parses a line in a fraction of the time (a stream's CPU goes there), but it reads an
+    integer over 64 bits as a float and refuses what ``loads_json`` takes (a lone surrogate
+    escape, a byte-order mark, ``1e400``): its answer is taken only when every field a chunk
+    uses has the plain type, otherwise the line is parsed again the strict way.
+    """
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return loads_json(line)
+    if type(value) is dict:
+        metadata = value.get("metadata")
+        if (
+            type(value.get("content")) in _PLAIN_STR
+            and type(metadata) is dict
+            and type(metadata.get("nodeId")) in _PLAIN_STR
+            and type(metadata.get("nodeName")) in _PLAIN_STR
+            and type(metadata.get("itemIndex")) in _PLAIN_INT
+            and type(metadata.get("runIndex")) in _PLAIN_INT
+        ):
+            return value
+    return loads_json(line)
+
+
+_PLAIN_STR = (str, type(None))
+_PLAIN_INT = (int, type(None))
 
 
 def _int(value: Any) -> int:

@@ -118,6 +118,11 @@ class StoreConsumer:
             log.warning("retention_without_blob_store", kept=["runs", "input_files"])
         self.leases = PartitionLeases(buffer, redis, self.name, lease_s)
         self._stopping = asyncio.Event()
+        # A batch and a lease refresh (or the reaper) never run at once.
+        self._turn = asyncio.Lock()
+        self._legacy_seen_empty = False
+        # Whether the leases were refreshed once (before: no partition held is no idle turn).
+        self._ready = False
         self.stats = ConsumerStats()
         # time.monotonic() of the loop's last turn (a liveness signal: it turns at least every
         # poll interval, or every second while Redis or PostgreSQL is away).
@@ -133,53 +138,91 @@ class StoreConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Consume until stopped. Redis or PostgreSQL outages are waited out, not fatal."""
-        loop = asyncio.get_running_loop()
-        next_reap = next_refresh = 0.0
-        refresh_s = self.leases.lease_ms / 3000
-        # An idle consumer looks again after _FIRST_POLL_S, doubling up to the poll interval:
-        # a buffer filling up (an outage) is drained within milliseconds, an empty one costs
-        # one read per partition per interval.
+        """Consume until stopped. Redis or PostgreSQL outages are waited out, not fatal.
+
+        Batches are applied in this loop; the leases are renewed and the reaper and retention
+        run in a task of their own, so that none of them holds up a turn. A batch and a lease
+        refresh never overlap (one lock): the leases of a consumer whose batch is stuck lapse,
+        and another consumer takes its partitions.
+        """
+        maintenance = asyncio.create_task(self._maintain(), name=f"consumer-leases-{self.name}")
+        # Where the buffer is one Redis server, a turn waits in one blocking read over every
+        # partition held, so an event is read the moment it is appended. On a cluster (the
+        # partitions spread over nodes) an idle consumer looks again after _FIRST_POLL_S,
+        # doubling up to the poll interval: a buffer filling up is drained within
+        # milliseconds, an empty one costs one read per partition per interval.
+        blocking = self.buffer.blocking_reads
+        block_ms = max(1, int(self._poll_s * 1000))
         idle_s = _FIRST_POLL_S
-        while not self._stopping.is_set():
-            self.heartbeat = time.monotonic()
-            try:
-                if loop.time() >= next_refresh:
-                    await self.leases.refresh()
-                    next_refresh = loop.time() + refresh_s
-                moved = await self.consume_once()
-                if loop.time() >= next_reap:
-                    # Buffered events first, then the reaper: an event already on its way
-                    # wins over the deadline.
-                    await self._reap()
-                    await self._expire()
-                    next_reap = loop.time() + self._reap_every_s
-                if moved:
-                    idle_s = _FIRST_POLL_S
-                else:
-                    await self._sleep(idle_s)
-                    idle_s = min(idle_s * 2, self._poll_s)
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("consumer_backoff", error=str(exc), consumer=self.name)
-                await self._sleep(1.0)
+        try:
+            while not self._stopping.is_set():
+                self.heartbeat = time.monotonic()
+                try:
+                    if not self.leases.held:
+                        await self._sleep(min(self._poll_s, 0.05) if self._ready else idle_s)
+                        continue
+                    moved = await self.consume_once(block_ms=block_ms if blocking else None)
+                    if moved or blocking:
+                        idle_s = _FIRST_POLL_S
+                    else:
+                        await self._sleep(idle_s)
+                        idle_s = min(idle_s * 2, self._poll_s)
+                except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("consumer_backoff", error=str(exc), consumer=self.name)
+                    await self._sleep(1.0)
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
         with contextlib.suppress(RedisError, OSError):
             await self.leases.release_all()
 
-    async def consume_once(self) -> int:
+    async def _maintain(self) -> None:
+        """Renew the leases (a fair share), then the reaper and retention, each on its period."""
+        loop = asyncio.get_running_loop()
+        next_reap = next_refresh = 0.0
+        refresh_s = self.leases.lease_ms / 3000
+        while not self._stopping.is_set():
+            try:
+                if loop.time() >= next_refresh:
+                    async with self._turn:
+                        await self.leases.refresh()
+                    # Streams of releases before 0.1.0 are looked at again once per refresh.
+                    self._legacy_seen_empty = False
+                    self._ready = True
+                    next_refresh = loop.time() + refresh_s
+                if loop.time() >= next_reap:
+                    # After the batch in hand: an event already on its way wins over the
+                    # deadline.
+                    async with self._turn:
+                        await self._reap()
+                    await self._expire()
+                    next_reap = loop.time() + self._reap_every_s
+                await self._sleep(max(0.0, min(next_refresh, next_reap) - loop.time()))
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("consumer_maintenance_backoff", error=str(exc), consumer=self.name)
+                await self._sleep(1.0)
+
+    async def consume_once(self, *, block_ms: int | None = None) -> int:
         """Apply a batch from every partition held, all in one transaction; how many entries
-        were handled."""
+        were handled. ``block_ms``: wait that long for an entry when there is none (one
+        blocking read over the partitions; only where the buffer is one Redis server)."""
         held = sorted(self.leases.held)
         if not held:
             return 0
         batches: list[_Batch] = []
         # A release before 0.1.0 published every event to one stream: whoever drains
         # partition 0 drains what a rolling upgrade left there too, under its lease (first:
-        # its events are older than any of the same run in the partitions).
-        if _LEGACY_PARTITION in self.leases.held and (
-            legacy := await self.buffer.read_legacy(self._batch)
-        ):
-            batches.append(_Batch(_LEGACY_PARTITION, self.buffer.prefix, legacy))
-        read = await self.buffer.read_partitions(held, self._batch)
+        # its events are older than any of the same run in the partitions). Read until it is
+        # found empty, then again after each lease refresh.
+        if _LEGACY_PARTITION in self.leases.held and not self._legacy_seen_empty:
+            legacy = await self.buffer.read_legacy(self._batch)
+            if legacy:
+                batches.append(_Batch(_LEGACY_PARTITION, self.buffer.prefix, legacy))
+                block_ms = None
+            else:
+                self._legacy_seen_empty = True
+        read = await self.buffer.read_partitions(held, self._batch, block_ms=block_ms)
         batches += [
             _Batch(partition, self.buffer.stream_key(partition), entries)
             for partition, entries in read.items()
@@ -187,7 +230,8 @@ class StoreConsumer:
         ]
         if not batches:
             return 0
-        return await self._apply(batches)
+        async with self._turn:
+            return await self._apply(batches)
 
     async def _token(self, partition: int) -> int:
         """This consumer's fencing token on ``partition`` (taken once per lease)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from redis.asyncio.cluster import RedisCluster
 
 from store.redis_client import RedisClient
 from store.run_events import RunEvent
@@ -132,10 +133,33 @@ class EventBuffer:
         entries: Any = await self._redis.xrange(self.stream_key(partition), count=count)
         return [_decode(entry_id, fields) for entry_id, fields in entries]
 
+    @property
+    def blocking_reads(self) -> bool:
+        """Whether :meth:`read_partitions` can wait for entries: one blocking read covers
+        every partition only where they are all on one server (not on a Redis Cluster)."""
+        return not isinstance(self._redis, RedisCluster)
+
     async def read_partitions(
-        self, partitions: list[int], count: int
+        self, partitions: list[int], count: int, *, block_ms: int | None = None
     ) -> dict[int, list[BufferedEvent]]:
-        """The oldest ``count`` entries of each of ``partitions`` (one round trip per node)."""
+        """The oldest ``count`` entries of each of ``partitions`` (one round trip per node).
+
+        ``block_ms`` (only where :attr:`blocking_reads`): when every one of them is empty, wait
+        up to that long for an entry in any of them (one ``XREAD BLOCK``). Applied entries are
+        removed, so the oldest entries are those after ``0-0``.
+        """
+        if block_ms is not None and self.blocking_reads:
+            answer: Any = await self._redis.xread(
+                {self.stream_key(partition): "0-0" for partition in partitions},
+                count=count,
+                block=block_ms,
+            )
+            found: dict[int, list[BufferedEvent]] = {partition: [] for partition in partitions}
+            by_key = {self.stream_key(partition): partition for partition in partitions}
+            for key, entries in answer or []:
+                name = key.decode() if isinstance(key, bytes) else key
+                found[by_key[name]] = [_decode(entry_id, fields) for entry_id, fields in entries]
+            return found
         async with self._redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
                 pipe.xrange(self.stream_key(partition), count=count)

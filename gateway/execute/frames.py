@@ -2,9 +2,10 @@
 
 Every execute runs in a *feed* (:meth:`ExecutionFeeds.start`), a task of its own rather than
 the caller's request: it numbers each frame (1, 2, …; the SSE ``id:``), hands it to the caller
-attached, if any, through a queue of one (a slow caller slows the runtime down, as before), and
-keeps it in the frame log (``store.execution_frames``, a Redis stream per execution). Keeping
-is off the caller's path: frames wait in a list that one flusher per execution sends in one
+attached, if any, through a :class:`FeedQueue` (bounded in bytes: a slow caller slows the
+runtime down; a burst reaches the caller in a few writes, not one per frame), and keeps it in
+the frame log (``store.execution_frames``, a Redis stream per execution). Keeping is off the
+caller's path: frames wait in a list that one flusher per execution sends in one
 round trip per batch (what came in ``_LINGER_S`` or while the last call was out), so a burst,
 or a frame every millisecond, costs a few Redis calls, not one per frame.
 
@@ -21,6 +22,7 @@ Domain code: no ``aiohttp.web``. The HTTP layer gives the renderers (the frames'
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import uuid
@@ -85,6 +87,93 @@ FeedItem = Frame | Failed | _End
 Render = Callable[[ChunkFrame | Outcome], bytes]
 RenderError = Callable[[BaseException], bytes]
 
+# The frames' data a feed holds for its caller before the producer waits (a burst is written
+# in a few large writes; a slow caller still slows the runtime down).
+FEED_HOLD_BYTES = 64 * 1024
+
+
+class FeedQueue:
+    """Frames on their way to one reader, taken all at once.
+
+    A put waits while the data held reaches ``limit`` bytes (so a slow reader slows the
+    producer down, and memory per stream is about ``limit`` plus one frame); :meth:`take`
+    hands over everything held, so that a burst costs one write per batch, not per frame.
+    """
+
+    def __init__(self, limit: int = FEED_HOLD_BYTES) -> None:
+        self._limit = limit
+        self._items: collections.deque[FeedItem] = collections.deque()
+        self._held = 0
+        self._reader: asyncio.Future[None] | None = None
+        self._writers: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def empty(self) -> bool:
+        """Whether nothing is held."""
+        return not self._items
+
+    async def put(self, item: FeedItem) -> None:
+        """Hold ``item`` for the reader, once what is held is under the limit."""
+        while self._held >= self._limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._writers.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._writers.remove(waiter)
+                raise
+        self._items.append(item)
+        self._held += _size(item)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def take(self) -> list[FeedItem]:
+        """Everything held, oldest first (nothing waits)."""
+        items = list(self._items)
+        self._items.clear()
+        self._held = 0
+        while self._writers:
+            waiter = self._writers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        return items
+
+    async def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until something is held (one reader); ``False`` when ``timeout_s`` passed first."""
+        if self._items:
+            return True
+        self._reader = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._reader
+        except TimeoutError:
+            return bool(self._items)
+        finally:
+            self._reader = None
+        return True
+
+    async def get(self) -> FeedItem:
+        """The oldest item held, once there is one."""
+        await self.wait()
+        item = self._items.popleft()
+        self._held -= _size(item)
+        if self._held < self._limit:
+            while self._writers:
+                waiter = self._writers.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+        return item
+
+
+def _size(item: FeedItem) -> int:
+    if isinstance(item, Frame):
+        return len(item.data)
+    if isinstance(item, Failed):
+        return len(item.frame.data)
+    return 0
+
 
 class Feed:
     """One execution's frames as it runs."""
@@ -99,7 +188,7 @@ class Feed:
         attached: bool,
     ) -> None:
         self.run_id = run_id
-        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(maxsize=1)
+        self.queue = FeedQueue()
         self.outcome: Outcome | None = None
         self.chunks = 0
         self.task: asyncio.Task[None] | None = None
@@ -122,8 +211,7 @@ class Feed:
         """The caller left: frames are only kept from now on (a put waiting is let through)."""
         self._attached = False
         self._leave_reason = reason
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.queue.take()
 
     @property
     def leave_reason(self) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,64 @@ class _Collector:
                 entry["truncated"] = True
             out[block_id] = entry
         return out
+
+
+class _ReadTimer:
+    """A time bound on each read of a runtime's stream, with one timer for the whole stream.
+
+    ``asyncio.timeout`` around every read schedules and cancels a timer per chunk, a fifth of
+    the gateway's CPU in a burst of small chunks. Here one timer is pushed back lazily: when it
+    fires early (chunks came meanwhile), it is set again for the current read's bound; only a
+    read still waiting past its bound is cancelled, and it raises ``TimeoutError``.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._due = 0.0
+        self._reading = False
+        self._expired = False
+
+    async def read(self, chunks: AsyncIterator[Any], seconds: float) -> Any:
+        """The next item of ``chunks``; ``TimeoutError`` when it takes over ``seconds``."""
+        task = self._task
+        if task is None:
+            # Always the same task: the one that iterates the execution's events.
+            task = self._task = asyncio.current_task()
+            assert task is not None
+        self._due = self._loop.time() + seconds
+        if self._handle is None or self._handle.when() > self._due:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(self._due, self._fire)
+        cancelling = task.cancelling()
+        self._reading = True
+        try:
+            return await anext(chunks)
+        except asyncio.CancelledError:
+            if self._expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reading = False
+            self._expired = False
+
+    def close(self) -> None:
+        """Drop the timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self._reading or self._task is None:
+            return  # the next read sets it again
+        if self._loop.time() < self._due:
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
 
 
 class ExecuteService:
@@ -464,6 +522,7 @@ class ExecuteService:
             answer: RunResult | None = None
             failure: str | None = None
             idle_s = self._settings.stream_idle_timeout_s
+            timer = _ReadTimer()
             try:
                 chunks = aiter(stream)
                 while True:
@@ -472,8 +531,7 @@ class ExecuteService:
                         failure = f"Workflow did not finish within {ex.window_ms / 1000:g} s"
                         break
                     try:
-                        async with asyncio.timeout(min(idle_s, left)):
-                            item = await anext(chunks)
+                        item = await timer.read(chunks, min(idle_s, left))
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
@@ -505,6 +563,7 @@ class ExecuteService:
                     frames += 1
                     yield ChunkFrame(item.node_id, item.content)
             finally:
+                timer.close()
                 stream.close()
             ended = True
             outcome = await self._finish_stream(ex, collector, answer, failure)
