@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,22 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
         return None
     return a / b
+
+
+# Rows one measurement computes and another's table shows too: (from, to, what starts with).
+PROMOTED = (("waits", "memory", "gateway RSS per held wait"),)
+
+
+def promote(sections: list[Section]) -> None:
+    """Copy each row of :data:`PROMOTED` into the table it belongs to as well, when both
+    measurements ran (the memory table shows what a held wait costs, measured by the held
+    waits)."""
+    by_key = {section.key: section for section in sections if section.skipped is None}
+    for source, target, prefix in PROMOTED:
+        if source in by_key and target in by_key:
+            for row in by_key[source].rows:
+                if row.what.startswith(prefix):
+                    by_key[target].add(replace(row, values={**row.values, "from": source}))
 
 
 def _met(value: bool | None) -> str:

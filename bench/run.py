@@ -53,7 +53,7 @@ from bench import (
     trigger_follow,
 )
 from bench.processes import REPO_DIR, BenchError
-from bench.report import Section, render, write_json
+from bench.report import Section, promote, render, write_json
 from bench.stack import Stack, find_nginx
 
 SECTIONS = ("download", "memory", "small", "sse", "events", "rolling", "trigger", "waits")
@@ -278,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
             sections.append(section)
             print("\n" + render(section), flush=True)
     info["seconds"] = round(time.monotonic() - started, 1)
+    promote(sections)
     print("\n## Results\n")
     print(f"Measured {info['date']} at {info['commit']} ({info['seconds']} s in all).\n")
     for section in sections:

@@ -33,10 +33,12 @@ from bench.stack import Stack, agent_body, run_json
 from devkit.embedded import free_port
 
 BUCKET = 5  # the default SYNC_RATE_LIMIT: tokens per agent per minute
-# The issue's targets for one connection: latency added over the bare pass-through (ms).
-SINGLE_ADDED_MS = {"p50": 1.0, "p99": 3.0}
-# The issue's target for the gateway process's own CPU per request (ms).
-GATEWAY_CPU_MS = 0.5
+# The sync-path issue's targets (issue 30's table): req/s at 64 connections against the bare
+# pass-through's, latency one connection adds over it (ms), the gateway process's own CPU per
+# request (ms).
+THROUGHPUT_RATIO = 0.35
+SINGLE_ADDED_MS = {"p50": 2.0, "p99": 5.0}
+GATEWAY_CPU_MS = 0.6
 # The processes of the loaded runs, in the order their rows are printed, and their labels.
 CPU_PROCESSES = {
     "proxy": "gateway process",
@@ -316,8 +318,8 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
             f"{gw['rps']:.0f}",
             f"bare {ref['rps']:.0f}",
             throughput,
-            "≥ 0.25x bare (aim 0.5x)",
-            at_least(throughput, 0.25),
+            f"≥ {THROUGHPUT_RATIO:g}x bare",
+            at_least(throughput, THROUGHPUT_RATIO),
             {"gateway_rps": gw["rps"], "bare_rps": ref["rps"]},
         )
     )

@@ -176,6 +176,16 @@ class Settings:
         "127.0.0.1", "GATEWAY_HOST", Group.SERVER, "Address the gateway listens on."
     )
     port: int = setting(8080, "GATEWAY_PORT", Group.SERVER, "Port the gateway listens on.", **_PORT)
+    # Thousands of callers arriving at once overflow a short accept queue, and every SYN the
+    # kernel drops is retried a second or more later (bench/held_waits.py counts them).
+    listen_backlog: int = setting(
+        4096,
+        "LISTEN_BACKLOG",
+        Group.SERVER,
+        "Connections the kernel queues for the gateway to accept (capped by the kernel's "
+        "net.core.somaxconn).",
+        **_AT_LEAST_ONE,
+    )
     public_base_url: str = setting(
         "",
         "PUBLIC_BASE_URL",

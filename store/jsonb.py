@@ -1,4 +1,5 @@
-"""What PostgreSQL's ``jsonb`` cannot hold, checked before a value is sent on to be stored.
+"""What PostgreSQL's ``jsonb`` cannot hold, checked before a value is sent on to be stored;
+and the JSON codec of the sync path (:func:`dumps`, :func:`loads`).
 
 A run output that the store consumer cannot write would stay in the event stream forever; it
 is refused where it enters instead, with a reason the runtime's author can act on.
@@ -6,9 +7,13 @@ is refused where it enters instead, with a reason the runtime's author can act o
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 # Deep enough for any real document, shallow enough for json's recursion and PostgreSQL's.
 MAX_DEPTH = 200
@@ -55,3 +60,41 @@ def storable_text(text: str) -> str:
     if not text.isascii():
         text = _SURROGATE.sub("\ufffd", text)
     return text
+
+
+# orjson reads an integer past 64 bits as a float (json keeps it exact): a text with a run of
+# 19 digits anywhere (a number, or digits inside a string) is left to json, which is rare.
+_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+
+
+def loads(raw: bytes | str, fallback: Callable[[bytes | str], Any] = json.loads) -> Any:
+    """The value of a JSON text, as ``fallback`` (``json.loads``) reads it, in a fraction of its
+    CPU: orjson reads it where the two agree; whatever orjson refuses (NaN, a lone surrogate
+    escape, a number past a double's range, a nesting past its limit, invalid JSON) and every
+    text with a long digit run is handed to ``fallback``, so its value or its error is
+    ``fallback``'s exactly."""
+    pattern = _LONG_DIGITS_BYTES if isinstance(raw, bytes) else _LONG_DIGITS_TEXT
+    if pattern.search(raw) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return fallback(raw)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON: orjson, or ``json.dumps`` for what orjson refuses (an
+    integer past 64 bits, a lone surrogate, a type it does not know), so that nothing json
+    could write fails here. NaN and infinities, which no JSON reader accepts, are written as
+    ``null`` by orjson (json wrote them bare); :func:`jsonb_problem` keeps them out of the
+    store before they get this far."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def dumps(value: Any) -> str:
+    """:func:`dumps_bytes` as text (what asyncpg's text codecs and Redis fields take)."""
+    return dumps_bytes(value).decode()

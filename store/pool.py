@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
+
+from store import jsonb
 
 # Anything a query can run on: the pool, a connection, or one taken from the pool.
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # orjson where it reads and writes as json does (store/jsonb.py): every run row read
+    # and written passes through these.
     for type_name in ("json", "jsonb"):
         await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            type_name, encoder=jsonb.dumps, decoder=jsonb.loads, schema="pg_catalog"
         )
 
 

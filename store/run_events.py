@@ -7,11 +7,11 @@ Redis buffer of :mod:`store.event_buffer` as the JSON :meth:`RunEvent.encode` ma
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from store import jsonb
 from store.enums import TERMINAL_EVENTS, EventType
 
 EVENT_TYPES = frozenset(EventType)
@@ -65,7 +65,7 @@ class RunEvent:
         }
         if self.has_output:
             body["output_data"] = self.output_data
-        return {"event": json.dumps(body, separators=(",", ":"))}
+        return {"event": jsonb.dumps(body)}
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes] | dict[str, str]) -> RunEvent:
@@ -73,7 +73,7 @@ class RunEvent:
         raw = fields.get(b"event") or fields.get("event")  # type: ignore[call-overload]
         if not isinstance(raw, bytes | str):
             raise ValueError("stream entry has no 'event' field")
-        body = json.loads(raw)
+        body = jsonb.loads(raw)
         return cls(
             run_id=int(body["run_id"]),
             type=EventType(body["type"]),

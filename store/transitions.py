@@ -20,7 +20,6 @@ Two callers use it:
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from store import jsonb
 from store.models import Run
 from store.run_events import RunEvent
 from store.runs import QUALIFIED_RUN_COLUMNS, RUN_COLUMNS, run_from_row
@@ -141,9 +141,9 @@ SELECT NULL, NULL, {RUN_COLUMNS} FROM changed"""
 def _arguments(events: Sequence[RunEvent]) -> list[list[Any]]:
     def value(event: RunEvent, name: str) -> Any:
         if name == "output_data":
-            return None if event.stored_output is None else json.dumps(event.stored_output)
+            return None if event.stored_output is None else jsonb.dumps(event.stored_output)
         if name == "waiting_for":
-            return None if event.waiting_for is None else json.dumps(event.waiting_for)
+            return None if event.waiting_for is None else jsonb.dumps(event.waiting_for)
         return getattr(event, name)
 
     return [[value(event, name) for event in events] for name, _kind in _EVENT_COLUMNS]

@@ -12,6 +12,7 @@ from aiohttp import web
 from adapters.base import loads_json
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from gateway.http.keys import SETTINGS
+from store import jsonb
 
 
 async def read_json_object(
@@ -52,7 +53,9 @@ def parse_json_object(raw: bytes, *, allow_empty: bool) -> dict[str, Any]:
             return {}
         raise BadRequest("Request body must be a JSON object")
     try:
-        value = loads_json(raw)
+        # orjson where it agrees with the strict reader; the reader itself (its value, its
+        # message) for everything else.
+        value = jsonb.loads(raw, fallback=loads_json)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -39,9 +39,6 @@ log = structlog.get_logger(__name__)
 # After the drain timeout, aiohttp gives each handler this long once more, cancels it, and
 # gives it this long again to record its end.
 CANCEL_GRACE_S = 0.5
-# Connections the kernel queues for accept(): thousands of callers arriving at once overflow a
-# short queue, and every SYN it drops is retried only a second or more later.
-LISTEN_BACKLOG = 1024
 # After an early answer (413, 408) the rest of a body is read and dropped this long, so that
 # the caller gets to read the answer, then the connection closes (aiohttp's default is 10 s of
 # reading whatever an oversized body brings).
@@ -79,10 +76,11 @@ class GatewayServer:
         await self._runner.setup()
         host, port = self._settings.host, self._settings.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listening = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        backlog = self._settings.listen_backlog
+        listening = socket.create_server((host, port), family=family, backlog=backlog)
         self._listener = listening.dup()
         # SockSite calls listen() again, with its own default (128) unless told.
-        self._site = web.SockSite(self._runner, listening, backlog=LISTEN_BACKLOG)
+        self._site = web.SockSite(self._runner, listening, backlog=backlog)
         await self._site.start()
         log.info("gateway_listening", host=self._settings.host, port=self._settings.port)
 

@@ -7,7 +7,10 @@ shown to a caller is decided here, at the HTTP edge, and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from aiohttp import web
 
 from gateway.admin.service import CreatedAgent
 from gateway.execute.service import ChunkFrame, Outcome
@@ -16,10 +19,25 @@ from gateway.security.credentials import ResolvedCredential
 from store.agents import SEALED
 from store.credentials import CredentialInfo
 from store.enums import JobStatus
+from store.jsonb import dumps_bytes
 from store.models import Agent, IngestKey, Org, Run, iso
 
 # Runtime settings that hold secrets: shown masked, so an operator sees that they are set.
 _MASKED_RUNTIME_KEYS = frozenset({"secret_key", "headers"})
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``web.json_response`` with the body written by orjson (``store.jsonb.dumps_bytes``): the
+    same ``application/json; charset=utf-8`` answer, compact, for a fraction of the CPU."""
+    return web.Response(
+        body=dumps_bytes(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 def run_view(run: Run) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -123,12 +125,25 @@ def _shared_processors() -> list[structlog.types.Processor]:
     ]
 
 
+def _render_json(event_dict: Any, **kwargs: Any) -> str:
+    """One log line's JSON: orjson (every request writes an access line), or structlog's own
+    ``json.dumps`` with its ``repr`` fallback for what orjson refuses."""
+    try:
+        return orjson.dumps(event_dict, default=kwargs.get("default", repr)).decode()
+    except TypeError:
+        return json.dumps(event_dict, **kwargs)
+
+
+def _json_renderer() -> structlog.processors.JSONRenderer:
+    return structlog.processors.JSONRenderer(serializer=_render_json)
+
+
 def _json_processors() -> list[structlog.types.Processor]:
     return [
         *_shared_processors(),
         structlog.processors.format_exc_info,
         redact_secrets,
-        structlog.processors.JSONRenderer(),
+        _json_renderer(),
     ]
 
 
@@ -157,7 +172,7 @@ def configure_logging(level: str = "INFO") -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 redact_secrets,
-                structlog.processors.JSONRenderer(),
+                _json_renderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         )

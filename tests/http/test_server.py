@@ -11,7 +11,7 @@ import pytest
 
 from devkit.embedded import free_port
 from gateway.http.app import create_app
-from gateway.http.server import LISTEN_BACKLOG, GatewayServer
+from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 
 
@@ -31,14 +31,17 @@ def somaxconn() -> int:
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+@pytest.mark.parametrize("backlog", [None, 333])
 async def test_a_serving_gateway_queues_as_many_connections_as_its_listen_backlog(
-    settings: Settings,
+    settings: Settings, backlog: int | None
 ) -> None:
     port = free_port()
     settings = dataclasses.replace(settings, port=port, public_base_url=f"http://127.0.0.1:{port}")
+    if backlog is not None:
+        settings = dataclasses.replace(settings, listen_backlog=backlog)
     server = GatewayServer(create_app(settings), settings)
     await server.start()
     try:
-        assert accept_queue_length(port) == min(LISTEN_BACKLOG, somaxconn())
+        assert accept_queue_length(port) == min(settings.listen_backlog, somaxconn())
     finally:
         await server.close()

@@ -31,7 +31,7 @@ from gateway.http.rate_limits import (
 )
 from gateway.http.request_info import note_run
 from gateway.http.request_parsing import read_json_object
-from gateway.http.views import run_view
+from gateway.http.views import json_response, run_view
 from gateway.runs.downloads import FILE_KINDS, DownloadAcknowledged
 from gateway.runs.triggers import JSON_KINDS
 from gateway.validation import load
@@ -82,7 +82,7 @@ async def trigger(request: web.Request) -> web.Response:
     run = triggered.run
     note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if triggered.replayed else {}
-    return web.json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
+    return json_response({"runId": run.id, "status": run.status}, status=202, headers=headers)
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-wait")
@@ -107,12 +107,12 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
     note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if waited.replayed else {}
     if waited.timed_out:
-        return web.json_response(
+        return json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status, "timedOut": True},
             status=202,
             headers=headers,
         )
-    return web.json_response(run_view(run), headers=headers)
+    return json_response(run_view(run), headers=headers)
 
 
 @routes.post("/api/agents/{agentId}/runs/trigger-and-download")
@@ -139,7 +139,7 @@ async def trigger_and_download(request: web.Request) -> web.StreamResponse:
     if isinstance(started, DownloadAcknowledged):
         # No file comes in this answer: the run reports through callbacks; poll it.
         run = started.run
-        return web.json_response(
+        return json_response(
             {"runId": run.id, "agentId": run.agent_id, "status": run.status}, status=202
         )
     settings = request.app[SETTINGS]
@@ -165,7 +165,7 @@ async def get_run(request: web.Request) -> web.Response:
     body = run_view(run)
     if "input" in request.query.getall("include", []):
         body["input"] = run.input
-    return web.json_response(body)
+    return json_response(body)
 
 
 @routes.post("/api/agents/{agentId}/runs/{runId}/cancel")
@@ -177,7 +177,7 @@ async def cancel_run(request: web.Request) -> web.Response:
         org_id, path_id(request, "agentId", "Agent"), path_id(request, "runId", "Run")
     )
     note_run(request, run_id=run.id, agent_id=run.agent_id)
-    return web.json_response({"runId": run.id, "status": "cancelled"})
+    return json_response({"runId": run.id, "status": "cancelled"})
 
 
 async def _reporting_agent(request: web.Request, schema: Schema) -> tuple[Agent, dict[str, Any]]:
@@ -202,7 +202,7 @@ async def register_run(request: web.Request) -> web.Response:
     """
     agent, body = await _reporting_agent(request, _REGISTER_BODY)
     registration = await request.app[EXTERNAL_RUN_SERVICE].register(agent, body["externalRunId"])
-    return web.json_response(
+    return json_response(
         {
             "runId": registration.run.id,
             "credentialsToken": registration.token.token,
@@ -220,7 +220,7 @@ async def ingest_run(request: web.Request) -> web.Response:
     ``externalRunId``). 202 ``{runId, status}``; 409 once the run has ended."""
     agent, body = await _reporting_agent(request, _INGEST_BODY)
     ingested = await request.app[EXTERNAL_RUN_SERVICE].ingest(agent, body)
-    return web.json_response(
+    return json_response(
         {"runId": ingested.run.id, "status": ingested.status, "created": ingested.created},
         status=202,
     )
