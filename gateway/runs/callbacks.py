@@ -18,7 +18,6 @@ from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.ops import tracing
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.service import MAX_ERROR_LEN, RunService
-from gateway.security.auth import agent_for_api_key
 from store import runs
 from store.enums import AgentStatus, EventType, RunStatus
 from store.jsonb import jsonb_problem
@@ -46,14 +45,12 @@ class CallbackService:
         self._pool = pool
         self._runs = runs
 
-    async def authenticate(self, authorization: str | None) -> Agent:
-        """The agent whose API key the callback carries; 401 otherwise (before its body is
-        looked at); 403 for an agent that is not active."""
-        agent = await agent_for_api_key(self._runs.lookups, authorization)
+    def admit(self, agent: Agent) -> None:
+        """403 for an agent that is not active (before the callback's body is looked at): its
+        runs report nothing."""
         if agent.status != AgentStatus.ACTIVE:
             log.warning("callback_refused_agent_not_active", agent_id=agent.id, status=agent.status)
             raise Forbidden(f"The agent is {agent.status}: its runs cannot report")
-        return agent
 
     async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it
