@@ -320,9 +320,8 @@ class Stack:
         try:
             service = AdminService(pool, self.secret_key)
             org = await service.create_org({"name": "bench"})
-            org_id = uuid.UUID(org["id"])
-            key = await service.create_ingest_key(org_id)
-            return org_id, str(key["key"])
+            key = await service.create_ingest_key(org.id)
+            return org.id, key.key
         finally:
             await pool.close()
 

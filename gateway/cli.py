@@ -25,6 +25,10 @@ from gateway.http.monitor import serve_monitor
 from gateway.http.views import (
     agent_view,
     created_agent_view,
+    created_credential_view,
+    created_ingest_key_view,
+    created_org_view,
+    created_user_view,
     credential_info_view,
     ingest_key_view,
     org_view,
@@ -224,6 +228,19 @@ async def run_admin(
     async def update_agent() -> dict[str, Any]:
         return agent_view(await service.update_agent(args.agent_id, json.loads(args.json)))
 
+    async def create_org() -> dict[str, Any]:
+        return created_org_view(await service.create_org({"name": args.name}))
+
+    async def create_key() -> dict[str, Any]:
+        return created_ingest_key_view(await service.create_ingest_key(args.org_id))
+
+    async def create_user() -> dict[str, Any]:
+        return created_user_view(await service.create_user(args.org_id, {"email": args.email}))
+
+    async def create_credential() -> dict[str, Any]:
+        created = await credentials.create(args.org_id, json.loads(args.json))
+        return created_credential_view(created)
+
     async def revoke_key() -> dict[str, Any]:
         await service.revoke_ingest_key(args.org_id, args.key_id)
         return {"id": str(args.key_id), "revoked": True}
@@ -263,13 +280,13 @@ async def run_admin(
         return {"id": str(args.credential_id), "deleted": True}
 
     calls: dict[str, Callable[[], Awaitable[dict[str, Any] | list[dict[str, Any]]]]] = {
-        "create-org": lambda: service.create_org({"name": args.name}),
-        "create-key": lambda: service.create_ingest_key(args.org_id),
+        "create-org": create_org,
+        "create-key": create_key,
         "revoke-key": revoke_key,
-        "create-user": lambda: service.create_user(args.org_id, {"email": args.email}),
+        "create-user": create_user,
         "create-agent": create_agent,
         "update-agent": update_agent,
-        "create-credential": lambda: credentials.create(args.org_id, json.loads(args.json)),
+        "create-credential": create_credential,
         "list-orgs": list_orgs,
         "list-keys": list_keys,
         "list-agents": list_agents,

@@ -122,12 +122,12 @@ async def _seed_demo(settings: Settings, data_dir: Path, runtimes: DemoRuntimes)
     try:
         if not state or not await orgs.org_exists(pool, uuid.UUID(state["org_id"])):
             org = await admin.create_org({"name": "Demo organisation"})
-            key = await admin.create_ingest_key(uuid.UUID(org["id"]))
-            user = await admin.create_user(uuid.UUID(org["id"]), {"email": "demo@example.com"})
+            key = await admin.create_ingest_key(org.id)
+            user_id = await admin.create_user(org.id, {"email": "demo@example.com"})
             state = {
-                "org_id": org["id"],
-                "ingest_key": key["key"],
-                "user_id": user["id"],
+                "org_id": str(org.id),
+                "ingest_key": key.key,
+                "user_id": str(user_id),
                 "agents": {},
             }
         for slug, (name, output_kind, where) in DEMO_AGENTS.items():
@@ -179,7 +179,7 @@ async def _seed_reporting_demo(
             org_id,
             {"name": "Demo CRM", "type": "api_key", "data": {"api_key": "demo-crm-key"}},
         )
-        state["credential_id"] = created["id"]
+        state["credential_id"] = str(created.id)
     if not state.get("credential_granted"):
         # An agent resolves only the credentials granted to it: the demo workflows that
         # resolve it (the callback agent's, and the standalone importer's runs) get it.

@@ -25,6 +25,22 @@ from store.pool import Executor
 
 
 @dataclass(frozen=True, slots=True)
+class CreatedOrg:
+    """A new organisation: its id and name."""
+
+    id: uuid.UUID
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedIngestKey:
+    """A new ingest key, which is known only now (the store keeps a digest)."""
+
+    id: uuid.UUID
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreatedAgent:
     """A new agent and its API key, which is known only now (the store keeps a digest)."""
 
@@ -51,22 +67,22 @@ class AdminService:
         if not await orgs.org_exists(self._pool, org_id):
             raise NotFound("Organisation not found")
 
-    async def create_org(self, body: Any) -> dict[str, Any]:
-        """``{name}`` → ``{id, name}``."""
+    async def create_org(self, body: Any) -> CreatedOrg:
+        """A new organisation from ``{name}``."""
         data = load(bodies.ORG_BODY, body)
         org_id = await orgs.create_org(self._pool, data["name"])
-        return {"id": str(org_id), "name": data["name"]}
+        return CreatedOrg(org_id, data["name"])
 
     async def list_orgs(self) -> list[Org]:
         """Every organisation, oldest first."""
         return await orgs.list_orgs(self._pool)
 
-    async def create_ingest_key(self, org_id: uuid.UUID) -> dict[str, Any]:
+    async def create_ingest_key(self, org_id: uuid.UUID) -> CreatedIngestKey:
         """A new ingest key for the organisation, shown this once."""
         await self._require_org(org_id)
         key, digest = apikeys.new_ingest_key()
         key_id = await orgs.create_ingest_key(self._pool, org_id, digest, key[:8])
-        return {"id": str(key_id), "key": key}
+        return CreatedIngestKey(key_id, key)
 
     async def list_ingest_keys(self, org_id: uuid.UUID) -> list[IngestKey]:
         """The organisation's ingest keys, revoked ones included (their ids are what
@@ -74,12 +90,13 @@ class AdminService:
         await self._require_org(org_id)
         return await orgs.list_ingest_keys(self._pool, org_id)
 
-    async def create_user(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
-        """``{email}`` → ``{id}``; the user becomes a member of the organisation."""
+    async def create_user(self, org_id: uuid.UUID, body: Any) -> uuid.UUID:
+        """The id of a new user from ``{email}``; the user becomes a member of the
+        organisation."""
         await self._require_org(org_id)
         data = load(bodies.USER_BODY, body)
         user_id = await orgs.create_member(self._pool, org_id, data["email"])
-        return {"id": str(user_id)}
+        return user_id
 
     async def create_agent(self, org_id: uuid.UUID, body: Any) -> CreatedAgent:
         """An agent with its API key, shown this once."""

@@ -33,6 +33,7 @@ from gateway.http.keys import (
     BLOB_STORE,
     CALLBACK_SERVICE,
     CREDENTIAL_SERVICE,
+    CREDENTIALS_TOKENS,
     DB_POOL,
     DEPENDENCIES,
     DOWNLOAD_SERVICE,
@@ -61,7 +62,6 @@ from gateway.http.keys import (
 )
 from gateway.http.middleware import (
     errors_to_json,
-    guard_keys,
     observe_requests,
     on_prepare,
     request_context,
@@ -76,7 +76,7 @@ from gateway.runs.callbacks import CallbackService
 from gateway.runs.creation import RunCreation
 from gateway.runs.downloads import DownloadService
 from gateway.runs.external import ExternalRunService
-from gateway.runs.follower import RunFollower
+from gateway.runs.follower import RunPoller
 from gateway.runs.lookups import RunLookups
 from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.recording import RunRecorder, RunTransitions
@@ -107,7 +107,7 @@ _REDIS_CONNECTION_WAIT_S = 5.0
 # On a Redis Cluster, connections per node: a command past them fails at once (no waiting pool).
 _REDIS_CLUSTER_NODE_CONNECTIONS = 400
 # A poll in hand when the gateway stops is given this long to finish and be recorded.
-_FOLLOWER_STOP_S = 5.0
+_POLLER_STOP_S = 5.0
 # A background loop told to stop (a feed's long-poll, the cache's listener) is waited for this long.
 _LOOP_STOP_S = 5.0
 
@@ -280,7 +280,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             discover_s=settings.trigger_dev_discover_s,
         )
         metrics.trigger_dev_feeds_up.set_function(lambda: app[REALTIME_FOLLOWER].feeds_up)
-    follower = RunFollower(
+    poller = RunPoller(
         app[DB_POOL],
         transitions,
         adapters,
@@ -301,6 +301,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         window_s=settings.auth_failure_window_s,
         trusted_proxies=settings.trusted_proxies,
     )
+    app[CREDENTIALS_TOKENS] = tokens
     app[RUN_LOOKUPS] = lookups
     app[RUN_CREATION] = creation
     app[RUN_TRANSITIONS] = transitions
@@ -322,15 +323,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         transitions=transitions,
         lifecycle=app[LIFECYCLE],
     )
-    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], transitions, lookups.cache)
+    app[CALLBACK_SERVICE] = CallbackService(app[DB_POOL], transitions)
     app[EXTERNAL_RUN_SERVICE] = ExternalRunService(app[DB_POOL], transitions, tokens)
-    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(
-        app[DB_POOL], settings, tokens, app[LOOKUP_CACHE]
-    )
+    app[CREDENTIAL_SERVICE] = CredentialService.for_settings(app[DB_POOL], settings)
     app[RUN_WAITERS] = waiters
     app[ADMIN_SERVICE] = AdminService(app[DB_POOL], key_ring(settings), app[LOOKUP_CACHE])
     listening = asyncio.create_task(waiters.listen(), name="run-waiters")
-    following = asyncio.create_task(follower.run(), name="run-follower")
+    polling = asyncio.create_task(poller.run(), name="run-poller")
     feeds = None if realtime is None else asyncio.create_task(realtime.run(), name="realtime")
     yield
     if realtime is not None:
@@ -338,11 +337,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         realtime.stop()
     if feeds is not None:
         await asyncio.wait([feeds], timeout=_LOOP_STOP_S)
-    follower.stop()
+    poller.stop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(following), _FOLLOWER_STOP_S)
-    following.cancel()
-    await follower.release()
+        await asyncio.wait_for(asyncio.shield(polling), _POLLER_STOP_S)
+    polling.cancel()
+    await poller.release()
     # Failures recorded on behalf of callers who left must reach the store before pools close;
     # each is one statement, so a short bound suffices after the in-flight grace period.
     await background.drain(bound_s=_BACKGROUND_DRAIN_S)
@@ -350,7 +349,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(recorder.flush(), _BACKGROUND_DRAIN_S)
     # Nobody waits any more once requests and background work are done.
     listening.cancel()
-    await asyncio.wait([listening, following], timeout=_FOLLOWER_STOP_S)
+    await asyncio.wait([listening, polling], timeout=_POLLER_STOP_S)
 
 
 async def _execute(app: web.Application) -> AsyncIterator[None]:
@@ -450,7 +449,7 @@ def create_app(settings: Settings) -> web.Application:
     # Tracing, when the standard OTEL_* variables turn it on (gateway/ops/tracing.py): the
     # server span, continuing the caller's traceparent, encloses everything else.
     tracing = setup_tracing()
-    middlewares = [request_context, observe_requests, errors_to_json, guard_keys]
+    middlewares = [request_context, observe_requests, errors_to_json]
     if tracing is not None:
         middlewares.insert(0, _server_span_middleware())
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_request_body)

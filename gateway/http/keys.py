@@ -29,6 +29,7 @@ from gateway.runs.waits import RunWaiters
 from gateway.security.credentials import CredentialService
 from gateway.security.key_guard import KeyGuard
 from gateway.security.ratelimit import RateLimiter
+from gateway.security.tokens import CredentialsTokens
 from gateway.settings import Settings
 from gateway.storage.blobs import BlobStore
 from store.lookup_cache import LookupCache
@@ -62,14 +63,12 @@ EXECUTE_SERVICE = web.AppKey("execute_service", ExecuteService)
 EXECUTION_FEEDS = web.AppKey("execution_feeds", ExecutionFeeds)
 LARGE_BODY_SLOTS = web.AppKey("large_body_slots", LargeBodySlots)
 KEY_GUARD = web.AppKey("key_guard", KeyGuard)
+CREDENTIALS_TOKENS = web.AppKey("credentials_tokens", CredentialsTokens)
 PACKAGE_SERVICE = web.AppKey("package_service", PackageService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set once a response has sent its headers: from then on an error cannot become a response.
 PREPARED_RESPONSE = web.RequestKey("prepared_response", web.StreamResponse)
-# The client address whose key-guard look waits for the handler's token take, which makes it in
-# the same Redis call (``gateway.http.rate_limits.take_token``); gone once the guard was looked at.
-KEY_GUARD_PENDING = web.RequestKey("key_guard_pending", str)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEPENDENCIES = web.AppKey("dependencies", DependencyMonitor)
 METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -16,16 +16,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.errors import ApiError, ServiceUnavailable, Unauthorized
-from gateway.http.keys import (
-    KEY_GUARD,
-    KEY_GUARD_PENDING,
-    LIFECYCLE,
-    METRICS,
-    PREPARED_RESPONSE,
-    REQUEST_ID,
-)
-from gateway.http.rate_limits import guard_waits_for_token
+from gateway.errors import ApiError, ServiceUnavailable
+from gateway.http.keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
 from gateway.http.request_info import (
     REQUEST_INFO,
     RequestInfo,
@@ -34,7 +26,6 @@ from gateway.http.request_info import (
     route_template,
 )
 from gateway.ops import tracing
-from gateway.security.key_guard import KeyGuard
 from store.event_buffer import EventBufferFull
 
 log = structlog.get_logger(__name__)
@@ -265,53 +256,3 @@ async def on_prepare(request: web.Request, response: web.StreamResponse) -> None
         response.headers[REQUEST_ID_HEADER] = request_id
     # No library or interpreter versions for a scanner to read.
     response.headers["Server"] = "agent-gateway"
-
-
-@web.middleware
-async def guard_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Brute-force protection (``gateway.security.key_guard``).
-
-    A request that presents a key from an address with too many failed attempts is refused (429)
-    before its key is looked at; each refused key (401) counts against its address. On the routes
-    whose token take looks at the guard in the same Redis call, the look waits for that take (a
-    key lookup and other reads come first, nothing is changed before it); an answer given
-    without a take is held until the guard was looked at."""
-    if not (request.headers.get("Authorization") or request.headers.get("X-API-Key")):
-        return await handler(request)
-    if request.app is not request.match_info.apps[-1]:
-        # Routed into a sub-application (/v0): its own guard_keys runs inside its error
-        # mapping, so that a 429 has that API's shape.
-        return await handler(request)
-    guard = request.config_dict[KEY_GUARD]
-    address = guard.client_address(request.remote, request.headers.getall("X-Forwarded-For", []))
-    if guard_waits_for_token(request.match_info.handler):
-        request[KEY_GUARD_PENDING] = address
-    else:
-        await guard.check(address)
-    try:
-        response = await handler(request)
-    except Unauthorized:
-        await _count_refused_key(request, guard, address)
-        raise
-    except Exception:
-        await _look_if_pending(request, guard)
-        raise
-    if response.status == 401:
-        await _count_refused_key(request, guard, address)
-    elif not response.prepared:
-        await _look_if_pending(request, guard)
-    return response
-
-
-async def _count_refused_key(request: web.Request, guard: KeyGuard, address: str) -> None:
-    decision = await guard.failed(address)
-    # Its look still pending, the address had no attempt left before this one: 429, as if
-    # it had been looked at first.
-    if request.pop(KEY_GUARD_PENDING, None) is not None and not decision.allowed:
-        raise guard.refusal(decision)
-
-
-async def _look_if_pending(request: web.Request, guard: KeyGuard) -> None:
-    address = request.pop(KEY_GUARD_PENDING, None)
-    if address is not None:
-        await guard.check(address)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from aiohttp import web
 
-from gateway.http.keys import KEY_GUARD, KEY_GUARD_PENDING, RATE_LIMITER, SETTINGS
+from gateway.http.authentication import KeyGuardStep
+from gateway.http.keys import RATE_LIMITER, SETTINGS
 from gateway.security.ratelimit import Decision, Take, refusal
 from gateway.settings import Settings
 
@@ -54,44 +54,26 @@ EXECUTIONS = AgentBucket(
 )
 
 
-_AnyHandler = TypeVar("_AnyHandler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
-_GUARD_WITH_TOKEN: set[Callable[..., object]] = set()
-
-
-def checks_key_guard_with_its_token(handler: _AnyHandler) -> _AnyHandler:
-    """Mark a handler whose token take also looks at the key guard, in one Redis call.
-
-    The handler must take its token (:func:`take_token`) before it changes anything: until
-    then its work is only reads, and ``guard_keys`` looks at the guard itself on any answer
-    given without a take (an error, a replay), so an address over its failed-key limit is
-    refused 429 whatever its key, as on every other route.
-    """
-    _GUARD_WITH_TOKEN.add(handler)
-    return handler
-
-
-def guard_waits_for_token(handler: Callable[..., object]) -> bool:
-    """Whether ``handler``'s token take looks at the key guard (see above)."""
-    return handler in _GUARD_WITH_TOKEN
-
-
-async def take_token(request: web.Request, bucket: AgentBucket, agent_id: int) -> Decision:
+async def take_token(
+    request: web.Request,
+    bucket: AgentBucket,
+    agent_id: int,
+    *,
+    guard: KeyGuardStep | None = None,
+) -> Decision:
     """Take one token from ``agent_id``'s ``bucket``; 429 (with ``Retry-After``) when empty.
 
-    When the key guard's look at the caller's address is pending, it is made first in the same
-    Redis call: an address over its failed-key limit is refused before any token is taken.
+    With the handler's key guard step whose look waits for this take, the look is made first
+    in the same Redis call: an address over its failed-key limit is refused before any token is
+    taken.
     """
     limit, window_s = bucket.policy(request.app[SETTINGS])
     take = Take(f"agent:{agent_id}:{bucket.name}", limit, window_s)
-    address = request.pop(KEY_GUARD_PENDING, None)
-    if address is None:
-        (decision,) = await request.app[RATE_LIMITER].take_in_order(take)
+    limiter = request.app[RATE_LIMITER]
+    if guard is None:
+        (decision,) = await limiter.take_in_order(take)
     else:
-        guard = request.config_dict[KEY_GUARD]
-        decisions = await request.app[RATE_LIMITER].take_in_order(guard.look(address), take)
-        if not decisions[0].allowed:
-            raise guard.refusal(decisions[0])
-        decision = decisions[1]
+        decision = await guard.take(limiter, take)
     if not decision.allowed:
         raise refusal(take, decision, bucket.what)
     return decision

@@ -43,8 +43,10 @@ CANCEL_GRACE_S = 0.5
 # the caller gets to read the answer, then the connection closes (aiohttp's default is 10 s of
 # reading whatever an oversized body brings).
 LINGER_S = 2.0
-# Upper bound of the application's own cleanup after the handlers are gone (the follower's
-# stop, background work, the waiters): gateway/http/app.py bounds each of the three by 5 s.
+# What the deployment allows for the application's own cleanup after the handlers are gone
+# (tests/deploy checks the manifests' grace period against it): gateway/http/app.py bounds each
+# of its steps (the realtime feeds, the poller's stop, background work, the recorder's flush,
+# the waiters) by 5 s.
 CLEANUP_BOUND_S = 15.0
 
 

@@ -7,15 +7,21 @@ shown to a caller is decided here, at the HTTP edge, and nowhere else.
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.service import CreatedAgent
+from gateway.admin.service import CreatedAgent, CreatedIngestKey, CreatedOrg
 from gateway.execute.service import ChunkFrame, Outcome
+from gateway.http.rate_limits import reset_s
+from gateway.ops.dependencies import UP, Dependency
 from gateway.packages.service import PackageTicket
-from gateway.security.credentials import ResolvedCredential
+from gateway.runs.external import Ingested, Registration
+from gateway.security.credentials import CreatedCredential, ResolvedCredential
+from gateway.security.ratelimit import Decision
 from store.agents import SEALED
 from store.credentials import CredentialInfo
 from store.enums import JobStatus
@@ -40,9 +46,10 @@ def json_response(
     )
 
 
-def run_view(run: Run) -> dict[str, Any]:
-    """The run as trigger-and-wait's 200 response shapes it (the poll target answers the same)."""
-    return {
+def run_view(run: Run, *, with_input: bool = False) -> dict[str, Any]:
+    """The run as trigger-and-wait's 200 response shapes it (the poll target answers the same,
+    and adds the input it ran on when asked)."""
+    view = {
         "runId": run.id,
         "agentId": run.agent_id,
         "status": run.status,
@@ -54,6 +61,59 @@ def run_view(run: Run) -> dict[str, Any]:
         "completed_at": iso(run.completed_at),
         "created_at": iso(run.created_at),
     }
+    if with_input:
+        view["input"] = run.input
+    return view
+
+
+def run_status_view(run_id: int, status: str) -> dict[str, Any]:
+    """``{runId, status}``: what a trigger's 202, a callback's 202 and a cancel answer."""
+    return {"runId": run_id, "status": status}
+
+
+def pending_run_view(run: Run) -> dict[str, Any]:
+    """``{runId, agentId, status}``: a download the runtime acknowledged without a file (the
+    run reports later; poll it)."""
+    return {"runId": run.id, "agentId": run.agent_id, "status": run.status}
+
+
+def timed_out_run_view(run: Run) -> dict[str, Any]:
+    """Trigger-and-wait's 202 when the window closed first: the run to poll, ``timedOut``."""
+    return {**pending_run_view(run), "timedOut": True}
+
+
+def registered_run_view(registration: Registration) -> dict[str, Any]:
+    """Register's answer: the run and a fresh credentials token."""
+    return {
+        "runId": registration.run.id,
+        "credentialsToken": registration.token.token,
+        "expiresInSeconds": registration.token.expires_in_s,
+    }
+
+
+def ingested_run_view(ingested: Ingested) -> dict[str, Any]:
+    """Ingest's 202: the run, its status, and whether this report created it."""
+    return {"runId": ingested.run.id, "status": ingested.status, "created": ingested.created}
+
+
+def created_org_view(org: CreatedOrg) -> dict[str, Any]:
+    """A new organisation: ``{id, name}``."""
+    return {"id": str(org.id), "name": org.name}
+
+
+def created_ingest_key_view(key: CreatedIngestKey) -> dict[str, Any]:
+    """A new ingest key, shown this once: ``{id, key}``."""
+    return {"id": str(key.id), "key": key.key}
+
+
+def created_user_view(user_id: uuid.UUID) -> dict[str, Any]:
+    """A new user: ``{id}``."""
+    return {"id": str(user_id)}
+
+
+def created_credential_view(credential: CreatedCredential) -> dict[str, Any]:
+    """A new credential: ``{id, name, type}``, never its data."""
+    return {"id": str(credential.id), "name": credential.name, "type": credential.type}
 
 
 def org_view(org: Org) -> dict[str, Any]:
@@ -149,6 +209,11 @@ def execution_result_view(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def execution_timed_out_view(outcome: Outcome) -> dict[str, Any]:
+    """Workflow execute's 202 when the window closed first: the run goes on; poll it."""
+    return {"runId": outcome.run_id, "status": outcome.status, "timedOut": True}
+
+
 def execution_event_view(event: ChunkFrame | Outcome) -> dict[str, Any]:
     """The SSE data of an execute event, as workflow execute prints it."""
     if isinstance(event, ChunkFrame):
@@ -210,4 +275,51 @@ def workflow_status_view(agent: Agent, *, deployed: bool) -> dict[str, Any]:
         "isDeployed": deployed,
         "deployedAt": iso(agent.updated_at) if deployed else None,
         "needsRedeployment": False,
+    }
+
+
+def bucket_view(decision: Decision, window_s: int) -> dict[str, Any]:
+    """One execute bucket as Sim's usage limits show it."""
+    remaining = max(0, decision.remaining)
+    reset_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=reset_s(decision))
+    return {
+        "isLimited": remaining < 1,
+        "limit": decision.limit,
+        "remaining": remaining,
+        "windowSeconds": window_s,
+        "resetAt": iso(reset_at),
+    }
+
+
+def usage_limits_view(overall: dict[str, Any], workflows: dict[str, Any]) -> dict[str, Any]:
+    """``GET /api/users/me/usage-limits``: the tightest bucket, and each workflow's own."""
+    return {
+        "success": True,
+        "rateLimit": {
+            "sync": overall,
+            "async": overall,
+            "authType": "api",
+            "workflows": workflows,
+        },
+        # The gateway meters no cost: nothing is spent, and no spending limit applies.
+        "usage": {"currentPeriodCost": 0, "limit": None, "plan": "gateway"},
+    }
+
+
+def liveness_view() -> dict[str, Any]:
+    """``/healthz``: the process answers."""
+    return {"status": "ok"}
+
+
+def readiness_view(checks: Mapping[str, str], *, ready: bool) -> dict[str, Any]:
+    """``/readyz``: ready or not, and the checks that say why."""
+    return {"status": "ready" if ready else "unavailable", "checks": checks}
+
+
+def dependencies_view(state: Mapping[Dependency, str]) -> dict[str, Any]:
+    """``/healthz/dependencies``: PostgreSQL and Redis as this replica sees them."""
+    up = all(value == UP for value in state.values())
+    return {
+        "status": "ok" if up else "degraded",
+        "dependencies": {dependency.value: value for dependency, value in state.items()},
     }

@@ -19,11 +19,9 @@ from gateway.ops import tracing
 from gateway.runs.lookups import already_ended
 from gateway.runs.outputs import json_outputs, lift_outputs
 from gateway.runs.recording import MAX_ERROR_LEN, RunTransitions
-from gateway.security.auth import agent_for_api_key
 from store import enums, runs
 from store.enums import AgentStatus, EventType, RunStatus
 from store.jsonb import jsonb_problem
-from store.lookup_cache import LookupCache
 from store.models import Agent, Run
 from store.run_events import RunEvent
 
@@ -44,21 +42,16 @@ STATUSES_AFTER = [s.value for s in dict.fromkeys(map(enums.status_after, _CALLBA
 class CallbackService:
     """Turns callbacks into run events."""
 
-    def __init__(
-        self, pool: asyncpg.Pool, transitions: RunTransitions, agents: LookupCache
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, transitions: RunTransitions) -> None:
         self._pool = pool
         self._transitions = transitions
-        self._agents = agents
 
-    async def authenticate(self, authorization: str | None) -> Agent:
-        """The agent whose API key the callback carries; 401 otherwise (before its body is
-        looked at); 403 for an agent that is not active."""
-        agent = await agent_for_api_key(self._agents, authorization)
+    def admit(self, agent: Agent) -> None:
+        """403 for an agent that is not active (before the callback's body is looked at): its
+        runs report nothing."""
         if agent.status != AgentStatus.ACTIVE:
             log.warning("callback_refused_agent_not_active", agent_id=agent.id, status=agent.status)
             raise Forbidden(f"The agent is {agent.status}: its runs cannot report")
-        return agent
 
     async def report(self, agent: Agent, run_id: int, body: dict[str, Any]) -> Run:
         """Record one callback (``body`` validated by ``CallbackBody``); return the run as it

@@ -79,7 +79,7 @@ async def record_followed(
     return False
 
 
-class RunFollower:
+class RunPoller:
     """Polls due followed runs and records what their runtime says."""
 
     def __init__(

@@ -13,6 +13,7 @@ line with the reason and the ids involved, never a key, a token or the data.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,20 +21,16 @@ import asyncpg
 import structlog
 from marshmallow import RAISE, fields, validate
 
-from gateway.errors import ApiError, Forbidden, NotFound, Unauthorized
-from gateway.security.auth import agent_for_api_key
+from gateway.errors import ApiError, Forbidden, NotFound
 from gateway.security.cipher import CredentialCipher, CredentialUnreadable
 from gateway.security.keyring import key_ring
-from gateway.security.tokens import CredentialsTokens, TokenExpired, TokenInvalid
 from gateway.settings import Settings
 from gateway.validation import NAME, JsonObject, StorableBody, load
 from store import agents, credentials, orgs, runs
 from store.enums import AgentStatus
-from store.lookup_cache import LookupCache
+from store.models import Agent
 
 log = structlog.get_logger(__name__)
-
-_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent-gateway"'}
 
 
 class CredentialBody(StorableBody):
@@ -57,6 +54,15 @@ class CredentialDataBody(StorableBody):
 
 
 @dataclass(frozen=True, slots=True)
+class CreatedCredential:
+    """A new credential: what an operator may see of it (never its data)."""
+
+    id: uuid.UUID
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedCredential:
     """A credential opened for one run."""
 
@@ -69,34 +75,18 @@ class ResolvedCredential:
 class CredentialService:
     """Creates credentials (sealed) and resolves them for runs."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        cipher: CredentialCipher,
-        tokens: CredentialsTokens,
-        lookups: LookupCache | None = None,
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, cipher: CredentialCipher) -> None:
         self._pool = pool
-        self._lookups = lookups or LookupCache(pool)
         self._cipher = cipher
-        self._tokens = tokens
 
     @classmethod
-    def for_settings(
-        cls,
-        pool: asyncpg.Pool,
-        settings: Settings,
-        tokens: CredentialsTokens | None = None,
-        lookups: LookupCache | None = None,
-    ) -> CredentialService:
-        """The service keyed from ``SECRET_KEY`` (sharing ``tokens`` and ``lookups`` when
-        given)."""
-        if tokens is None:
-            tokens = CredentialsTokens(key_ring(settings), ttl_s=settings.credentials_token_ttl_s)
-        return cls(pool, CredentialCipher(key_ring(settings)), tokens, lookups)
+    def for_settings(cls, pool: asyncpg.Pool, settings: Settings) -> CredentialService:
+        """The service keyed from ``SECRET_KEY``."""
+        return cls(pool, CredentialCipher(key_ring(settings)))
 
-    async def create(self, org_id: uuid.UUID, body: Any) -> dict[str, Any]:
-        """``{name, type, data}`` → ``{id, name, type}``; the data is sealed before it is stored."""
+    async def create(self, org_id: uuid.UUID, body: Any) -> CreatedCredential:
+        """A new credential from ``{name, type, data}``; the data is sealed before it is
+        stored."""
         if not await orgs.org_exists(self._pool, org_id):
             raise NotFound("Organisation not found")
         data = load(CredentialBody(), body)
@@ -109,7 +99,7 @@ class CredentialService:
             type_=data["type"],
             sealed_data=self._cipher.seal(credential_id, org_id, data["data"]),
         )
-        return {"id": str(credential_id), "name": data["name"], "type": data["type"]}
+        return CreatedCredential(credential_id, data["name"], data["type"])
 
     async def list(self, org_id: uuid.UUID) -> list[credentials.CredentialInfo]:
         """The organisation's credentials: ids, names, types and times, never their data."""
@@ -159,41 +149,27 @@ class CredentialService:
             counts["resealed"] += 1
         return counts
 
-    async def resolve(
-        self, raw_id: str, *, authorization: str | None, credentials_token: str | None
-    ) -> ResolvedCredential:
-        """The credential ``raw_id`` for the run ``credentials_token`` names; see the module."""
-        raw_id = raw_id[:64]  # it is logged: a path segment can hold anything
-        try:
-            agent = await agent_for_api_key(self._lookups, authorization)
-        except Unauthorized:
-            _refused("invalid_agent_key", credential=raw_id)
-            raise
+    @staticmethod
+    def refusals(raw_id: str) -> Callable[..., None]:
+        """Where the refusals of a resolve of ``raw_id`` are logged (the authentication
+        helpers report theirs here too): a ``credential_resolve_refused`` line each."""
+        credential = raw_id[:64]  # it is logged: a path segment can hold anything
+        return lambda reason, **ids: _refused(reason, credential=credential, **ids)
+
+    def admit(self, agent: Agent, raw_id: str) -> None:
+        """403 for an agent that is not active: a paused or archived agent resolves nothing."""
         if agent.status != AgentStatus.ACTIVE:
             raise _refusal(
                 Forbidden(f"The agent is {agent.status}: it resolves no credentials"),
                 "agent_not_active",
-                credential=raw_id,
+                credential=raw_id[:64],
                 agent_id=agent.id,
             )
-        try:
-            run_id = self._tokens.verify(credentials_token)
-        except TokenExpired as exc:
-            raise _refusal(
-                Unauthorized("Credentials token has expired", headers=_TOKEN_CHALLENGE),
-                "token_expired",
-                credential=raw_id,
-                agent_id=agent.id,
-                run_id=exc.run_id,
-            ) from None
-        except TokenInvalid:
-            reason = "token_missing" if not credentials_token else "token_invalid"
-            raise _refusal(
-                Unauthorized("Missing or invalid X-Credentials-Token", headers=_TOKEN_CHALLENGE),
-                reason,
-                credential=raw_id,
-                agent_id=agent.id,
-            ) from None
+
+    async def resolve(self, raw_id: str, agent: Agent, run_id: int) -> ResolvedCredential:
+        """The credential ``raw_id`` for ``agent``'s run ``run_id`` (the caller authenticated
+        by the agent's API key and the run's credentials token); see the module."""
+        raw_id = raw_id[:64]  # it is logged: a path segment can hold anything
         ids = {"credential": raw_id, "agent_id": agent.id, "run_id": run_id}
         run = await runs.get_run(self._pool, run_id)
         if run is None or run.agent_id != agent.id:

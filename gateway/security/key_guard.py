@@ -1,13 +1,14 @@
 """Brute-force protection: failed key attempts are limited per client address.
 
-Every request that presents a key (``Authorization`` or ``X-API-Key``) first looks at its
-client address's bucket of failed attempts, without taking from it. A request whose key is
-refused (401) takes a token. Once an address has spent ``AUTH_FAILURE_LIMIT`` tokens in
-``AUTH_FAILURE_WINDOW_S``, every request from it that presents a key is answered 429 before its
-key is even looked at, until the bucket refills: guessing is slowed to the refill rate, and a
-right guess made meanwhile is refused like a wrong one. Requests with a valid key spend
-nothing. The buckets are the same Redis token buckets as the per-agent rate limits (Redis's
-clock, shared by every replica); when Redis cannot answer, the guard admits (fails open).
+Every request to a route that takes a key, when it presents one (``Authorization`` or
+``X-API-Key``), first looks at its client address's bucket of failed attempts, without taking
+from it. A request whose key is refused (401) takes a token. Once an address has spent
+``AUTH_FAILURE_LIMIT`` tokens in ``AUTH_FAILURE_WINDOW_S``, every such request from it is
+answered 429 before its key is even looked at, until the bucket refills: guessing is slowed to
+the refill rate, and a right guess made meanwhile is refused like a wrong one. Requests with a
+valid key spend nothing. The buckets are the same Redis token buckets as the per-agent rate
+limits (Redis's clock, shared by every replica); when Redis cannot answer, the guard admits
+(fails open).
 
 Keys themselves are compared in constant time where it matters: ingest and agent API keys are
 looked up by their SHA-256 digest (the lookup's timing depends on the digest, which an attacker
@@ -19,7 +20,8 @@ proxy saw; hops further left are the caller's to invent), or the leftmost hop wh
 is itself a trusted address. IPv6 clients are counted per /64. The first request that carries
 ``X-Forwarded-For`` from a peer that is not trusted is logged as a warning: behind such a
 proxy every caller shares the proxy's bucket.
-``gateway.http.middleware.guard_keys`` applies the guard to every request.
+Every authenticated handler takes the guard as a step of its authentication
+(``gateway.http.authentication.KeyGuardStep``).
 """
 
 from __future__ import annotations

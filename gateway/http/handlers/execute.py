@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-from typing import Any
 
 from aiohttp import web
 
@@ -14,7 +12,7 @@ from gateway.execute.frames import END, ExecutionFeeds, Failed, Feed
 from gateway.execute.input_files import FILES_PATH
 from gateway.execute.service import ChunkFrame, Outcome
 from gateway.http.attachments import attachment_response, send_attachment, utf8_disposition
-from gateway.http.authentication import execute_key_org
+from gateway.http.authentication import KeyHeader, authenticate_ingest_key
 from gateway.http.json_body import read_large_json_object
 from gateway.http.keys import (
     EXECUTE_SERVICE,
@@ -30,20 +28,22 @@ from gateway.http.rate_limits import (
     bucket_window_s,
     look_at_bucket,
     rate_limit_headers,
-    reset_s,
     take_token,
 )
 from gateway.http.sse import encode_data, error_data, send_feed, send_followed
 from gateway.http.views import (
     async_execution_view,
+    bucket_view,
     execution_event_view,
     execution_result_view,
     execution_stream_path,
+    execution_timed_out_view,
     job_status_view,
+    usage_limits_view,
     workflow_status_view,
 )
 from gateway.security.ratelimit import Decision
-from store.models import Agent, iso
+from store.models import Agent
 
 # Sim's header for an execute that answers at once with a task id.
 EXECUTION_MODE_HEADER = "X-Execution-Mode"
@@ -63,7 +63,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
     """
     app = request.app
     settings = app[SETTINGS]
-    org_id = await execute_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.X_API_KEY)
     try:
         agent = await app[RUN_LOOKUPS].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
@@ -125,11 +125,7 @@ async def execute(request: web.Request) -> web.StreamResponse:
         exc.headers = {**headers, **exc.headers}
         raise
     if outcome.timed_out:
-        return web.json_response(
-            {"runId": outcome.run_id, "status": outcome.status, "timedOut": True},
-            status=202,
-            headers=headers,
-        )
+        return web.json_response(execution_timed_out_view(outcome), status=202, headers=headers)
     return web.json_response(execution_result_view(outcome), headers=headers)
 
 
@@ -152,7 +148,7 @@ async def _add_bucket_headers(
 async def workflow_status(request: web.Request) -> web.Response:
     """Sim's workflow status: ``isDeployed`` when the agent can be executed now."""
     app = request.app
-    org_id = await execute_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.X_API_KEY)
     try:
         agent = await app[RUN_LOOKUPS].agent_for(org_id, path_id(request, "workflowId", "Workflow"))
     except NotFound:
@@ -164,7 +160,7 @@ async def workflow_status(request: web.Request) -> web.Response:
 @routes.get("/api/jobs/{taskId}")
 async def job_status(request: web.Request) -> web.Response:
     """Sim's job status: an async execute's task, for its organisation only."""
-    org_id = await execute_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.X_API_KEY)
     run = await request.app[EXECUTE_SERVICE].task(org_id, path_id(request, "taskId", "Task"))
     return web.json_response(job_status_view(run))
 
@@ -177,42 +173,18 @@ async def usage_limits(request: web.Request) -> web.Response:
     ``rateLimit.async`` are the same figures: the fewest tokens left in any of the
     organisation's workflows (each one's own in ``rateLimit.workflows``).
     """
-    org_id = await execute_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.X_API_KEY)
     agent_ids = await request.app[EXECUTE_SERVICE].org_agent_ids(org_id)
     limit, window_s = EXECUTIONS.policy(request.app[SETTINGS])
     workflows = {
-        str(agent_id): _bucket_view(await look_at_bucket(request, EXECUTIONS, agent_id), window_s)
+        str(agent_id): bucket_view(await look_at_bucket(request, EXECUTIONS, agent_id), window_s)
         for agent_id in agent_ids
     }
     if workflows:
         overall = min(workflows.values(), key=lambda view: (view["remaining"], view["resetAt"]))
     else:
-        overall = _bucket_view(Decision(True, limit, limit, 0, 0), window_s)
-    return web.json_response(
-        {
-            "success": True,
-            "rateLimit": {
-                "sync": overall,
-                "async": overall,
-                "authType": "api",
-                "workflows": workflows,
-            },
-            # The gateway meters no cost: nothing is spent, and no spending limit applies.
-            "usage": {"currentPeriodCost": 0, "limit": None, "plan": "gateway"},
-        }
-    )
-
-
-def _bucket_view(decision: Decision, window_s: int) -> dict[str, Any]:
-    remaining = max(0, decision.remaining)
-    reset_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=reset_s(decision))
-    return {
-        "isLimited": remaining < 1,
-        "limit": decision.limit,
-        "remaining": remaining,
-        "windowSeconds": window_s,
-        "resetAt": iso(reset_at),
-    }
+        overall = bucket_view(Decision(True, limit, limit, 0, 0), window_s)
+    return web.json_response(usage_limits_view(overall, workflows))
 
 
 def _render(event: ChunkFrame | Outcome) -> bytes:
@@ -257,7 +229,7 @@ async def execution_stream(request: web.Request) -> web.StreamResponse:
     """Follow an execution's frames, or resume a cut stream after ``Last-Event-ID``: the
     frames kept after it, then the live ones, to ``done`` and ``[DONE]``; on any replica."""
     app = request.app
-    org_id = await execute_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.X_API_KEY)
     workflow_id = path_id(request, "workflowId", "Execution")
     run_id = path_id(request, "executionId", "Execution")
     after = _last_event_id(request)

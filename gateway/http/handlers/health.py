@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.http.keys import DB_POOL, DEPENDENCIES, LIFECYCLE, METRICS
-from gateway.ops.dependencies import UP
+from gateway.http.views import dependencies_view, liveness_view, readiness_view
 from gateway.ops.drain import readiness
 from gateway.ops.metrics import render
 
@@ -15,7 +15,7 @@ routes = web.RouteTableDef()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """The process answers."""
-    return web.json_response({"status": "ok"})
+    return web.json_response(liveness_view())
 
 
 @routes.get("/readyz")
@@ -26,7 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks = readiness(request.app[DB_POOL], request.app[LIFECYCLE])
     ready = checks == {"process": "ok", "database_pool": "open"}
     return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        readiness_view(checks, ready=ready),
         status=200 if ready else 503,
         headers={"Cache-Control": "no-store"},
     )
@@ -37,14 +37,10 @@ async def dependencies(request: web.Request) -> web.Response:
     """PostgreSQL and Redis as this replica sees them now: 200 when both answer, else 503.
 
     For people and monitors, never for a probe (``gateway.ops.dependencies`` says why)."""
-    state = await request.app[DEPENDENCIES].probe()
-    up = all(value == UP for value in state.values())
+    view = dependencies_view(await request.app[DEPENDENCIES].probe())
     return web.json_response(
-        {
-            "status": "ok" if up else "degraded",
-            "dependencies": {dependency.value: value for dependency, value in state.items()},
-        },
-        status=200 if up else 503,
+        view,
+        status=200 if view["status"] == "ok" else 503,
         headers={"Cache-Control": "no-store"},
     )
 

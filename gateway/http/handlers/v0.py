@@ -11,9 +11,9 @@ import structlog
 from aiohttp import web
 
 from gateway.http.attachments import attachment_response, send_attachment
-from gateway.http.authentication import v0_key_org
+from gateway.http.authentication import KeyHeader, authenticate_ingest_key
 from gateway.http.keys import PACKAGE_SERVICE
-from gateway.http.middleware import guard_keys, v0_errors_to_json
+from gateway.http.middleware import v0_errors_to_json
 from gateway.http.path_ids import v0_path_id
 from gateway.http.request_info import note_run, note_streamed_bytes
 from gateway.http.views import package_ticket_view
@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 def create_v0_app() -> web.Application:
     """The ``/v0`` sub-application (mounted with ``app.add_subapp("/v0", ...)``)."""
-    app = web.Application(middlewares=[v0_errors_to_json, guard_keys])
+    app = web.Application(middlewares=[v0_errors_to_json])
     app.router.add_routes(routes)
     return app
 
@@ -34,7 +34,7 @@ def create_v0_app() -> web.Application:
 @routes.put("/workflows/{workflow_id}/jobs/{job_id}/download")
 async def create_download(request: web.Request) -> web.Response:
     """The /v0 API: the job's download package, ``{id, status, signed_url, workflowId}``."""
-    org_id = await v0_key_org(request)
+    org_id = await authenticate_ingest_key(request, KeyHeader.V0)
     workflow_id = v0_path_id(request, "workflow_id")
     job_id = v0_path_id(request, "job_id")
     if request.body_exists:
