@@ -3,7 +3,8 @@
 Figures only, never pass/fail. Each way reads the same body from an aiohttp ``StreamReader``
 fed in 64 KiB pieces (as a socket delivers it) and ends with the parsed object:
 
-- ``gateway``: what ``gateway/http/json_body.py`` does (ijson fed 4 MiB pieces, body never whole);
+- ``gateway``: what ``gateway/http/parsing/large_bodies.py`` does (ijson fed 4 MiB pieces, body
+  never whole);
 - ``ijson-64k``: the same parser fed as the bytes arrive (64 KiB pieces);
 - ``read+loads``: the body read whole, then ``json.loads``.
 
@@ -25,7 +26,7 @@ from unittest.mock import Mock
 import aiohttp
 import ijson
 
-from gateway.http.json_body import _FEED_SIZE
+from gateway.http.parsing.large_bodies import _FEED_SIZE
 
 PIECE = 64 * 1024
 

@@ -1,9 +1,9 @@
 """Workflow execute's body: its two controls, declared, and the shape of a file value.
 
-The body is parsed as it arrives (``gateway.http.json_body``); what validates its controls is
-:data:`EXECUTE_BODY`. Every other key is the input itself, coerced against the agent's input
-format (``gateway.execute.input_format``), which is why unknown keys are kept out of the
-controls rather than refused.
+The body is parsed as it arrives (``gateway.http.parsing.large_bodies``); what validates its
+controls is :data:`EXECUTE_BODY`. Every other key is the input itself, coerced against the
+agent's input format (``gateway.execute.input_format``), which is why unknown keys are kept out
+of the controls rather than refused.
 """
 
 from __future__ import annotations

@@ -24,10 +24,7 @@ from gateway.execute.frames import ExecutionFeeds
 from gateway.execute.input_files import FileService
 from gateway.execute.large_bodies import LargeBodySlots
 from gateway.execute.service import ExecuteService
-from gateway.http.chunked import RecordingConnector
-from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
-from gateway.http.handlers.v0 import create_v0_app
-from gateway.http.keys import (
+from gateway.http.app_keys import (
     ADMIN_SERVICE,
     BACKGROUND,
     BLOB_STORE,
@@ -60,12 +57,15 @@ from gateway.http.keys import (
     TRACING,
     TRIGGER_SERVICE,
 )
+from gateway.http.handlers import admin, agent_runs, callbacks, credentials, docs, execute, health
+from gateway.http.handlers.v0 import create_v0_app
 from gateway.http.middleware import (
     errors_to_json,
     observe_requests,
     on_prepare,
     request_context,
 )
+from gateway.http.streaming.chunked import RecordingConnector
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.drain import Lifecycle
 from gateway.ops.metrics import GatewayMetrics
@@ -76,8 +76,8 @@ from gateway.runs.callbacks import CallbackService
 from gateway.runs.creation import RunCreation
 from gateway.runs.downloads import DownloadService
 from gateway.runs.external import ExternalRunService
-from gateway.runs.follower import RunPoller
 from gateway.runs.lookups import RunLookups
+from gateway.runs.poller import RunPoller
 from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.recording import RunRecorder, RunTransitions
 from gateway.runs.triggers import TriggerService

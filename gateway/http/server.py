@@ -30,8 +30,8 @@ import socket
 import structlog
 from aiohttp import web
 
-from gateway.http.access_log import AccessLogger
-from gateway.http.keys import LIFECYCLE, METRICS
+from gateway.http.app_keys import LIFECYCLE, METRICS
+from gateway.http.middleware.access_log import AccessLogger
 from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.admin.service import CreatedAgent, CreatedIngestKey, CreatedOrg
 from gateway.execute.service import ChunkFrame, Outcome
-from gateway.http.rate_limits import reset_s
+from gateway.http.access.agent_buckets import reset_s
 from gateway.ops.dependencies import UP, Dependency
 from gateway.packages.service import PackageTicket
 from gateway.runs.external import Ingested, Registration

@@ -36,7 +36,7 @@ from opentelemetry.trace import Link, Span, SpanKind
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "agent-gateway"
-# The request's id (gateway/http/middleware.py), for the runtime calls the request makes.
+# The request's id (gateway/http/middleware/__init__.py), for the runtime calls the request makes.
 REQUEST_ID: ContextVar[str | None] = ContextVar("agent_gateway_request_id", default=None)
 # The caller's own traceparent and tracestate, passed on as they are when tracing is off.
 CALLER_TRACE: ContextVar[Mapping[str, str] | None] = ContextVar(

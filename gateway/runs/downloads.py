@@ -1,10 +1,10 @@
 """Trigger-and-download: start a run whose runtime answers with a file, and record its end.
 
-The bytes never stop here: the HTTP layer copies them to the caller (``gateway.http.download``)
-and reports what happened (:class:`Copied`: how many bytes reached the caller, and whether the
-copy went to the end, the caller left, or the runtime broke or stalled). This service decides
-what that makes of the run: completed with the file's metadata (never its bytes), or failed
-with the reason.
+The bytes never stop here: the HTTP layer copies them to the caller
+(``gateway.http.streaming.download``) and reports what happened (:class:`Copied`: how many bytes
+reached the caller, and whether the copy went to the end, the caller left, or the runtime broke
+or stalled). This service decides what that makes of the run: completed with the file's metadata
+(never its bytes), or failed with the reason.
 """
 
 from __future__ import annotations

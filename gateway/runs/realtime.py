@@ -4,7 +4,7 @@ Each replica opens one feed per runtime environment its agents use (found in the
 every ``discover_s``, and opened at once by :meth:`RealtimeFollower.ensure` when a run of an
 environment without a feed is triggered), not one per run: the gateway tags the runs it
 triggers and the feed carries every run with the tag. A change the feed reports is recorded
-through the same :func:`~gateway.runs.follower.record_followed` as a poll; every replica's
+through the same :func:`~gateway.runs.poller.record_followed` as a poll; every replica's
 feed sees the same end, and the end claim lets exactly one of them record it.
 
 While a feed is up, the poller leaves that environment's runs to it (they are polled once per
@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 
 from adapters.base import FeedBatch, FollowsInRealTime, RunResult, RuntimeAdapter, RuntimeFailure
-from gateway.runs.follower import record_followed
+from gateway.runs.poller import record_followed
 from gateway.runs.recording import RunTransitions
 from store import follows
 

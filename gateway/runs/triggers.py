@@ -29,8 +29,8 @@ from gateway.background import BackgroundTasks
 from gateway.errors import ApiError, GatewayTimeout, RuntimeInvocationFailed
 from gateway.ops.drain import Lifecycle
 from gateway.runs.creation import IdempotencyKey, IdempotentReplay, RunCreation
-from gateway.runs.follower import FIRST_POLL_S
 from gateway.runs.lookups import RunLookups, already_ended
+from gateway.runs.poller import FIRST_POLL_S
 from gateway.runs.realtime import RealtimeFollower
 from gateway.runs.recording import RunTransitions
 from gateway.runs.waits import SETTLE_S, RunWaiters, Watch

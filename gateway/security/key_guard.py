@@ -21,7 +21,7 @@ is itself a trusted address. IPv6 clients are counted per /64. The first request
 ``X-Forwarded-For`` from a peer that is not trusted is logged as a warning: behind such a
 proxy every caller shares the proxy's bucket.
 Every authenticated handler takes the guard as a step of its authentication
-(``gateway.http.authentication.KeyGuardStep``).
+(``gateway.http.access.authentication.KeyGuardStep``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from devkit.embedded import free_port
 from gateway.http import app as gateway_app
 from gateway.http.app import create_app
-from gateway.http.keys import LIFECYCLE
+from gateway.http.app_keys import LIFECYCLE
 from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 from store.consumer import StoreConsumer

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.http.keys import LIFECYCLE
+from gateway.http.app_keys import LIFECYCLE
 from tests.support.tenants import Tenant
 
 

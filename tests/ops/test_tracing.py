@@ -187,7 +187,7 @@ def test_without_otel_variables_nothing_is_installed_or_sent() -> None:
 import asyncpg
 from opentelemetry import trace
 from gateway.http.app import create_app
-from gateway.http.keys import TRACING
+from gateway.http.app_keys import TRACING
 from gateway.settings import Settings
 from opentelemetry.instrumentation.aiohttp_server import middleware
 app = create_app(Settings(database_url="postgresql://x/y", redis_url="redis://x",

@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import make_bytes
-from gateway.http.keys import BLOB_STORE
+from gateway.http.app_keys import BLOB_STORE
 from gateway.storage.blobs import run_output_key
 from store import packages as package_sql
 from store import run_files

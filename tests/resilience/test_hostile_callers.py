@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from devkit.fakes.n8n import RECEIVED
-from gateway.http.keys import REDIS
+from gateway.http.app_keys import REDIS
 from gateway.security.apikeys import hash_key
 from store.consumer import StoreConsumer
 from tests.support.live_gateways import Live, LiveFactory

@@ -19,8 +19,8 @@ from gateway.errors import BadRequest
 from gateway.execute.bodies import load_controls
 from gateway.execute.input_format import InputField, InputProblems, coerce_input
 from gateway.execute.service import Selection, resolve_selected_outputs
-from gateway.http import request_bodies
-from gateway.http.attachments import utf8_disposition
+from gateway.http.parsing import request_bodies
+from gateway.http.streaming.attachments import utf8_disposition
 from gateway.runs import filenames
 from gateway.runs.lookups import RunLookups
 from gateway.runs.outputs import MAX_OUTPUTS, header_outputs, json_outputs, lift_outputs

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from gateway.errors import Unprocessable
-from gateway.http.keys import RUN_CREATION, RUN_LOOKUPS
+from gateway.http.app_keys import RUN_CREATION, RUN_LOOKUPS
 from gateway.runs.creation import Created, Creation, IdempotentReplay
 from store.enums import TriggerKind
 from store.models import Agent

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import Conflict
-from gateway.http.keys import DOWNLOAD_SERVICE, RUN_LOOKUPS, SETTINGS
+from gateway.http.app_keys import DOWNLOAD_SERVICE, RUN_LOOKUPS, SETTINGS
 from gateway.runs.downloads import (
     Copied,
     CopyEnd,

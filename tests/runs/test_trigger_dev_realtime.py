@@ -25,7 +25,7 @@ from devkit.fakes.trigger_dev import (
     create_fake_trigger_dev,
     restore_realtime,
 )
-from gateway.http.keys import REALTIME_FOLLOWER
+from gateway.http.app_keys import REALTIME_FOLLOWER
 from store.consumer import StoreConsumer
 from tests.runs.test_trigger_dev_runs import eventually, task_runtime, tenant_on, trigger_and_wait
 from tests.support.gateways import GatewayFactory

@@ -8,7 +8,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.http.keys import DB_POOL
+from gateway.http.app_keys import DB_POOL
 from store.consumer import StoreConsumer
 from store.pool import create_pool
 from tests.support.backends import Backends

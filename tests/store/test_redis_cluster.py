@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError
 
 from devkit.embedded import EmbeddedRedisCluster
-from gateway.http.rate_limits import EXECUTIONS, RUN_REPORTS, SYNC_RUNS, TRIGGERS
+from gateway.http.access.agent_buckets import EXECUTIONS, RUN_REPORTS, SYNC_RUNS, TRIGGERS
 from gateway.security.key_guard import KeyGuard
 from gateway.security.ratelimit import RateLimiter, Take, bucket_key
 from store.consumer import StoreConsumer

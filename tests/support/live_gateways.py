@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.http.keys import HTTP_SESSION
+from gateway.http.app_keys import HTTP_SESSION
 from gateway.http.server import GatewayServer
 from gateway.settings import Settings
 from tests.support.tokens import ADMIN

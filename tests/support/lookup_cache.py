@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.http.keys import LOOKUP_CACHE
+from gateway.http.app_keys import LOOKUP_CACHE
 from store.lookup_cache import LookupCache
 from tests.support.backends import Backends
 from tests.support.tokens import SECRET_KEY

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.http.authentication import KeyGuardStep
-from gateway.http.keys import RATE_LIMITER, SETTINGS
+from gateway.http.access.authentication import KeyGuardStep
+from gateway.http.app_keys import RATE_LIMITER, SETTINGS
 from gateway.security.ratelimit import Decision, Take, refusal
 from gateway.settings import Settings
 

@@ -11,7 +11,7 @@
 Each helper first takes the key guard's step (:class:`KeyGuardStep`): an address that has spent
 its failed attempts is refused 429 before its key is looked at, and a key the helper refuses
 (401) counts against its address. The keys themselves are checked in
-``gateway.security.auth``. What an authenticated caller may do (an agent that is not
+``gateway.security.key_checks``. What an authenticated caller may do (an agent that is not
 active, say) is its domain service's answer, not the helper's.
 """
 
@@ -26,8 +26,8 @@ from typing import Protocol, TypeVar
 from aiohttp import web
 
 from gateway.errors import Unauthorized
-from gateway.http.keys import CREDENTIALS_TOKENS, KEY_GUARD, LOOKUP_CACHE, SETTINGS
-from gateway.security.auth import (
+from gateway.http.app_keys import CREDENTIALS_TOKENS, KEY_GUARD, LOOKUP_CACHE, SETTINGS
+from gateway.security.key_checks import (
     agent_for_api_key,
     check_admin_token,
     org_for_api_key,

@@ -1,5 +1,6 @@
 """Thin HTTP handlers: authenticate, parse, call a domain service, shape the response.
 
-The shared steps live beside them: ``gateway.http.authentication``, ``gateway.http.path_ids``,
-``gateway.http.rate_limits``, ``gateway.http.attachments`` and ``gateway.http.views``.
+The shared steps live beside them: ``gateway.http.access`` (authentication, the key guard's
+step, the agents' token buckets), ``gateway.http.parsing`` (bodies, ids in paths),
+``gateway.http.streaming`` (attachments, downloads, SSE) and ``gateway.http.views``.
 """

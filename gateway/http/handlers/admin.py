@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.authentication import authenticate_admin
-from gateway.http.keys import ADMIN_SERVICE, CREDENTIAL_SERVICE, SETTINGS
-from gateway.http.path_ids import path_id, path_uuid
-from gateway.http.request_parsing import read_json_object
+from gateway.http.access.authentication import authenticate_admin
+from gateway.http.app_keys import ADMIN_SERVICE, CREDENTIAL_SERVICE, SETTINGS
+from gateway.http.parsing.bodies import read_json_object
+from gateway.http.parsing.path_ids import path_id, path_uuid
 from gateway.http.views import (
     agent_view,
     created_agent_view,

@@ -11,20 +11,20 @@ from aiohttp import web
 from marshmallow import Schema
 
 from gateway.errors import BadRequest
-from gateway.http import request_bodies
-from gateway.http.authentication import KeyGuardStep, authenticate_ingest_key
-from gateway.http.download import send_download
-from gateway.http.keys import (
+from gateway.http.access.agent_buckets import RUN_REPORTS, SYNC_RUNS, TRIGGERS, take_token
+from gateway.http.access.authentication import KeyGuardStep, authenticate_ingest_key
+from gateway.http.app_keys import (
     DOWNLOAD_SERVICE,
     EXTERNAL_RUN_SERVICE,
     RUN_LOOKUPS,
     SETTINGS,
     TRIGGER_SERVICE,
 )
-from gateway.http.path_ids import path_id
-from gateway.http.rate_limits import RUN_REPORTS, SYNC_RUNS, TRIGGERS, take_token
-from gateway.http.request_info import note_run
-from gateway.http.request_parsing import read_json_object
+from gateway.http.middleware.request_info import note_run
+from gateway.http.parsing import request_bodies
+from gateway.http.parsing.bodies import read_json_object
+from gateway.http.parsing.path_ids import path_id
+from gateway.http.streaming.download import send_download
 from gateway.http.views import (
     ingested_run_view,
     json_response,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import request_bodies
-from gateway.http.authentication import authenticate_agent_key
-from gateway.http.keys import CALLBACK_SERVICE, SETTINGS
-from gateway.http.path_ids import path_id
-from gateway.http.rate_limits import CALLBACKS, take_token
-from gateway.http.request_info import note_run
-from gateway.http.request_parsing import read_json_object
+from gateway.http.access.agent_buckets import CALLBACKS, take_token
+from gateway.http.access.authentication import authenticate_agent_key
+from gateway.http.app_keys import CALLBACK_SERVICE, SETTINGS
+from gateway.http.middleware.request_info import note_run
+from gateway.http.parsing import request_bodies
+from gateway.http.parsing.bodies import read_json_object
+from gateway.http.parsing.path_ids import path_id
 from gateway.http.views import run_status_view
 from gateway.runs.callbacks import status_after
 from gateway.validation import load

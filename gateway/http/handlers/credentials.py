@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.authentication import (
+from gateway.http.access.authentication import (
     KeyGuardStep,
     authenticate_agent_key,
     authenticate_credentials_token,
 )
-from gateway.http.keys import CREDENTIAL_SERVICE
+from gateway.http.app_keys import CREDENTIAL_SERVICE
 from gateway.http.views import credential_view
 
 routes = web.RouteTableDef()

@@ -11,10 +11,15 @@ from gateway.errors import ApiError, BadRequest, NotFound
 from gateway.execute.frames import END, ExecutionFeeds, Failed, Feed
 from gateway.execute.input_files import FILES_PATH
 from gateway.execute.service import ChunkFrame, Outcome
-from gateway.http.attachments import attachment_response, send_attachment, utf8_disposition
-from gateway.http.authentication import KeyHeader, authenticate_ingest_key
-from gateway.http.json_body import read_large_json_object
-from gateway.http.keys import (
+from gateway.http.access.agent_buckets import (
+    EXECUTIONS,
+    bucket_window_s,
+    look_at_bucket,
+    rate_limit_headers,
+    take_token,
+)
+from gateway.http.access.authentication import KeyHeader, authenticate_ingest_key
+from gateway.http.app_keys import (
     EXECUTE_SERVICE,
     EXECUTION_FEEDS,
     FILE_SERVICE,
@@ -22,15 +27,14 @@ from gateway.http.keys import (
     RUN_LOOKUPS,
     SETTINGS,
 )
-from gateway.http.path_ids import path_id
-from gateway.http.rate_limits import (
-    EXECUTIONS,
-    bucket_window_s,
-    look_at_bucket,
-    rate_limit_headers,
-    take_token,
+from gateway.http.parsing.large_bodies import read_large_json_object
+from gateway.http.parsing.path_ids import path_id
+from gateway.http.streaming.attachments import (
+    attachment_response,
+    send_attachment,
+    utf8_disposition,
 )
-from gateway.http.sse import encode_data, error_data, send_feed, send_followed
+from gateway.http.streaming.sse import encode_data, error_data, send_feed, send_followed
 from gateway.http.views import (
     async_execution_view,
     bucket_view,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.keys import DB_POOL, DEPENDENCIES, LIFECYCLE, METRICS
+from gateway.http.app_keys import DB_POOL, DEPENDENCIES, LIFECYCLE, METRICS
 from gateway.http.views import dependencies_view, liveness_view, readiness_view
 from gateway.ops.drain import readiness
 from gateway.ops.metrics import render

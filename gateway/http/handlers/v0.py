@@ -10,12 +10,12 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from gateway.http.attachments import attachment_response, send_attachment
-from gateway.http.authentication import KeyHeader, authenticate_ingest_key
-from gateway.http.keys import PACKAGE_SERVICE
+from gateway.http.access.authentication import KeyHeader, authenticate_ingest_key
+from gateway.http.app_keys import PACKAGE_SERVICE
 from gateway.http.middleware import v0_errors_to_json
-from gateway.http.path_ids import v0_path_id
-from gateway.http.request_info import note_run, note_streamed_bytes
+from gateway.http.middleware.request_info import note_run, note_streamed_bytes
+from gateway.http.parsing.path_ids import v0_path_id
+from gateway.http.streaming.attachments import attachment_response, send_attachment
 from gateway.http.views import package_ticket_view
 from gateway.packages.archive import ArchiveError
 

@@ -17,8 +17,8 @@ from aiohttp.typedefs import Handler, Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.errors import ApiError, ServiceUnavailable
-from gateway.http.keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
-from gateway.http.request_info import (
+from gateway.http.app_keys import LIFECYCLE, METRICS, PREPARED_RESPONSE, REQUEST_ID
+from gateway.http.middleware.request_info import (
     REQUEST_INFO,
     RequestInfo,
     method_label,

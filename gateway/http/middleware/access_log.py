@@ -6,8 +6,8 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.http.keys import REQUEST_ID
-from gateway.http.request_info import REQUEST_INFO, route_template, routed_match
+from gateway.http.app_keys import REQUEST_ID
+from gateway.http.middleware.request_info import REQUEST_INFO, route_template, routed_match
 from gateway.ops.log_config import QUIET_ROUTES
 
 

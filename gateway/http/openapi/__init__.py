@@ -5,7 +5,7 @@ Each group module (``agent_runs``, ``callbacks``, ``credentials``, ``execute``, 
 description, what each status means) and, optionally, ``SCHEMAS``: the marshmallow schemas of
 its bodies, by component name. The bodies are not described again here: apispec's marshmallow
 plugin (``plugin.BodySchemas``) writes each component from the schema that validates the
-request (``gateway.http.request_bodies``, ``gateway.admin.bodies``) or declares the response
+request (``gateway.http.parsing.request_bodies``, ``gateway.admin.bodies``) or declares the response
 (``gateway.http.response_bodies``). ``JSON_SCHEMAS`` holds the little that is not a body (an
 event-stream event). Shared pieces live in ``components``. To document a new route, add its
 path to its group's ``PATHS`` (or add a module and list it in ``ROUTE_GROUPS``).

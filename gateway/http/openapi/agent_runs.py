@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema
 
-from gateway.http import request_bodies, response_bodies
+from gateway.http import response_bodies
 from gateway.http.openapi.components import (
     BAD_BODY,
     NOT_FOUND_AGENT,
@@ -22,6 +22,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
+from gateway.http.parsing import request_bodies
 
 TAG = {
     "name": "agent runs",

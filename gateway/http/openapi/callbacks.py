@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema
 
-from gateway.http import request_bodies, response_bodies
+from gateway.http import response_bodies
 from gateway.http.openapi.components import (
     RATE_LIMITED,
     TOO_LARGE,
@@ -17,6 +17,7 @@ from gateway.http.openapi.components import (
     param,
     ref,
 )
+from gateway.http.parsing import request_bodies
 
 TAG = {
     "name": "callbacks",

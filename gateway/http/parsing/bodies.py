@@ -1,4 +1,5 @@
-"""Reading what callers send: bounded JSON bodies (ids in paths: ``gateway.http.path_ids``)."""
+"""Reading what callers send: bounded JSON bodies (ids in paths:
+``gateway.http.parsing.path_ids``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from adapters.base import loads_json
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
-from gateway.http.keys import SETTINGS
+from gateway.http.app_keys import SETTINGS
 from store import jsonb
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from ijson.common import ObjectBuilder
 
 from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.http.request_parsing import body_deadline
+from gateway.http.parsing.bodies import body_deadline
 from store.jsonb import MAX_DEPTH
 
 # The parser is fed in pieces this large: fewer, larger pieces keep a long string (a base64

@@ -4,9 +4,9 @@ A runtime that sends ``Transfer-Encoding: chunked`` frames its body as ``<hex si
 that many bytes, ``\\r\\n``, …, ``0\\r\\n``, trailers, ``\\r\\n``. Copied through aiohttp, every
 byte is parsed, buffered and written again by Python. Here only the framing is read (a few
 bytes per chunk); each chunk's payload moves socket to socket through a pipe
-(:mod:`gateway.http.splice`) under a chunk header of our own, and aiohttp's response writer
-ends the body with its ``0\\r\\n\\r\\n``, exactly as on the copy path (the runtime's trailers
-are dropped there too).
+(:mod:`gateway.http.streaming.splice`) under a chunk header of our own, and aiohttp's response
+writer ends the body with its ``0\\r\\n\\r\\n``, exactly as on the copy path (the runtime's
+trailers are dropped there too).
 
 Taking over mid-body needs to know where in the framing aiohttp's parser stopped, which its
 C parser does not tell. So the runtime connections' protocol (:class:`RecordingConnector`)
@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from gateway.http.splice import Channel, Copy, UpstreamClosed, run_copy
+from gateway.http.streaming.splice import Channel, Copy, UpstreamClosed, run_copy
 
 # Raw bytes kept per response for a take-over: what aiohttp may have read before the first
 # chunk is handed on (two read buffers and one socket read, with room to spare).
@@ -242,7 +242,7 @@ async def forward_chunked(
 ) -> int:
     """Forward the rest of a chunked body (see :func:`forward`) from socket ``src_fd`` to
     socket ``dst_fd``; return the payload bytes moved. Raises what
-    :func:`gateway.http.splice.splice_copy` raises."""
+    :func:`gateway.http.streaming.splice.splice_copy` raises."""
     channel = Channel(src_fd, dst_fd, on_progress)
     try:
         await run_copy(

@@ -4,11 +4,11 @@ Memory per stream is bounded by the client's read buffer plus one chunk in the s
 write buffer: ``StreamResponse.write`` waits for the caller to drain before the next read.
 
 When the body has a ``Content-Length`` and neither side uses TLS, the rest of the body after
-the first bytes is moved socket to socket by the kernel (``gateway.http.splice``); a chunked
-body is moved the same way between chunk headers the gateway parses and writes again
-(``gateway.http.chunked``). Either way
-this module only copies and reports what happened (:class:`~gateway.runs.downloads.Copied`);
-the download service records what that makes of the run.
+the first bytes is moved socket to socket by the kernel (``gateway.http.streaming.splice``); a
+chunked body is moved the same way between chunk headers the gateway parses and writes again
+(``gateway.http.streaming.chunked``). Either way this module only copies and reports what
+happened (:class:`~gateway.runs.downloads.Copied`); the download service records what that
+makes of the run.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from gateway.http import chunked, memory_trim, splice
-from gateway.http.keys import SETTINGS
-from gateway.http.request_info import note_streamed_bytes
+from gateway.http.app_keys import SETTINGS
+from gateway.http.middleware.request_info import note_streamed_bytes
+from gateway.http.streaming import chunked, memory_trim, splice
 from gateway.runs.downloads import (
     Copied,
     CopyEnd,

@@ -6,8 +6,8 @@ Every copy works on duplicates of the two descriptors (so a transport closing it
 descriptor meanwhile can never make us write into a stranger's connection).
 
 The copy itself is a generator (:func:`move_exact` and, for chunked bodies,
-``gateway.http.chunked``'s forwarder) that makes non-blocking calls and says what it waits for
-when both sides would block. Two drivers run it:
+``gateway.http.streaming.chunked``'s forwarder) that makes non-blocking calls and says what it
+waits for when both sides would block. Two drivers run it:
 
 - a thread of its own (:func:`run_copy` with a free thread): it waits in ``poll`` and moves the
   next bytes the moment a side is ready, with no event-loop round trip between pipe moves (on

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from devkit.embedded import free_port
-from gateway.http.access_log import AccessLogger
 from gateway.http.app import create_app
+from gateway.http.middleware.access_log import AccessLogger
 from gateway.ops.log_config import redact_secrets
 from gateway.settings import Settings
 from store.consumer import StoreConsumer

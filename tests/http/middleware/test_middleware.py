@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.errors import Conflict, Forbidden, v0_error
-from gateway.http.keys import REQUEST_ID
+from gateway.http.app_keys import REQUEST_ID
 from gateway.http.middleware import errors_to_json, on_prepare, request_context, v0_errors_to_json
 
 

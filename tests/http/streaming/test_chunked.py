@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.http.chunked import ChunkFraming, MalformedChunk, Phase
+from gateway.http.streaming.chunked import ChunkFraming, MalformedChunk, Phase
 
 
 def test_raw_bytes_fed_in_any_pieces_give_the_payload_size_and_where_the_framing_stands() -> None:

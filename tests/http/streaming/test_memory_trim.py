@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.http import memory_trim
-from gateway.http.memory_trim import BurstTrim
+from gateway.http.streaming import memory_trim
+from gateway.http.streaming.memory_trim import BurstTrim
 
 pytestmark = pytest.mark.skipif(not memory_trim.AVAILABLE, reason="glibc's malloc_trim only")
 
