@@ -40,8 +40,10 @@ class CredentialBody(StorableBody):
         unknown = RAISE
 
     name = NAME
-    type = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    data = JsonObject(required=True)
+    type = fields.String(
+        required=True, validate=validate.Length(min=1, max=100), metadata={"examples": ["api_key"]}
+    )
+    data = JsonObject(required=True, metadata={"description": "Any JSON object."})
 
 
 class CredentialDataBody(StorableBody):
@@ -50,7 +52,12 @@ class CredentialDataBody(StorableBody):
     class Meta:
         unknown = RAISE
 
-    data = JsonObject(required=True)
+    data = JsonObject(required=True, metadata={"description": "Any JSON object."})
+
+
+# Built once: a marshmallow schema costs more to construct than to load a body with.
+CREDENTIAL_BODY = CredentialBody()
+CREDENTIAL_DATA_BODY = CredentialDataBody()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,7 @@ class CredentialService:
         stored."""
         if not await orgs.org_exists(self._pool, org_id):
             raise NotFound("Organisation not found")
-        data = load(CredentialBody(), body)
+        data = load(CREDENTIAL_BODY, body)
         credential_id = uuid.uuid4()
         await credentials.create_credential(
             self._pool,
@@ -111,7 +118,7 @@ class CredentialService:
         self, org_id: uuid.UUID, credential_id: uuid.UUID, body: Any
     ) -> credentials.CredentialInfo:
         """New data for the organisation's credential, same id (grants and references stay)."""
-        data = load(CredentialDataBody(), body)
+        data = load(CREDENTIAL_DATA_BODY, body)
         sealed = self._cipher.seal(credential_id, org_id, data["data"])
         info = await credentials.replace_sealed_data(self._pool, org_id, credential_id, sealed)
         if info is None:
