@@ -146,6 +146,16 @@ class RuntimeBody:
         assert connection.protocol is not None
         return connection.protocol
 
+    def forget_raw(self) -> None:
+        """Let the client protocol drop the raw bytes it keeps of the response's start (only
+        the splice path's take-over of a chunked body reads them)."""
+        connection = self._upstream.connection
+        forget = getattr(
+            connection.protocol if connection is not None else None, "forget_raw", None
+        )
+        if forget is not None:
+            forget()
+
     def resume_reading(self) -> None:
         """Undo :meth:`take_socket`'s pause: the client reads the rest of the body itself."""
         self.client_protocol().resume_reading()

@@ -101,23 +101,20 @@ class ChunkFraming:
         self.remaining = 0
         self._line = bytearray()
 
-    def advance(self, data: bytes | memoryview) -> int:
-        """Consume framing bytes from ``data`` until payload is due (phase ``DATA``), the body
-        ended (``DONE``) or ``data`` ran out; return how many bytes were consumed."""
-        pos = 0
+    def advance(self, data: bytes, pos: int = 0) -> int:
+        """Consume framing bytes from ``data``, starting at ``pos``, until payload is due (phase
+        ``DATA``), the body ended (``DONE``) or ``data`` ran out; return where it stopped."""
         end = len(data)
         while pos < end and self.phase not in (Phase.DATA, Phase.DONE):
-            newline = bytes(data[pos:]).find(b"\n")
-            if newline < 0:
-                self._line += data[pos:]
-                pos = end
-                if len(self._line) > _MAX_LINE:
-                    raise MalformedChunk("chunk framing line too long")
-                break
-            self._line += data[pos : pos + newline + 1]
-            pos += newline + 1
+            # Searched in place: a take-over parses up to RAW_LIMIT bytes, never copied.
+            newline = data.find(b"\n", pos)
+            stop = end if newline < 0 else newline + 1
+            self._line += data[pos:stop]
+            pos = stop
             if len(self._line) > _MAX_LINE:
                 raise MalformedChunk("chunk framing line too long")
+            if newline < 0:
+                break
             line = bytes(self._line)
             self._line.clear()
             self._line_done(line)
@@ -152,15 +149,15 @@ class ChunkFraming:
 
     def payload_in(self, data: bytes) -> int:
         """Parse raw body bytes whose payload was already handled elsewhere; return its size."""
-        view = memoryview(data)
         payload = 0
-        while view:
-            view = view[self.advance(view) :]
-            if self.phase is Phase.DATA and view:
-                n = min(self.remaining, len(view))
+        pos, end = 0, len(data)
+        while pos < end:
+            pos = self.advance(data, pos)
+            if self.phase is Phase.DATA and pos < end:
+                n = min(self.remaining, end - pos)
                 self.took(n)
                 payload += n
-                view = view[n:]
+                pos += n
             elif self.phase is Phase.DONE:
                 break
         return payload

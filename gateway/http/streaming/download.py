@@ -99,6 +99,8 @@ async def _copy(
         if spliceable is not None:
             await _copy_spliced(request, response, started.body, spliceable, state, idle_timeout_s)
         else:
+            # Only a take-over reads the bytes the client protocol keeps of a response's start.
+            started.body.forget_raw()
             await _copy_chunks(response, started.body, state, idle_timeout_s)
         if copied.end is CopyEnd.CALLER_GONE:
             return
@@ -200,16 +202,19 @@ async def _copy_spliced(
     copied = state.copied
     held, remaining = body.take_socket(sockets.length)
     framing: chunked.ChunkFraming | None = None
-    if sockets.length is None and remaining > 0:
-        # Spliced only under our own chunk headers, and only from a known place in the framing.
-        if response.headers.get("Transfer-Encoding") == "chunked":
-            framing = chunked.take_over(body.client_protocol(), body.bytes_read)
-        if framing is None:
-            body.resume_reading()
-            await _write_all(response, held, state)
-            if copied.end is not CopyEnd.CALLER_GONE:
-                await _copy_chunks(response, body, state, idle_timeout_s)
-            return
+    chunked_rest = sockets.length is None and remaining > 0
+    # Spliced only under our own chunk headers, and only from a known place in the framing.
+    if chunked_rest and response.headers.get("Transfer-Encoding") == "chunked":
+        framing = chunked.take_over(body.client_protocol(), body.bytes_read)
+    # Read by the take-over if there was one; no other path needs them, for however long the
+    # body takes.
+    body.forget_raw()
+    if chunked_rest and framing is None:
+        body.resume_reading()
+        await _write_all(response, held, state)
+        if copied.end is not CopyEnd.CALLER_GONE:
+            await _copy_chunks(response, body, state, idle_timeout_s)
+        return
     await _write_all(response, held, state)
     if copied.end is CopyEnd.CALLER_GONE or remaining <= 0:
         return
