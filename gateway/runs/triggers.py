@@ -212,13 +212,12 @@ class TriggerService:
         elapses first (it goes on, as any waited run does).
         """
         window_ms = self._lookups.wait_window_ms(agent, timeout_ms)
+        deadline = asyncio.get_running_loop().time() + window_ms / 1000
         existing = await self._creation.replay(agent, idempotency)
         if existing is not None:
-            deadline = asyncio.get_running_loop().time() + window_ms / 1000
             return await self._attach(existing, deadline=deadline)
         await admit()
         adapter = self._lookups.adapter_for(agent)
-        deadline = asyncio.get_running_loop().time() + window_ms / 1000
         created = await self._creation.create_once(
             agent,
             input_data=input_data,
