@@ -15,7 +15,10 @@ from gateway.execute.service import ChunkFrame, Outcome
 from gateway.http import views
 from gateway.http.openapi import build_document
 from gateway.packages.service import PackageTicket
+from gateway.runs.external import Ingested, Registration
 from gateway.security.credentials import ResolvedCredential
+from gateway.security.ratelimit import Decision
+from gateway.security.tokens import IssuedToken
 from store.credentials import CredentialInfo
 from store.enums import AgentStatus, ManagedBy, OutputKind, RunStatus
 from store.models import Agent, Run
@@ -68,6 +71,8 @@ AGENT = Agent(
 DONE = Outcome(7, 3, "completed", True, {"n-1": {"content": "One"}}, None, 812)
 FAILED = Outcome(7, 3, "failed", False, None, "Boom", 812)
 
+BUCKET = views.bucket_view(Decision(True, 10, 9, 0, 60_000), 60)
+
 CASES: list[tuple[str, dict[str, Any]]] = [
     *[("Run", views.run_view(_run(status))) for status in RunStatus],
     ("Agent", views.agent_view(AGENT)),
@@ -97,6 +102,25 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     *[("JobStatus", views.job_status_view(_run(status))) for status in RunStatus],
     ("WorkflowStatus", views.workflow_status_view(AGENT, deployed=True)),
     ("WorkflowStatus", views.workflow_status_view(AGENT, deployed=False)),
+    *[("RunAccepted", views.run_status_view(7, status)) for status in RunStatus],
+    ("RunTimedOut", views.timed_out_run_view(_run(RunStatus.RUNNING))),
+    (
+        "Registration",
+        views.registered_run_view(
+            Registration(_run(RunStatus.RUNNING), True, IssuedToken("crt_abc.def", 3600))
+        ),
+    ),
+    *[
+        ("Ingested", views.ingested_run_view(Ingested(_run(status), created, status)))
+        for status in RunStatus
+        for created in (True, False)
+    ],
+    (
+        "ExecuteTimedOut",
+        views.execution_timed_out_view(Outcome(7, 3, "running", False, None, None, None)),
+    ),
+    ("UsageBucket", BUCKET),
+    ("UsageLimits", views.usage_limits_view(BUCKET, {"3": BUCKET})),
 ]
 
 
