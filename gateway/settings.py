@@ -354,11 +354,13 @@ class Settings:
         "(a chunked body with its chunk framing re-emitted).",
     )
     stream_splice_threads: int = setting(
-        16,
+        0,
         "STREAM_SPLICE_THREADS",
         Group.WAITS,
         "Spliced downloads that each get a thread of their own (blocking splice, no event-loop "
-        "wake-ups between pipe moves); past it, a spliced download is driven by the event loop.",
+        "wake-ups between pipe moves); past it, a spliced download is driven by the event loop. "
+        "Off (0) by default: a cancelled threaded download records its end a thread round trip "
+        "later, which at the drain's cancel can come after the database pool closed.",
         minimum=0,
         maximum=1024,
     )
