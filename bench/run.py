@@ -240,6 +240,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="an environment variable for every gateway started (repeatable)",
     )
     parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy every process's log (gateways, consumer, PostgreSQL) into DIR at the end",
+    )
+    parser.add_argument(
         "--gateway-command",
         help="the agent-gateway executable whose 'serve' is measured (default: this checkout's)",
     )
@@ -264,7 +270,13 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as exit_stack:
         gateway_argv = args.gateway_command.split() if args.gateway_command else None
         gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
-        stack = Stack(exit_stack, nginx=nginx, gateway_argv=gateway_argv, gateway_env=gateway_env)
+        stack = Stack(
+            exit_stack,
+            nginx=nginx,
+            gateway_argv=gateway_argv,
+            gateway_env=gateway_env,
+            keep_logs=args.keep_logs,
+        )
         stack.start()
         for key in args.only:
             print(f"\n== {TITLES[key]} ==", flush=True)

@@ -121,6 +121,7 @@ class Stack:
         nginx: str | None,
         gateway_argv: Sequence[str] | None = None,
         gateway_env: dict[str, str] | None = None,
+        keep_logs: Path | None = None,
     ) -> None:
         self._exit = exit_stack
         # Another build's ``agent-gateway`` may be measured against the same stack.
@@ -129,6 +130,9 @@ class Stack:
         self._gateway_env = dict(gateway_env or {})
         self.root = Path(tempfile.mkdtemp(prefix="agw-bench-"))
         exit_stack.callback(shutil.rmtree, self.root, True)  # registered first: runs last
+        if keep_logs is not None:
+            # Runs before the removal, after every process has stopped (registered earlier).
+            exit_stack.callback(_copy_logs, self.root, keep_logs)
         self.secret_key = secrets.token_urlsafe(32)
         self.admin_token = secrets.token_urlsafe(24)
         self._nginx_binary = nginx
@@ -353,25 +357,32 @@ class Stack:
 
     def clone_agents(self, body: dict[str, Any], count: int) -> list[int]:
         """``count`` agents like ``body``: one through the admin service, the others copied
-        from it in one statement (with random API key digests: their keys are never used)."""
+        from it in one statement, each with an API key of its own (as the admin service makes
+        them: a trigger derives it for the runtime's payload)."""
         (first,) = self.create_agents([body])
         return [first, *asyncio.run(self._clone(first, count - 1))] if count > 1 else [first]
 
     async def _clone(self, agent_id: int, count: int) -> list[int]:
+        from gateway.security.apikeys import derive_agent_api_key, hash_key, new_agent_key_salt
+
+        salts = [new_agent_key_salt() for _ in range(count)]
+        digests = [hash_key(derive_agent_api_key(self.secret_key, salt)) for salt in salts]
         pool = await self._pool()
         try:
             rows = await pool.fetch(
                 """INSERT INTO agents (org_id, name, managed_by, status, allow_external_triggers,
                        output_kind, runtime, default_input, input_format, running_timeout_ms,
                        api_key_salt, api_key_hash)
-                   SELECT org_id, name || ' ' || g, managed_by, status, allow_external_triggers,
-                       output_kind, runtime, default_input, input_format, running_timeout_ms,
-                       decode(md5(random()::text), 'hex'),
-                       decode(md5(g::text || random()::text) || md5(random()::text), 'hex')
-                   FROM agents, generate_series(1, $2) AS g WHERE id = $1
+                   SELECT org_id, name || ' ' || k.g, managed_by, status,
+                       allow_external_triggers, output_kind, runtime, default_input,
+                       input_format, running_timeout_ms, k.salt, k.digest
+                   FROM agents,
+                       unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS k(salt, digest, g)
+                   WHERE id = $1
                    RETURNING id""",
                 agent_id,
-                count,
+                salts,
+                digests,
             )
         finally:
             await pool.close()
@@ -413,3 +424,11 @@ def run_json(argv: Sequence[str], *, timeout: float, what: str) -> dict[str, Any
     result: dict[str, Any] = json.loads(lines[-1])
     result["wall_s"] = time.monotonic() - started
     return result
+
+
+def _copy_logs(root: Path, into: Path) -> None:
+    """Copy every process's log of a bench run (``*.log`` under ``root``) into ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    for log in root.glob("*.log"):
+        shutil.copy2(log, into / log.name)
+    print(f"logs kept in {into}", flush=True)

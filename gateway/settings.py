@@ -354,13 +354,11 @@ class Settings:
         "(a chunked body with its chunk framing re-emitted).",
     )
     stream_splice_threads: int = setting(
-        0,
+        16,
         "STREAM_SPLICE_THREADS",
         Group.WAITS,
         "Spliced downloads that each get a thread of their own (blocking splice, no event-loop "
-        "wake-ups between pipe moves); past it, a spliced download is driven by the event loop. "
-        "Off (0) by default: a cancelled threaded download records its end a thread round trip "
-        "later, which at the drain's cancel can come after the database pool closed.",
+        "wake-ups between pipe moves); past it, a spliced download is driven by the event loop.",
         minimum=0,
         maximum=1024,
     )
@@ -368,8 +366,9 @@ class Settings:
         32,
         "STREAM_TRIM_BURST",
         Group.WAITS,
-        "After at least this many downloads streamed at once have all ended, freed heap memory "
-        "is handed back to the system (glibc malloc_trim); 0 turns it off.",
+        "After at least this many downloads and held trigger-and-wait calls in flight at once "
+        "have all ended, freed heap memory is handed back to the system (glibc malloc_trim); 0 "
+        "turns it off.",
         minimum=0,
     )
     wait_recheck_s: float = setting(

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import AsyncIterator
 
 import aiohttp
+import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
@@ -100,6 +101,8 @@ from store.migrate import check_schema
 from store.pool import create_pool
 from store.redis_client import connect_redis
 
+log = structlog.get_logger(__name__)
+
 _BACKGROUND_DRAIN_S = 5.0
 # Redis connections per replica, and how long a request may wait for one of them.
 _REDIS_CONNECTIONS = 100
@@ -110,6 +113,9 @@ _REDIS_CLUSTER_NODE_CONNECTIONS = 400
 _POLLER_STOP_S = 5.0
 # A background loop told to stop (a feed's long-poll, the cache's listener) is waited for this long.
 _LOOP_STOP_S = 5.0
+# Handlers aiohttp has cancelled are waited for this long to finish unwinding (see
+# _handlers_unwound) before anything they use is closed.
+_UNWIND_S = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -407,6 +413,21 @@ async def _packages(app: web.Application) -> AsyncIterator[None]:
     archiver.close()
 
 
+async def _handlers_unwound(app: web.Application) -> AsyncIterator[None]:
+    """On the way out, wait until every handler has returned, first of all the cleanups.
+
+    aiohttp cancels the handlers still running when it shuts down and waits for them, but a
+    cancelled handler may take a few more loop turns to unwind (a download whose copy runs in
+    a thread of its own waits for the thread to let go of its sockets), and only then starts
+    recording why its run ended. Background work and pools are closed after that record has
+    been handed to them, not before.
+    """
+    yield
+    lifecycle = app[LIFECYCLE]
+    if not await lifecycle.wait_idle(_UNWIND_S):
+        log.warning("handlers_still_running_at_cleanup", in_flight=lifecycle.in_flight)
+
+
 async def _close_after_answer_while_draining(
     request: web.Request, response: web.StreamResponse
 ) -> None:
@@ -472,6 +493,7 @@ def create_app(settings: Settings) -> web.Application:
             _services,
             _execute,
             _packages,
+            _handlers_unwound,
         ]
     )
     app.on_response_prepare.append(on_prepare)

@@ -59,6 +59,8 @@ class RunCreation:
         self._ring = key_ring(settings)
         self._pool = pool
         self._tokens = tokens
+        # Runs created at about the same moment share one statement.
+        self._inserts = runs.RunInserts(pool)
 
     async def create(
         self,
@@ -73,8 +75,8 @@ class RunCreation:
         """Insert the run row (already ``running`` when ``started``: the caller invokes the
         runtime at once); the caller's input is merged over the agent's default input."""
         row = await self._row(agent, input_data, user_id, window_ms, trigger_kind, started)
-        # One statement: no transaction to open and commit around it.
-        return await runs.insert_run(self._pool, **row)
+        # One statement, shared with the runs created meanwhile: no transaction to open.
+        return await self._inserts.insert(runs.NewRun(**row))
 
     async def create_once(
         self,

@@ -24,6 +24,7 @@ from gateway.http.middleware.request_info import note_run
 from gateway.http.parsing import request_bodies
 from gateway.http.parsing.bodies import read_json_object
 from gateway.http.parsing.path_ids import path_id
+from gateway.http.streaming import memory_trim
 from gateway.http.streaming.download import send_download
 from gateway.http.views import (
     ingested_run_view,
@@ -98,14 +99,17 @@ async def trigger_and_wait(request: web.Request) -> web.Response:
         agent, body = await _eligible_agent(request, guard, output_kinds=JSON_KINDS)
         key = _idempotency_key(request)
         request_hash = _request_hash(body, route="trigger-and-wait")
-        waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
-            agent,
-            input_data=body["input"],
-            user_id=body["userId"],
-            timeout_ms=body["timeoutMs"],
-            idempotency=None if key is None else (key, request_hash),
-            admit=lambda: take_token(request, SYNC_RUNS, agent.id, guard=guard),
-        )
+        # Thousands of waits held at once fragment the heap as a burst of downloads does: it
+        # is trimmed once they have all been answered.
+        with memory_trim.BURSTS.stream(request.app[SETTINGS].stream_trim_burst):
+            waited = await request.app[TRIGGER_SERVICE].trigger_and_wait(
+                agent,
+                input_data=body["input"],
+                user_id=body["userId"],
+                timeout_ms=body["timeoutMs"],
+                idempotency=None if key is None else (key, request_hash),
+                admit=lambda: take_token(request, SYNC_RUNS, agent.id, guard=guard),
+            )
     run = waited.run
     note_run(request, run_id=run.id)
     headers = {"Idempotent-Replayed": "true"} if waited.replayed else {}

@@ -1,11 +1,13 @@
-"""Handing freed heap memory back to the system once a burst of downloads has ended.
+"""Handing freed heap memory back to the system once a burst of downloads or held waits has
+ended.
 
-Hundreds of downloads at once allocate requests, responses, run rows and read buffers all over
-glibc's heap; once they end, the memory is free inside the process but glibc keeps it (its
-heap only shrinks from the top, and an arena's free pages stay mapped), so the process stays
-tens of MiB above its idle size. ``malloc_trim(0)`` returns every whole free page. It costs a
-walk over the heap (milliseconds), so it runs once per burst, in a thread, a moment after the
-last stream of the burst ended. Only on glibc: elsewhere (musl, macOS) this does nothing.
+Hundreds of downloads (or thousands of trigger-and-wait calls held) at once allocate requests,
+responses, run rows and read buffers all over glibc's heap; once they end, the memory is free
+inside the process but glibc keeps it (its heap only shrinks from the top, and an arena's free
+pages stay mapped), so the process stays tens of MiB above its idle size. ``malloc_trim(0)``
+returns every whole free page. It costs a walk over the heap (milliseconds), so it runs once
+per burst, in a thread, a moment after the last stream of the burst ended. Only on glibc:
+elsewhere (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
