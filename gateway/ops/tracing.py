@@ -190,6 +190,11 @@ def span(
     links: Sequence[Link] = (),
 ) -> Iterator[Span]:
     """A span named ``name`` around the block (a no-op one when tracing is off)."""
+    if _provider is None:
+        # Off: the API's no-op tracer would still build a span, a context and its attachment
+        # for every block, on every request's path and for as long as a wait is held.
+        yield trace.INVALID_SPAN
+        return
     with tracer().start_as_current_span(
         name,
         context=parent,

@@ -181,7 +181,8 @@ def test_the_standard_variables_decide() -> None:
 
 def test_without_otel_variables_nothing_is_installed_or_sent() -> None:
     """In a fresh interpreter (the provider is process-wide): the app factory installs no SDK
-    provider, instruments nothing, and adds no middleware; the API's tracer is the no-op one."""
+    provider, instruments nothing, and adds no middleware; the API's tracer is the no-op one,
+    and the gateway's span blocks build no span at all."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     script = """
 import asyncpg
@@ -197,6 +198,13 @@ assert middleware not in app.middlewares
 assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
 assert not trace.get_tracer("x").start_span("y").is_recording()
 assert not hasattr(asyncpg.connection.Connection.execute, "__wrapped__")
+# A span block builds nothing: no span, no context attached for the block.
+from opentelemetry import context
+from gateway.ops import tracing
+before = context.get_current()
+with tracing.span("run wait", attributes={"agent_gateway.run.id": "1"}) as span:
+    assert span is trace.INVALID_SPAN
+    assert context.get_current() is before
 print("off")
 """
     done = subprocess.run(
