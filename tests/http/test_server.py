@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,3 +46,18 @@ async def test_a_serving_gateway_queues_as_many_connections_as_its_listen_backlo
         assert accept_queue_length(port) == min(settings.listen_backlog, somaxconn())
     finally:
         await server.close()
+
+
+async def test_a_serving_gateway_leaves_what_startup_built_out_of_full_collections(
+    settings: Settings,
+) -> None:
+    port = free_port()
+    settings = dataclasses.replace(settings, port=port, public_base_url=f"http://127.0.0.1:{port}")
+    server = GatewayServer(create_app(settings), settings)
+    gc.unfreeze()
+    await server.start()
+    try:
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        await server.close()
+        gc.unfreeze()
