@@ -317,13 +317,14 @@ class StoreConsumer:
                     ended.append(event.run_id)
             else:
                 self.stats.refused += 1
-        # Removed only after the commit; waiters on every replica learn of the ends once the
-        # rows say them.
+        # Waiters on every replica learn of the ends once the rows say them: first, as the
+        # removal (an XDEL per partition) is no part of the lag they see; the entries are
+        # removed only after the commit.
+        await announce_terminal(self._redis, self.buffer.prefix, ended)
         removed: dict[str, list[bytes]] = {}
         for batch in batches:
             removed.setdefault(batch.key, []).extend(entry.entry_id for entry in batch.entries)
         await self.buffer.remove_entries(removed)
-        await announce_terminal(self._redis, self.buffer.prefix, ended)
         return sum(len(batch.entries) for batch in batches)
 
     async def _apply_events(
