@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import signal
 import sys
@@ -35,6 +34,7 @@ from gateway.http.views import (
     org_view,
 )
 from gateway.ops.consumer_monitor import ConsumerMonitor
+from gateway.ops.heap import freeze_startup_heap
 from gateway.ops.log_config import configure_logging, log_failure
 from gateway.ops.tracing import setup_tracing
 from gateway.security.credentials import CredentialService
@@ -149,24 +149,13 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
                         settings.consumer_port,
                     )
                 )
-            _freeze_heap()
+            freeze_startup_heap()
             await consumer.run()
     finally:
         await pool.close()
         await redis.aclose()
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
-
-
-def _freeze_heap() -> None:
-    """Leave what the process built to get here (modules, settings, clients: alive as long as
-    it is) out of the collector's full passes, which then cover what the batches left.
-
-    Under the events bench's load a full pass over the whole heap stalled the consumer's loop
-    for up to 120-150 ms, about once a second (added to the lag of every event in hand);
-    frozen, the longest took 40-56 ms and all of them a quarter of the time (alternate runs)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _admin_parser(sub: Any) -> None:

@@ -24,7 +24,6 @@ The drain, in order:
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import socket
 
@@ -33,6 +32,7 @@ from aiohttp import web
 
 from gateway.http.app_keys import LIFECYCLE, METRICS
 from gateway.http.middleware.access_log import AccessLogger
+from gateway.ops.heap import freeze_startup_heap
 from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -85,11 +85,7 @@ class GatewayServer:
         # SockSite calls listen() again, with its own default (128) unless told.
         self._site = web.SockSite(self._runner, listening, backlog=backlog)
         await self._site.start()
-        # What startup built (modules, settings, pools, clients) lives as long as the process:
-        # frozen, the collector's full passes go over what requests leave, not all of it again
-        # (as the store consumer does: gateway/cli.py).
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()
         log.info("gateway_listening", host=self._settings.host, port=self._settings.port)
 
     async def close(self) -> None:
