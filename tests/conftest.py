@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +42,14 @@ from tests.support.tokens import ADMIN_TOKEN, SECRET_KEY
 # The as-deployed check runs the image's containers (scripts/as-deployed.sh builds it and sets
 # AS_DEPLOYED); the ordinary suite leaves it out.
 collect_ignore = [] if os.environ.get("AS_DEPLOYED") else ["as_deployed"]
+
+
+@pytest.fixture(autouse=True)
+def _heap_unfrozen() -> Iterator[None]:
+    """A test that starts a gateway or a store consumer in this process freezes the heap
+    (gateway/ops/heap.py); after it, the session's heap goes back to the collector."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
