@@ -76,7 +76,7 @@ class NewRun:
 
 
 # One row per item of a batch, from one array per column. The ids are drawn first, beside each
-# item's place in the batch (``ord``), so that every caller gets its own row back whatever
+# item's place in the batch (``ord``), so that the rows come back in the batch's order whatever
 # order RETURNING lists them in.
 _INSERT_BATCH = f"""
 WITH batch AS MATERIALIZED (
@@ -94,8 +94,7 @@ inserted AS (
          CASE WHEN started THEN now() END, trace_parent
   FROM batch ORDER BY ord
   RETURNING {RUN_COLUMNS})
-SELECT batch.ord, {", ".join(f"inserted.{c.name}" for c in dataclasses.fields(Run))}
-FROM inserted JOIN batch ON batch.id = inserted.id"""
+SELECT inserted.* FROM inserted JOIN batch ON batch.id = inserted.id ORDER BY batch.ord"""
 
 
 class RunInserts:
@@ -128,8 +127,7 @@ class RunInserts:
             rows = await self._pool.fetch(_INSERT_BATCH, *_columns(batch))
         except asyncpg.PostgresError:
             return [await _insert_alone(self._pool, new) for new in batch]
-        by_place = {row["ord"]: row for row in rows}
-        return [_run_from_batch_row(by_place[place]) for place in range(1, len(batch) + 1)]
+        return [run_from_row(row) for row in rows]
 
 
 def _columns(batch: Sequence[NewRun]) -> list[list[Any]]:
@@ -143,13 +141,6 @@ def _columns(batch: Sequence[NewRun]) -> list[list[Any]]:
         [new.started for new in batch],
         [new.trace_parent for new in batch],
     ]
-
-
-def _run_from_batch_row(row: asyncpg.Record) -> Run:
-    values = dict(row)
-    del values["ord"]
-    values["status"] = RunStatus(values["status"])
-    return Run(**values)
 
 
 async def _insert_alone(pool: asyncpg.Pool, new: NewRun) -> Run | Exception:
