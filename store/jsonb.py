@@ -63,9 +63,16 @@ def storable_text(text: str) -> str:
 
 
 # orjson reads an integer past 64 bits as a float (json keeps it exact): a text with a run of
-# 19 digits anywhere (a number, or digits inside a string) is left to json, which is rare.
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+# 19 ASCII digits anywhere (a number, or digits inside a string) is left to json, which is
+# rare. The run is found by mapping every digit to "0" and every other byte to " " and looking
+# for 19 zeros: a fifth of a regex search's CPU on the store consumer's events.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def _has_long_digit_run(raw: bytes | str) -> bool:
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return _LONG_DIGIT_RUN in data.translate(_DIGITS_AS_ZEROS)
 
 
 def loads(raw: bytes | str, fallback: Callable[[bytes | str], Any] = json.loads) -> Any:
@@ -74,8 +81,7 @@ def loads(raw: bytes | str, fallback: Callable[[bytes | str], Any] = json.loads)
     escape, a number past a double's range, a nesting past its limit, invalid JSON) and every
     text with a long digit run is handed to ``fallback``, so its value or its error is
     ``fallback``'s exactly."""
-    pattern = _LONG_DIGITS_BYTES if isinstance(raw, bytes) else _LONG_DIGITS_TEXT
-    if pattern.search(raw) is None:  # type: ignore[arg-type]
+    if not _has_long_digit_run(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
