@@ -337,6 +337,9 @@ class EventsBench:
         consumer = self.stack.start_consumer()
         ready = self.stack.root / "subscriber.ready"
         out = self.stack.root / "subscriber.out"
+        # A live run before this one left both: this run's subscriber must write its own.
+        ready.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         subscriber = spawn(
             "subscriber",
             python_module(

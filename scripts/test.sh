@@ -18,8 +18,8 @@ fi
 # trigger, trigger-and-wait, reads right after each 2xx, execute, the limiter and the key
 # guard). Left out: downloads, result delivery, the Trigger.dev feeds and execute's own tests
 # (its Redis is the frame log: the resume tests), which meet Redis only through the same
-# recorder; so the whole command stays under 10 minutes on 2 cores (suite about 8.5 min on a
-# fresh clone; these tests about 50 s on the cluster).
+# recorder; so the whole command stays under 10 minutes on 2 cores (on a fresh clone with two
+# workers: the suite about 5 min, these tests about 40 s on the cluster).
 cluster_tests=(
     tests/store
     tests/runs/test_callbacks.py
@@ -38,6 +38,19 @@ elif [ $# -eq 0 ]; then
     cluster_pass="${TEST_CLUSTER_PASS:-1}"
 else
     cluster_pass="${TEST_CLUSTER_PASS:-0}"
+fi
+# Test files are spread over workers (pytest-xdist, one file per worker at a time), each with
+# its own PostgreSQL and Redis: TEST_WORKERS of them, by default one per core up to 4. Given
+# DATABASE_URL or REDIS_URL the workers would share one database, so the default is one then.
+if [ -n "${DATABASE_URL:-}${REDIS_URL:-}" ]; then
+    default_workers=1
+else
+    default_workers=$(nproc 2> /dev/null || echo 1)
+    [ "$default_workers" -le 4 ] || default_workers=4
+fi
+workers="${TEST_WORKERS:-$default_workers}"
+if [ "$workers" -gt 1 ]; then
+    set -- -n "$workers" --dist loadfile "$@"
 fi
 if [ "$cluster_pass" != 1 ]; then
     exec .venv/bin/python -m pytest "$@"

@@ -406,8 +406,10 @@ class EmbeddedPostgres(EmbeddedServer):
             str(self.port),
             "-h",
             "127.0.0.1",
+            # TCP only: a Unix socket in the data folder fails the start when the folder's
+            # path is long (a socket path holds at most 107 bytes), and nothing here uses one.
             "-k",
-            str(self.data_dir),
+            "",
             "-c",
             "max_connections=200",
         ]
