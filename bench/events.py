@@ -54,6 +54,8 @@ class EventsConfig:
 
     backlog: int = 50_000
     rate: int = 10_000
+    # Issue 30's target load: the lag p99 at this rate (≤ 100 ms).
+    target_rate: int = 7_500
     # A load the machine carries with room to spare: the lag when nothing queues.
     light_rate: int = 1_000
     seconds: float = 5.0
@@ -412,6 +414,7 @@ def measure(stack: Stack, cfg: EventsConfig) -> dict[str, Any]:
         return {
             "backlog": bench.backlog(),
             "live": bench.live(cfg.rate),
+            "target": bench.live(cfg.target_rate),
             "light": bench.live(cfg.light_rate),
         }
     finally:
@@ -433,19 +436,21 @@ def rows(section: Section, figures: dict[str, Any], cfg: EventsConfig) -> None:
             {"rate": backlog["rate"]},
         )
     )
-    for key in ("live", "light"):
+    for key in ("live", "target", "light"):
         run = figures[key]
         lag = run["lag_s"]
         achieved = run["publish"]["rate"]
-        heavy = key == "live"
+        # The live run's target is the run-events issue's; the target run's, issue 30's. Each
+        # is judged only when the publishers reached (about) the rate it names.
+        floor = {"live": 10_000, "target": cfg.target_rate}.get(key)
         section.add(
             Row(
                 f"publish→applied lag p99, published at {achieved:.0f}/s",
                 f"{lag['p99'] * 1000:.1f} ms (p50 {lag['p50'] * 1000:.1f})",
                 f"asked {run['asked_rate']}/s",
                 None,
-                "≤ 100 ms at ≥ 10,000/s" if heavy else "-",
-                at_most(lag["p99"], 0.1) if heavy and achieved >= 10_000 * 0.95 else None,
+                "-" if floor is None else f"≤ 100 ms at ≥ {floor:,}/s",
+                None if floor is None or achieved < floor * 0.95 else at_most(lag["p99"], 0.1),
                 {"lag_p99_s": lag["p99"], "lag_p50_s": lag["p50"], "publish_rate": achieved},
             )
         )
