@@ -27,7 +27,6 @@ from bench.processes import BenchError, CpuWatch, python_module
 from bench.report import Row, Section, at_most, ratio
 from bench.stack import Stack, agent_body, run_json
 
-
 # Issue 30's target: a burst forwarded in at most twice the time the runtime's own stream takes.
 BURST_RATIO = 2.0
 
