@@ -144,7 +144,7 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
             if settings.consumer_port:
                 await stack.enter_async_context(
                     serve_monitor(
-                        ConsumerMonitor(consumer, redis, pool),
+                        ConsumerMonitor(consumer, redis, pool, database_url=settings.database_url),
                         settings.consumer_host,
                         settings.consumer_port,
                     )

@@ -12,6 +12,9 @@ from store import jsonb
 # Anything a query can run on: the pool, a connection, or one taken from the pool.
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
+# A statement still running after this long is given up (every connection this module opens).
+_COMMAND_TIMEOUT_S = 30
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # orjson where it reads and writes as json does (store/jsonb.py): every run row read
@@ -72,7 +75,24 @@ async def create_pool(
         reset=_rollback_if_in_transaction,
         # A dead server must surface as an error quickly, not as a hang.
         timeout=10,
-        command_timeout=30,
+        command_timeout=_COMMAND_TIMEOUT_S,
     )
     await pool
     return pool
+
+
+async def connect(
+    database_url: str, *, connect_timeout_s: float, application_name: str
+) -> asyncpg.Connection:
+    """One connection of its own, outside any pool: opened as the pool opens its connections
+    (the same DSN, so the same host, credentials and TLS, and the same command timeout), named
+    ``application_name`` in ``pg_stat_activity``, and given up after ``connect_timeout_s`` seconds.
+
+    Without the pool's ``json``/``jsonb`` codecs: for statements that read no JSON (the
+    dependency probe's ``SELECT 1``)."""
+    return await asyncpg.connect(
+        database_url,
+        timeout=connect_timeout_s,
+        command_timeout=_COMMAND_TIMEOUT_S,
+        server_settings={"application_name": application_name},
+    )

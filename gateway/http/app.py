@@ -177,10 +177,13 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
-    """PostgreSQL and Redis probed in the background into ``agent_gateway_dependency_up``."""
+    """PostgreSQL and Redis probed in the background into ``agent_gateway_dependency_up``.
+
+    PostgreSQL on a connection of the monitor's own, never the request pool's: a burst of
+    requests holding every pooled connection is not an outage."""
     gauge = app[METRICS].dependency_up
     monitor = DependencyMonitor(
-        app[DB_POOL],
+        app[SETTINGS].database_url,
         app[REDIS],
         on_probe=lambda dependency, up: gauge.labels(dependency.value).set(up),
     )
@@ -191,6 +194,7 @@ async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
     yield
     probing.cancel()
     await asyncio.wait([probing], timeout=_LOOP_STOP_S)
+    await monitor.close()
 
 
 async def _tracing(app: web.Application) -> AsyncIterator[None]:

@@ -26,9 +26,14 @@ def monitor_app(monitor: ConsumerMonitor) -> web.Application:
         body, content_type = render(monitor.registry, request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    async def probe_connection(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await monitor.close()
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(probe_connection)
     return app
 
 

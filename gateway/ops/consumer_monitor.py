@@ -81,7 +81,9 @@ class _StatsCollector(Collector):
 class ConsumerMonitor:
     """Metrics and liveness of one store consumer process."""
 
-    def __init__(self, consumer: StoreConsumer, redis: RedisClient, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, consumer: StoreConsumer, redis: RedisClient, pool: asyncpg.Pool, *, database_url: str
+    ) -> None:
         self.consumer = consumer
         self._redis = redis
         self.registry = new_registry()
@@ -110,9 +112,11 @@ class ConsumerMonitor:
             registry=self.registry,
         )
         dependency_up = dependency_gauge(self.registry)
-        # Probed at each scrape: the consumer waits outages out, this says it is waiting.
+        # Probed at each scrape: the consumer waits outages out, this says it is waiting. On a
+        # connection of the monitor's own: the consumer's pool is busiest (applying a backlog)
+        # right after an outage.
         self.dependencies = DependencyMonitor(
-            pool,
+            database_url,
             redis,
             on_probe=lambda dependency, up: dependency_up.labels(dependency.value).set(up),
         )
@@ -142,6 +146,10 @@ class ConsumerMonitor:
                     oldest_ms.append(int(text.split("-")[0]))
         age = max(0.0, time.time() - min(oldest_ms) / 1000) if oldest_ms else 0.0
         return float(sum(lengths)), age
+
+    async def close(self) -> None:
+        """Close the dependency probe's connection."""
+        await self.dependencies.close()
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the consumer loop is turning, and what the probe reports."""

@@ -262,6 +262,10 @@ def test_the_healthcheck_command_is_shell_free() -> None:
 POSTGRES_CONNECTIONS = 100 - 3
 # Connections outside the long-running pools: the migrate Job (one) and an admin console (two).
 ONE_OFF_CONNECTIONS = 1 + 2
+# Connections a process holds beside its pool: a gateway's cache listener and dependency probe,
+# a consumer's dependency probe (its monitor's, gateway/ops/dependencies.py).
+GATEWAY_OWN_CONNECTIONS = 2
+CONSUMER_OWN_CONNECTIONS = 1
 
 
 def _size(text: str) -> int:
@@ -287,8 +291,9 @@ def _surge(deployment: dict[str, Any], replicas: int) -> int:
 
 
 def test_the_postgres_connection_budget_fits_at_the_largest_scale() -> None:
-    """Every gateway pod holds its pool plus the cache's listening connection, every consumer its
-    pool; at the HPA's ceiling, mid-rollout, they fit in a PostgreSQL left at its defaults."""
+    """Every gateway pod holds its pool plus the cache's listening connection and the dependency
+    probe's, every consumer its pool plus its probe's; at the HPA's ceiling, mid-rollout, they
+    fit in a PostgreSQL left at its defaults."""
     objects = manifests()
     gateways = objects["HorizontalPodAutoscaler/agent-gateway"]["spec"]["maxReplicas"]
     gateways += _surge(objects["Deployment/agent-gateway"], gateways)
@@ -297,8 +302,8 @@ def test_the_postgres_connection_budget_fits_at_the_largest_scale() -> None:
     consumers += _surge(consumer_deployment, consumers)
 
     needed = (
-        gateways * (_configured("db_pool_max_size") + 1)
-        + consumers * _configured("consumer_db_pool_max_size")
+        gateways * (_configured("db_pool_max_size") + GATEWAY_OWN_CONNECTIONS)
+        + consumers * (_configured("consumer_db_pool_max_size") + CONSUMER_OWN_CONNECTIONS)
         + ONE_OFF_CONNECTIONS
     )
 
@@ -315,8 +320,10 @@ def test_compose_fits_the_postgres_connection_budget() -> None:
         {k: str(v) for k, v in services["consumer"]["environment"].items() if "$" not in str(v)}
     )
     needed = (
-        services["gateway"]["deploy"]["replicas"] * (gateway.db_pool_max_size + 1)
+        services["gateway"]["deploy"]["replicas"]
+        * (gateway.db_pool_max_size + GATEWAY_OWN_CONNECTIONS)
         + consumer.consumer_db_pool_max_size
+        + CONSUMER_OWN_CONNECTIONS
         + ONE_OFF_CONNECTIONS
     )
     assert needed <= POSTGRES_CONNECTIONS

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.http.monitor import monitor_app
 from gateway.ops.consumer_monitor import ConsumerMonitor
+from gateway.settings import Settings
 from tests.deploy.test_manifests import K8S, manifests
 from tests.docs.test_links import anchors, slugify
 from tests.support.consumers import ConsumerFactory
@@ -234,10 +235,14 @@ async def test_every_query_names_only_metrics_the_service_exports(
     make_consumer: ConsumerFactory,
     redis_client: aioredis.Redis,
     db: asyncpg.Pool,
+    settings: Settings,
 ) -> None:
     gateway_page = await (await tenant.client.get("/metrics")).text()
     consumer = await make_consumer()
-    monitor = TestClient(TestServer(monitor_app(ConsumerMonitor(consumer, redis_client, db))))
+    consumer_monitor = ConsumerMonitor(
+        consumer, redis_client, db, database_url=settings.database_url
+    )
+    monitor = TestClient(TestServer(monitor_app(consumer_monitor)))
     await monitor.start_server()
     try:
         consumer_page = await (await monitor.get("/metrics")).text()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
+from gateway.http.app_keys import DB_POOL
+from tests.support.databases import every_connection_held
+from tests.support.dependencies import changes
 from tests.support.gateways import GatewayFactory
 from tests.support.prometheus import metric_sum
 from tests.support.tenants import Tenant
@@ -41,6 +46,31 @@ async def test_a_healthy_replica_is_live_and_ready(make_gateway: GatewayFactory)
     metrics = await (await client.get("/metrics")).text()
     assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="postgres") == 1
     assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="redis") == 1
+
+
+async def test_a_replica_whose_requests_hold_every_pooled_connection_says_postgres_is_ok(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A burst of thousands of calls holds every connection of the request pool for seconds:
+    PostgreSQL is busy serving them, not away, and a dependency page that said otherwise would
+    page people. The probe asks on a connection of its own."""
+    client = await make_gateway(db_pool_min_size=1, db_pool_max_size=3)
+    pool = client.app[DB_POOL]
+
+    with capture_logs() as logs:
+        async with every_connection_held(pool):
+            # No connection is left for a request: it would wait for one, then give up.
+            with pytest.raises(TimeoutError):
+                async with pool.acquire(timeout=0.1):
+                    pass
+            dependencies = await client.get("/healthz/dependencies")
+            body = await dependencies.json()
+            metrics = await (await client.get("/metrics")).text()
+
+    assert dependencies.status == 200
+    assert body == {"status": "ok", "dependencies": {"postgres": "ok", "redis": "ok"}}
+    assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="postgres") == 1
+    assert changes(logs) == []
 
 
 async def test_a_replica_without_redis_stays_ready_and_says_redis_is_down(

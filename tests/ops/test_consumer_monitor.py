@@ -29,12 +29,13 @@ MonitorFactory = Callable[[StoreConsumer], Awaitable[Client]]
 
 @pytest.fixture
 async def monitor_of(
-    redis_client: aioredis.Redis, db: asyncpg.Pool
+    redis_client: aioredis.Redis, db: asyncpg.Pool, settings: Settings
 ) -> AsyncIterator[MonitorFactory]:
     clients: list[Client] = []
 
     async def start(consumer: StoreConsumer) -> Client:
-        client = TestClient(TestServer(monitor_app(ConsumerMonitor(consumer, redis_client, db))))
+        monitor = ConsumerMonitor(consumer, redis_client, db, database_url=settings.database_url)
+        client = TestClient(TestServer(monitor_app(monitor)))
         await client.start_server()
         clients.append(client)
         return client

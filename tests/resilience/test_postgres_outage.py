@@ -13,15 +13,18 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from structlog.testing import capture_logs
 
 from devkit.embedded import EmbeddedPostgres
 from devkit.fakes.n8n import make_bytes
 from gateway.http.middleware import errors_to_json, request_context
+from gateway.ops.dependencies import UP, Dependency, DependencyMonitor
 from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.pool import create_pool
 from tests.support.backends import Backends
 from tests.support.consumers import event_buffer
+from tests.support.dependencies import changes
 from tests.support.live_gateways import Caller, Live, LiveFactory
 
 MB = 1024 * 1024
@@ -161,6 +164,29 @@ async def test_postgresql_going_away_is_a_prompt_503_and_the_pool_recovers(
         f"finished whole ({FILE_SIZE // MB} MiB each); first trigger served "
         f"{recovered_s:.2f} s after PostgreSQL was back (answers {statuses})"
     )
+
+
+async def test_the_dependency_monitor_says_once_that_postgresql_left_and_once_that_it_is_back(
+    dedicated_postgres: EmbeddedPostgres, redis_client: aioredis.Redis
+) -> None:
+    """The probe's own connection is cut by the shutdown, a new one is refused while the
+    server is away, and the first probe after its return connects again."""
+    monitor = DependencyMonitor(dedicated_postgres.url, redis_client)
+    try:
+        with capture_logs() as logs:
+            before = await monitor.probe()
+            await asyncio.to_thread(dedicated_postgres.stop)
+            during = [await monitor.probe() for _ in range(3)]
+            await asyncio.to_thread(dedicated_postgres.start)
+            after = await monitor.probe()
+    finally:
+        await monitor.close()
+
+    assert before[Dependency.POSTGRES] == UP
+    assert all(state[Dependency.POSTGRES].startswith("unavailable: ") for state in during)
+    assert all(state[Dependency.REDIS] == UP for state in during)
+    assert after[Dependency.POSTGRES] == UP
+    assert changes(logs) == [("dependency_down", "postgres"), ("dependency_up", "postgres")]
 
 
 @pytest.mark.parametrize(

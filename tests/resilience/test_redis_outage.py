@@ -14,11 +14,16 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from devkit.embedded import EmbeddedRedis, free_port
 from devkit.fakes.n8n import CALLBACKS_SENT
+from gateway.ops.dependencies import UP, Dependency, DependencyMonitor
 from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
+from store.redis_client import connect_redis
+from tests.support.backends import Backends
+from tests.support.dependencies import changes
 from tests.support.live_gateways import Caller, Live, LiveFactory
 from tests.support.prometheus import metric_sum
 
@@ -258,3 +263,31 @@ async def test_a_download_whose_caller_hangs_up_at_the_last_byte_still_completes
     for run_id in run_ids:
         run = await live.terminal_run(caller, agent["id"], run_id, timeout=5)
         assert run["status"] == "completed"
+
+
+async def test_the_dependency_monitor_says_once_that_redis_left_and_once_that_it_is_back(
+    dedicated_redis: EmbeddedRedis, backends: Backends
+) -> None:
+    """The monitor pings through the replica's own Redis client (connected as the gateway
+    connects it); Redis stopped is an outage from the next probe, and back from the first
+    probe after it restarts."""
+    redis = connect_redis(
+        dedicated_redis.url, cluster=False, wait_for_connection_s=5.0, health_check_interval=15
+    )
+    monitor = DependencyMonitor(backends.database_url, redis)
+    try:
+        with capture_logs() as logs:
+            before = await monitor.probe()
+            await asyncio.to_thread(dedicated_redis.stop)
+            during = [await monitor.probe() for _ in range(3)]
+            await asyncio.to_thread(dedicated_redis.start)
+            after = await monitor.probe()
+    finally:
+        await monitor.close()
+        await redis.aclose()
+
+    assert before[Dependency.REDIS] == UP
+    assert all(state[Dependency.REDIS].startswith("unavailable: ") for state in during)
+    assert all(state[Dependency.POSTGRES] == UP for state in during)
+    assert after[Dependency.REDIS] == UP
+    assert changes(logs) == [("dependency_down", "redis"), ("dependency_up", "redis")]

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from yarl import URL
 
 from store.migrate import migrate_url, migration_files
@@ -59,3 +60,11 @@ async def migrate_as_a_newer_release(database_url: str, newer: str) -> None:
         await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", newer)
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def every_connection_held(pool: asyncpg.Pool) -> AsyncIterator[list[PoolConnectionProxy]]:
+    """Every connection ``pool`` may open, taken and kept for the ``async with`` block, as a
+    burst of requests holds them: a query through the pool meanwhile waits for one."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(pool.acquire()) for _ in range(pool.get_max_size())]
