@@ -279,23 +279,25 @@ class N8nChunkStream:
             yield RunResult(RunStatus.RUNNING)
             return
         first = True
-        async for line in _lines(response.content, self._max):
-            if not line.strip():
-                continue
-            chunk = _chunk(line)
-            if chunk is not None:
-                first = False
-                yield chunk
-                continue
-            if not first:
-                raise RuntimeFailure(
-                    "RuntimeStreamInvalid: a line of the stream is not an n8n chunk: "
-                    + line[:200].decode("utf-8", "replace")
-                )
-            # Not a streaming webhook: the whole body is one plain answer.
-            answer = await self._plain_answer(line)
-            yield RunResult(RunStatus.RUNNING) if self._callback else answer
-            return
+        lines = _Lines(response.content, self._max)
+        async for batch in lines.batches():
+            for index, line in enumerate(batch):
+                if not line.strip():
+                    continue
+                chunk = _chunk(line)
+                if chunk is not None:
+                    first = False
+                    yield chunk
+                    continue
+                if not first:
+                    raise RuntimeFailure(
+                        "RuntimeStreamInvalid: a line of the stream is not an n8n chunk: "
+                        + line[:200].decode("utf-8", "replace")
+                    )
+                # Not a streaming webhook: the whole body is one plain answer.
+                answer = await self._plain_answer(lines.unread(batch, index))
+                yield RunResult(RunStatus.RUNNING) if self._callback else answer
+                return
         if first or self._callback:
             # An empty body acknowledges the run; a callback agent's run ends by its callbacks.
             yield RunResult(RunStatus.RUNNING)
@@ -321,28 +323,58 @@ class N8nChunkStream:
         return RunResult(RunStatus.COMPLETED, output=output, has_output=True)
 
 
-async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """The stream's lines (without their newline), each as soon as it is complete; the last
-    line may lack its newline. A line over ``limit`` bytes is a :class:`RuntimeFailure`."""
-    pending = bytearray()
-    async for data in content.iter_any():
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if pending:
-                pending += data[start:end]
-                line = bytes(pending)
-                pending.clear()
-            else:
-                line = data[start:end]
-            if len(line) > limit:
-                raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {limit} bytes")
-            yield line
-            start = end + 1
-        pending += data[start:]
-        if len(pending) > limit:
-            raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {limit} bytes")
-    if pending:
-        yield bytes(pending)
+class _Lines:
+    """A stream's lines (without their newline), as soon as they are complete.
+
+    :meth:`batches` hands over together the lines each read completes (a burst of chunks
+    costs one step of the generator per read, not per line); the last line may lack its
+    newline. A line over ``limit`` bytes is a :class:`RuntimeFailure`.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        # The bytes read after the last complete line.
+        self._pending = bytearray()
+        self._ended = False
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """Each read's complete lines."""
+        pending = self._pending
+        async for data in self._content.iter_any():
+            lines: list[bytes] = []
+            start = 0
+            while (end := data.find(b"\n", start)) >= 0:
+                if pending:
+                    pending += data[start:end]
+                    line = bytes(pending)
+                    pending.clear()
+                else:
+                    line = data[start:end]
+                if len(line) > self._limit:
+                    raise RuntimeFailure(
+                        f"RuntimeStreamInvalid: a chunk is over {self._limit} bytes"
+                    )
+                lines.append(line)
+                start = end + 1
+            pending += data[start:]
+            if lines:
+                yield lines
+            if len(pending) > self._limit:
+                raise RuntimeFailure(f"RuntimeStreamInvalid: a chunk is over {self._limit} bytes")
+        self._ended = True
+        if pending:
+            last = bytes(pending)
+            pending.clear()
+            yield [last]
+
+    def unread(self, batch: list[bytes], index: int) -> bytes:
+        """The bytes of the stream read so far from ``batch[index]`` on, exactly as sent (what
+        is still unread follows them in the response)."""
+        text = b"\n".join(batch[index:])
+        if self._ended:
+            return text  # the stream's last line, which had no newline
+        return text + b"\n" + bytes(self._pending)
 
 
 def collect_chunks(raw: bytes) -> RunResult | None:
@@ -367,12 +399,55 @@ def collect_chunks(raw: bytes) -> RunResult | None:
 
 
 def _chunk(line: bytes) -> StreamChunk | None:
-    """``line`` as an n8n ``StructuredChunk``; ``None`` when it is not one."""
+    """``line`` as an n8n ``StructuredChunk``; ``None`` when it is not one.
+
+    orjson parses a line in a fraction of the time (a stream's CPU goes there), but it reads an
+    integer over 64 bits as a float and refuses what ``loads_json`` takes (a lone surrogate
+    escape, a byte-order mark, ``1e400``): its answer is taken only when every field a chunk
+    uses has the plain type (the chunk is then built from the fields at hand), otherwise the
+    line is parsed again the strict way.
+    """
     try:
-        value = _parse_chunk(line)
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is dict:
+        kind = value.get("type")
+        metadata = value.get("metadata")
+        content = value.get("content")
+        if type(kind) is str and type(metadata) is dict and type(content) in _PLAIN_STR:
+            node_id = metadata.get("nodeId")
+            node_name = metadata.get("nodeName")
+            item_index = metadata.get("itemIndex")
+            run_index = metadata.get("runIndex")
+            if (
+                type(node_id) in _PLAIN_STR
+                and type(node_name) in _PLAIN_STR
+                and type(item_index) in _PLAIN_INT
+                and type(run_index) in _PLAIN_INT
+            ):
+                if kind not in CHUNK_TYPES:
+                    return None
+                return StreamChunk(
+                    kind,
+                    node_id if node_id is not None else node_name or "",
+                    node_name if node_name is not None else node_id or "",
+                    content or "",
+                    item_index or 0,
+                    run_index or 0,
+                )
+    try:
+        return _strict_chunk(loads_json(line))
     except (ValueError, RecursionError):
         return None
-    if not isinstance(value, dict) or value.get("type") not in CHUNK_TYPES:
+
+
+def _strict_chunk(value: Any) -> StreamChunk | None:
+    """A chunk from a line parsed the strict way (any field of any type)."""
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if not isinstance(kind, str) or kind not in CHUNK_TYPES:
         return None
     metadata = value.get("metadata")
     if not isinstance(metadata, dict):
@@ -386,39 +461,13 @@ def _chunk(line: bytes) -> StreamChunk | None:
     node_id = metadata.get("nodeId")
     node_name = metadata.get("nodeName")
     return StreamChunk(
-        kind=str(value["type"]),
-        node_id=str(node_id) if node_id is not None else str(node_name or ""),
-        node_name=str(node_name) if node_name is not None else str(node_id or ""),
-        content=content,
-        item_index=_int(metadata.get("itemIndex")),
-        run_index=_int(metadata.get("runIndex")),
+        kind,
+        str(node_id) if node_id is not None else str(node_name or ""),
+        str(node_name) if node_name is not None else str(node_id or ""),
+        content,
+        _int(metadata.get("itemIndex")),
+        _int(metadata.get("runIndex")),
     )
-
-
-def _parse_chunk(line: bytes) -> Any:
-    """A line parsed as :func:`loads_json` would, faster for the usual chunk.
-
-    orjson parses a line in a fraction of the time (a stream's CPU goes there), but it reads an
-    integer over 64 bits as a float and refuses what ``loads_json`` takes (a lone surrogate
-    escape, a byte-order mark, ``1e400``): its answer is taken only when every field a chunk
-    uses has the plain type, otherwise the line is parsed again the strict way.
-    """
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return loads_json(line)
-    if type(value) is dict:
-        metadata = value.get("metadata")
-        if (
-            type(value.get("content")) in _PLAIN_STR
-            and type(metadata) is dict
-            and type(metadata.get("nodeId")) in _PLAIN_STR
-            and type(metadata.get("nodeName")) in _PLAIN_STR
-            and type(metadata.get("itemIndex")) in _PLAIN_INT
-            and type(metadata.get("runIndex")) in _PLAIN_INT
-        ):
-            return value
-    return loads_json(line)
 
 
 _PLAIN_STR = (str, type(None))

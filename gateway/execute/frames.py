@@ -28,6 +28,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 import structlog
@@ -59,8 +60,8 @@ _FOLLOW_REFRESH_S = 2.0
 _SETTLE_S = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+# A NamedTuple, as adapters.base.StreamChunk: one per frame.
+class Frame(NamedTuple):
     """One SSE frame: its number in the execution (the ``id:``) and its data."""
 
     number: int
@@ -111,6 +112,14 @@ class FeedQueue:
         """Whether nothing is held."""
         return not self._items
 
+    def offer(self, item: FeedItem) -> bool:
+        """Hold ``item`` for the reader now if what is held is under the limit; whether it was
+        (when not, :meth:`put` waits for room)."""
+        if self._held >= self._limit:
+            return False
+        self._hold(item)
+        return True
+
     async def put(self, item: FeedItem) -> None:
         """Hold ``item`` for the reader, once what is held is under the limit."""
         while self._held >= self._limit:
@@ -123,6 +132,9 @@ class FeedQueue:
                 with contextlib.suppress(ValueError):
                     self._writers.remove(waiter)
                 raise
+        self._hold(item)
+
+    def _hold(self, item: FeedItem) -> None:
         self._items.append(item)
         self._held += _size(item)
         reader = self._reader
@@ -242,7 +254,9 @@ class Feed:
                         else:
                             self.chunks += 1
                         self._keep(frame)
-                        await self._hand(frame)
+                        # As _hand, inline: this loop turns once per frame.
+                        if self._attached and not self.queue.offer(frame):
+                            await self.queue.put(frame)
             except asyncio.CancelledError:
                 # Cancelled (nobody came back in time, or the gateway stops): followers end too.
                 reason = self._leave_reason or "The gateway stopped"
@@ -272,7 +286,7 @@ class Feed:
             self._wake.set()
 
     async def _hand(self, item: FeedItem) -> None:
-        if self._attached:
+        if self._attached and not self.queue.offer(item):
             await self.queue.put(item)
 
     async def _flush(self) -> None:

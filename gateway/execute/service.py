@@ -19,7 +19,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import asyncpg
@@ -185,8 +185,8 @@ class Execution:
         return self.agent.output_kind == OutputKind.STREAM and self.adapter.streams
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkFrame:
+# A NamedTuple, as adapters.base.StreamChunk: one per streamed chunk.
+class ChunkFrame(NamedTuple):
     """A piece of a block's output, to pass on at once."""
 
     block_id: str

@@ -10,9 +10,10 @@ from unittest.mock import Mock
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.base import RunResult, RuntimeFailure, RuntimeRefused, StreamChunk, TriggerPayload
-from adapters.n8n import N8nAdapter, N8nChunkStream, _lines, collect_chunks
+from adapters.n8n import N8nAdapter, N8nChunkStream, _Lines, collect_chunks
 from tests.support.mocked_runtime import MockedRuntime
 
 URL = "https://n8n.example/webhook/chat"
@@ -84,6 +85,35 @@ async def test_a_plain_json_answer_is_one_completed_result(
     items = await collect(await adapter.open_stream({"webhook_url": URL}, PAYLOAD, wait_s=5))
 
     assert items == [RunResult("completed", output={"answer": 42}, has_output=True)]
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7])
+async def test_a_plain_json_answer_over_several_lines_is_read_whole(
+    adapter: N8nAdapter, aiohttp_server: Any, pieces: int
+) -> None:
+    """A workflow answering pretty-printed JSON on a streaming agent: every line of it, however
+    the body arrives, makes up the one result."""
+    answer = {"summary": "Q3", "rows": [{"n": 1}, {"n": 2}], "done": True}
+    body = json.dumps(answer, indent=2).encode()
+
+    async def webhook(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        size = -(-len(body) // pieces)
+        for start in range(0, len(body), size):
+            await response.write(body[start : start + size])
+            await asyncio.sleep(0.01)  # each piece its own read
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/webhook/chat", webhook)
+    server = await aiohttp_server(app)
+    runtime = {"webhook_url": str(server.make_url("/webhook/chat"))}
+
+    items = await collect(await adapter.open_stream(runtime, PAYLOAD, wait_s=5))
+
+    assert items == [RunResult("completed", output=answer, has_output=True)]
 
 
 @pytest.mark.parametrize(
@@ -179,16 +209,20 @@ async def test_lines_are_cut_at_newlines_however_the_bytes_arrive() -> None:
     text = chunk("item", "a") + chunk("item", "b\nc") + chunk("item", "d")
     for size in (1, 3, 7, len(text)):
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
-        lines = [line async for line in _lines(reader(pieces), 10_000)]
+        lines = [line async for batch in _Lines(reader(pieces), 10_000).batches() for line in batch]
         assert [json.loads(line)["content"] for line in lines] == ["a", "b\nc", "d"], size
 
 
 async def test_a_last_line_without_newline_still_counts_and_an_overlong_one_fails() -> None:
-    lines = [line async for line in _lines(reader([b'{"x":1}\n{"y":', b"2}"]), 100)]
+    lines = [
+        line
+        async for batch in _Lines(reader([b'{"x":1}\n{"y":', b"2}"]), 100).batches()
+        for line in batch
+    ]
     assert lines == [b'{"x":1}', b'{"y":2}']
 
     with pytest.raises(RuntimeFailure, match="over 100 bytes"):
-        async for _line in _lines(reader([b"x" * 60, b"y" * 60]), 100):
+        async for _batch in _Lines(reader([b"x" * 60, b"y" * 60]), 100).batches():
             pass
 
 
