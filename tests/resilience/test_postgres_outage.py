@@ -13,7 +13,6 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from structlog.testing import capture_logs
 
 from devkit.embedded import EmbeddedPostgres
 from devkit.fakes.n8n import make_bytes
@@ -24,7 +23,7 @@ from store.consumer import StoreConsumer
 from store.pool import create_pool
 from tests.support.backends import Backends
 from tests.support.consumers import event_buffer
-from tests.support.dependencies import changes
+from tests.support.dependencies import probed_through_an_outage
 from tests.support.live_gateways import Caller, Live, LiveFactory
 
 MB = 1024 * 1024
@@ -173,20 +172,17 @@ async def test_the_dependency_monitor_says_once_that_postgresql_left_and_once_th
     server is away, and the first probe after its return connects again."""
     monitor = DependencyMonitor(dedicated_postgres.url, redis_client)
     try:
-        with capture_logs() as logs:
-            before = await monitor.probe()
-            await asyncio.to_thread(dedicated_postgres.stop)
-            during = [await monitor.probe() for _ in range(3)]
-            await asyncio.to_thread(dedicated_postgres.start)
-            after = await monitor.probe()
+        seen = await probed_through_an_outage(
+            monitor, dedicated_postgres.stop, dedicated_postgres.start
+        )
     finally:
         await monitor.close()
 
-    assert before[Dependency.POSTGRES] == UP
-    assert all(state[Dependency.POSTGRES].startswith("unavailable: ") for state in during)
-    assert all(state[Dependency.REDIS] == UP for state in during)
-    assert after[Dependency.POSTGRES] == UP
-    assert changes(logs) == [("dependency_down", "postgres"), ("dependency_up", "postgres")]
+    assert seen.before[Dependency.POSTGRES] == UP
+    assert all(state[Dependency.POSTGRES].startswith("unavailable: ") for state in seen.during)
+    assert all(state[Dependency.REDIS] == UP for state in seen.during)
+    assert seen.after[Dependency.POSTGRES] == UP
+    assert seen.changes == [("dependency_down", "postgres"), ("dependency_up", "postgres")]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
-from structlog.testing import capture_logs
 
 from devkit.embedded import EmbeddedRedis, free_port
 from devkit.fakes.n8n import CALLBACKS_SENT
@@ -23,7 +22,7 @@ from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
 from store.redis_client import connect_redis
 from tests.support.backends import Backends
-from tests.support.dependencies import changes
+from tests.support.dependencies import probed_through_an_outage
 from tests.support.live_gateways import Caller, Live, LiveFactory
 from tests.support.prometheus import metric_sum
 
@@ -276,18 +275,13 @@ async def test_the_dependency_monitor_says_once_that_redis_left_and_once_that_it
     )
     monitor = DependencyMonitor(backends.database_url, redis)
     try:
-        with capture_logs() as logs:
-            before = await monitor.probe()
-            await asyncio.to_thread(dedicated_redis.stop)
-            during = [await monitor.probe() for _ in range(3)]
-            await asyncio.to_thread(dedicated_redis.start)
-            after = await monitor.probe()
+        seen = await probed_through_an_outage(monitor, dedicated_redis.stop, dedicated_redis.start)
     finally:
         await monitor.close()
         await redis.aclose()
 
-    assert before[Dependency.REDIS] == UP
-    assert all(state[Dependency.REDIS].startswith("unavailable: ") for state in during)
-    assert all(state[Dependency.POSTGRES] == UP for state in during)
-    assert after[Dependency.REDIS] == UP
-    assert changes(logs) == [("dependency_down", "redis"), ("dependency_up", "redis")]
+    assert seen.before[Dependency.REDIS] == UP
+    assert all(state[Dependency.REDIS].startswith("unavailable: ") for state in seen.during)
+    assert all(state[Dependency.POSTGRES] == UP for state in seen.during)
+    assert seen.after[Dependency.REDIS] == UP
+    assert seen.changes == [("dependency_down", "redis"), ("dependency_up", "redis")]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from structlog.testing import capture_logs
+
+from gateway.ops.dependencies import Dependency, DependencyMonitor
 
 
 def changes(logs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -18,3 +24,27 @@ def changes(logs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
 def inconclusive(logs: Iterable[Mapping[str, Any]]) -> list[str]:
     """The dependencies whose probe it found inconclusive (the event loop was late), in order."""
     return [line["dependency"] for line in logs if line["event"] == "dependency_probe_inconclusive"]
+
+
+@dataclass
+class Outage:
+    """What a monitor said before a dependency stopped, on three probes while it was away, on
+    the first probe after it was back, and its change lines over all of it."""
+
+    before: dict[Dependency, str]
+    during: list[dict[Dependency, str]]
+    after: dict[Dependency, str]
+    changes: list[tuple[str, str]]
+
+
+async def probed_through_an_outage(
+    monitor: DependencyMonitor, stop: Callable[[], None], start: Callable[[], None]
+) -> Outage:
+    """Probe, ``stop`` the dependency, probe three times, ``start`` it, probe again."""
+    with capture_logs() as logs:
+        before = await monitor.probe()
+        await asyncio.to_thread(stop)
+        during = [await monitor.probe() for _ in range(3)]
+        await asyncio.to_thread(start)
+        after = await monitor.probe()
+    return Outage(before, during, after, changes(logs))
