@@ -20,6 +20,11 @@ read-only (frozen, and nothing changes its dict fields in place).
 A read racing an invalidation (it began before the row changed and ends after the notification
 came) would cache what it read before the change; a generation counter, bumped by every
 invalidation, keeps such a read from being stored.
+
+Lookups that miss the same entry at the same moment share one read: a burst of calls with one
+ingest key (or to one agent) would otherwise send one query each, all queueing for the pool just
+when it is busiest. A lookup that begins after an invalidation never joins a read that began
+before it.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class LookupCache:
         self._agents: TTLCache[int, Agent] = TTLCache(capacity, ttl)
         self._agents_by_key: TTLCache[bytes, Agent] = TTLCache(capacity, ttl)
         self._generation = 0
+        # The reads in flight, by cache, key and the generation they began in.
+        self._reading: dict[tuple[int, Hashable, int], asyncio.Future[Any]] = {}
         # Entries are served and stored only while the listener holds its connection.
         self._listening = False
         self._listener_pid: int | None = None
@@ -149,6 +156,24 @@ class LookupCache:
             return value
         self.stats.misses += 1
         generation = self._generation
+        flight = (id(cache), key, generation)
+        shared = self._reading.get(flight)
+        if shared is None:
+            shared = asyncio.ensure_future(self._read(cache, key, read, generation))
+            self._reading[flight] = shared
+            shared.add_done_callback(lambda _done: self._reading.pop(flight, None))
+            shared.add_done_callback(_retrieve)
+        # Shielded: a caller that leaves does not cancel the read the others wait for.
+        shared_value: V | None = await asyncio.shield(shared)
+        return shared_value
+
+    async def _read(
+        self,
+        cache: TTLCache[K, V],
+        key: K,
+        read: Callable[[], Awaitable[V | None]],
+        generation: int,
+    ) -> V | None:
         value = await read()
         # Not stored when an invalidation came while the row was being read: what was read may
         # be the row as it was before that change.
@@ -266,3 +291,9 @@ class LookupCache:
         finally:
             conn.remove_termination_listener(terminated)
             conn.terminate()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared read's failure as seen even when every caller had left."""
+    if not future.cancelled():
+        future.exception()

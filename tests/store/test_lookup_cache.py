@@ -81,3 +81,42 @@ async def test_a_read_an_invalidation_overtook_is_not_stored(
     assert cache.stats.misses == misses + 1, "the overtaken read was not kept"
     assert await cache.agent_in_org(agent.id, agent.org_id) == agent
     assert cache.stats.misses == misses + 1, "this one was"
+
+
+async def _reads_waiting(observer: asyncpg.Connection, count: int) -> int:
+    """How many reads wait on the locked table, once ``count`` do or a moment has passed."""
+    waiting = 0
+    for _ in range(100):
+        waiting = await observer.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        if waiting >= count:
+            break
+        await asyncio.sleep(0.01)
+    return int(waiting)
+
+
+async def test_a_burst_of_lookups_missing_one_agent_shares_one_read(
+    db: asyncpg.Pool, cache: LookupCache, agent: Agent, backends: Backends
+) -> None:
+    """Fifty calls for an agent not yet cached arrive while its row cannot be read (the table
+    locked on purpose): one query waits for the row, not one per call, and all fifty get the
+    agent. A call that begins after the agent was invalidated reads the row again."""
+    observer = await asyncpg.connect(backends.database_url)
+    try:
+        async with db.acquire() as locker:
+            transaction = locker.transaction()
+            await transaction.start()
+            await locker.execute("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE")
+            burst = [
+                asyncio.create_task(cache.agent_in_org(agent.id, agent.org_id)) for _ in range(50)
+            ]
+            # Time for a read per call to reach the lock, were there one per call (the pool
+            # has three connections besides the locker's).
+            await asyncio.sleep(0.3)
+            assert await _reads_waiting(observer, 1) == 1
+            cache.invalidate_agent(agent.id)
+            after = asyncio.create_task(cache.agent_in_org(agent.id, agent.org_id))
+            assert await _reads_waiting(observer, 2) == 2
+            await transaction.rollback()
+        assert await asyncio.gather(*burst, after) == [agent] * 51
+    finally:
+        await observer.close()
