@@ -254,9 +254,7 @@ class Feed:
                         else:
                             self.chunks += 1
                         self._keep(frame)
-                        # As _hand, inline: this loop turns once per frame.
-                        if self._attached and not self.queue.offer(frame):
-                            await self.queue.put(frame)
+                        await self._hand(frame)
             except asyncio.CancelledError:
                 # Cancelled (nobody came back in time, or the gateway stops): followers end too.
                 reason = self._leave_reason or "The gateway stopped"
@@ -286,6 +284,7 @@ class Feed:
             self._wake.set()
 
     async def _hand(self, item: FeedItem) -> None:
+        # Without waiting on the queue while there is room (most of a burst).
         if self._attached and not self.queue.offer(item):
             await self.queue.put(item)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from gateway.ops.dependencies import Dependency, DependencyMonitor
+from gateway.ops.dependencies import UP, Dependency, DependencyMonitor
 
 
 def changes(logs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -48,3 +48,15 @@ async def probed_through_an_outage(
         await asyncio.to_thread(start)
         after = await monitor.probe()
     return Outage(before, during, after, changes(logs))
+
+
+def assert_one_outage_of(seen: Outage, dependency: Dependency) -> None:
+    """``dependency`` was up, then down on every probe while away and up again, the others up
+    all along; one ``dependency_down`` line and one ``dependency_up`` line, nothing else."""
+    others = [other for other in Dependency if other is not dependency]
+    assert seen.before[dependency] == UP
+    assert all(state[dependency].startswith("unavailable: ") for state in seen.during)
+    assert all(state[other] == UP for state in seen.during for other in others)
+    assert seen.after[dependency] == UP
+    name = dependency.value
+    assert seen.changes == [("dependency_down", name), ("dependency_up", name)]
