@@ -22,6 +22,7 @@ from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
 from store.redis_client import connect_redis
 from tests.support.backends import Backends
+from tests.support.consumers import until_drained
 from tests.support.dependencies import assert_one_outage_of, probed_through_an_outage
 from tests.support.live_gateways import Caller, Live, LiveFactory
 from tests.support.prometheus import metric_sum
@@ -216,7 +217,7 @@ async def test_redis_going_away_under_load_loses_nothing(
         "SELECT id, error FROM runs WHERE id = ANY($1) AND status <> 'completed'", run_ids
     )
     assert failed == [], failed
-    assert sum(await buffer.lengths()) == 0
+    await until_drained(buffer)
     await redis.aclose()
     callbacks = Counter(c["status"] for c in runtime.app[CALLBACKS_SENT])
     assert set(callbacks) == {202}, callbacks

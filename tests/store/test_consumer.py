@@ -18,7 +18,7 @@ from store.models import Agent
 from store.reaper import REAPED_ERROR, reap_overdue
 from store.run_events import RunEvent
 from store.transitions import record_events
-from tests.support.consumers import ConsumerFactory, event_buffer
+from tests.support.consumers import ConsumerFactory, event_buffer, until_drained
 from tests.support.store_runs import new_run
 
 OUTPUTS_PER_RUN = 6
@@ -77,7 +77,7 @@ async def test_two_consumers_leave_every_run_as_its_last_event_says(
     assert first.stats.applied > 0, "both took a share"
     assert second.stats.applied > 0, "both took a share"
     assert first.stats.applied + second.stats.applied == len(run_ids) * (OUTPUTS_PER_RUN + 1)
-    assert sum(await event_buffer(settings, redis_client).lengths()) == 0
+    await until_drained(event_buffer(settings, redis_client))
 
 
 async def _all_ended(db: asyncpg.Pool, run_ids: list[int]) -> bool:

@@ -27,6 +27,7 @@ from tests.support.consumers import (
     assert_applied_once_each_in_order,
     event_buffer,
     story,
+    until_drained,
     until_ended,
 )
 from tests.support.store_runs import new_run
@@ -168,4 +169,4 @@ async def test_a_consumer_killed_mid_turn_leaves_its_successor_every_event_once_
 
     await assert_applied_once_each_in_order(db, told)
     assert b.stats.refused == 0
-    assert sum(await buffer.lengths()) == 0
+    await until_drained(buffer)

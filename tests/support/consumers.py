@@ -50,6 +50,18 @@ async def until_ended(db: asyncpg.Pool, run_ids: list[int], *, bound_s: float = 
         await asyncio.sleep(0.02)
 
 
+async def until_drained(buffer: EventBuffer, *, bound_s: float = 10.0) -> None:
+    """Return once ``buffer`` holds nothing; fail after ``bound_s``.
+
+    A consumer removes a batch's entries after its commit and its announcements, so a run
+    already ended in PostgreSQL may still have its entries in the buffer for a moment."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while left := sum(await buffer.lengths()):
+        assert loop.time() < deadline, f"{left} entries were never removed from the buffer"
+        await asyncio.sleep(0.02)
+
+
 async def assert_applied_once_each_in_order(
     db: asyncpg.Pool, stories: dict[int, list[RunEvent]]
 ) -> None:
