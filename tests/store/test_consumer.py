@@ -73,11 +73,12 @@ async def test_two_consumers_leave_every_run_as_its_last_event_says(
     await buffer_outputs_then_complete(event_buffer(settings, redis_client), run_ids)
 
     await until(lambda: _all_ended(db, run_ids))
+    # A turn counts what it applied after its commit and removes the entries after that.
+    await until_drained(event_buffer(settings, redis_client))
     assert await final_rows(db, run_ids) == last_sent(run_ids)
     assert first.stats.applied > 0, "both took a share"
     assert second.stats.applied > 0, "both took a share"
     assert first.stats.applied + second.stats.applied == len(run_ids) * (OUTPUTS_PER_RUN + 1)
-    await until_drained(event_buffer(settings, redis_client))
 
 
 async def _all_ended(db: asyncpg.Pool, run_ids: list[int]) -> bool:
@@ -127,6 +128,7 @@ async def test_a_consumer_stalled_past_its_lease_applies_nothing_after_its_succe
         await asyncio.sleep(0.7)  # A's leases lapse
         b = await make_consumer(name="b", lease_s=0.5)
         await until(lambda: _all_ended(db, run_ids))
+        await until_drained(buffer)  # B has counted all it applied
         wake.set()
         await until(lambda: a.stats.leases_lost >= 1)
     finally:
