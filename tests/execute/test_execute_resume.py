@@ -250,7 +250,8 @@ async def test_a_caller_who_leaves_is_cancelled_after_the_grace_unless_someone_f
 
     # Resumed within the grace (on the other replica): the run goes on to its end.
     kept, first = await cut_after(tenant, agent["id"], 2)
-    await asyncio.sleep(0.2)
+    # Back a moment later, well inside the 0.5 s (a slow machine's follow must still fit).
+    await asyncio.sleep(0.05)
     rest = await read_events(await follow(other, tenant, agent["id"], kept, last_event_id=2))
     assert assert_whole(first + rest)["success"] is True
     run = await wait_for_run(tenant, agent["id"], kept)
