@@ -179,17 +179,19 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _dependency_monitor(app: web.Application) -> AsyncIterator[None]:
     """PostgreSQL and Redis probed in the background into ``agent_gateway_dependency_up``.
 
-    PostgreSQL on a connection of the monitor's own, never the request pool's: a burst of
-    requests holding every pooled connection is not an outage."""
+    Each on a connection of the monitor's own, never the request pools': a burst of requests
+    holding every pooled connection is not an outage."""
     gauge = app[METRICS].dependency_up
+    settings = app[SETTINGS]
     monitor = DependencyMonitor(
-        app[SETTINGS].database_url,
-        app[REDIS],
+        settings.database_url,
+        settings.redis_url,
+        redis_cluster=settings.redis_cluster,
         on_probe=lambda dependency, up: gauge.labels(dependency.value).set(up),
     )
     app[DEPENDENCIES] = monitor
     probing = asyncio.create_task(
-        monitor.run(app[SETTINGS].dependency_probe_interval_s), name="dependency-monitor"
+        monitor.run(settings.dependency_probe_interval_s), name="dependency-monitor"
     )
     yield
     probing.cancel()

@@ -82,7 +82,14 @@ class ConsumerMonitor:
     """Metrics and liveness of one store consumer process."""
 
     def __init__(
-        self, consumer: StoreConsumer, redis: RedisClient, pool: asyncpg.Pool, *, database_url: str
+        self,
+        consumer: StoreConsumer,
+        redis: RedisClient,
+        pool: asyncpg.Pool,
+        *,
+        database_url: str,
+        redis_url: str,
+        redis_cluster: bool = False,
     ) -> None:
         self.consumer = consumer
         self._redis = redis
@@ -117,7 +124,8 @@ class ConsumerMonitor:
         # right after an outage.
         self.dependencies = DependencyMonitor(
             database_url,
-            redis,
+            redis_url,
+            redis_cluster=redis_cluster,
             on_probe=lambda dependency, up: dependency_up.labels(dependency.value).set(up),
         )
 

@@ -7,9 +7,10 @@ on every replica at once. So readiness (``gateway.ops.drain``) does not look at 
 state is reported here, on ``/healthz/dependencies`` and as ``agent_gateway_dependency_up``,
 for people and alerts, never for a probe.
 
-A busy process is not an outage: PostgreSQL is asked on a connection of the monitor's own, never
-one of the request pool (which a burst of requests can hold entirely), and a probe whose bound
-ran out while the event loop itself was late says nothing either way (:func:`_bounded`).
+A busy process is not an outage: PostgreSQL and Redis are each asked on a connection of the
+monitor's own, never one of the request pools (which a burst of requests can hold entirely), and a
+probe whose bound ran out while the event loop itself was late says nothing either way
+(:func:`_bounded`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncpg
 import structlog
 
 from store.pool import connect
-from store.redis_client import RedisClient
+from store.redis_client import connect_redis
 
 log = structlog.get_logger(__name__)
 
@@ -63,19 +64,28 @@ class DependencyMonitor:
     ``on_probe`` is told every probe's outcome (the metrics gauge); a change of state is logged
     once, so an outage shows as one line when it starts and one when it ends. PostgreSQL is
     asked on one connection of the monitor's own, opened at the first probe, reused, replaced
-    after any failure, and closed by :meth:`close`.
+    after any failure, and closed by :meth:`close`. Redis (``redis_url``, a node of a cluster
+    when ``redis_cluster``) is asked through a client of the monitor's own, which connects at
+    the first probe and again after a failure; :meth:`close` closes it.
     """
 
     def __init__(
         self,
         database_url: str,
-        redis: RedisClient,
+        redis_url: str,
         *,
+        redis_cluster: bool = False,
         on_probe: Callable[[Dependency, bool], None] = lambda _dependency, _up: None,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self._database_url = database_url
-        self._redis = redis
+        # Not the process's client: a burst can take every connection of its pool (a waiting
+        # pool makes a command wait for one, a cluster's refuses it), and a ping behind them
+        # would report Redis down while it serves the burst. One probe runs at a time (below),
+        # so this client holds one connection (one per node of a cluster).
+        self._redis = connect_redis(
+            redis_url, cluster=redis_cluster, socket_connect_timeout=probe_timeout_s
+        )
         self._on_probe = on_probe
         self._timeout_s = probe_timeout_s
         self._connection: asyncpg.Connection | None = None
@@ -154,7 +164,7 @@ class DependencyMonitor:
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:
-        """Close the probe's connection (a later probe would open another)."""
+        """Close the probe's connections (a later probe would open others)."""
         async with self._probing:
             connection, self._connection = self._connection, None
             if connection is not None:
@@ -162,6 +172,9 @@ class DependencyMonitor:
                 # when it cannot end it politely, then raises.
                 with contextlib.suppress(Exception):
                     await connection.close(timeout=self._timeout_s)
+            # Its connections close whether Redis answers or not.
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
 
 
 async def _bounded(check: Coroutine[Any, Any, None], timeout_s: float) -> None:

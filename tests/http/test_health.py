@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from redis.exceptions import ConnectionError as RedisConnectionError
 from structlog.testing import capture_logs
 
-from gateway.http.app_keys import DB_POOL
+from gateway.http import app as gateway_app
+from gateway.http.app_keys import DB_POOL, REDIS
+from store.redis_client import RedisClient
 from tests.support.databases import every_connection_held
 from tests.support.dependencies import changes
 from tests.support.gateways import GatewayFactory
@@ -70,6 +75,54 @@ async def test_a_replica_whose_requests_hold_every_pooled_connection_says_postgr
     assert dependencies.status == 200
     assert body == {"status": "ok", "dependencies": {"postgres": "ok", "redis": "ok"}}
     assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="postgres") == 1
+    assert changes(logs) == []
+
+
+async def _refused(redis: RedisClient) -> bool:
+    """Whether a command finds no connection free."""
+    try:
+        await redis.llen("nobody-pushes")
+    except RedisConnectionError:
+        return True
+    return False
+
+
+async def test_a_replica_whose_requests_hold_every_redis_connection_says_redis_is_ok(
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same burst holds every connection of the replica's Redis client: Redis is serving
+    it. The probe pings on a client of its own."""
+    monkeypatch.setattr(gateway_app, "_REDIS_CONNECTIONS", 2)
+    monkeypatch.setattr(gateway_app, "_REDIS_CLUSTER_NODE_CONNECTIONS", 2)
+    monkeypatch.setattr(gateway_app, "_REDIS_CONNECTION_WAIT_S", 0.2)
+    client = await make_gateway()
+    redis = client.app[REDIS]
+    # Two commands that hold their connection until cancelled (a list nobody pushes to).
+    holding = [asyncio.create_task(redis.blpop(["nobody-pushes"], timeout=0)) for _ in range(2)]
+
+    try:
+        with capture_logs() as logs:
+            # Once both hold theirs, no connection is left for a request's command: it waits
+            # for one, then gives up.
+            for _ in range(50):
+                if await _refused(redis):
+                    break
+                await asyncio.sleep(0.01)
+            with pytest.raises(RedisConnectionError):
+                await redis.llen("nobody-pushes")
+            dependencies = await client.get("/healthz/dependencies")
+            body = await dependencies.json()
+            metrics = await (await client.get("/metrics")).text()
+    finally:
+        for task in holding:
+            task.cancel()
+        for task in holding:
+            with contextlib.suppress(asyncio.CancelledError, RedisConnectionError):
+                await task
+
+    assert dependencies.status == 200
+    assert body == {"status": "ok", "dependencies": {"postgres": "ok", "redis": "ok"}}
+    assert metric_sum(metrics, "agent_gateway_dependency_up", dependency="redis") == 1
     assert changes(logs) == []
 
 

@@ -33,7 +33,12 @@ async def make_monitor(
     monitors: list[DependencyMonitor] = []
 
     def make(**options: Any) -> DependencyMonitor:
-        monitor = DependencyMonitor(backends.database_url, redis_client, **options)
+        monitor = DependencyMonitor(
+            backends.database_url,
+            backends.redis_url,
+            redis_cluster=backends.redis_cluster,
+            **options,
+        )
         monitors.append(monitor)
         return monitor
 

@@ -166,11 +166,13 @@ async def test_postgresql_going_away_is_a_prompt_503_and_the_pool_recovers(
 
 
 async def test_the_dependency_monitor_says_once_that_postgresql_left_and_once_that_it_is_back(
-    dedicated_postgres: EmbeddedPostgres, redis_client: aioredis.Redis
+    dedicated_postgres: EmbeddedPostgres, backends: Backends
 ) -> None:
     """The probe's own connection is cut by the shutdown, a new one is refused while the
     server is away, and the first probe after its return connects again."""
-    monitor = DependencyMonitor(dedicated_postgres.url, redis_client)
+    monitor = DependencyMonitor(
+        dedicated_postgres.url, backends.redis_url, redis_cluster=backends.redis_cluster
+    )
     try:
         seen = await probed_through_an_outage(
             monitor, dedicated_postgres.stop, dedicated_postgres.start

@@ -20,7 +20,6 @@ from devkit.fakes.n8n import CALLBACKS_SENT
 from gateway.ops.dependencies import Dependency, DependencyMonitor
 from store.consumer import StoreConsumer
 from store.event_buffer import EventBuffer
-from store.redis_client import connect_redis
 from tests.support.backends import Backends
 from tests.support.consumers import until_drained
 from tests.support.dependencies import assert_one_outage_of, probed_through_an_outage
@@ -268,17 +267,12 @@ async def test_a_download_whose_caller_hangs_up_at_the_last_byte_still_completes
 async def test_the_dependency_monitor_says_once_that_redis_left_and_once_that_it_is_back(
     dedicated_redis: EmbeddedRedis, backends: Backends
 ) -> None:
-    """The monitor pings through the replica's own Redis client (connected as the gateway
-    connects it); Redis stopped is an outage from the next probe, and back from the first
-    probe after it restarts."""
-    redis = connect_redis(
-        dedicated_redis.url, cluster=False, wait_for_connection_s=5.0, health_check_interval=15
-    )
-    monitor = DependencyMonitor(backends.database_url, redis)
+    """The monitor pings on a client of its own; Redis stopped is an outage from the next
+    probe, and back from the first probe after it restarts."""
+    monitor = DependencyMonitor(backends.database_url, dedicated_redis.url)
     try:
         seen = await probed_through_an_outage(monitor, dedicated_redis.stop, dedicated_redis.start)
     finally:
         await monitor.close()
-        await redis.aclose()
 
     assert_one_outage_of(seen, Dependency.REDIS)
