@@ -144,14 +144,7 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
             if settings.consumer_port:
                 await stack.enter_async_context(
                     serve_monitor(
-                        ConsumerMonitor(
-                            consumer,
-                            redis,
-                            pool,
-                            database_url=settings.database_url,
-                            redis_url=settings.redis_url,
-                            redis_cluster=settings.redis_cluster,
-                        ),
+                        ConsumerMonitor(consumer, redis, pool, settings),
                         settings.consumer_host,
                         settings.consumer_port,
                     )

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from gateway.ops.dependencies import DependencyMonitor
 from gateway.ops.metrics import PoolCollector, dependency_gauge, new_registry
+from gateway.settings import Settings
 from store.consumer import StoreConsumer
 from store.redis_client import RedisClient
 from store.retention import RETENTION_KINDS
@@ -86,10 +87,7 @@ class ConsumerMonitor:
         consumer: StoreConsumer,
         redis: RedisClient,
         pool: asyncpg.Pool,
-        *,
-        database_url: str,
-        redis_url: str,
-        redis_cluster: bool = False,
+        settings: Settings,
     ) -> None:
         self.consumer = consumer
         self._redis = redis
@@ -123,9 +121,9 @@ class ConsumerMonitor:
         # connection of the monitor's own: the consumer's pool is busiest (applying a backlog)
         # right after an outage.
         self.dependencies = DependencyMonitor(
-            database_url,
-            redis_url,
-            redis_cluster=redis_cluster,
+            settings.database_url,
+            settings.redis_url,
+            redis_cluster=settings.redis_cluster,
             on_probe=lambda dependency, up: dependency_up.labels(dependency.value).set(up),
         )
 

@@ -239,14 +239,7 @@ async def test_every_query_names_only_metrics_the_service_exports(
 ) -> None:
     gateway_page = await (await tenant.client.get("/metrics")).text()
     consumer = await make_consumer()
-    consumer_monitor = ConsumerMonitor(
-        consumer,
-        redis_client,
-        db,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        redis_cluster=settings.redis_cluster,
-    )
+    consumer_monitor = ConsumerMonitor(consumer, redis_client, db, settings)
     monitor = TestClient(TestServer(monitor_app(consumer_monitor)))
     await monitor.start_server()
     try:

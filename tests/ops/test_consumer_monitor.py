@@ -34,14 +34,7 @@ async def monitor_of(
     clients: list[Client] = []
 
     async def start(consumer: StoreConsumer) -> Client:
-        monitor = ConsumerMonitor(
-            consumer,
-            redis_client,
-            db,
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            redis_cluster=settings.redis_cluster,
-        )
+        monitor = ConsumerMonitor(consumer, redis_client, db, settings)
         client = TestClient(TestServer(monitor_app(monitor)))
         await client.start_server()
         clients.append(client)
