@@ -22,6 +22,28 @@ URL_PASSWORD = "url-password-51d2"
 FORGED_KEY = "igk_forged_key_0b77"
 
 
+def access_routes(log: Path) -> set[str]:
+    """The routes ``log`` has an access line for (a line still being written is skipped)."""
+    routes = set()
+    for text in log.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if line.get("event") == "request":
+            routes.add(line.get("route"))
+    return routes
+
+
+async def until_logged(log: Path, route: str, *, bound_s: float = 10.0) -> None:
+    """Return once ``log`` holds an access line for ``route``; fail after ``bound_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while route not in access_routes(log):
+        assert loop.time() < deadline, f"no access line for {route} in {log.name}"
+        await asyncio.sleep(0.05)
+
+
 async def test_logs_are_json_name_runs_and_never_contain_a_secret(
     processes: Processes,
     env: dict[str, str],
@@ -151,7 +173,9 @@ async def test_logs_are_json_name_runs_and_never_contain_a_secret(
     await call("GET", "/healthz")
     callbacks_sent = [sent["status"] for sent in await callbacks_answered(runtime, 3)]
     assert callbacks_sent == [202, 202, 202]
-    # The access line is written once the response is out; the consumer logs as it applies.
+    # The access line is written once the response is out: wait for the last call's (bounded),
+    # then give the consumer, which logs as it applies, a moment more.
+    await until_logged(tmp_path / "serve.log", "/healthz")
     await asyncio.sleep(0.5)
 
     text = (tmp_path / "serve.log").read_text() + (tmp_path / "consume.log").read_text()
