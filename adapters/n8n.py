@@ -403,43 +403,42 @@ def _chunk(line: bytes) -> StreamChunk | None:
 
     orjson parses a line in a fraction of the time (a stream's CPU goes there), but it reads an
     integer over 64 bits as a float and refuses what ``loads_json`` takes (a lone surrogate
-    escape, a byte-order mark, ``1e400``): its answer is taken only when every field a chunk
-    uses has the plain type (the chunk is then built from the fields at hand), otherwise the
-    line is parsed again the strict way.
+    escape, a byte-order mark, ``1e400``): its answer is taken only when it is a chunk whose
+    every field has the plain type, otherwise the line is parsed again the strict way.
     """
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError:
         value = None
-    if type(value) is dict:
-        kind = value.get("type")
-        metadata = value.get("metadata")
-        content = value.get("content")
-        if type(kind) is str and type(metadata) is dict and type(content) in _PLAIN_STR:
-            node_id = metadata.get("nodeId")
-            node_name = metadata.get("nodeName")
-            item_index = metadata.get("itemIndex")
-            run_index = metadata.get("runIndex")
-            if (
-                type(node_id) in _PLAIN_STR
-                and type(node_name) in _PLAIN_STR
-                and type(item_index) in _PLAIN_INT
-                and type(run_index) in _PLAIN_INT
-            ):
-                if kind not in CHUNK_TYPES:
-                    return None
-                return StreamChunk(
-                    kind,
-                    node_id if node_id is not None else node_name or "",
-                    node_name if node_name is not None else node_id or "",
-                    content or "",
-                    item_index or 0,
-                    run_index or 0,
-                )
+    if type(value) is dict and (chunk := _plain_chunk(value)) is not None:
+        return chunk
     try:
         return _strict_chunk(loads_json(line))
     except (ValueError, RecursionError):
         return None
+
+
+def _plain_chunk(value: dict[str, Any]) -> StreamChunk | None:
+    """A chunk whose fields all have their plain types (text or null, integer or null);
+    ``None`` for anything else, which the strict way decides."""
+    kind = value.get("type")
+    metadata = value.get("metadata")
+    content = value.get("content")
+    if type(kind) is not str or type(metadata) is not dict or type(content) not in _PLAIN_STR:
+        return None
+    node_id = metadata.get("nodeId")
+    node_name = metadata.get("nodeName")
+    item_index = metadata.get("itemIndex")
+    run_index = metadata.get("runIndex")
+    if (
+        kind not in CHUNK_TYPES
+        or type(node_id) not in _PLAIN_STR
+        or type(node_name) not in _PLAIN_STR
+        or type(item_index) not in _PLAIN_INT
+        or type(run_index) not in _PLAIN_INT
+    ):
+        return None
+    return _stream_chunk(kind, node_id, node_name, content or "", item_index or 0, run_index or 0)
 
 
 def _strict_chunk(value: Any) -> StreamChunk | None:
@@ -458,15 +457,27 @@ def _strict_chunk(value: Any) -> StreamChunk | None:
     elif not isinstance(content, str):
         # n8n sends text; an object is JSON-stringified by sendChunk, so do the same.
         content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    node_id = metadata.get("nodeId")
-    node_name = metadata.get("nodeName")
+    return _stream_chunk(
+        kind,
+        metadata.get("nodeId"),
+        metadata.get("nodeName"),
+        content,
+        _int(metadata.get("itemIndex")),
+        _int(metadata.get("runIndex")),
+    )
+
+
+def _stream_chunk(
+    kind: str, node_id: Any, node_name: Any, content: str, item_index: int, run_index: int
+) -> StreamChunk:
+    """The chunk, its node named by whichever of its id and name it has."""
     return StreamChunk(
         kind,
         str(node_id) if node_id is not None else str(node_name or ""),
         str(node_name) if node_name is not None else str(node_id or ""),
         content,
-        _int(metadata.get("itemIndex")),
-        _int(metadata.get("runIndex")),
+        item_index,
+        run_index,
     )
 
 

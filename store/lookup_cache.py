@@ -161,8 +161,14 @@ class LookupCache:
         if shared is None:
             shared = asyncio.ensure_future(self._read(cache, key, read, generation))
             self._reading[flight] = shared
-            shared.add_done_callback(lambda _done: self._reading.pop(flight, None))
-            shared.add_done_callback(_retrieve)
+
+            def settled(done: asyncio.Future[Any]) -> None:
+                self._reading.pop(flight, None)
+                # Its failure is seen even when every caller had left.
+                if not done.cancelled():
+                    done.exception()
+
+            shared.add_done_callback(settled)
         # Shielded: a caller that leaves does not cancel the read the others wait for.
         shared_value: V | None = await asyncio.shield(shared)
         return shared_value
@@ -291,9 +297,3 @@ class LookupCache:
         finally:
             conn.remove_termination_listener(terminated)
             conn.terminate()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a shared read's failure as seen even when every caller had left."""
-    if not future.cancelled():
-        future.exception()
