@@ -34,7 +34,7 @@ from gateway.http.views import (
     org_view,
 )
 from gateway.ops.consumer_monitor import ConsumerMonitor
-from gateway.ops.heap import freeze_startup_heap
+from gateway.ops.heap import prepare_heap_for_work
 from gateway.ops.log_config import configure_logging, log_failure
 from gateway.ops.tracing import setup_tracing
 from gateway.security.credentials import CredentialService
@@ -149,7 +149,7 @@ async def run_consumer(settings: Settings, *, name: str | None = None) -> None:
                         settings.consumer_port,
                     )
                 )
-            freeze_startup_heap()
+            prepare_heap_for_work(settings.gc_young_threshold)
             await consumer.run()
     finally:
         await pool.close()

@@ -186,6 +186,18 @@ class Settings:
         "net.core.somaxconn).",
         **_AT_LEAST_ONE,
     )
+    # CPython's default (700) runs a young pass every few requests and, while thousands of
+    # calls are held, a full pass over all of them each time the heap grows by a quarter
+    # (bench/README.md: "Garbage collector").
+    gc_young_threshold: int = setting(
+        20_000,
+        "GC_YOUNG_THRESHOLD",
+        Group.SERVER,
+        "Objects allocated (less those freed) between the garbage collector's young passes in "
+        "serve and consume; CPython's default is 700.",
+        minimum=100,
+        maximum=100_000,
+    )
     public_base_url: str = setting(
         "",
         "PUBLIC_BASE_URL",

@@ -46,10 +46,13 @@ collect_ignore = [] if os.environ.get("AS_DEPLOYED") else ["as_deployed"]
 
 @pytest.fixture(autouse=True)
 def _heap_unfrozen() -> Iterator[None]:
-    """A test that starts a gateway or a store consumer in this process freezes the heap
-    (gateway/ops/heap.py); after it, the session's heap goes back to the collector."""
+    """A test that starts a gateway or a store consumer in this process freezes the heap and
+    sets the collector's thresholds (gateway/ops/heap.py); after it, the session's heap goes
+    back to the collector, on the session's thresholds."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from gateway.http.app_keys import LIFECYCLE, METRICS
 from gateway.http.middleware.access_log import AccessLogger
-from gateway.ops.heap import freeze_startup_heap
+from gateway.ops.heap import prepare_heap_for_work
 from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -85,7 +85,7 @@ class GatewayServer:
         # SockSite calls listen() again, with its own default (128) unless told.
         self._site = web.SockSite(self._runner, listening, backlog=backlog)
         await self._site.start()
-        freeze_startup_heap()
+        prepare_heap_for_work(self._settings.gc_young_threshold)
         log.info("gateway_listening", host=self._settings.host, port=self._settings.port)
 
     async def close(self) -> None:

@@ -51,13 +51,21 @@ async def test_a_serving_gateway_queues_as_many_connections_as_its_listen_backlo
 async def test_a_serving_gateway_leaves_what_startup_built_out_of_full_collections(
     settings: Settings,
 ) -> None:
+    """Frozen, a full pass goes over what requests left; young passes come as often as
+    GC_YOUNG_THRESHOLD says."""
     port = free_port()
-    settings = dataclasses.replace(settings, port=port, public_base_url=f"http://127.0.0.1:{port}")
+    settings = dataclasses.replace(
+        settings,
+        port=port,
+        public_base_url=f"http://127.0.0.1:{port}",
+        gc_young_threshold=12_345,
+    )
     server = GatewayServer(create_app(settings), settings)
     gc.unfreeze()
     await server.start()
     try:
         assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold()[0] == 12_345
     finally:
         await server.close()
         gc.unfreeze()

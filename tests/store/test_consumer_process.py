@@ -18,21 +18,24 @@ async def test_the_heap_built_before_consuming_is_left_out_of_full_collections(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The consumer's modules, settings and clients live as long as the process: frozen, a
-    full collection goes over what the batches left, not over all of them again."""
-    frozen_when_run: list[int] = []
+    full collection goes over what the batches left, not over all of them again; young passes
+    come as often as GC_YOUNG_THRESHOLD says."""
+    heap_when_run: list[tuple[int, int]] = []
 
     async def record(_consumer: StoreConsumer) -> None:
-        frozen_when_run.append(gc.get_freeze_count())
+        heap_when_run.append((gc.get_freeze_count(), gc.get_threshold()[0]))
 
     monkeypatch.setattr(StoreConsumer, "run", record)
     gc.unfreeze()
     loop = asyncio.get_running_loop()
     try:
-        await cli.run_consumer(dataclasses.replace(settings, consumer_port=0))
+        await cli.run_consumer(
+            dataclasses.replace(settings, consumer_port=0, gc_young_threshold=12_345)
+        )
     finally:
-        gc.unfreeze()  # the test session's own heap goes back to the collector
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
-    [frozen] = frozen_when_run
+    [(frozen, young_threshold)] = heap_when_run
     assert frozen > 0
+    assert young_threshold == 12_345
