@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from tests.support.polling import until
 from tests.support.processes import Processes, wait_until_ready
 from tests.support.runtimes import callbacks_answered
 from tests.support.tokens import ADMIN, ADMIN_TOKEN, SECRET_KEY
@@ -37,11 +38,11 @@ def access_routes(log: Path) -> set[str]:
 
 async def until_logged(log: Path, route: str, *, bound_s: float = 10.0) -> None:
     """Return once ``log`` holds an access line for ``route``; fail after ``bound_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while route not in access_routes(log):
-        assert loop.time() < deadline, f"no access line for {route} in {log.name}"
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: route in access_routes(log),
+        bound_s=bound_s,
+        what=f"no access line for {route} in {log.name}",
+    )
 
 
 async def test_logs_are_json_name_runs_and_never_contain_a_secret(

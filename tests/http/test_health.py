@@ -18,6 +18,7 @@ from store.redis_client import RedisClient
 from tests.support.databases import every_connection_held
 from tests.support.dependencies import changes
 from tests.support.gateways import GatewayFactory
+from tests.support.polling import until
 from tests.support.prometheus import metric_sum
 from tests.support.tenants import Tenant
 from tests.support.tokens import ADMIN
@@ -104,10 +105,7 @@ async def test_a_replica_whose_requests_hold_every_redis_connection_says_redis_i
         with capture_logs() as logs:
             # Once both hold theirs, no connection is left for a request's command: it waits
             # for one, then gives up.
-            for _ in range(50):
-                if await _refused(redis):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: _refused(redis), bound_s=5.0)
             with pytest.raises(RedisConnectionError):
                 await redis.llen("nobody-pushes")
             dependencies = await client.get("/healthz/dependencies")

@@ -27,8 +27,9 @@ from devkit.fakes.trigger_dev import (
 )
 from gateway.http.app_keys import REALTIME_FOLLOWER
 from store.consumer import StoreConsumer
-from tests.runs.test_trigger_dev_runs import eventually, task_runtime, tenant_on, trigger_and_wait
+from tests.runs.test_trigger_dev_runs import task_runtime, tenant_on, trigger_and_wait
 from tests.support.gateways import GatewayFactory
+from tests.support.polling import eventually
 from tests.support.runs import wait_for_run
 from tests.support.tenants import Tenant
 

@@ -6,7 +6,6 @@ trigger-and-wait, trigger and cancel, against the fake Trigger.dev API.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from multidict import CIMultiDict
 from devkit.fakes.trigger_dev import CANCELS, POLLS, RUNS, TRIGGERS, create_fake_trigger_dev
 from store.consumer import StoreConsumer
 from tests.support.gateways import GatewayFactory
+from tests.support.polling import eventually
 from tests.support.runs import RUN_KEYS, parse_time, wait_for_run, wait_url
 from tests.support.tenants import Tenant, TenantFactory
 from tests.support.tokens import ADMIN
@@ -77,19 +77,6 @@ async def trigger_and_wait(
     )
     body: dict[str, Any] = await resp.json()
     return resp.status, body
-
-
-async def eventually(check: Any, *, timeout: float = 10.0) -> Any:
-    """Poll ``check()`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def tenant_on(client: TestClient[web.Request, web.Application]) -> Tenant:
@@ -419,7 +406,7 @@ async def test_a_run_cancelled_before_trigger_dev_answered_the_trigger_is_cancel
     [task_run] = await eventually(lambda: list(runs.keys()))
     assert (await wait_for_run(tenant, agent["id"], run_id))["status"] == "cancelled"
     # The task Trigger.dev started for the cancelled run must not be left running there.
-    assert await eventually(lambda: slow_trigger_dev.app[CANCELS], timeout=1.5) == [task_run]
+    assert await eventually(lambda: slow_trigger_dev.app[CANCELS], bound_s=1.5) == [task_run]
 
 
 async def test_a_held_wait_cancelled_before_trigger_dev_answered_still_cancels_the_task(
@@ -447,4 +434,4 @@ async def test_a_held_wait_cancelled_before_trigger_dev_answered_still_cancels_t
     answer = await asyncio.wait_for(waiting, 10)
     assert (answer.status, (await answer.json())["status"]) == (200, "cancelled")
     [task_run] = await eventually(lambda: list(slow_trigger_dev.app[RUNS].keys()))
-    assert await eventually(lambda: slow_trigger_dev.app[CANCELS], timeout=1.5) == [task_run]
+    assert await eventually(lambda: slow_trigger_dev.app[CANCELS], bound_s=1.5) == [task_run]

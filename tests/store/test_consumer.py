@@ -4,7 +4,6 @@ runs in order, whatever the number of consumers and whichever of them stops or s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -19,6 +18,7 @@ from store.reaper import REAPED_ERROR, reap_overdue
 from store.run_events import RunEvent
 from store.transitions import record_events
 from tests.support.consumers import ConsumerFactory, event_buffer, until_drained
+from tests.support.polling import until
 from tests.support.store_runs import new_run
 
 OUTPUTS_PER_RUN = 6
@@ -29,15 +29,6 @@ async def final_rows(db: asyncpg.Pool, run_ids: list[int]) -> dict[int, tuple[ob
         "SELECT id, status, output_data, outputs FROM runs WHERE id = ANY($1)", run_ids
     )
     return {r["id"]: (r["status"], r["output_data"], r["outputs"]) for r in rows}
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], *, bound_s: float = 20.0) -> None:
-    """Return once ``check`` (a plain or an async predicate) holds; fail after ``bound_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while not await _value(check()):
-        assert loop.time() < deadline, "not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def buffer_outputs_then_complete(buffer: EventBuffer, run_ids: list[int]) -> None:
@@ -139,10 +130,6 @@ async def test_a_consumer_stalled_past_its_lease_applies_nothing_after_its_succe
     assert await final_rows(db, run_ids) == last_sent(run_ids)
     assert b.stats.applied == len(run_ids) * (OUTPUTS_PER_RUN + 1)
     assert a.stats.applied == 0
-
-
-async def _value(outcome: Awaitable[bool] | bool) -> bool:
-    return outcome if isinstance(outcome, bool) else await outcome
 
 
 async def test_a_consumer_that_dies_holding_partitions_hands_them_on_after_its_lease(

@@ -28,6 +28,7 @@ from store.retention import (
 )
 from store.run_files import INPUT, OUTPUT, insert_run_file
 from tests.support.consumers import ConsumerFactory
+from tests.support.polling import until
 from tests.support.store_runs import new_run
 
 
@@ -52,11 +53,11 @@ async def keys_left(db: asyncpg.Pool, agent: Agent) -> set[str]:
 
 async def until_unbound(db: asyncpg.Pool, agent: Agent, key: str, *, bound_s: float = 10.0) -> None:
     """Return once ``key``'s binding has been deleted; fail after ``bound_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while key in await keys_left(db, agent):
-        assert loop.time() < deadline, "no retention turn deleted the expired key"
-        await asyncio.sleep(0.02)
+
+    async def unbound() -> bool:
+        return key not in await keys_left(db, agent)
+
+    await until(unbound, bound_s=bound_s, what="no retention turn deleted the expired key")
 
 
 async def test_idempotency_keys_past_their_24_hours_are_deleted_in_bounded_batches(
@@ -84,10 +85,7 @@ async def test_the_consumer_expires_idempotency_keys_and_counts_them(
     consumer = await make_consumer(reap_every_s=0.05)
     await until_unbound(db, agent, old)
     # The turn counts the rows once its statement has answered, a moment after they are gone.
-    for _ in range(500):
-        if consumer.stats.expired.get("idempotency_keys", 0):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: consumer.stats.expired.get("idempotency_keys", 0) >= 1, bound_s=10.0)
 
     assert await keys_left(db, agent) == {young}
     assert consumer.stats.expired.get("idempotency_keys", 0) >= 1

@@ -3,7 +3,6 @@ runs' stories of events with what must hold once they are applied."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 
@@ -15,6 +14,7 @@ from store.enums import EventType
 from store.event_buffer import EventBuffer
 from store.redis_client import RedisClient
 from store.run_events import RunEvent
+from tests.support.polling import until
 
 ConsumerFactory = Callable[..., Awaitable[StoreConsumer]]
 
@@ -41,13 +41,14 @@ def story(run_id: int, outputs: int, start: dt.datetime) -> list[RunEvent]:
 
 async def until_ended(db: asyncpg.Pool, run_ids: list[int], *, bound_s: float = 30.0) -> None:
     """Return once every one of ``run_ids`` is terminal in PostgreSQL; fail after ``bound_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while await db.fetchval(
-        "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'", run_ids
-    ) < len(run_ids):
-        assert loop.time() < deadline, "the runs did not all end in time"
-        await asyncio.sleep(0.02)
+
+    async def all_ended() -> bool:
+        ended: int = await db.fetchval(
+            "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'", run_ids
+        )
+        return ended == len(run_ids)
+
+    await until(all_ended, bound_s=bound_s, what="the runs did not all end in time")
 
 
 async def until_drained(buffer: EventBuffer, *, bound_s: float = 10.0) -> None:
@@ -55,11 +56,11 @@ async def until_drained(buffer: EventBuffer, *, bound_s: float = 10.0) -> None:
 
     A consumer removes a batch's entries after its commit and its announcements, so a run
     already ended in PostgreSQL may still have its entries in the buffer for a moment."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + bound_s
-    while left := sum(await buffer.lengths()):
-        assert loop.time() < deadline, f"{left} entries were never removed from the buffer"
-        await asyncio.sleep(0.02)
+
+    async def drained() -> bool:
+        return sum(await buffer.lengths()) == 0
+
+    await until(drained, bound_s=bound_s, what="entries were never removed from the buffer")
 
 
 async def assert_applied_once_each_in_order(
