@@ -51,6 +51,8 @@ _SECRET_TEXT = re.compile(
     r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
 )
 REDACTED = "[redacted]"
+# Values that carry no text to scrub (most of an access line's fields).
+_PLAIN = (int, float, type(None))
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -99,7 +101,7 @@ def redact_secrets(
     for name, value in list(event_dict.items()):
         if _is_secret_field(name):
             event_dict[name] = REDACTED
-        else:
+        elif not isinstance(value, _PLAIN):
             event_dict[name] = _scrub(value)
     return event_dict
 
@@ -151,7 +153,7 @@ def log_failure(event: str, **fields: Any) -> None:
     """Write one ERROR line to stderr in the processes' JSON format, for a process that stops
     before it runs: it works before ``configure_logging`` (a bad setting names no level yet),
     and stderr is where a supervisor or ``kubectl logs --previous`` looks for why."""
-    logger = structlog.wrap_logger(structlog.PrintLogger(sys.stderr), processors=_json_processors())
+    logger = structlog.wrap_logger(structlog.WriteLogger(sys.stderr), processors=_json_processors())
     logger.error(event, **fields)
 
 
@@ -162,7 +164,8 @@ def configure_logging(level: str = "INFO") -> None:
     structlog.configure(
         processors=_json_processors(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (PrintLogger's print() makes two: the line, then its newline).
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
