@@ -171,6 +171,40 @@ def cpu_rows(section: Section, gateway: dict[str, Any], bare: dict[str, Any]) ->
     )
 
 
+def single_cpu_rows(section: Section, gateway: dict[str, Any], bare: dict[str, Any]) -> None:
+    """Where a lone caller's time goes: CPU per request of every process during the
+    1-connection runs. Nothing queues there, so the latency a call adds is the gateway's own CPU
+    time plus its round trips to Redis and PostgreSQL (whose CPU is shown beside it); a process
+    that sleeps between every step of every request spends more CPU per request than the same
+    process kept busy (the loaded run), the bare pass-through as much as the gateway."""
+    mine, theirs = cpu_ms_per_request(gateway), cpu_ms_per_request(bare)
+    if "proxy" not in mine:
+        return
+    reference = theirs.get("proxy")
+    section.add(
+        Row(
+            "CPU per request, 1 connection, gateway process",
+            f"{mine['proxy']:.3f} ms",
+            "-" if reference is None else f"bare {reference:.3f} ms",
+            ratio(mine["proxy"], reference),
+            "-",
+            None,
+            {"gateway_ms": mine["proxy"], "bare_ms": reference},
+        )
+    )
+    others = ", ".join(
+        f"{CPU_PROCESSES[name]} {mine[name]:.3f} ms"
+        for name in ("postgres", "redis", "runtime")
+        if name in mine
+    )
+    section.notes.append(
+        f"CPU per request at 1 connection: gateway process {mine['proxy']:.3f} ms, {others}; "
+        f"bare pass-through {reference or 0:.3f} ms, runtime {theirs.get('runtime', 0):.3f} ms. "
+        "A lone call waits on four round trips in turn (the limiter's Redis script, the run's "
+        "INSERT, the runtime, its end's UPDATE), each a wake-up of a process that slept."
+    )
+
+
 def _traced(
     stack: Stack, cfg: SmallConfig, loaded: list[int], single: list[int], origin_pid: int | None
 ) -> dict[str, Any]:
@@ -292,7 +326,11 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
         }
         one = {"conns": 1, "duration": cfg.single_duration, "warmup": cfg.warmup}
         results["bare_single"] = _load(
-            stack, f"http://127.0.0.1:{port}/forward", **one, label="bare, 1 connection"
+            stack,
+            f"http://127.0.0.1:{port}/forward",
+            **one,
+            watch={"proxy": bare.pid, "runtime": origin_pid},
+            label="bare, 1 connection",
         )
         results["gateway_single"] = _load(
             stack,
@@ -300,6 +338,12 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
             **one,
             ids=ids[loaded:-1],
             gateway=True,
+            watch={
+                "proxy": gateway.pid,
+                "runtime": origin_pid,
+                "postgres": stack.postgres_pids,
+                "redis": stack.redis_pid,
+            },
             label="gateway, 1 connection",
         )
         if cfg.agents:
@@ -347,6 +391,7 @@ def measure(stack: Stack, cfg: SmallConfig) -> Section:
                     {"gateway_ms": mine, "bare_ms": theirs, "added_ms": added},
                 )
             )
+    single_cpu_rows(section, results["gateway_single"], results["bare_single"])
     if "traced" in results:
         _tracing_rows(section, cfg, results)
     cpu_rows(section, gw, ref)
