@@ -240,13 +240,27 @@ class LeaseLost(Exception):
 
 # A buffered event's statement: the plain UPDATE of each run it moves (the consumer's
 # transaction has locked the runs and sorted out what was applied before; a non-terminal
-# event older than the row's last one is refused), answering which runs changed and how.
+# event older than the row's last one is refused), answering which runs changed and how. The
+# runs are named by their ids ($2) as well as joined, as in _RECORD: a backlog is applied just
+# after an outage, when the statistics may still say nearly every run has ended, and planned
+# from those alone the join read the whole table once per event (a nested loop over a
+# sequential scan: 400 events over 40,000 runs took 4.5 s; by id, 9 ms).
 _APPLY_BUFFERED = f"""
 UPDATE runs AS r SET {_SET}
 FROM {_UNNEST}
-WHERE r.id = e.run_id AND {_GUARD}
+WHERE r.id = e.run_id AND r.id = ANY($2::bigint[]) AND {_GUARD}
   AND (e.type IN {_TERMINAL} OR r.event_at IS NULL OR e.at > r.event_at)
 RETURNING r.id, r.status, r.event_at"""
+
+
+# The batch transaction's planner: no nested loops. A consumer's connection plans
+# _APPLY_BUFFERED once for every batch after its first five (PostgreSQL's generic plan), and
+# that plan takes the events for 10 rows whatever their number; with statistics that say the
+# runs have ended, it joined a batch's runs (read by id) to its events by a nested loop, one
+# pass over the events per run: 500 events took 93 ms, 3,000 in one statement 3.9 s (hash
+# join: 12 and 56 ms). Only this transaction's statements are planned so; none of the others
+# joins anything.
+_BATCH_PLANNING = "SET LOCAL enable_nestloop = off"
 
 
 async def apply_buffered(
@@ -265,6 +279,7 @@ async def apply_buffered(
     """
     transitions: list[Transition | None] = [None] * len(events)
     async with conn.transaction():
+        await conn.execute(_BATCH_PLANNING)
         if lost := await _superseded(conn, stream, tokens):
             raise LeaseLost(lost)
         rows = await conn.fetch(

@@ -3,23 +3,14 @@
 
 from __future__ import annotations
 
-import uuid
-
 import asyncpg
 import pytest
 
-from store import agents, orgs
 from store.models import Agent
+from tests.support.store_runs import store_agent
 
 
 @pytest.fixture
 async def agent(db: asyncpg.Pool) -> Agent:
     """An agent straight in the store (no gateway needed)."""
-    org_id = await orgs.create_org(db, "Store tests")
-    return await agents.create_agent(
-        db,
-        org_id,
-        b"salt",
-        uuid.uuid4().bytes,
-        {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
-    )
+    return await store_agent(db)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
+from typing import Any
 
 import asyncpg
 
 from store.enums import EventType
+from store.migrate import migrate_url
 from store.models import Agent
+from store.pool import create_pool
 from store.run_events import RunEvent
 from store.transitions import (
     LeaseLost,
@@ -19,7 +23,9 @@ from store.transitions import (
     new_lease_token,
     record_events,
 )
-from tests.support.store_runs import new_run
+from tests.support.backends import Backends
+from tests.support.databases import scratch_database
+from tests.support.store_runs import new_run, new_runs, store_agent
 
 STREAM = "test:transitions"
 
@@ -189,3 +195,92 @@ async def test_a_consumer_whose_lease_was_taken_over_applies_nothing(
             tokens={3: successor},
         )
     assert applied.outcome is Outcome.APPLIED
+
+
+async def test_a_backlog_applied_after_most_runs_ended_reads_its_runs_by_id_not_the_table(
+    db: asyncpg.Pool, agent: Agent
+) -> None:
+    """The moment a buffered backlog is applied (PostgreSQL is back after an outage) is the
+    moment the table's statistics are most likely stale: they were taken while almost every run
+    had ended, and a burst of new runs came since. Planned from those statistics alone, the
+    statement that applies the backlog read the whole runs table once per event (a nested loop
+    over a sequential scan: 400 events over 40,000 runs took 4.5 s). It names its runs by id, so
+    each is read through the primary key whatever the statistics say."""
+    await new_runs(db, agent, 3000, status="completed")
+    await db.execute("ANALYZE runs")
+    backlog = (await new_runs(db, agent, 3000))[:400]
+    token = await new_lease_token(db, STREAM, 5)
+    started = [RunEvent(run_id, EventType.STARTED) for run_id in backlog]
+
+    async with db.acquire() as conn, conn.transaction():
+        applied = await apply_buffered(conn, started, stream=STREAM, tokens={5: token})
+        # This transaction's own reads of the table so far.
+        scans = await conn.fetchrow(
+            "SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'runs'"
+        )
+
+    assert {t.outcome for t in applied} == {Outcome.APPLIED}
+    assert scans is not None
+    assert (scans["seq_scan"], scans["seq_tup_read"]) == (0, 0)
+
+
+async def test_a_large_backlog_is_never_joined_to_its_runs_by_a_nested_loop(
+    backends: Backends,
+) -> None:
+    """A consumer's connection plans the statement that applies a batch once for every batch
+    after its first five (PostgreSQL's generic plan), taking each batch for 10 events whatever
+    its size. With statistics that say the runs have ended, that plan joined a batch's runs to
+    its events by a nested loop, one pass over the events per run (500 events: 93 ms against
+    12 ms). The plans PostgreSQL used are read back as they ran (auto_explain, sent to this
+    session), in a database of the test's own: the statistics are those of its runs alone."""
+    plans: list[dict[str, Any]] = []
+
+    def keep_plan(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        if message.message.startswith("duration:"):
+            plans.append(json.loads(message.message.split("plan:", 1)[1]))
+
+    async with scratch_database(backends.database_url) as url:
+        await migrate_url(url)
+        db = await create_pool(url, min_size=1, max_size=4)
+        try:
+            agent = await store_agent(db)
+            await new_runs(db, agent, 5000, status="completed")
+            await db.execute("ANALYZE runs")
+            backlog = (await new_runs(db, agent, 5000))[:3000]
+            token = await new_lease_token(db, STREAM, 6)
+            async with db.acquire() as conn:
+                for setting in (
+                    "LOAD 'auto_explain'",
+                    "SET auto_explain.log_min_duration = 0",
+                    "SET auto_explain.log_level = notice",
+                    "SET auto_explain.log_format = json",
+                    # What five batches on one connection lead to.
+                    "SET plan_cache_mode = force_generic_plan",
+                ):
+                    await conn.execute(setting)
+                conn.add_log_listener(keep_plan)
+                try:
+                    applied = await apply_buffered(
+                        conn,
+                        [RunEvent(run_id, EventType.STARTED) for run_id in backlog],
+                        stream=STREAM,
+                        tokens={6: token},
+                    )
+                finally:
+                    conn.remove_log_listener(keep_plan)
+        finally:
+            await db.close()
+
+    assert {t.outcome for t in applied} == {Outcome.APPLIED}
+    # One statement per 500 events.
+    updates = [p for p in plans if p["Query Text"].lstrip().startswith("UPDATE runs AS r")]
+    assert len(updates) == 6
+    assert all("Nested Loop" not in _node_types(update["Plan"]) for update in updates)
+
+
+def _node_types(node: dict[str, Any]) -> set[str]:
+    """Every node type of an EXPLAIN (FORMAT JSON) plan tree."""
+    found = {str(node["Node Type"])}
+    for child in node.get("Plans", []):
+        found |= _node_types(child)
+    return found

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 
 import asyncpg
 
-from store import runs
+from store import agents, orgs, runs
 from store.models import Agent
+
+
+async def store_agent(db: asyncpg.Pool) -> Agent:
+    """An agent straight in the store, in an organisation of its own (no gateway needed)."""
+    org_id = await orgs.create_org(db, "Store tests")
+    return await agents.create_agent(
+        db,
+        org_id,
+        b"salt",
+        uuid.uuid4().bytes,
+        {"name": "a", "runtime": {"kind": "n8n", "webhook_url": "http://127.0.0.1:9/"}},
+    )
 
 
 async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
@@ -22,6 +35,26 @@ async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
         trigger_kind="test",
     )
     return run.id
+
+
+async def new_runs(
+    db: asyncpg.Pool, agent: Agent, count: int, *, status: str = "queued"
+) -> list[int]:
+    """``count`` runs of ``agent`` in ``status``, inserted in one statement (as a burst of
+    calls would leave them); their ids, in order."""
+    ended = status in ("completed", "failed", "cancelled")
+    rows = await db.fetch(
+        """INSERT INTO runs (agent_id, org_id, deadline, trigger_kind, status, completed_at)
+           SELECT $1, $2, now() + interval '5 minutes', 'test', $3,
+                  CASE WHEN $4::boolean THEN now() END
+           FROM generate_series(1, $5) RETURNING id""",
+        agent.id,
+        agent.org_id,
+        status,
+        ended,
+        count,
+    )
+    return sorted(int(row["id"]) for row in rows)
 
 
 async def wait_until_past(db: asyncpg.Pool, run_id: int, *, seconds_after_creation: float) -> None:
