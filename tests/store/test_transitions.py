@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from store.enums import EventType
+from store.enums import EventType, RunStatus
 from store.migrate import migrate_url
 from store.models import Agent
 from store.pool import create_pool
@@ -206,7 +206,7 @@ async def test_a_backlog_applied_after_most_runs_ended_reads_its_runs_by_id_not_
     statement that applies the backlog read the whole runs table once per event (a nested loop
     over a sequential scan: 400 events over 40,000 runs took 4.5 s). It names its runs by id, so
     each is read through the primary key whatever the statistics say."""
-    await new_runs(db, agent, 3000, status="completed")
+    await new_runs(db, agent, 3000, status=RunStatus.COMPLETED)
     await db.execute("ANALYZE runs")
     backlog = (await new_runs(db, agent, 3000))[:400]
     token = await new_lease_token(db, STREAM, 5)
@@ -244,7 +244,7 @@ async def test_a_large_backlog_is_never_joined_to_its_runs_by_a_nested_loop(
         db = await create_pool(url, min_size=1, max_size=4)
         try:
             agent = await store_agent(db)
-            await new_runs(db, agent, 5000, status="completed")
+            await new_runs(db, agent, 5000, status=RunStatus.COMPLETED)
             await db.execute("ANALYZE runs")
             backlog = (await new_runs(db, agent, 5000))[:3000]
             token = await new_lease_token(db, STREAM, 6)

@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 
 from store import agents, orgs, runs
+from store.enums import RunStatus
 from store.models import Agent
 
 
@@ -38,11 +39,10 @@ async def new_run(db: asyncpg.Pool, agent: Agent) -> int:
 
 
 async def new_runs(
-    db: asyncpg.Pool, agent: Agent, count: int, *, status: str = "queued"
+    db: asyncpg.Pool, agent: Agent, count: int, *, status: RunStatus = RunStatus.QUEUED
 ) -> list[int]:
     """``count`` runs of ``agent`` in ``status``, inserted in one statement (as a burst of
     calls would leave them); their ids, in order."""
-    ended = status in ("completed", "failed", "cancelled")
     rows = await db.fetch(
         """INSERT INTO runs (agent_id, org_id, deadline, trigger_kind, status, completed_at)
            SELECT $1, $2, now() + interval '5 minutes', 'test', $3,
@@ -51,7 +51,7 @@ async def new_runs(
         agent.id,
         agent.org_id,
         status,
-        ended,
+        status.terminal,
         count,
     )
     return sorted(int(row["id"]) for row in rows)
